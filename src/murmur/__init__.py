@@ -1,0 +1,55 @@
+"""Murmur: structured concurrency for fleets of LLM agent calls, on asyncio or Trio."""
+
+from ._agents import Agent as Agent
+from ._agents import FunctionAgent as FunctionAgent
+from ._agents import PydanticAIAgent as PydanticAIAgent
+from ._agents import from_pydantic_ai as from_pydantic_ai
+from ._context import AgentContext as AgentContext
+from ._context import current_context as current_context
+from ._options import RuntimeOptions as RuntimeOptions
+from ._pipeline import CallNext as CallNext
+from ._pipeline import Stage as Stage
+from ._runtime import AgentRuntime as AgentRuntime
+from ._types import AgentResult as AgentResult
+from ._types import ErrorInfo as ErrorInfo
+from ._types import TaskSpec as TaskSpec
+from ._types import Usage as Usage
+from ._version import __version__ as __version__
+from .errors import AgentError as AgentError
+from .errors import AgentTimeoutError as AgentTimeoutError
+from .errors import BudgetExceededError as BudgetExceededError
+from .errors import InputValidationError as InputValidationError
+from .errors import MurmurError as MurmurError
+from .errors import RemoteAgentError as RemoteAgentError
+from .errors import RuntimeClosedError as RuntimeClosedError
+from .errors import SpawnDepthExceededError as SpawnDepthExceededError
+from .errors import TaskCancelledError as TaskCancelledError
+from .errors import TopologyError as TopologyError
+
+__all__ = [
+    "Agent",
+    "AgentContext",
+    "AgentError",
+    "AgentResult",
+    "AgentRuntime",
+    "AgentTimeoutError",
+    "BudgetExceededError",
+    "CallNext",
+    "ErrorInfo",
+    "FunctionAgent",
+    "InputValidationError",
+    "MurmurError",
+    "PydanticAIAgent",
+    "RemoteAgentError",
+    "RuntimeClosedError",
+    "RuntimeOptions",
+    "SpawnDepthExceededError",
+    "Stage",
+    "TaskCancelledError",
+    "TaskSpec",
+    "TopologyError",
+    "Usage",
+    "__version__",
+    "current_context",
+    "from_pydantic_ai",
+]

@@ -1,0 +1,328 @@
+"""Agents: murmur.Agent specs, wrapped pydantic-ai agents and plain async functions.
+
+Whatever the user hands to ``run``/``gather`` is resolved once per call into an
+``AgentImpl``: a stable name, an optional input validator, and ``invoke(value, ctx)``.
+"""
+
+from __future__ import annotations
+
+import inspect
+import threading
+import typing
+import weakref
+from abc import ABC, abstractmethod
+from collections.abc import Awaitable, Callable
+from functools import partial
+from typing import TYPE_CHECKING, Any
+
+import pydantic_core
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, TypeAdapter, ValidationError
+from pydantic_ai import Agent as _PydanticAIAgent
+from pydantic_ai.models import Model
+
+from ._types import Usage
+from .errors import InputValidationError
+
+if TYPE_CHECKING:
+    from ._context import AgentContext
+
+__all__ = [
+    "Agent",
+    "AgentImpl",
+    "AgentLike",
+    "FunctionAgent",
+    "PydanticAIAgent",
+    "from_pydantic_ai",
+    "resolve_agent",
+]
+
+#: Anything ``run``/``gather`` accept as an agent.
+AgentLike = Any
+
+
+class AgentImpl(ABC):
+    """The one shape every agent is dispatched through."""
+
+    #: Stable name: used in results, events, and to find the agent on a worker.
+    name: str
+    #: True when the agent must run on an asyncio loop (pydantic-ai); under Trio the
+    #: runtime then dispatches it through its asyncio bridge.
+    asyncio_only: bool = False
+    _input_adapter: TypeAdapter[Any] | None = None
+    _input_class: type | None = None
+
+    def prepare_input(self, value: Any) -> Any:
+        """Validate ``value`` against the agent's input type, if it has one."""
+        adapter = self._input_adapter
+        if adapter is None or type(value) is self._input_class:
+            return value
+        try:
+            return adapter.validate_python(value)
+        except ValidationError as exc:
+            raise InputValidationError(
+                self.name, [dict(e) for e in exc.errors(include_url=False)]
+            ) from exc
+
+    @abstractmethod
+    async def invoke(self, value: Any, ctx: AgentContext) -> Any:
+        """Run the agent once on an already validated input."""
+
+    def _set_input_type(self, input_type: Any) -> None:
+        if input_type is None or input_type is Any or input_type is object:
+            return
+        self._input_adapter = TypeAdapter(input_type)
+        self._input_class = input_type if isinstance(input_type, type) else None
+
+    def __murmur_agent__(self) -> AgentImpl:
+        return self
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.name!r}>"
+
+
+def render_prompt(value: Any) -> str:
+    """A ``str`` goes to the model verbatim; anything else is rendered as JSON."""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, BaseModel):
+        return value.model_dump_json()
+    return pydantic_core.to_json(value).decode()
+
+
+class PydanticAIAgent(AgentImpl):
+    """A ``pydantic_ai.Agent`` dispatched by Murmur; see ``from_pydantic_ai``."""
+
+    asyncio_only = True
+
+    def __init__(
+        self,
+        agent: _PydanticAIAgent[Any, Any],
+        *,
+        name: str | None = None,
+        deps: Any = None,
+        input_type: Any = None,
+        pass_context_as_deps: bool = False,
+    ) -> None:
+        if not isinstance(agent, _PydanticAIAgent):
+            raise TypeError(
+                f"from_pydantic_ai() expects a pydantic_ai.Agent, got {type(agent).__name__}"
+            )
+        resolved = name if name is not None else (agent.name or "pydantic_ai_agent")
+        self.name = _check_name(resolved, "name")
+        self.agent = agent
+        self._deps = deps
+        self._context_as_deps = pass_context_as_deps
+        self._set_input_type(input_type)
+
+    async def invoke(self, value: Any, ctx: AgentContext) -> Any:
+        result = await self.agent.run(
+            render_prompt(value),
+            deps=ctx if self._context_as_deps else self._deps,
+            usage_limits=ctx.usage_limits,
+        )
+        ctx.report_usage(Usage.from_pydantic_ai(result.usage))
+        return result.output
+
+
+class Agent(BaseModel):
+    """A named agent spec over pydantic-ai.
+
+    Args:
+        name: Stable name, used in results and events and to find the agent on workers.
+        model: A pydantic-ai model string (``"openai:gpt-4o"``) or ``Model`` instance
+            (``TestModel()``, ``FunctionModel(fn)``).
+        instructions: System instructions for the model.
+        output_type: The type of the agent's output (default ``str``).
+        input_type: If set, each task's input is validated against it before dispatch.
+        tools: pydantic-ai tools (functions or ``Tool`` objects). A tool that takes
+            ``RunContext[AgentContext]`` reaches Murmur's context as ``ctx.deps``.
+        model_settings: pydantic-ai ``ModelSettings`` for every run.
+
+    The pydantic-ai agent is built once, on first use, and reused by every task.
+    Agents compare and hash by identity, so they can key an ``AgentGroup`` topology.
+    """
+
+    model_config = ConfigDict(frozen=True, arbitrary_types_allowed=True)
+
+    name: str = Field(min_length=1)
+    model: str | Model
+    instructions: str | None = None
+    output_type: Any = str
+    input_type: Any = None
+    tools: tuple[Any, ...] = ()
+    model_settings: dict[str, Any] | None = None
+
+    _impl: PydanticAIAgent | None = PrivateAttr(default=None)
+    _build_lock: threading.Lock = PrivateAttr(default_factory=threading.Lock)
+
+    def __murmur_agent__(self) -> AgentImpl:
+        impl = self._impl
+        if impl is None:
+            with self._build_lock:
+                impl = self._impl
+                if impl is None:
+                    impl = self._impl = self._build()
+        return impl
+
+    def _build(self) -> PydanticAIAgent:
+        from ._context import AgentContext
+
+        agent: _PydanticAIAgent[Any, Any] = _PydanticAIAgent(
+            self.model,
+            name=self.name,
+            instructions=self.instructions,
+            output_type=self.output_type,
+            tools=self.tools,
+            model_settings=typing.cast(Any, self.model_settings),
+            deps_type=AgentContext,
+            defer_model_check=True,
+        )
+        return PydanticAIAgent(
+            agent, name=self.name, input_type=self.input_type, pass_context_as_deps=True
+        )
+
+    def __eq__(self, other: object) -> bool:
+        return self is other
+
+    def __hash__(self) -> int:
+        return id(self)
+
+    def __repr__(self) -> str:
+        return f"Agent(name={self.name!r}, model={self.model!r})"
+
+
+def from_pydantic_ai(
+    agent: _PydanticAIAgent[Any, Any],
+    *,
+    name: str | None = None,
+    deps: Any = None,
+    input_type: Any = None,
+) -> PydanticAIAgent:
+    """Wrap an existing ``pydantic_ai.Agent`` so Murmur can run it.
+
+    Args:
+        agent: The pydantic-ai agent; it is reused as is, never rebuilt.
+        name: Stable name; defaults to ``agent.name``, else ``"pydantic_ai_agent"``.
+        deps: Passed as ``deps`` to every run.
+        input_type: If set, each task's input is validated against it before dispatch.
+    """
+    return PydanticAIAgent(agent, name=name, deps=deps, input_type=input_type)
+
+
+class FunctionAgent(AgentImpl):
+    """A plain ``async def f(input)`` or ``async def f(input, ctx)`` used as an agent.
+
+    The first parameter's annotation, when it names a type, is the agent's input type:
+    inputs are validated (and coerced, e.g. a dict into a pydantic model) before the call.
+    """
+
+    def __init__(
+        self,
+        fn: Callable[..., Awaitable[Any]],
+        *,
+        name: str | None = None,
+        input_type: Any = None,
+    ) -> None:
+        if not _is_async_callable(fn):
+            raise TypeError(
+                "a function agent must be an async function, `async def f(input)` or "
+                f"`async def f(input, ctx)`; got {fn!r}"
+            )
+        self.fn = fn
+        self.name = _check_name(name if name is not None else _callable_name(fn), "name")
+        first, takes_ctx = _inspect_parameters(fn)
+        self.takes_context = takes_ctx
+        self._set_input_type(input_type if input_type is not None else first)
+
+    async def invoke(self, value: Any, ctx: AgentContext) -> Any:
+        if self.takes_context:
+            return await self.fn(value, ctx)
+        return await self.fn(value)
+
+
+_function_agents: weakref.WeakKeyDictionary[Any, FunctionAgent] = weakref.WeakKeyDictionary()
+
+
+def resolve_agent(agent: AgentLike) -> AgentImpl:
+    """Turn anything ``run``/``gather`` accept into an ``AgentImpl``, or raise ``TypeError``."""
+    hook = getattr(agent, "__murmur_agent__", None)
+    if hook is not None and not isinstance(agent, type):
+        impl: AgentImpl = hook()
+        return impl
+    if isinstance(agent, _PydanticAIAgent):
+        return PydanticAIAgent(agent)
+    if callable(agent) and _is_async_callable(agent):
+        try:
+            cached = _function_agents.get(agent)
+        except TypeError:
+            return FunctionAgent(agent)
+        if cached is None:
+            cached = FunctionAgent(agent)
+            try:
+                _function_agents[agent] = cached
+            except TypeError:
+                pass
+        return cached
+    raise TypeError(
+        "agent must be a murmur.Agent, a pydantic_ai.Agent, the result of "
+        "from_pydantic_ai(), or an async function `async def f(input)` / "
+        f"`async def f(input, ctx)`; got {type(agent).__name__}: {agent!r}"
+    )
+
+
+def _is_async_callable(obj: Any) -> bool:
+    while isinstance(obj, partial):
+        obj = obj.func
+    if inspect.iscoroutinefunction(obj):
+        return True
+    call = getattr(obj, "__call__", None)  # noqa: B004 - an object with an async __call__
+    return call is not None and not inspect.isfunction(obj) and inspect.iscoroutinefunction(call)
+
+
+def _callable_name(fn: Any) -> str:
+    while isinstance(fn, partial):
+        fn = fn.func
+    name = getattr(fn, "__name__", None) or type(fn).__name__
+    return str(name)
+
+
+def _check_name(name: Any, field: str) -> str:
+    if not isinstance(name, str) or not name.strip():
+        raise ValueError(f"agent {field} must be a non-empty string, got {name!r}")
+    return name
+
+
+def _inspect_parameters(fn: Any) -> tuple[Any, bool]:
+    """The first parameter's annotation (or None) and whether a second (ctx) is taken."""
+    try:
+        signature = inspect.signature(fn)
+    except (TypeError, ValueError):
+        return None, False
+    positional = [
+        p
+        for p in signature.parameters.values()
+        if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)
+    ]
+    varargs = any(p.kind is p.VAR_POSITIONAL for p in signature.parameters.values())
+    if not positional and not varargs:
+        raise TypeError(
+            f"a function agent takes the task input as its first parameter; {fn!r} takes none"
+        )
+    required = [p for p in positional if p.default is p.empty]
+    if len(required) > 2:
+        raise TypeError(
+            f"a function agent takes (input) or (input, ctx); {fn!r} requires {len(required)} "
+            "positional arguments"
+        )
+    takes_ctx = len(positional) >= 2 and (len(required) == 2 or positional[1].name == "ctx")
+    annotation = positional[0].annotation if positional else inspect.Parameter.empty
+    if annotation is inspect.Parameter.empty:
+        return None, takes_ctx
+    if isinstance(annotation, str):
+        try:
+            hints = typing.get_type_hints(fn)
+        except Exception:  # unresolvable forward reference: skip validation, don't guess
+            return None, takes_ctx
+        annotation = hints.get(positional[0].name)
+    return annotation, takes_ctx
+

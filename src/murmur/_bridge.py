@@ -1,0 +1,162 @@
+"""An asyncio event loop in a helper thread, for asyncio-only work called from Trio.
+
+pydantic-ai (and FastStream) need a running asyncio loop. Under Trio the runtime hands
+such calls to this bridge. Guarantees:
+
+* cancelling the Trio caller cancels the asyncio task, and the caller returns only once
+  that task has really finished (nothing outlives the call);
+* an exception raised on the asyncio side is re-raised on the Trio side;
+* ``close()`` stops the loop and joins the thread; no call can be left waiting.
+
+A coroutine submitted from Trio inherits Trio's context, including sniffio's
+"current async library" variable; left as is, asyncio-side code (anyio, pydantic-ai)
+would believe it runs under Trio. It is reset to "asyncio" before the work starts.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+import anyio
+import sniffio
+
+from .errors import RuntimeClosedError
+
+__all__ = ["AsyncioBridge"]
+
+T = TypeVar("T")
+
+
+class _Call:
+    """One call's state, touched only on the loop thread once submitted."""
+
+    __slots__ = ("cancel_requested", "error", "task", "value")
+
+    def __init__(self) -> None:
+        self.task: asyncio.Task[Any] | None = None
+        self.cancel_requested = False
+        self.value: Any = None
+        self.error: BaseException | None = None
+
+    def cancel(self) -> None:
+        """Ask the asyncio side to stop; runs on the loop thread."""
+        self.cancel_requested = True
+        if self.task is not None:
+            self.task.cancel()
+
+
+class AsyncioBridge:
+    """A private asyncio loop in a daemon thread; started lazily, stopped by ``close()``."""
+
+    def __init__(self, name: str = "murmur-asyncio-bridge") -> None:
+        self._name = name
+        self._lock = threading.Lock()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
+        self._closed = False
+        self._calls: set[_Call] = set()
+
+    @property
+    def thread(self) -> threading.Thread | None:
+        """The loop thread, once started."""
+        return self._thread
+
+    @property
+    def loop(self) -> asyncio.AbstractEventLoop | None:
+        """The bridge's loop, once started."""
+        return self._loop
+
+    def _submit(self, call: _Call, coro: Awaitable[None]) -> asyncio.AbstractEventLoop:
+        with self._lock:
+            if self._closed:
+                coro.close()  # type: ignore[attr-defined]
+                raise RuntimeClosedError("the runtime's asyncio bridge is closed")
+            if self._loop is None:
+                loop = asyncio.new_event_loop()
+                thread = threading.Thread(target=loop.run_forever, name=self._name, daemon=True)
+                thread.start()
+                self._loop, self._thread = loop, thread
+            self._calls.add(call)
+            asyncio.run_coroutine_threadsafe(coro, self._loop)  # type: ignore[arg-type]
+            return self._loop
+
+    async def run(self, fn: Callable[..., Awaitable[T]], *args: Any) -> T:
+        """Run ``await fn(*args)`` on the bridge loop and wait for it from Trio."""
+        import trio
+
+        token = trio.lowlevel.current_trio_token()
+        done = anyio.Event()
+        call = _Call()
+
+        async def on_loop() -> None:
+            sniffio.current_async_library_cvar.set("asyncio")
+            call.task = asyncio.current_task()
+            try:
+                if call.cancel_requested:
+                    raise asyncio.CancelledError
+                call.value = await fn(*args)
+            except asyncio.CancelledError as exc:
+                call.error = exc
+                raise
+            except Exception as exc:
+                call.error = exc
+            finally:
+                with self._lock:
+                    self._calls.discard(call)
+                token.run_sync_soon(done.set)
+
+        loop = self._submit(call, on_loop())
+        try:
+            await done.wait()
+        except BaseException:
+            # Cancelled (or interrupted) on the Trio side: cancel the asyncio task and wait,
+            # shielded, until it has really stopped before letting the cancellation go on.
+            loop.call_soon_threadsafe(call.cancel)
+            with anyio.CancelScope(shield=True):
+                await done.wait()
+            raise
+        if call.error is not None:
+            if isinstance(call.error, asyncio.CancelledError):
+                raise RuntimeClosedError("the asyncio bridge was closed while a call was running")
+            raise call.error
+        return call.value  # type: ignore[no-any-return]
+
+    def close(self) -> None:
+        """Cancel what still runs on the loop, stop it and join its thread. Idempotent."""
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            loop, thread = self._loop, self._thread
+        if loop is None or thread is None:
+            return
+        if thread is threading.current_thread():
+            raise RuntimeError("the asyncio bridge cannot be closed from its own loop")
+
+        async def shutdown() -> None:
+            # Every submitted call's task exists by now (submission happened-before the close
+            # under the lock, and the loop runs callbacks in order), but may not have started:
+            # flag them all rather than cancelling tasks that would then skip their clean-up.
+            with self._lock:
+                calls = list(self._calls)
+            for call in calls:
+                call.cancel()
+            others = asyncio.all_tasks() - {asyncio.current_task()}
+            if others:
+                await asyncio.gather(*others, return_exceptions=True)
+            await loop.shutdown_asyncgens()
+            await loop.shutdown_default_executor()
+
+        try:
+            asyncio.run_coroutine_threadsafe(shutdown(), loop).result()
+        finally:
+            loop.call_soon_threadsafe(loop.stop)
+            thread.join()
+            loop.close()
+
+    async def aclose(self) -> None:
+        """``close()`` without blocking the caller's event loop."""
+        await anyio.to_thread.run_sync(self.close, abandon_on_cancel=False)

@@ -1,0 +1,196 @@
+"""The per-task context: what an agent (and every pipeline stage) sees of its task."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from contextvars import ContextVar
+from typing import TYPE_CHECKING, Any
+
+from ._types import ZERO_USAGE, AgentResult, TaskSpec, Usage
+
+if TYPE_CHECKING:
+    from pydantic_ai.usage import UsageLimits
+
+    from ._agents import AgentImpl, AgentLike
+    from ._bridge import AsyncioBridge
+    from ._runtime import AgentRuntime
+
+__all__ = ["AgentContext", "CallOrigin", "current_context"]
+
+
+class CallOrigin:
+    """What the tasks of one ``run``/``gather`` call share: runtime, trace, depth, parent."""
+
+    __slots__ = ("bridge", "depth", "parent", "runtime", "trace_id")
+
+    def __init__(
+        self,
+        runtime: AgentRuntime,
+        *,
+        trace_id: str,
+        depth: int,
+        parent: AgentContext | None,
+        bridge: AsyncioBridge | None,
+    ) -> None:
+        self.runtime = runtime
+        self.trace_id = trace_id
+        self.depth = depth
+        self.parent = parent
+        self.bridge = bridge
+
+
+class AgentContext:
+    """One task's context, passed to ``async def f(input, ctx)`` and to pipeline stages.
+
+    Stages may replace ``task`` (it is re-validated at dispatch) and keep per-task notes in
+    ``state``. Agents report usage with ``report_usage`` and spawn children with ``run`` and
+    ``gather``: children share the runtime, budget and trace, one level deeper.
+    """
+
+    __slots__ = (
+        "_input_tokens",
+        "_origin",
+        "_output_tokens",
+        "_requests",
+        "_state",
+        "_tool_calls",
+        "attempt",
+        "impl",
+        "task",
+        "usage_limits",
+    )
+
+    def __init__(self, origin: CallOrigin, impl: AgentImpl, task: TaskSpec) -> None:
+        self._origin = origin
+        self.impl = impl
+        self.task = task
+        #: The attempt now running, 1-based; 0 until the first dispatch.
+        self.attempt = 0
+        #: pydantic-ai ``UsageLimits`` for the next model run (set by cost tracking).
+        self.usage_limits: UsageLimits | None = None
+        self._input_tokens = 0
+        self._output_tokens = 0
+        self._requests = 0
+        self._tool_calls = 0
+        self._state: dict[str, Any] | None = None
+
+    @property
+    def agent(self) -> str:
+        """The running agent's name."""
+        return self.impl.name
+
+    @property
+    def runtime(self) -> AgentRuntime:
+        """The runtime that runs this task."""
+        return self._origin.runtime
+
+    @property
+    def trace_id(self) -> str:
+        """Shared by every task of one top-level call, children included."""
+        return self._origin.trace_id
+
+    @property
+    def depth(self) -> int:
+        """0 for a task started by the caller, +1 per spawn level."""
+        return self._origin.depth
+
+    @property
+    def parent(self) -> AgentContext | None:
+        """The context of the task that spawned this one, if any."""
+        return self._origin.parent
+
+    @property
+    def parent_task_id(self) -> str | None:
+        """The ``task_id`` of the spawning task, if any."""
+        parent = self._origin.parent
+        return None if parent is None else parent.task.task_id
+
+    @property
+    def origin(self) -> CallOrigin:
+        """What this task shares with the other tasks of its call."""
+        return self._origin
+
+    @property
+    def state(self) -> dict[str, Any]:
+        """Free-form per-task notes for pipeline stages."""
+        if self._state is None:
+            self._state = {}
+        return self._state
+
+    @property
+    def usage(self) -> Usage:
+        """Usage reported so far by this task, over all its attempts."""
+        if not (self._input_tokens or self._output_tokens or self._requests or self._tool_calls):
+            return ZERO_USAGE
+        return Usage.model_construct(
+            input_tokens=self._input_tokens,
+            output_tokens=self._output_tokens,
+            requests=self._requests,
+            tool_calls=self._tool_calls,
+        )
+
+    def report_usage(
+        self,
+        usage: Any = None,
+        *,
+        input_tokens: int = 0,
+        output_tokens: int = 0,
+        requests: int = 0,
+        tool_calls: int = 0,
+    ) -> None:
+        """Add usage to this task: a ``Usage``, a pydantic-ai ``RunUsage``, or counts.
+
+        Raises:
+            ValueError: a count is negative.
+        """
+        if usage is not None:
+            if not isinstance(usage, Usage):
+                usage = Usage.from_pydantic_ai(usage)
+            input_tokens += usage.input_tokens
+            output_tokens += usage.output_tokens
+            requests += usage.requests
+            tool_calls += usage.tool_calls
+        if min(input_tokens, output_tokens, requests, tool_calls) < 0:
+            raise ValueError("report_usage() counts must be >= 0")
+        self._input_tokens += input_tokens
+        self._output_tokens += output_tokens
+        self._requests += requests
+        self._tool_calls += tool_calls
+
+    async def run(self, agent: AgentLike, task: TaskSpec) -> AgentResult[Any]:
+        """Run a child task one level deeper; see ``AgentRuntime.run``."""
+        return await self._origin.runtime._run(agent, task, parent=self)
+
+    async def gather(
+        self,
+        agent: AgentLike,
+        tasks: Iterable[TaskSpec],
+        *,
+        max_concurrency: int | None = None,
+        fail_fast: bool = False,
+    ) -> list[AgentResult[Any]]:
+        """Run child tasks one level deeper; see ``AgentRuntime.gather``."""
+        return await self._origin.runtime._gather(
+            agent, tasks, max_concurrency=max_concurrency, fail_fast=fail_fast, parent=self
+        )
+
+    def __repr__(self) -> str:
+        return (
+            f"<AgentContext agent={self.agent!r} task_id={self.task.task_id!r} "
+            f"depth={self.depth} attempt={self.attempt}>"
+        )
+
+
+_current: ContextVar[AgentContext | None] = ContextVar("murmur_current_context", default=None)
+
+
+def current_context() -> AgentContext:
+    """The context of the Murmur task running here (inside an agent or its tools).
+
+    Raises:
+        LookupError: no Murmur task is running in this context.
+    """
+    ctx = _current.get()
+    if ctx is None:
+        raise LookupError("no Murmur task is running here: current_context() works inside agents")
+    return ctx

@@ -1,0 +1,72 @@
+"""The executor: runs one task through the pipeline and turns the outcome into a result.
+
+The same executor runs tasks in-process (``LocalTransport``) and, in distributed mode, on
+the worker that receives them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from time import perf_counter
+from typing import TYPE_CHECKING, Any
+
+from ._context import AgentContext, CallOrigin, _current
+from ._pipeline import Stage, compose
+from ._types import AgentResult, TaskSpec
+
+if TYPE_CHECKING:
+    from ._agents import AgentImpl
+
+__all__ = ["Executor"]
+
+
+class Executor:
+    """Runs tasks through a pipeline composed once from ``stages``."""
+
+    def __init__(self, stages: Sequence[Stage] = ()) -> None:
+        self.stages = tuple(stages)
+        self._call = compose(self.stages, _dispatch)
+
+    async def execute(self, impl: AgentImpl, task: TaskSpec, origin: CallOrigin) -> AgentResult[Any]:
+        """Run ``task`` on ``impl``; agent failures come back as an error result.
+
+        Cancellation is not a failure: it propagates to the caller untouched.
+        """
+        ctx = AgentContext(origin, impl, task)
+        start = perf_counter()
+        try:
+            output = await self._call(ctx)
+        except Exception as exc:
+            return AgentResult.model_construct(
+                output=None,
+                error=exc,
+                usage=ctx.usage,
+                attempts=ctx.attempt,
+                duration=perf_counter() - start,
+                task_id=task.task_id,
+                agent=impl.name,
+            )
+        return AgentResult.model_construct(
+            output=output,
+            error=None,
+            usage=ctx.usage,
+            attempts=ctx.attempt,
+            duration=perf_counter() - start,
+            task_id=task.task_id,
+            agent=impl.name,
+        )
+
+
+async def _dispatch(ctx: AgentContext) -> Any:
+    """The innermost step: validate the input and call the agent (bridged if need be)."""
+    ctx.attempt += 1
+    impl = ctx.impl
+    value = impl.prepare_input(ctx.task.input)
+    token = _current.set(ctx)
+    try:
+        bridge = ctx.origin.bridge
+        if bridge is not None and impl.asyncio_only:
+            return await bridge.run(impl.invoke, value, ctx)
+        return await impl.invoke(value, ctx)
+    finally:
+        _current.reset(token)

@@ -1,0 +1,276 @@
+"""AgentRuntime: run, gather and their sync twins, over AnyIO task groups."""
+
+from __future__ import annotations
+
+import weakref
+from collections.abc import Iterable, Sequence
+from functools import partial
+from typing import Any
+
+import anyio
+import sniffio
+
+from ._agents import AgentImpl, AgentLike, resolve_agent
+from ._bridge import AsyncioBridge
+from ._context import AgentContext, CallOrigin
+from ._executor import Executor
+from ._options import RuntimeOptions
+from ._pipeline import Stage
+from ._types import AgentResult, TaskSpec, new_task_id
+from .errors import RuntimeClosedError, TaskCancelledError
+from .transport.base import Transport
+from .transport.local import LocalTransport
+
+__all__ = ["AgentRuntime"]
+
+
+class AgentRuntime:
+    """Runs agents: one task (``run``), a batch (``gather``), in-process or on workers.
+
+    Args:
+        options: Policies for every call (``RuntimeOptions``); defaults apply when omitted.
+        middleware: Extra pipeline stages, each ``async def __call__(self, ctx, call_next)``.
+        transport: Where tasks execute; in-process by default.
+        broker: A broker URL for distributed mode (not available in this version).
+
+    A runtime owns an asyncio helper loop under Trio (for pydantic-ai) and, in distributed
+    mode, broker connections. Release them with ``async with AgentRuntime() as runtime:``
+    or ``await runtime.aclose()``; otherwise they go when the runtime is garbage-collected
+    or the process exits.
+    """
+
+    def __init__(
+        self,
+        *,
+        options: RuntimeOptions | None = None,
+        middleware: Sequence[Stage] = (),
+        transport: Transport | None = None,
+        broker: str | None = None,
+    ) -> None:
+        if options is None:
+            options = RuntimeOptions()
+        elif not isinstance(options, RuntimeOptions):
+            raise TypeError(
+                f"options must be a murmur.RuntimeOptions, got {type(options).__name__}"
+            )
+        if broker is not None:
+            raise NotImplementedError(
+                "distributed mode (AgentRuntime(broker=...)) is not available in this version; "
+                "omit broker= to run in-process"
+            )
+        stages = list(middleware)
+        for index, stage in enumerate(stages):
+            if not callable(stage):
+                raise TypeError(
+                    f"middleware[{index}] must be a stage with "
+                    f"`async def __call__(self, ctx, call_next)`, got {stage!r}"
+                )
+        if transport is not None and not isinstance(transport, Transport):
+            raise TypeError(
+                f"transport must be a murmur.transport.Transport, got {type(transport).__name__}"
+            )
+        self._options = options
+        self._executor = Executor(stages)
+        self._transport = transport if transport is not None else LocalTransport(self._executor)
+        self._bridge: AsyncioBridge | None = None
+        self._closed = False
+
+    @property
+    def options(self) -> RuntimeOptions:
+        """The runtime's options."""
+        return self._options
+
+    # -- public API ----------------------------------------------------------------------
+
+    async def run(self, agent: AgentLike, task: TaskSpec) -> AgentResult[Any]:
+        """Run one task.
+
+        Args:
+            agent: A ``murmur.Agent``, a ``pydantic_ai.Agent``, ``from_pydantic_ai(...)``,
+                or an async function ``f(input)`` / ``f(input, ctx)``.
+            task: The task.
+
+        Returns:
+            The task's ``AgentResult``; an agent failure is an error result, not an exception.
+
+        Raises:
+            TypeError: ``agent`` is not an agent, or ``task`` not a ``TaskSpec``.
+            RuntimeClosedError: the runtime was closed.
+        """
+        return await self._run(agent, task, parent=None)
+
+    async def gather(
+        self,
+        agent: AgentLike,
+        tasks: Iterable[TaskSpec],
+        *,
+        max_concurrency: int | None = None,
+        fail_fast: bool = False,
+    ) -> list[AgentResult[Any]]:
+        """Run a batch of tasks on one agent, at most ``max_concurrency`` at a time.
+
+        Args:
+            agent: Anything ``run`` accepts.
+            tasks: The tasks; results come back in the same order.
+            max_concurrency: Hard cap on tasks in flight (default: the options' value, 100).
+            fail_fast: If true, the first failure cancels the rest; their results carry a
+                ``TaskCancelledError``.
+
+        Returns:
+            One ``AgentResult`` per task, in input order; failures stay in their slots.
+
+        Raises:
+            TypeError: ``agent`` is not an agent, or a task is not a ``TaskSpec``.
+            ValueError: ``max_concurrency`` < 1.
+            RuntimeClosedError: the runtime was closed.
+        """
+        return await self._gather(
+            agent, tasks, max_concurrency=max_concurrency, fail_fast=fail_fast, parent=None
+        )
+
+    def run_sync(
+        self, agent: AgentLike, task: TaskSpec, *, backend: str = "asyncio"
+    ) -> AgentResult[Any]:
+        """``run`` from synchronous code: starts an event loop (``backend``) for the call."""
+        return anyio.run(partial(self.run, agent, task), backend=backend)
+
+    def gather_sync(
+        self,
+        agent: AgentLike,
+        tasks: Iterable[TaskSpec],
+        *,
+        max_concurrency: int | None = None,
+        fail_fast: bool = False,
+        backend: str = "asyncio",
+    ) -> list[AgentResult[Any]]:
+        """``gather`` from synchronous code: starts an event loop (``backend``) for the call."""
+        call = partial(self.gather, agent, tasks, max_concurrency=max_concurrency, fail_fast=fail_fast)
+        return anyio.run(call, backend=backend)
+
+    async def aclose(self) -> None:
+        """Release everything the runtime owns. Idempotent; the runtime is unusable after."""
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            await self._transport.aclose()
+        finally:
+            bridge, self._bridge = self._bridge, None
+            if bridge is not None:
+                await bridge.aclose()
+
+    async def __aenter__(self) -> AgentRuntime:
+        self._check_open()
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.aclose()
+
+    # -- internals -----------------------------------------------------------------------
+
+    async def _run(
+        self, agent: AgentLike, task: TaskSpec, *, parent: AgentContext | None
+    ) -> AgentResult[Any]:
+        impl = resolve_agent(agent)
+        if not isinstance(task, TaskSpec):
+            raise TypeError(
+                f"task must be a murmur.TaskSpec, got {type(task).__name__}; "
+                "wrap the input as TaskSpec(input=...)"
+            )
+        origin = self._origin(impl, parent)
+        return await self._transport.submit(impl, task, origin)
+
+    async def _gather(
+        self,
+        agent: AgentLike,
+        tasks: Iterable[TaskSpec],
+        *,
+        max_concurrency: int | None,
+        fail_fast: bool,
+        parent: AgentContext | None,
+    ) -> list[AgentResult[Any]]:
+        impl = resolve_agent(agent)
+        limit = self._options.max_concurrency if max_concurrency is None else max_concurrency
+        if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
+            raise ValueError(f"max_concurrency must be an int >= 1, got {max_concurrency!r}")
+        if isinstance(tasks, (str, bytes)) or not isinstance(tasks, Iterable):
+            raise TypeError(
+                f"tasks must be an iterable of murmur.TaskSpec, got {type(tasks).__name__}"
+            )
+        specs = list(tasks)
+        for index, spec in enumerate(specs):
+            if not isinstance(spec, TaskSpec):
+                raise TypeError(
+                    f"tasks[{index}] must be a murmur.TaskSpec, got {type(spec).__name__}; "
+                    "wrap each input as TaskSpec(input=...)"
+                )
+        origin = self._origin(impl, parent)
+        count = len(specs)
+        results: list[AgentResult[Any] | None] = [None] * count
+        if count == 0:
+            return []
+        submit = self._transport.submit
+        # A pool of at most `limit` workers pulls indices from one shared iterator: the cap
+        # holds by construction, and a 100k batch never has 100k coroutines alive at once.
+        indices = iter(range(count))
+        first_failure: list[AgentResult[Any]] = []
+
+        async with anyio.create_task_group() as tg:
+            cancel_scope = tg.cancel_scope
+
+            async def worker() -> None:
+                for i in indices:
+                    if first_failure:
+                        return  # fail_fast fired: also stops workers whose agents never yield
+                    result = await submit(impl, specs[i], origin)
+                    results[i] = result
+                    if fail_fast and result.error is not None and not first_failure:
+                        first_failure.append(result)
+                        cancel_scope.cancel()
+
+            for _ in range(min(limit, count)):
+                tg.start_soon(worker)
+
+        if first_failure:
+            failed = first_failure[0]
+            for i, slot in enumerate(results):
+                if slot is None:
+                    results[i] = AgentResult.model_construct(
+                        output=None,
+                        error=TaskCancelledError(
+                            f"cancelled by fail_fast: task {failed.task_id!r} of agent "
+                            f"{failed.agent!r} failed first"
+                        ),
+                        attempts=0,
+                        duration=0.0,
+                        task_id=specs[i].task_id,
+                        agent=impl.name,
+                    )
+        return results  # type: ignore[return-value]
+
+    def _origin(self, impl: AgentImpl, parent: AgentContext | None) -> CallOrigin:
+        self._check_open()
+        bridge = None
+        if impl.asyncio_only and sniffio.current_async_library() != "asyncio":
+            bridge = self._asyncio_bridge()
+        if parent is None:
+            return CallOrigin(self, trace_id=new_task_id(), depth=0, parent=None, bridge=bridge)
+        return CallOrigin(
+            self,
+            trace_id=parent.trace_id,
+            depth=parent.depth + 1,
+            parent=parent,
+            bridge=bridge,
+        )
+
+    def _asyncio_bridge(self) -> AsyncioBridge:
+        bridge = self._bridge
+        if bridge is None:
+            bridge = self._bridge = AsyncioBridge()
+            # Without aclose(), the loop thread goes when the runtime is collected or at exit.
+            weakref.finalize(self, bridge.close)
+        return bridge
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise RuntimeClosedError("this AgentRuntime was closed; create a new one")

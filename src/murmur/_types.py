@@ -1,0 +1,154 @@
+"""Plain data that crosses every boundary: TaskSpec in, AgentResult and Usage out."""
+
+from __future__ import annotations
+
+import os
+import traceback as _traceback
+from typing import Any, Generic, Self, TypeVar, cast
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    field_serializer,
+    field_validator,
+    model_validator,
+)
+
+from .errors import RemoteAgentError
+
+__all__ = ["AgentResult", "ErrorInfo", "TaskSpec", "Usage", "new_task_id"]
+
+OutputT = TypeVar("OutputT")
+
+
+def new_task_id() -> str:
+    """A random 128-bit id in hex: unique across processes, cheaper to make than ``uuid4``."""
+    return os.urandom(16).hex()
+
+
+class TaskSpec(BaseModel):
+    """One unit of work for an agent: its input plus an id and free-form metadata.
+
+    ``input`` may be a ``str`` (handed to a pydantic-ai agent verbatim as the user prompt), a
+    JSON-like value or a pydantic model (rendered as JSON for a pydantic-ai agent).
+    """
+
+    model_config = ConfigDict(frozen=True, arbitrary_types_allowed=True)
+
+    input: Any
+    task_id: str = Field(default_factory=new_task_id, min_length=1)
+    metadata: dict[str, Any] = Field(default_factory=dict)
+
+
+class Usage(BaseModel):
+    """Token and request counts of one task (summed over its attempts)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    input_tokens: int = Field(default=0, ge=0)
+    output_tokens: int = Field(default=0, ge=0)
+    requests: int = Field(default=0, ge=0)
+    tool_calls: int = Field(default=0, ge=0)
+
+    @property
+    def total_tokens(self) -> int:
+        """Input plus output tokens: what a ``TokenBudget`` charges."""
+        return self.input_tokens + self.output_tokens
+
+    def __add__(self, other: Usage) -> Usage:
+        if not isinstance(other, Usage):
+            return NotImplemented
+        return Usage.model_construct(
+            input_tokens=self.input_tokens + other.input_tokens,
+            output_tokens=self.output_tokens + other.output_tokens,
+            requests=self.requests + other.requests,
+            tool_calls=self.tool_calls + other.tool_calls,
+        )
+
+    @classmethod
+    def from_pydantic_ai(cls, usage: Any) -> Usage:
+        """Convert pydantic-ai's ``RunUsage`` (or anything with the same attributes)."""
+        return cls.model_construct(
+            input_tokens=int(getattr(usage, "input_tokens", 0) or 0),
+            output_tokens=int(getattr(usage, "output_tokens", 0) or 0),
+            requests=int(getattr(usage, "requests", 0) or 0),
+            tool_calls=int(getattr(usage, "tool_calls", 0) or 0),
+        )
+
+
+ZERO_USAGE = Usage()
+
+
+class ErrorInfo(BaseModel):
+    """The JSON form of an exception: its type, message and formatted traceback."""
+
+    model_config = ConfigDict(frozen=True)
+
+    type: str
+    message: str
+    traceback: str | None = None
+
+    @classmethod
+    def from_exception(cls, error: BaseException) -> ErrorInfo:
+        """Describe ``error``; a ``RemoteAgentError`` keeps the remote type and traceback."""
+        if isinstance(error, RemoteAgentError):
+            return cls(type=error.type_name, message=error.message, traceback=error.remote_traceback)
+        kind = type(error)
+        name = kind.__qualname__ if kind.__module__ == "builtins" else (
+            f"{kind.__module__}.{kind.__qualname__}"
+        )
+        tb = "".join(_traceback.format_exception(error)) if error.__traceback__ else None
+        return cls(type=name, message=str(error), traceback=tb)
+
+    def to_exception(self) -> RemoteAgentError:
+        """Rebuild the failure as a ``RemoteAgentError`` carrying the original type name."""
+        return RemoteAgentError(self.type, self.message, self.traceback)
+
+
+class AgentResult(BaseModel, Generic[OutputT]):
+    """What one task produced: an output or an error (never both), plus usage and timing.
+
+    Failures are data: ``error`` holds the exception instance the task ended with, and
+    ``unwrap()`` re-raises it. An agent may legitimately return ``None``, so success is
+    decided by ``error is None``, which is what ``is_ok()`` checks.
+    """
+
+    model_config = ConfigDict(frozen=True, arbitrary_types_allowed=True)
+
+    output: OutputT | None = None
+    error: Exception | None = None
+    usage: Usage = ZERO_USAGE
+    attempts: int = Field(default=1, ge=0)
+    duration: float = Field(default=0.0, ge=0.0)
+    task_id: str
+    agent: str
+
+    def is_ok(self) -> bool:
+        """True when the task succeeded (``error`` is ``None``)."""
+        return self.error is None
+
+    def unwrap(self) -> OutputT:
+        """Return the output, or raise the task's error."""
+        if self.error is not None:
+            raise self.error
+        return cast(OutputT, self.output)
+
+    @field_validator("error", mode="before")
+    @classmethod
+    def _rebuild_error(cls, value: Any) -> Any:
+        if isinstance(value, dict):
+            return ErrorInfo.model_validate(value).to_exception()
+        if isinstance(value, ErrorInfo):
+            return value.to_exception()
+        return value
+
+    @field_serializer("error")
+    def _serialise_error(self, error: Exception | None) -> dict[str, Any] | None:
+        return None if error is None else ErrorInfo.from_exception(error).model_dump()
+
+    @model_validator(mode="after")
+    def _output_xor_error(self) -> Self:
+        if self.error is not None and self.output is not None:
+            raise ValueError("an AgentResult has an output or an error, never both")
+        return self

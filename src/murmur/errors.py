@@ -1,0 +1,96 @@
+"""Murmur's exceptions.
+
+The whole hierarchy::
+
+    MurmurError
+    ├── AgentError ─────────────────── something went wrong running one task
+    │   ├── InputValidationError ───── the task input failed the agent's ``input_type``
+    │   ├── TaskCancelledError ─────── the task was cancelled by its batch (``fail_fast``)
+    │   ├── AgentTimeoutError ──────── an attempt ran past ``timeout_seconds`` (also a ``TimeoutError``)
+    │   ├── BudgetExceededError ────── the shared ``TokenBudget`` is spent
+    │   ├── SpawnDepthExceededError ── a spawn went deeper than ``max_spawn_depth``
+    │   └── RemoteAgentError ───────── a failure that happened in another process
+    ├── RuntimeClosedError ─────────── the runtime was used after ``aclose()``
+    └── TopologyError ──────────────── an ``AgentGroup`` topology is invalid
+
+Failures of the user's own agent code are not wrapped: ``AgentResult.error`` holds the
+exception the agent raised. Murmur's own refusals and the runtime's failures are the
+classes above. Cancellation is never turned into an exception of this tree.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+__all__ = [
+    "AgentError",
+    "AgentTimeoutError",
+    "BudgetExceededError",
+    "InputValidationError",
+    "MurmurError",
+    "RemoteAgentError",
+    "RuntimeClosedError",
+    "SpawnDepthExceededError",
+    "TaskCancelledError",
+    "TopologyError",
+]
+
+
+class MurmurError(Exception):
+    """Root of every exception Murmur raises."""
+
+
+class AgentError(MurmurError):
+    """A failure of one task, reported in its ``AgentResult.error``."""
+
+
+class InputValidationError(AgentError, ValueError):
+    """The task's input did not validate against the agent's ``input_type``."""
+
+    def __init__(self, agent: str, errors: list[dict[str, Any]]) -> None:
+        self.agent = agent
+        self.errors = errors
+        super().__init__(f"input for agent {agent!r} failed validation: {_summarise(errors)}")
+
+
+class TaskCancelledError(AgentError):
+    """The task was cancelled by its batch (``fail_fast``) before it could finish."""
+
+
+class AgentTimeoutError(AgentError, TimeoutError):
+    """An attempt ran longer than the configured ``timeout_seconds``."""
+
+
+class BudgetExceededError(AgentError):
+    """The shared ``TokenBudget`` is spent, or a run hit the cap it reserved."""
+
+
+class SpawnDepthExceededError(AgentError):
+    """A spawn would run deeper than ``max_spawn_depth``."""
+
+
+class RemoteAgentError(AgentError):
+    """A failure that happened in another process, rebuilt from its type, message and traceback."""
+
+    def __init__(self, type_name: str, message: str, traceback: str | None = None) -> None:
+        self.type_name = type_name
+        self.message = message
+        self.remote_traceback = traceback
+        super().__init__(f"{type_name}: {message}")
+
+
+class RuntimeClosedError(MurmurError, RuntimeError):
+    """The runtime was used after ``aclose()``."""
+
+
+class TopologyError(MurmurError, ValueError):
+    """An ``AgentGroup`` topology is invalid; the message names the offending nodes."""
+
+
+def _summarise(errors: list[dict[str, Any]]) -> str:
+    parts = []
+    for error in errors[:3]:
+        loc = ".".join(str(p) for p in error.get("loc", ())) or "<input>"
+        parts.append(f"{loc}: {error.get('msg', 'invalid')}")
+    more = f" (+{len(errors) - 3} more)" if len(errors) > 3 else ""
+    return "; ".join(parts) + more
