@@ -25,6 +25,10 @@ from .errors import RuntimeClosedError as RuntimeClosedError
 from .errors import SpawnDepthExceededError as SpawnDepthExceededError
 from .errors import TaskCancelledError as TaskCancelledError
 from .errors import TopologyError as TopologyError
+from .events.types import EventEmitter as EventEmitter
+from .events.types import EventType as EventType
+from .events.types import RuntimeEvent as RuntimeEvent
+from .middleware.cost_tracking import TokenBudget as TokenBudget
 
 __all__ = [
     "Agent",
@@ -36,17 +40,21 @@ __all__ = [
     "BudgetExceededError",
     "CallNext",
     "ErrorInfo",
+    "EventEmitter",
+    "EventType",
     "FunctionAgent",
     "InputValidationError",
     "MurmurError",
     "PydanticAIAgent",
     "RemoteAgentError",
     "RuntimeClosedError",
+    "RuntimeEvent",
     "RuntimeOptions",
     "SpawnDepthExceededError",
     "Stage",
     "TaskCancelledError",
     "TaskSpec",
+    "TokenBudget",
     "TopologyError",
     "Usage",
     "__version__",

@@ -6,6 +6,7 @@ Whatever the user hands to ``run``/``gather`` is resolved once per call into an
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import threading
 import typing
@@ -18,10 +19,12 @@ from typing import TYPE_CHECKING, Any
 import pydantic_core
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, TypeAdapter, ValidationError
 from pydantic_ai import Agent as _PydanticAIAgent
+from pydantic_ai.exceptions import UsageLimitExceeded
 from pydantic_ai.models import Model
+from pydantic_ai.usage import RunUsage, UsageLimits
 
 from ._types import Usage
-from .errors import InputValidationError
+from .errors import BudgetExceededError, InputValidationError
 
 if TYPE_CHECKING:
     from ._context import AgentContext
@@ -115,12 +118,33 @@ class PydanticAIAgent(AgentImpl):
         self._set_input_type(input_type)
 
     async def invoke(self, value: Any, ctx: AgentContext) -> Any:
-        result = await self.agent.run(
-            render_prompt(value),
-            deps=ctx if self._context_as_deps else self._deps,
-            usage_limits=ctx.usage_limits,
-        )
-        ctx.report_usage(Usage.from_pydantic_ai(result.usage))
+        # pydantic-ai adds to the RunUsage it is given as it goes, so even a run that fails
+        # part-way reports what it spent.
+        usage = RunUsage()
+        cap = ctx.token_cap
+        limits = None
+        if cap is not None:
+            left = cap - ctx.usage.total_tokens
+            if left <= 0:
+                raise BudgetExceededError(
+                    f"agent {self.name!r} has used the {cap} tokens reserved for its task"
+                )
+            limits = UsageLimits(total_tokens_limit=left)
+        try:
+            result = await self.agent.run(
+                render_prompt(value),
+                deps=ctx if self._context_as_deps else self._deps,
+                usage_limits=limits,
+                usage=usage,
+            )
+        except UsageLimitExceeded as exc:
+            if limits is not None and "total_tokens_limit" in str(exc):
+                raise BudgetExceededError(
+                    f"agent {self.name!r} was cut off at the {cap} tokens reserved for its task"
+                ) from exc
+            raise
+        finally:
+            ctx.report_usage(Usage.from_pydantic_ai(usage))
         return result.output
 
 
@@ -258,10 +282,8 @@ def resolve_agent(agent: AgentLike) -> AgentImpl:
             return FunctionAgent(agent)
         if cached is None:
             cached = FunctionAgent(agent)
-            try:
+            with contextlib.suppress(TypeError):  # not weak-referenceable: just don't cache
                 _function_agents[agent] = cached
-            except TypeError:
-                pass
         return cached
     raise TypeError(
         "agent must be a murmur.Agent, a pydantic_ai.Agent, the result of "
@@ -325,4 +347,3 @@ def _inspect_parameters(fn: Any) -> tuple[Any, bool]:
             return None, takes_ctx
         annotation = hints.get(positional[0].name)
     return annotation, takes_ctx
-

@@ -16,16 +16,18 @@ would believe it runs under Trio. It is reset to "asyncio" before the work start
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import threading
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
 import anyio
+import anyio.abc
 import sniffio
 
 from .errors import RuntimeClosedError
 
-__all__ = ["AsyncioBridge"]
+__all__ = ["AsyncioBridge", "HomePortal"]
 
 T = TypeVar("T")
 
@@ -75,7 +77,9 @@ class AsyncioBridge:
                 coro.close()  # type: ignore[attr-defined]
                 raise RuntimeClosedError("the runtime's asyncio bridge is closed")
             if self._loop is None:
-                loop = asyncio.new_event_loop()
+                # In a fresh context: the loop's self-pipe handle keeps the context it was
+                # made in, which would otherwise pin the caller's task (and its runtime).
+                loop = contextvars.Context().run(asyncio.new_event_loop)
                 thread = threading.Thread(target=loop.run_forever, name=self._name, daemon=True)
                 thread.start()
                 self._loop, self._thread = loop, thread
@@ -160,3 +164,72 @@ class AsyncioBridge:
     async def aclose(self) -> None:
         """``close()`` without blocking the caller's event loop."""
         await anyio.to_thread.run_sync(self.close, abandon_on_cancel=False)
+
+
+class HomePortal:
+    """The way back from the bridge loop to the Trio task that dispatched the agent.
+
+    A pydantic-ai tool runs on the bridge loop; when it spawns a child (``ctx.run``), the
+    child must run at home, under Trio, inside the dispatching task's task group, so it
+    shares the runtime's budget and is cancelled with its parent. Cancelling the waiting
+    asyncio side cancels the home task, and waits for it to finish.
+    """
+
+    def __init__(self, task_group: anyio.abc.TaskGroup) -> None:
+        import trio
+
+        self._token = trio.lowlevel.current_trio_token()
+        self._task_group = task_group
+        self._thread = threading.get_ident()
+
+    def is_away(self) -> bool:
+        """True when called from another thread than home (i.e. from the bridge loop)."""
+        return threading.get_ident() != self._thread
+
+    async def run(self, fn: Callable[[], Awaitable[T]]) -> T:
+        """Run ``await fn()`` at home; called from the bridge loop."""
+        loop = asyncio.get_running_loop()
+        finished: asyncio.Future[None] = loop.create_future()
+        outcome: list[Any] = []
+        scope_box: list[anyio.CancelScope] = []
+        cancel_requested = False
+
+        async def at_home() -> None:
+            with anyio.CancelScope() as scope:
+                scope_box.append(scope)
+                if cancel_requested:
+                    scope.cancel()
+                try:
+                    outcome.append((True, await fn()))
+                except Exception as exc:
+                    outcome.append((False, exc))
+            loop.call_soon_threadsafe(_resolve, finished)
+
+        def cancel_at_home() -> None:
+            nonlocal cancel_requested
+            cancel_requested = True
+            for scope in scope_box:
+                scope.cancel()
+
+        self._token.run_sync_soon(self._task_group.start_soon, at_home)
+        try:
+            await asyncio.shield(finished)
+        except asyncio.CancelledError:
+            self._token.run_sync_soon(cancel_at_home)
+            while not finished.done():
+                try:
+                    await asyncio.shield(finished)
+                except asyncio.CancelledError:
+                    continue
+            raise
+        if not outcome:
+            raise asyncio.CancelledError
+        ok, value = outcome[0]
+        if ok:
+            return value  # type: ignore[no-any-return]
+        raise value
+
+
+def _resolve(future: asyncio.Future[None]) -> None:
+    if not future.done():
+        future.set_result(None)

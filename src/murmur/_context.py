@@ -4,15 +4,15 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from contextvars import ContextVar
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 from ._types import ZERO_USAGE, AgentResult, TaskSpec, Usage
+from .events.types import EventError, EventType, RuntimeEvent
 
 if TYPE_CHECKING:
-    from pydantic_ai.usage import UsageLimits
-
     from ._agents import AgentImpl, AgentLike
-    from ._bridge import AsyncioBridge
+    from ._bridge import AsyncioBridge, HomePortal
     from ._runtime import AgentRuntime
 
 __all__ = ["AgentContext", "CallOrigin", "current_context"]
@@ -55,9 +55,10 @@ class AgentContext:
         "_state",
         "_tool_calls",
         "attempt",
+        "home",
         "impl",
         "task",
-        "usage_limits",
+        "token_cap",
     )
 
     def __init__(self, origin: CallOrigin, impl: AgentImpl, task: TaskSpec) -> None:
@@ -66,8 +67,11 @@ class AgentContext:
         self.task = task
         #: The attempt now running, 1-based; 0 until the first dispatch.
         self.attempt = 0
-        #: pydantic-ai ``UsageLimits`` for the next model run (set by cost tracking).
-        self.usage_limits: UsageLimits | None = None
+        #: Tokens this task may still spend, set while a ``TokenBudget`` reservation is held;
+        #: pydantic-ai runs are capped at what is left of it.
+        self.token_cap: int | None = None
+        #: Set while the agent runs on the asyncio bridge under Trio: the way back home.
+        self.home: HomePortal | None = None
         self._input_tokens = 0
         self._output_tokens = 0
         self._requests = 0
@@ -157,8 +161,36 @@ class AgentContext:
         self._requests += requests
         self._tool_calls += tool_calls
 
+    async def emit(
+        self,
+        type: EventType,
+        *,
+        error: EventError | None = None,
+        data: dict[str, Any] | None = None,
+    ) -> None:
+        """Report an event about this task through the runtime's emitter."""
+        runtime = self._origin.runtime
+        if not runtime._wants(type):
+            return
+        await runtime._emit(
+            RuntimeEvent(
+                type=type,
+                trace_id=self.trace_id,
+                task_id=self.task.task_id,
+                parent_task_id=self.parent_task_id,
+                agent=self.impl.name,
+                depth=self.depth,
+                attempt=self.attempt,
+                error=error,
+                data=data or {},
+            )
+        )
+
     async def run(self, agent: AgentLike, task: TaskSpec) -> AgentResult[Any]:
         """Run a child task one level deeper; see ``AgentRuntime.run``."""
+        home = self.home
+        if home is not None and home.is_away():
+            return await home.run(partial(self.run, agent, task))
         return await self._origin.runtime._run(agent, task, parent=self)
 
     async def gather(
@@ -170,6 +202,13 @@ class AgentContext:
         fail_fast: bool = False,
     ) -> list[AgentResult[Any]]:
         """Run child tasks one level deeper; see ``AgentRuntime.gather``."""
+        home = self.home
+        if home is not None and home.is_away():
+            return await home.run(
+                partial(
+                    self.gather, agent, tasks, max_concurrency=max_concurrency, fail_fast=fail_fast
+                )
+            )
         return await self._origin.runtime._gather(
             agent, tasks, max_concurrency=max_concurrency, fail_fast=fail_fast, parent=self
         )

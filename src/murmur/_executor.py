@@ -10,6 +10,9 @@ from collections.abc import Sequence
 from time import perf_counter
 from typing import TYPE_CHECKING, Any
 
+import anyio
+
+from ._bridge import AsyncioBridge, HomePortal
 from ._context import AgentContext, CallOrigin, _current
 from ._pipeline import Stage, compose
 from ._types import AgentResult, TaskSpec
@@ -27,7 +30,9 @@ class Executor:
         self.stages = tuple(stages)
         self._call = compose(self.stages, _dispatch)
 
-    async def execute(self, impl: AgentImpl, task: TaskSpec, origin: CallOrigin) -> AgentResult[Any]:
+    async def execute(
+        self, impl: AgentImpl, task: TaskSpec, origin: CallOrigin
+    ) -> AgentResult[Any]:
         """Run ``task`` on ``impl``; agent failures come back as an error result.
 
         Cancellation is not a failure: it propagates to the caller untouched.
@@ -37,7 +42,7 @@ class Executor:
         try:
             output = await self._call(ctx)
         except Exception as exc:
-            return AgentResult.model_construct(
+            return AgentResult._build(
                 output=None,
                 error=exc,
                 usage=ctx.usage,
@@ -46,7 +51,7 @@ class Executor:
                 task_id=task.task_id,
                 agent=impl.name,
             )
-        return AgentResult.model_construct(
+        return AgentResult._build(
             output=output,
             error=None,
             usage=ctx.usage,
@@ -66,7 +71,27 @@ async def _dispatch(ctx: AgentContext) -> Any:
     try:
         bridge = ctx.origin.bridge
         if bridge is not None and impl.asyncio_only:
-            return await bridge.run(impl.invoke, value, ctx)
+            return await _bridged(bridge, impl, value, ctx)
         return await impl.invoke(value, ctx)
     finally:
         _current.reset(token)
+
+
+async def _bridged(bridge: AsyncioBridge, impl: AgentImpl, value: Any, ctx: AgentContext) -> Any:
+    """Run an asyncio-only agent on the bridge; children it spawns come back home to run."""
+    error: Exception | None = None
+    output: Any = None
+    async with anyio.create_task_group() as task_group:
+        ctx.home = HomePortal(task_group)
+        try:
+            output = await bridge.run(impl.invoke, value, ctx)
+        except Exception as exc:
+            # Raised outside the task group, so it is not wrapped in an exception group.
+            error = exc
+        finally:
+            ctx.home = None
+            # The agent has returned: anything it left running at home is an orphan.
+            task_group.cancel_scope.cancel()
+    if error is not None:
+        raise error
+    return output

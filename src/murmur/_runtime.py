@@ -9,6 +9,7 @@ from typing import Any
 
 import anyio
 import sniffio
+import structlog
 
 from ._agents import AgentImpl, AgentLike, resolve_agent
 from ._bridge import AsyncioBridge
@@ -16,12 +17,21 @@ from ._context import AgentContext, CallOrigin
 from ._executor import Executor
 from ._options import RuntimeOptions
 from ._pipeline import Stage
-from ._types import AgentResult, TaskSpec, new_task_id
+from ._types import ZERO_USAGE, AgentResult, TaskSpec, new_task_id
 from .errors import RuntimeClosedError, TaskCancelledError
+from .events.types import EventEmitter, EventType, RuntimeEvent
+from .middleware import (
+    CostTrackingMiddleware,
+    DepthLimitMiddleware,
+    RetryMiddleware,
+    TimeoutMiddleware,
+)
 from .transport.base import Transport
 from .transport.local import LocalTransport
 
 __all__ = ["AgentRuntime"]
+
+_log = structlog.get_logger("murmur")
 
 
 class AgentRuntime:
@@ -31,6 +41,7 @@ class AgentRuntime:
         options: Policies for every call (``RuntimeOptions``); defaults apply when omitted.
         middleware: Extra pipeline stages, each ``async def __call__(self, ctx, call_next)``.
         transport: Where tasks execute; in-process by default.
+        event_emitter: Receives every ``RuntimeEvent`` (``async def emit(self, event)``).
         broker: A broker URL for distributed mode (not available in this version).
 
     A runtime owns an asyncio helper loop under Trio (for pydantic-ai) and, in distributed
@@ -45,6 +56,7 @@ class AgentRuntime:
         options: RuntimeOptions | None = None,
         middleware: Sequence[Stage] = (),
         transport: Transport | None = None,
+        event_emitter: EventEmitter | None = None,
         broker: str | None = None,
     ) -> None:
         if options is None:
@@ -69,8 +81,15 @@ class AgentRuntime:
             raise TypeError(
                 f"transport must be a murmur.transport.Transport, got {type(transport).__name__}"
             )
+        if event_emitter is not None and not callable(getattr(event_emitter, "emit", None)):
+            raise TypeError(
+                "event_emitter must have `async def emit(self, event)`, "
+                f"got {type(event_emitter).__name__}"
+            )
         self._options = options
-        self._executor = Executor(stages)
+        self._emitter = event_emitter
+        self._emitter_failed = False
+        self._executor = Executor(_policy_stages(options, stages))
         self._transport = transport if transport is not None else LocalTransport(self._executor)
         self._bridge: AsyncioBridge | None = None
         self._closed = False
@@ -144,7 +163,9 @@ class AgentRuntime:
         backend: str = "asyncio",
     ) -> list[AgentResult[Any]]:
         """``gather`` from synchronous code: starts an event loop (``backend``) for the call."""
-        call = partial(self.gather, agent, tasks, max_concurrency=max_concurrency, fail_fast=fail_fast)
+        call = partial(
+            self.gather, agent, tasks, max_concurrency=max_concurrency, fail_fast=fail_fast
+        )
         return anyio.run(call, backend=backend)
 
     async def aclose(self) -> None:
@@ -224,6 +245,7 @@ class AgentRuntime:
                         return  # fail_fast fired: also stops workers whose agents never yield
                     result = await submit(impl, specs[i], origin)
                     results[i] = result
+                    await anyio.lowlevel.checkpoint()
                     if fail_fast and result.error is not None and not first_failure:
                         first_failure.append(result)
                         cancel_scope.cancel()
@@ -235,12 +257,13 @@ class AgentRuntime:
             failed = first_failure[0]
             for i, slot in enumerate(results):
                 if slot is None:
-                    results[i] = AgentResult.model_construct(
+                    results[i] = AgentResult._build(
                         output=None,
                         error=TaskCancelledError(
                             f"cancelled by fail_fast: task {failed.task_id!r} of agent "
                             f"{failed.agent!r} failed first"
                         ),
+                        usage=ZERO_USAGE,
                         attempts=0,
                         duration=0.0,
                         task_id=specs[i].task_id,
@@ -271,6 +294,48 @@ class AgentRuntime:
             weakref.finalize(self, bridge.close)
         return bridge
 
+    def _wants(self, type: EventType) -> bool:
+        return self._emitter is not None
+
+    async def _emit(self, event: RuntimeEvent) -> None:
+        emitter = self._emitter
+        if emitter is None:
+            return
+        try:
+            await emitter.emit(event)
+        except Exception:
+            # An emitter must never fail a run: isolate it, and say so once.
+            if not self._emitter_failed:
+                self._emitter_failed = True
+                _log.exception(
+                    "event emitter failed; later failures of it are not logged",
+                    emitter=type(emitter).__name__,
+                    event_type=str(event.type),
+                )
+
     def _check_open(self) -> None:
         if self._closed:
             raise RuntimeClosedError("this AgentRuntime was closed; create a new one")
+
+
+def _policy_stages(options: RuntimeOptions, middleware: Sequence[Stage]) -> list[Stage]:
+    """The pipeline, outermost first: depth → budget → retry → user stages → timeout."""
+    stages: list[Stage] = []
+    if options.max_spawn_depth is not None:
+        stages.append(DepthLimitMiddleware(options.max_spawn_depth))
+    if options.token_budget is not None:
+        stages.append(CostTrackingMiddleware(options.token_budget))
+    if options.retry_max_attempts > 1:
+        stages.append(
+            RetryMiddleware(
+                options.retry_max_attempts,
+                backoff_factor=options.retry_backoff_factor,
+                max_delay=options.retry_max_delay,
+                jitter=options.retry_jitter,
+                retry_on=options.retry_on,
+            )
+        )
+    stages.extend(middleware)
+    if options.timeout_seconds is not None:
+        stages.append(TimeoutMiddleware(options.timeout_seconds))
+    return stages

@@ -6,7 +6,7 @@ The whole hierarchy::
     ├── AgentError ─────────────────── something went wrong running one task
     │   ├── InputValidationError ───── the task input failed the agent's ``input_type``
     │   ├── TaskCancelledError ─────── the task was cancelled by its batch (``fail_fast``)
-    │   ├── AgentTimeoutError ──────── an attempt ran past ``timeout_seconds`` (also a ``TimeoutError``)
+    │   ├── AgentTimeoutError ──────── an attempt ran past ``timeout_seconds`` (a ``TimeoutError``)
     │   ├── BudgetExceededError ────── the shared ``TokenBudget`` is spent
     │   ├── SpawnDepthExceededError ── a spawn went deeper than ``max_spawn_depth``
     │   └── RemoteAgentError ───────── a failure that happened in another process

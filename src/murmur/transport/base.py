@@ -21,9 +21,7 @@ class Transport(ABC):
     """
 
     @abstractmethod
-    async def submit(
-        self, impl: AgentImpl, task: TaskSpec, origin: CallOrigin
-    ) -> AgentResult[Any]:
+    async def submit(self, impl: AgentImpl, task: TaskSpec, origin: CallOrigin) -> AgentResult[Any]:
         """Run one task and return its result."""
 
     async def aclose(self) -> None:  # noqa: B027 - optional hook, nothing to release by default

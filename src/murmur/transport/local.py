@@ -21,7 +21,5 @@ class LocalTransport(Transport):
     def __init__(self, executor: Executor) -> None:
         self.executor = executor
 
-    async def submit(
-        self, impl: AgentImpl, task: TaskSpec, origin: CallOrigin
-    ) -> AgentResult[Any]:
+    async def submit(self, impl: AgentImpl, task: TaskSpec, origin: CallOrigin) -> AgentResult[Any]:
         return await self.executor.execute(impl, task, origin)

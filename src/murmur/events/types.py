@@ -1,0 +1,76 @@
+"""Typed runtime events: one frozen, JSON-serialisable model per lifecycle moment."""
+
+from __future__ import annotations
+
+import time
+from enum import StrEnum
+from typing import Any, Protocol, runtime_checkable
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from .._types import Usage
+
+__all__ = ["EventEmitter", "EventError", "EventType", "RuntimeEvent"]
+
+
+class EventType(StrEnum):
+    """Every moment the runtime reports."""
+
+    TASK_STARTED = "task.started"
+    TASK_SUCCEEDED = "task.succeeded"
+    TASK_FAILED = "task.failed"
+    RETRY_SCHEDULED = "task.retry_scheduled"
+    ATTEMPT_TIMED_OUT = "task.attempt_timed_out"
+    BUDGET_EXCEEDED = "budget.exceeded"
+    DEPTH_LIMIT_EXCEEDED = "depth.limit_exceeded"
+    CHILD_SPAWNED = "task.child_spawned"
+    BATCH_STARTED = "batch.started"
+    BATCH_COMPLETED = "batch.completed"
+    GROUP_STARTED = "group.started"
+    NODE_STARTED = "group.node_started"
+    NODE_COMPLETED = "group.node_completed"
+    GROUP_COMPLETED = "group.completed"
+    WORKER_STARTED = "worker.started"
+    WORKER_STOPPED = "worker.stopped"
+    WORKER_HEARTBEAT = "worker.heartbeat"
+
+
+class EventError(BaseModel):
+    """An error as events carry it: type and message."""
+
+    model_config = ConfigDict(frozen=True)
+
+    type: str
+    message: str
+
+    @classmethod
+    def from_exception(cls, error: BaseException) -> EventError:
+        return cls.model_construct(type=type(error).__qualname__, message=str(error))
+
+
+class RuntimeEvent(BaseModel):
+    """One thing that happened in the runtime."""
+
+    model_config = ConfigDict(frozen=True)
+
+    type: EventType
+    timestamp: float = Field(default_factory=time.time)
+    trace_id: str | None = None
+    task_id: str | None = None
+    parent_task_id: str | None = None
+    agent: str | None = None
+    depth: int = 0
+    attempt: int | None = None
+    duration: float | None = None
+    usage: Usage | None = None
+    error: EventError | None = None
+    data: dict[str, Any] = Field(default_factory=dict)
+
+
+@runtime_checkable
+class EventEmitter(Protocol):
+    """Anything with ``async def emit(self, event)``."""
+
+    async def emit(self, event: RuntimeEvent) -> None:
+        """Receive one event; must not raise (the runtime isolates it if it does)."""
+        ...

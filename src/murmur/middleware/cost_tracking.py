@@ -1,0 +1,173 @@
+"""TokenBudget and CostTrackingMiddleware: a hard token allowance shared by a runtime.
+
+The guarantee
+-------------
+Each task *reserves* tokens before its first attempt and settles after its last: the
+reservation is released and the task's real usage (input + output tokens, all attempts)
+is charged. A task starts only with a reservation > 0, and never while
+``used + reserved >= limit``. A pydantic-ai run is capped (``UsageLimits.total_tokens_limit``)
+at what its task reserved, minus what earlier attempts used; a run cut off by that cap
+fails with ``BudgetExceededError``. pydantic-ai checks the cap after each model response,
+so a capped run can overshoot its reservation by at most its last response. Function
+agents report usage after the fact and cannot be capped. Hence, exactly:
+
+    budget.used <= limit + sum over tasks of max(0, usage - reservation)
+
+which is ``<= limit`` whenever runs fit their reservations, and otherwise at most
+``limit`` plus one model response per concurrently running pydantic-ai task (plus any
+function-agent overshoot).
+
+Waiting, not refusing: while the unreserved remainder is too small but other tasks hold
+reservations, a new task waits for them to settle (they usually release part of what they
+reserved). It is refused with ``BudgetExceededError`` only once nothing is in flight and
+nothing is left, i.e. when the budget is really spent; when something is left but less
+than ``reserve_per_task``, the last task runs with what is left.
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import TYPE_CHECKING, Any
+
+import anyio
+
+from ..errors import BudgetExceededError
+from ..events.types import EventType
+
+if TYPE_CHECKING:
+    from .._context import AgentContext
+    from .._pipeline import CallNext
+
+__all__ = ["CostTrackingMiddleware", "TokenBudget"]
+
+DEFAULT_RESERVE_PER_TASK = 4096
+
+
+class TokenBudget:
+    """A token allowance shared by every task of a runtime and by their spawned children.
+
+    Args:
+        limit: Total tokens (input + output) the runtime may spend.
+        reserve_per_task: Tokens set aside for each task while it runs, and the cap of its
+            pydantic-ai runs (default: ``min(limit, 4096)``). Larger values let bigger runs
+            finish; smaller ones let more tasks run at once near the end of the budget.
+
+    ``used``, ``reserved`` and ``remaining`` can be read at any time. Thread-safe.
+    """
+
+    def __init__(self, limit: int, *, reserve_per_task: int | None = None) -> None:
+        if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
+            raise ValueError(f"TokenBudget limit must be an int >= 1, got {limit!r}")
+        if reserve_per_task is None:
+            reserve_per_task = min(limit, DEFAULT_RESERVE_PER_TASK)
+        elif (
+            isinstance(reserve_per_task, bool)
+            or not isinstance(reserve_per_task, int)
+            or reserve_per_task < 1
+        ):
+            raise ValueError(
+                f"TokenBudget reserve_per_task must be an int >= 1, got {reserve_per_task!r}"
+            )
+        self.limit = limit
+        self.reserve_per_task = reserve_per_task
+        self._lock = threading.Lock()
+        self._used = 0
+        self._reserved = 0
+        self._holders = 0
+        self._waiters: list[anyio.Event] = []
+
+    @property
+    def used(self) -> int:
+        """Tokens charged so far."""
+        return self._used
+
+    @property
+    def reserved(self) -> int:
+        """Tokens held by running tasks, not yet charged."""
+        return self._reserved
+
+    @property
+    def remaining(self) -> int:
+        """Tokens not yet charged (``limit - used``, never below 0)."""
+        return max(0, self.limit - self._used)
+
+    @property
+    def exhausted(self) -> bool:
+        """True once nothing is left to charge."""
+        return self._used >= self.limit
+
+    async def reserve(self) -> int:
+        """Reserve tokens for one task, waiting while others hold what is left.
+
+        Raises:
+            BudgetExceededError: the budget is spent.
+        """
+        while True:
+            with self._lock:
+                free = self.limit - self._used - self._reserved
+                if free >= self.reserve_per_task or (free > 0 and self._holders == 0):
+                    granted = min(free, self.reserve_per_task)
+                    self._reserved += granted
+                    self._holders += 1
+                    return granted
+                if self._holders == 0:
+                    raise BudgetExceededError(
+                        f"token budget spent: {self._used} of {self.limit} tokens used"
+                    )
+                waiter = anyio.Event()
+                self._waiters.append(waiter)
+            await waiter.wait()
+
+    def settle(self, reservation: int, used: int) -> None:
+        """Release ``reservation`` and charge ``used`` tokens; wakes waiting tasks."""
+        with self._lock:
+            self._reserved -= reservation
+            self._holders -= 1
+            self._used += max(0, used)
+            waiters, self._waiters = self._waiters, []
+        for waiter in waiters:
+            waiter.set()
+
+    def charge(self, tokens: int) -> None:
+        """Charge tokens spent outside any task (no reservation involved)."""
+        with self._lock:
+            self._used += max(0, tokens)
+
+    def __repr__(self) -> str:
+        return (
+            f"TokenBudget(limit={self.limit}, used={self._used}, reserved={self._reserved}, "
+            f"reserve_per_task={self.reserve_per_task})"
+        )
+
+
+class CostTrackingMiddleware:
+    """Pre-checks the budget before a task, caps its model runs, and charges its usage.
+
+    A refusal emits ``BUDGET_EXCEEDED`` and then raises ``BudgetExceededError``.
+    """
+
+    def __init__(self, budget: TokenBudget) -> None:
+        if not isinstance(budget, TokenBudget):
+            raise TypeError(f"budget must be a TokenBudget, got {type(budget).__name__}")
+        self.budget = budget
+
+    async def __call__(self, ctx: AgentContext, call_next: CallNext) -> Any:
+        budget = self.budget
+        try:
+            reservation = await budget.reserve()
+        except BudgetExceededError:
+            await ctx.emit(EventType.BUDGET_EXCEEDED, data=_budget_data(budget))
+            raise
+        ctx.token_cap = reservation
+        try:
+            return await call_next(ctx)
+        except BudgetExceededError:
+            await ctx.emit(EventType.BUDGET_EXCEEDED, data=_budget_data(budget))
+            raise
+        finally:
+            ctx.token_cap = None
+            budget.settle(reservation, ctx.usage.total_tokens)
+
+
+def _budget_data(budget: TokenBudget) -> dict[str, Any]:
+    return {"limit": budget.limit, "used": budget.used, "reserved": budget.reserved}

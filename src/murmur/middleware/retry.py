@@ -1,0 +1,151 @@
+"""RetryMiddleware: retries retryable failures with capped exponential backoff."""
+
+from __future__ import annotations
+
+import email.utils
+import random
+import time
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any
+
+import anyio
+from pydantic_ai.exceptions import ModelAPIError, ModelHTTPError
+
+from ..errors import BudgetExceededError, InputValidationError, SpawnDepthExceededError
+from ..events.types import EventError, EventType
+
+if TYPE_CHECKING:
+    from .._context import AgentContext
+    from .._pipeline import CallNext
+
+__all__ = ["RetryMiddleware", "RetryOn", "is_retryable"]
+
+#: Which failures to retry: exception types, or a predicate on the exception.
+RetryOn = tuple[type[BaseException], ...] | Callable[[BaseException], bool]
+
+_RETRYABLE_STATUS = frozenset({408, 429})
+
+
+def is_retryable(error: BaseException) -> bool:
+    """The default ``retry_on``: transient failures only.
+
+    Retried: timeouts (Murmur's ``AgentTimeoutError`` included), ``ConnectionError`` and
+    other ``OSError``, pydantic-ai ``ModelHTTPError`` with status 408, 429 or 5xx, and
+    pydantic-ai ``ModelAPIError`` without a status (transport failures). Not retried:
+    budget and depth refusals, input validation errors, anything else (bugs in user code,
+    output validation failures, 4xx responses).
+    """
+    if isinstance(error, (BudgetExceededError, SpawnDepthExceededError, InputValidationError)):
+        return False
+    if isinstance(error, ModelHTTPError):
+        return error.status_code in _RETRYABLE_STATUS or 500 <= error.status_code <= 599
+    return isinstance(error, (OSError, ModelAPIError))
+
+
+def retry_after_seconds(error: BaseException) -> float | None:
+    """The ``Retry-After`` a 429/503 response asked for, in seconds, if any."""
+    if not isinstance(error, ModelHTTPError) or not error.headers:
+        return None
+    value = error.headers.get("retry-after")
+    if value is None:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, when.timestamp() - time.time())
+
+
+class RetryMiddleware:
+    """Runs the rest of the pipeline up to ``max_attempts`` times.
+
+    The wait after failed attempt k (1-based) is ``backoff_factor ** (k - 1)`` seconds
+    (no wait when the factor is 0), capped at ``max_delay``, then spread by ``jitter``
+    (a fraction: the wait is multiplied by a uniform factor in [1 - jitter, 1 + jitter]).
+    A ``Retry-After`` header on the failure is honoured: the wait is at least that long.
+    Waits are cancellable and happen inside the task, so they never outlive it.
+
+    When every attempt fails, the last error is raised; the earlier ones are reachable
+    through its ``__context__`` chain and listed in its notes.
+    """
+
+    def __init__(
+        self,
+        max_attempts: int,
+        *,
+        backoff_factor: float = 2.0,
+        max_delay: float | None = 60.0,
+        jitter: float = 0.0,
+        retry_on: RetryOn | None = None,
+        sleep: Callable[[float], Awaitable[Any]] = anyio.sleep,
+        rand: Callable[[], float] = random.random,
+    ) -> None:
+        if isinstance(max_attempts, bool) or not isinstance(max_attempts, int) or max_attempts < 1:
+            raise ValueError(f"max_attempts must be an int >= 1, got {max_attempts!r}")
+        if backoff_factor < 0:
+            raise ValueError(f"backoff_factor must be >= 0, got {backoff_factor!r}")
+        if max_delay is not None and max_delay < 0:
+            raise ValueError(f"max_delay must be >= 0 or None, got {max_delay!r}")
+        if not 0 <= jitter <= 1:
+            raise ValueError(f"jitter must be between 0 and 1, got {jitter!r}")
+        self.max_attempts = max_attempts
+        self.backoff_factor = backoff_factor
+        self.max_delay = max_delay
+        self.jitter = jitter
+        self._retryable = _as_predicate(retry_on)
+        self._sleep = sleep
+        self._rand = rand
+
+    def delay_after(self, attempt: int, error: BaseException | None = None) -> float:
+        """Seconds to wait after failed attempt ``attempt`` (1-based)."""
+        delay = self.backoff_factor ** (attempt - 1) if self.backoff_factor > 0 else 0.0
+        if self.max_delay is not None:
+            delay = min(delay, self.max_delay)
+        if self.jitter and delay:
+            delay *= 1 - self.jitter + 2 * self.jitter * self._rand()
+        hinted = retry_after_seconds(error) if error is not None else None
+        if hinted is not None:
+            delay = max(delay, hinted)
+        return delay
+
+    async def __call__(self, ctx: AgentContext, call_next: CallNext) -> Any:
+        failures: list[Exception] = []
+        while True:
+            try:
+                return await call_next(ctx)
+            except Exception as error:
+                if failures and failures[-1] is not error and error.__context__ is None:
+                    error.__context__ = failures[-1]
+                failures.append(error)
+                attempt = len(failures)
+                if attempt >= self.max_attempts or not self._retryable(error):
+                    if attempt > 1:
+                        error.add_note(
+                            f"murmur: attempt {attempt} of {self.max_attempts} failed; earlier: "
+                            + "; ".join(f"{type(e).__name__}: {e}" for e in failures[:-1])
+                        )
+                    raise
+                delay = self.delay_after(attempt, error)
+            await ctx.emit(
+                EventType.RETRY_SCHEDULED,
+                error=EventError.from_exception(failures[-1]),
+                data={"delay": delay, "next_attempt": attempt + 1},
+            )
+            await self._sleep(delay)
+
+
+def _as_predicate(retry_on: RetryOn | None) -> Callable[[BaseException], bool]:
+    if retry_on is None:
+        return is_retryable
+    if isinstance(retry_on, tuple):
+        types = retry_on
+
+        def matches(error: BaseException) -> bool:
+            return isinstance(error, types)
+
+        return matches
+    return retry_on

@@ -1,0 +1,40 @@
+"""TimeoutMiddleware: a per-attempt deadline enforced with an AnyIO cancel scope."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import anyio
+
+from ..errors import AgentTimeoutError
+from ..events.types import EventType
+
+if TYPE_CHECKING:
+    from .._context import AgentContext
+    from .._pipeline import CallNext
+
+__all__ = ["TimeoutMiddleware"]
+
+
+class TimeoutMiddleware:
+    """Cancels an attempt that runs longer than ``seconds`` and raises ``AgentTimeoutError``.
+
+    The attempt is really cancelled (under Trio too, across the asyncio bridge) before the
+    error is raised. ``AgentTimeoutError`` is a ``TimeoutError``, so retry treats it as
+    retryable by default.
+    """
+
+    def __init__(self, seconds: float) -> None:
+        if not seconds > 0:
+            raise ValueError(f"timeout seconds must be > 0, got {seconds!r}")
+        self.seconds = seconds
+
+    async def __call__(self, ctx: AgentContext, call_next: CallNext) -> Any:
+        with anyio.move_on_after(self.seconds) as scope:
+            return await call_next(ctx)
+        # Only reached when our own deadline cancelled the attempt.
+        assert scope.cancelled_caught
+        await ctx.emit(EventType.ATTEMPT_TIMED_OUT, data={"timeout_seconds": self.seconds})
+        raise AgentTimeoutError(
+            f"agent {ctx.agent!r} attempt {ctx.attempt} timed out after {self.seconds:g}s"
+        )
