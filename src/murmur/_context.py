@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterable
 from contextvars import ContextVar
 from functools import partial
@@ -21,7 +22,7 @@ __all__ = ["AgentContext", "CallOrigin", "current_context"]
 class CallOrigin:
     """What the tasks of one ``run``/``gather`` call share: runtime, trace, depth, parent."""
 
-    __slots__ = ("bridge", "depth", "parent", "runtime", "trace_id")
+    __slots__ = ("bridge", "depth", "parent", "runtime", "trace_id", "wants")
 
     def __init__(
         self,
@@ -31,8 +32,11 @@ class CallOrigin:
         depth: int,
         parent: AgentContext | None,
         bridge: AsyncioBridge | None,
+        wants: frozenset[EventType],
     ) -> None:
         self.runtime = runtime
+        #: The event types the runtime's emitter wants; others are never built.
+        self.wants = wants
         self.trace_id = trace_id
         self.depth = depth
         self.parent = parent
@@ -165,23 +169,29 @@ class AgentContext:
         self,
         type: EventType,
         *,
-        error: EventError | None = None,
+        error: BaseException | None = None,
+        duration: float | None = None,
+        usage: Usage | None = None,
         data: dict[str, Any] | None = None,
     ) -> None:
-        """Report an event about this task through the runtime's emitter."""
-        runtime = self._origin.runtime
-        if not runtime._wants(type):
+        """Report an event about this task through the runtime's emitter (if it wants it)."""
+        origin = self._origin
+        if type not in origin.wants:
             return
-        await runtime._emit(
-            RuntimeEvent(
+        parent = origin.parent
+        await origin.runtime._emit(
+            RuntimeEvent.model_construct(
                 type=type,
-                trace_id=self.trace_id,
+                timestamp=time.time(),
+                trace_id=origin.trace_id,
                 task_id=self.task.task_id,
-                parent_task_id=self.parent_task_id,
+                parent_task_id=None if parent is None else parent.task.task_id,
                 agent=self.impl.name,
-                depth=self.depth,
+                depth=origin.depth,
                 attempt=self.attempt,
-                error=error,
+                duration=duration,
+                usage=usage,
+                error=None if error is None else EventError.from_exception(error),
                 data=data or {},
             )
         )
@@ -191,6 +201,7 @@ class AgentContext:
         home = self.home
         if home is not None and home.is_away():
             return await home.run(partial(self.run, agent, task))
+        await self._spawned(agent, 1)
         return await self._origin.runtime._run(agent, task, parent=self)
 
     async def gather(
@@ -209,9 +220,17 @@ class AgentContext:
                     self.gather, agent, tasks, max_concurrency=max_concurrency, fail_fast=fail_fast
                 )
             )
+        if not isinstance(tasks, (list, tuple)):
+            tasks = list(tasks)
+        await self._spawned(agent, len(tasks))
         return await self._origin.runtime._gather(
             agent, tasks, max_concurrency=max_concurrency, fail_fast=fail_fast, parent=self
         )
+
+    async def _spawned(self, agent: AgentLike, count: int) -> None:
+        if EventType.CHILD_SPAWNED in self._origin.wants:
+            name = getattr(agent, "name", None) or getattr(agent, "__name__", None)
+            await self.emit(EventType.CHILD_SPAWNED, data={"child_agent": name, "tasks": count})
 
     def __repr__(self) -> str:
         return (

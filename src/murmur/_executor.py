@@ -16,6 +16,7 @@ from ._bridge import AsyncioBridge, HomePortal
 from ._context import AgentContext, CallOrigin, _current
 from ._pipeline import Stage, compose
 from ._types import AgentResult, TaskSpec
+from .events.types import EventType
 
 if TYPE_CHECKING:
     from ._agents import AgentImpl
@@ -38,28 +39,37 @@ class Executor:
         Cancellation is not a failure: it propagates to the caller untouched.
         """
         ctx = AgentContext(origin, impl, task)
+        wants = origin.wants
+        if _STARTED in wants:
+            await ctx.emit(_STARTED)
         start = perf_counter()
         try:
             output = await self._call(ctx)
         except Exception as exc:
-            return AgentResult._build(
-                output=None,
-                error=exc,
-                usage=ctx.usage,
-                attempts=ctx.attempt,
-                duration=perf_counter() - start,
-                task_id=task.task_id,
-                agent=impl.name,
+            result = AgentResult._build(
+                None, exc, ctx.usage, ctx.attempt, perf_counter() - start, task.task_id, impl.name
             )
-        return AgentResult._build(
-            output=output,
-            error=None,
-            usage=ctx.usage,
-            attempts=ctx.attempt,
-            duration=perf_counter() - start,
-            task_id=task.task_id,
-            agent=impl.name,
+            if _FAILED in wants:
+                await ctx.emit(_FAILED, error=exc, duration=result.duration, usage=result.usage)
+            return result
+        except BaseException as exc:
+            if _CANCELLED in wants and isinstance(exc, anyio.get_cancelled_exc_class()):
+                # Report the cancellation, then let it go on: never swallowed.
+                with anyio.CancelScope(shield=True):
+                    await ctx.emit(_CANCELLED, duration=perf_counter() - start, usage=ctx.usage)
+            raise
+        result = AgentResult._build(
+            output, None, ctx.usage, ctx.attempt, perf_counter() - start, task.task_id, impl.name
         )
+        if _SUCCEEDED in wants:
+            await ctx.emit(_SUCCEEDED, duration=result.duration, usage=result.usage)
+        return result
+
+
+_STARTED = EventType.TASK_STARTED
+_SUCCEEDED = EventType.TASK_SUCCEEDED
+_FAILED = EventType.TASK_FAILED
+_CANCELLED = EventType.TASK_CANCELLED
 
 
 async def _dispatch(ctx: AgentContext) -> Any:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import weakref
 from collections.abc import Iterable, Sequence
 from functools import partial
+from time import perf_counter
 from typing import Any
 
 import anyio
@@ -19,7 +20,8 @@ from ._options import RuntimeOptions
 from ._pipeline import Stage
 from ._types import ZERO_USAGE, AgentResult, TaskSpec, new_task_id
 from .errors import RuntimeClosedError, TaskCancelledError
-from .events.types import EventEmitter, EventType, RuntimeEvent
+from .events.log import LogEventEmitter
+from .events.types import ALL_EVENT_TYPES, EventEmitter, EventType, RuntimeEvent, wanted_types
 from .middleware import (
     CostTrackingMiddleware,
     DepthLimitMiddleware,
@@ -41,7 +43,8 @@ class AgentRuntime:
         options: Policies for every call (``RuntimeOptions``); defaults apply when omitted.
         middleware: Extra pipeline stages, each ``async def __call__(self, ctx, call_next)``.
         transport: Where tasks execute; in-process by default.
-        event_emitter: Receives every ``RuntimeEvent`` (``async def emit(self, event)``).
+        event_emitter: Receives every ``RuntimeEvent`` (``async def emit(self, event)``);
+            default ``LogEventEmitter()``, which writes them through structlog.
         broker: A broker URL for distributed mode (not available in this version).
 
     A runtime owns an asyncio helper loop under Trio (for pydantic-ai) and, in distributed
@@ -81,13 +84,15 @@ class AgentRuntime:
             raise TypeError(
                 f"transport must be a murmur.transport.Transport, got {type(transport).__name__}"
             )
-        if event_emitter is not None and not callable(getattr(event_emitter, "emit", None)):
+        if event_emitter is None:
+            event_emitter = LogEventEmitter()
+        elif not callable(getattr(event_emitter, "emit", None)):
             raise TypeError(
                 "event_emitter must have `async def emit(self, event)`, "
                 f"got {type(event_emitter).__name__}"
             )
         self._options = options
-        self._emitter = event_emitter
+        self._emitter: EventEmitter = event_emitter
         self._emitter_failed = False
         self._executor = Executor(_policy_stages(options, stages))
         self._transport = transport if transport is not None else LocalTransport(self._executor)
@@ -230,6 +235,13 @@ class AgentRuntime:
         results: list[AgentResult[Any] | None] = [None] * count
         if count == 0:
             return []
+        started = perf_counter()
+        await self._emit_call_event(
+            origin,
+            EventType.BATCH_STARTED,
+            impl.name,
+            {"size": count, "max_concurrency": limit, "fail_fast": fail_fast},
+        )
         submit = self._transport.submit
         # A pool of at most `limit` workers pulls indices from one shared iterator: the cap
         # holds by construction, and a 100k batch never has 100k coroutines alive at once.
@@ -269,6 +281,15 @@ class AgentRuntime:
                         task_id=specs[i].task_id,
                         agent=impl.name,
                     )
+        if EventType.BATCH_COMPLETED in origin.wants:
+            failed_count = sum(1 for r in results if r is not None and r.error is not None)
+            await self._emit_call_event(
+                origin,
+                EventType.BATCH_COMPLETED,
+                impl.name,
+                {"size": count, "succeeded": count - failed_count, "failed": failed_count},
+                duration=perf_counter() - started,
+            )
         return results  # type: ignore[return-value]
 
     def _origin(self, impl: AgentImpl, parent: AgentContext | None) -> CallOrigin:
@@ -277,13 +298,22 @@ class AgentRuntime:
         if impl.asyncio_only and sniffio.current_async_library() != "asyncio":
             bridge = self._asyncio_bridge()
         if parent is None:
-            return CallOrigin(self, trace_id=new_task_id(), depth=0, parent=None, bridge=bridge)
+            wanted = wanted_types(self._emitter)
+            return CallOrigin(
+                self,
+                trace_id=new_task_id(),
+                depth=0,
+                parent=None,
+                bridge=bridge,
+                wants=ALL_EVENT_TYPES if wanted is None else wanted,
+            )
         return CallOrigin(
             self,
             trace_id=parent.trace_id,
             depth=parent.depth + 1,
             parent=parent,
             bridge=bridge,
+            wants=parent.origin.wants,
         )
 
     def _asyncio_bridge(self) -> AsyncioBridge:
@@ -294,13 +324,8 @@ class AgentRuntime:
             weakref.finalize(self, bridge.close)
         return bridge
 
-    def _wants(self, type: EventType) -> bool:
-        return self._emitter is not None
-
     async def _emit(self, event: RuntimeEvent) -> None:
         emitter = self._emitter
-        if emitter is None:
-            return
         try:
             await emitter.emit(event)
         except Exception:
@@ -312,6 +337,30 @@ class AgentRuntime:
                     emitter=type(emitter).__name__,
                     event_type=str(event.type),
                 )
+
+    async def _emit_call_event(
+        self,
+        origin: CallOrigin,
+        type: EventType,
+        agent: str,
+        data: dict[str, Any],
+        duration: float | None = None,
+    ) -> None:
+        """An event about a whole call (a batch, a group), not one task."""
+        if type not in origin.wants:
+            return
+        parent = origin.parent
+        await self._emit(
+            RuntimeEvent(
+                type=type,
+                trace_id=origin.trace_id,
+                parent_task_id=None if parent is None else parent.task.task_id,
+                agent=agent,
+                depth=origin.depth,
+                duration=duration,
+                data=data,
+            )
+        )
 
     def _check_open(self) -> None:
         if self._closed:

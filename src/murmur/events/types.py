@@ -10,7 +10,14 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from .._types import Usage
 
-__all__ = ["EventEmitter", "EventError", "EventType", "RuntimeEvent"]
+__all__ = [
+    "ALL_EVENT_TYPES",
+    "EventEmitter",
+    "EventError",
+    "EventType",
+    "RuntimeEvent",
+    "wanted_types",
+]
 
 
 class EventType(StrEnum):
@@ -19,6 +26,7 @@ class EventType(StrEnum):
     TASK_STARTED = "task.started"
     TASK_SUCCEEDED = "task.succeeded"
     TASK_FAILED = "task.failed"
+    TASK_CANCELLED = "task.cancelled"
     RETRY_SCHEDULED = "task.retry_scheduled"
     ATTEMPT_TIMED_OUT = "task.attempt_timed_out"
     BUDGET_EXCEEDED = "budget.exceeded"
@@ -74,3 +82,15 @@ class EventEmitter(Protocol):
     async def emit(self, event: RuntimeEvent) -> None:
         """Receive one event; must not raise (the runtime isolates it if it does)."""
         ...
+
+
+ALL_EVENT_TYPES: frozenset[EventType] = frozenset(EventType)
+
+
+def wanted_types(emitter: object) -> frozenset[EventType] | None:
+    """What ``emitter`` wants, from its optional ``event_types()``; ``None`` means all."""
+    hook = getattr(emitter, "event_types", None)
+    if hook is None:
+        return None
+    wanted = hook()
+    return None if wanted is None else frozenset(wanted)

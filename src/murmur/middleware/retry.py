@@ -12,7 +12,7 @@ import anyio
 from pydantic_ai.exceptions import ModelAPIError, ModelHTTPError
 
 from ..errors import BudgetExceededError, InputValidationError, SpawnDepthExceededError
-from ..events.types import EventError, EventType
+from ..events.types import EventType
 
 if TYPE_CHECKING:
     from .._context import AgentContext
@@ -132,7 +132,7 @@ class RetryMiddleware:
                 delay = self.delay_after(attempt, error)
             await ctx.emit(
                 EventType.RETRY_SCHEDULED,
-                error=EventError.from_exception(failures[-1]),
+                error=failures[-1],
                 data={"delay": delay, "next_attempt": attempt + 1},
             )
             await self._sleep(delay)
