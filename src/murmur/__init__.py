@@ -25,6 +25,8 @@ from .errors import RuntimeClosedError as RuntimeClosedError
 from .errors import SpawnDepthExceededError as SpawnDepthExceededError
 from .errors import TaskCancelledError as TaskCancelledError
 from .errors import TopologyError as TopologyError
+from .events.log import LogEventEmitter as LogEventEmitter
+from .events.multi import MultiEventEmitter as MultiEventEmitter
 from .events.types import EventEmitter as EventEmitter
 from .events.types import EventType as EventType
 from .events.types import RuntimeEvent as RuntimeEvent
@@ -44,6 +46,8 @@ __all__ = [
     "EventType",
     "FunctionAgent",
     "InputValidationError",
+    "LogEventEmitter",
+    "MultiEventEmitter",
     "MurmurError",
     "PydanticAIAgent",
     "RemoteAgentError",

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterable
 from contextvars import ContextVar
 from functools import partial
@@ -180,19 +179,18 @@ class AgentContext:
             return
         parent = origin.parent
         await origin.runtime._emit(
-            RuntimeEvent.model_construct(
-                type=type,
-                timestamp=time.time(),
-                trace_id=origin.trace_id,
-                task_id=self.task.task_id,
-                parent_task_id=None if parent is None else parent.task.task_id,
-                agent=self.impl.name,
-                depth=origin.depth,
-                attempt=self.attempt,
-                duration=duration,
-                usage=usage,
-                error=None if error is None else EventError.from_exception(error),
-                data=data or {},
+            RuntimeEvent._build(
+                type,
+                origin.trace_id,
+                self.task.task_id,
+                None if parent is None else parent.task.task_id,
+                self.impl.name,
+                origin.depth,
+                self.attempt,
+                duration,
+                usage,
+                None if error is None else EventError.from_exception(error),
+                data or {},
             )
         )
 

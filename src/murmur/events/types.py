@@ -74,6 +74,46 @@ class RuntimeEvent(BaseModel):
     error: EventError | None = None
     data: dict[str, Any] = Field(default_factory=dict)
 
+    @classmethod
+    def _build(
+        cls,
+        type: EventType,
+        trace_id: str | None,
+        task_id: str | None,
+        parent_task_id: str | None,
+        agent: str | None,
+        depth: int,
+        attempt: int | None,
+        duration: float | None,
+        usage: Usage | None,
+        error: EventError | None,
+        data: dict[str, Any],
+    ) -> RuntimeEvent:
+        """Trusted constructor for the runtime's hot path (no validation, all fields given)."""
+        event = _new(cls)
+        _set(
+            event,
+            "__dict__",
+            {
+                "type": type,
+                "timestamp": time.time(),
+                "trace_id": trace_id,
+                "task_id": task_id,
+                "parent_task_id": parent_task_id,
+                "agent": agent,
+                "depth": depth,
+                "attempt": attempt,
+                "duration": duration,
+                "usage": usage,
+                "error": error,
+                "data": data,
+            },
+        )
+        _set(event, "__pydantic_fields_set__", _EVENT_FIELDS)
+        _set(event, "__pydantic_extra__", None)
+        _set(event, "__pydantic_private__", None)
+        return event
+
 
 @runtime_checkable
 class EventEmitter(Protocol):
@@ -83,6 +123,10 @@ class EventEmitter(Protocol):
         """Receive one event; must not raise (the runtime isolates it if it does)."""
         ...
 
+
+_new = object.__new__
+_set = object.__setattr__
+_EVENT_FIELDS = set(RuntimeEvent.model_fields)
 
 ALL_EVENT_TYPES: frozenset[EventType] = frozenset(EventType)
 
