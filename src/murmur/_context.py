@@ -136,6 +136,11 @@ class AgentContext:
             tool_calls=self._tool_calls,
         )
 
+    @property
+    def total_tokens(self) -> int:
+        """Input plus output tokens reported so far (what a ``TokenBudget`` charges)."""
+        return self._input_tokens + self._output_tokens
+
     def report_usage(
         self,
         usage: Any = None,
