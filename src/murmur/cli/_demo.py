@@ -1,0 +1,592 @@
+"""``murmur demo``: a fan-out of agent calls over an offline, simulated model.
+
+A ``murmur.Agent`` triages synthetic support tickets. Its model is a pydantic-ai
+``FunctionModel`` standing in for a real LLM: seeded latencies, plausible token usage,
+deterministic answers, and every ``fail_every``-th call failing on purpose (rate limit,
+overload, or malformed output) so the summary can show failures coming back as data.
+The calls run through ``AgentRuntime.gather``; a custom pipeline stage (``LiveMonitor``)
+watches them go by and drives the live progress display.
+
+Everything a call does depends only on ``(seed, ticket id)``, never on scheduling, so a
+given seed gives the same answers, failures and token counts on asyncio and on Trio.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import random
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Annotated, Any, Literal
+
+import anyio
+import pydantic_ai
+import typer
+from pydantic import BaseModel, Field
+from pydantic_ai import ModelHTTPError, ModelOverloadedError, ModelRateLimitError
+from pydantic_ai.messages import (
+    ModelMessage,
+    ModelRequest,
+    ModelResponse,
+    ToolCallPart,
+    UserPromptPart,
+)
+from pydantic_ai.models.function import AgentInfo, FunctionModel
+from pydantic_ai.usage import RequestUsage
+from rich import box
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    ProgressColumn,
+    SpinnerColumn,
+    Task,
+    TaskID,
+    TextColumn,
+    TimeElapsedColumn,
+)
+from rich.table import Table
+from rich.text import Text
+
+from .. import Agent, AgentContext, AgentResult, AgentRuntime, CallNext, TaskSpec
+from ..events import EventType, RuntimeEvent
+
+__all__ = [
+    "DEMO_HELP",
+    "Backend",
+    "DemoConfig",
+    "DemoReport",
+    "LiveMonitor",
+    "Ticket",
+    "Triage",
+    "build_agent",
+    "demo",
+    "failure_kind",
+    "make_tickets",
+    "run_demo",
+    "simulated_model",
+]
+
+MODEL_NAME = "murmur-sim"
+AGENT_NAME = "triage"
+INSTRUCTIONS = (
+    "You triage customer support tickets. Classify the ticket, give it a priority from "
+    "1 (drop everything) to 5 (whenever), and summarise it in one line."
+)
+
+Category = Literal["billing", "bug", "account", "feature-request", "outage"]
+FailureKind = Literal["rate-limit", "overloaded", "malformed-output"]
+
+
+class Backend(StrEnum):
+    """The event loops ``murmur demo`` can run on."""
+
+    asyncio = "asyncio"
+    trio = "trio"
+
+
+# -- the workload ------------------------------------------------------------------------
+
+
+class Ticket(BaseModel):
+    """One synthetic support ticket: the agent's input (rendered to the model as JSON)."""
+
+    id: int
+    customer: str
+    subject: str
+    body: str
+
+
+class Triage(BaseModel):
+    """The agent's structured output."""
+
+    category: Category
+    priority: int = Field(ge=1, le=5)
+    summary: str
+
+
+_CUSTOMERS = (
+    "Acme Corp",
+    "Globex",
+    "Initech",
+    "Umbrella Health",
+    "Stark Logistics",
+    "Wayne Foods",
+    "Hooli",
+    "Vandelay Imports",
+)
+_REPORTS = ("revenue", "churn", "usage", "latency", "pipeline")
+_PLANS = ("Team", "Business", "Enterprise")
+_MONTHS = ("January", "February", "March", "April", "May", "June")
+_TEMPLATES: tuple[tuple[str, str], ...] = (
+    ("Charged twice for {plan}", "We were billed twice for the {plan} plan; please refund one."),
+    ("Invoice has the wrong VAT number", "The {month} invoice shows a wrong VAT number."),
+    ("CSV export fails", "Exporting the {report} report to CSV gives an empty file since Monday."),
+    ("Dashboard chart is blank", "The {report} chart stays blank in Firefox; Chrome works."),
+    ("Password reset email missing", "The password reset email never arrives; spam checked."),
+    ("Add a seat for a new hire", "Please add a seat and give our new hire admin rights."),
+    ("Dark mode, please", "The team works late; a dark mode for the editor would help."),
+    ("SSO with Okta", "We need SAML single sign-on before rolling out to {n} people."),
+    ("API returns 502", "Since {hour}:00 UTC every API call returns 502; production is down."),
+    ("Webhooks not delivered", "No webhooks delivered for {n} minutes; our orders are stuck."),
+)
+# The simulated model's "understanding": the first keyword found decides the category.
+_KEYWORDS: tuple[tuple[str, Category, int], ...] = (
+    ("production is down", "outage", 1),
+    ("webhooks", "outage", 1),
+    ("billed", "billing", 2),
+    ("invoice", "billing", 3),
+    ("empty file", "bug", 2),
+    ("blank", "bug", 3),
+    ("password", "account", 2),
+    ("seat", "account", 4),
+)
+
+
+def make_tickets(count: int, seed: int) -> list[Ticket]:
+    """``count`` synthetic tickets, ids 1..count; ticket ``i`` depends only on (seed, i)."""
+    tickets = []
+    for ticket_id in range(1, count + 1):
+        rng = random.Random(f"{seed}:ticket:{ticket_id}")
+        subject, body = rng.choice(_TEMPLATES)
+        fields = {
+            "plan": rng.choice(_PLANS),
+            "month": rng.choice(_MONTHS),
+            "report": rng.choice(_REPORTS),
+            "n": rng.randint(5, 500),
+            "hour": rng.randint(0, 23),
+        }
+        tickets.append(
+            Ticket(
+                id=ticket_id,
+                customer=rng.choice(_CUSTOMERS),
+                subject=subject.format(**fields),
+                body=body.format(**fields),
+            )
+        )
+    return tickets
+
+
+def failure_kind(ticket_id: int, fail_every: int) -> FailureKind | None:
+    """How the simulated model fails ticket ``ticket_id``, or ``None`` when it doesn't.
+
+    Every ``fail_every``-th ticket fails (0 disables failures), cycling through a rate
+    limit (HTTP 429), an overload (HTTP 529) and malformed structured output.
+    """
+    if fail_every <= 0 or ticket_id % fail_every:
+        return None
+    kinds: tuple[FailureKind, ...] = ("malformed-output", "rate-limit", "overloaded")
+    return kinds[(ticket_id // fail_every) % len(kinds)]
+
+
+# -- the offline model -------------------------------------------------------------------
+
+
+def _estimate_tokens(text: str) -> int:
+    return max(1, len(text) // 4)
+
+
+def _ticket_in(messages: list[ModelMessage]) -> Ticket:
+    for message in messages:
+        if isinstance(message, ModelRequest):
+            for part in message.parts:
+                if isinstance(part, UserPromptPart) and isinstance(part.content, str):
+                    # A non-str task input reaches the model as JSON: parse it back.
+                    return Ticket.model_validate_json(part.content)
+    raise ValueError("the simulated model expects a Ticket as the user prompt")
+
+
+def _answer(ticket: Ticket) -> Triage:
+    text = f"{ticket.subject} {ticket.body}".lower()
+    category: Category = "feature-request"
+    priority = 5
+    for keyword, found, level in _KEYWORDS:
+        if keyword in text:
+            category, priority = found, level
+            break
+    return Triage(
+        category=category, priority=priority, summary=f"{ticket.customer}: {ticket.subject}"
+    )
+
+
+def simulated_model(*, seed: int, fail_every: int, latency: float = 0.1) -> FunctionModel:
+    """A pydantic-ai ``FunctionModel`` that triages ``Ticket`` prompts, offline.
+
+    Args:
+        seed: Seeds the per-ticket latency and token counts.
+        fail_every: Every Nth ticket fails (see ``failure_kind``); 0 disables failures.
+        latency: Mean of the simulated latency's random part, in seconds.
+    """
+
+    async def respond(messages: list[ModelMessage], info: AgentInfo) -> ModelResponse:
+        ticket = _ticket_in(messages)
+        rng = random.Random(f"{seed}:model:{ticket.id}")
+        delay = 0.02 + min(rng.expovariate(1 / latency), 6 * latency) if latency > 0 else 0.0
+        kind = failure_kind(ticket.id, fail_every)
+        if kind in ("rate-limit", "overloaded"):
+            await anyio.sleep(delay / 4)  # providers refuse fast
+            category = ModelRateLimitError if kind == "rate-limit" else ModelOverloadedError
+            raise ModelHTTPError.for_category(
+                category,
+                status_code=429 if kind == "rate-limit" else 529,
+                model_name=MODEL_NAME,
+                body=f"{kind} (simulated)",
+            )
+        await anyio.sleep(delay)
+        answer = _answer(ticket)
+        args: dict[str, Any] = answer.model_dump()
+        if kind == "malformed-output":
+            # Invalid every time, so pydantic-ai's output retry gives up too.
+            args = {"category": "URGENT!!!", "priority": 0}
+        if not info.output_tools:
+            raise RuntimeError("the simulated model expects a structured output type")
+        input_tokens = (
+            160
+            + _estimate_tokens(INSTRUCTIONS)
+            + sum(
+                _estimate_tokens(str(getattr(part, "content", "")))
+                for message in messages
+                for part in message.parts
+            )
+        )
+        output_tokens = 12 + _estimate_tokens(answer.summary) + rng.randint(0, 24)
+        return ModelResponse(
+            parts=[ToolCallPart(tool_name=info.output_tools[0].name, args=args)],
+            usage=RequestUsage(input_tokens=input_tokens, output_tokens=output_tokens),
+        )
+
+    return FunctionModel(respond, model_name=MODEL_NAME)
+
+
+def build_agent(*, seed: int, fail_every: int, latency: float = 0.1) -> Agent:
+    """The demo's ``murmur.Agent``: ``Ticket`` in, ``Triage`` out, on the offline model."""
+    return Agent(
+        name=AGENT_NAME,
+        model=simulated_model(seed=seed, fail_every=fail_every, latency=latency),
+        instructions=INSTRUCTIONS,
+        input_type=Ticket,
+        output_type=Triage,
+    )
+
+
+# -- the pipeline stage ------------------------------------------------------------------
+
+
+class LiveMonitor:
+    """A pipeline stage that counts tasks as they go by: in flight, succeeded, failed, tokens.
+
+    Pass it as ``AgentRuntime(middleware=[monitor])``; ``on_change(monitor)`` is called
+    each time a task starts or finishes. A cancelled task counts as neither success nor
+    failure. User stages run inside the retry policy, so with ``retry_max_attempts > 1``
+    a stage like this one sees every attempt (the demo runs without retries).
+    """
+
+    def __init__(self, on_change: Callable[[LiveMonitor], None] | None = None) -> None:
+        self.in_flight = 0
+        self.peak_in_flight = 0
+        self.succeeded = 0
+        self.failed = 0
+        self._on_change = on_change
+
+    @property
+    def done(self) -> int:
+        """Tasks finished so far, successfully or not."""
+        return self.succeeded + self.failed
+
+    async def __call__(self, ctx: AgentContext, call_next: CallNext) -> Any:
+        self.in_flight += 1
+        self.peak_in_flight = max(self.peak_in_flight, self.in_flight)
+        self._changed()
+        try:
+            output = await call_next(ctx)
+        except Exception:
+            self.failed += 1
+            raise
+        else:
+            self.succeeded += 1
+            return output
+        finally:
+            self.in_flight -= 1
+            self._changed()
+
+    def _changed(self) -> None:
+        if self._on_change is not None:
+            self._on_change(self)
+
+
+# -- running it --------------------------------------------------------------------------
+
+
+class _NoEvents:
+    """An event emitter that wants nothing: the progress display and summary replace the
+    default event log, which would otherwise print under the live display."""
+
+    def event_types(self) -> frozenset[EventType]:
+        return frozenset()
+
+    async def emit(self, event: RuntimeEvent) -> None:
+        return None
+
+
+@dataclass(frozen=True)
+class DemoConfig:
+    """The demo's knobs, as given on the command line."""
+
+    tasks: int = 200
+    concurrency: int = 20
+    backend: Backend = Backend.asyncio
+    seed: int = 0
+    fail_every: int = 20
+    latency: float = 0.1
+
+
+@dataclass(frozen=True)
+class DemoReport:
+    """What a demo run produced: every result, in input order, plus what was observed."""
+
+    config: DemoConfig
+    results: list[AgentResult[Any]]
+    wall_time: float
+    peak_concurrency: int
+
+    @property
+    def succeeded(self) -> int:
+        return sum(1 for r in self.results if r.is_ok())
+
+    @property
+    def failures(self) -> list[AgentResult[Any]]:
+        return [r for r in self.results if not r.is_ok()]
+
+    @property
+    def error_types(self) -> Counter[str]:
+        return Counter(type(r.error).__name__ for r in self.failures)
+
+    @property
+    def input_tokens(self) -> int:
+        return sum(r.usage.input_tokens for r in self.results)
+
+    @property
+    def output_tokens(self) -> int:
+        return sum(r.usage.output_tokens for r in self.results)
+
+    @property
+    def requests(self) -> int:
+        return sum(r.usage.requests for r in self.results)
+
+    @property
+    def throughput(self) -> float:
+        return len(self.results) / self.wall_time if self.wall_time > 0 else 0.0
+
+
+async def run_demo(config: DemoConfig, monitor: LiveMonitor | None = None) -> DemoReport:
+    """Fan the tickets out through ``AgentRuntime.gather`` and collect the report."""
+    if monitor is None:
+        monitor = LiveMonitor()
+    agent = build_agent(seed=config.seed, fail_every=config.fail_every, latency=config.latency)
+    tasks = [
+        TaskSpec(input=ticket, task_id=f"ticket-{ticket.id:05d}")
+        for ticket in make_tickets(config.tasks, config.seed)
+    ]
+    async with AgentRuntime(middleware=[monitor], event_emitter=_NoEvents()) as runtime:
+        start = time.perf_counter()
+        results = await runtime.gather(agent, tasks, max_concurrency=config.concurrency)
+        wall_time = time.perf_counter() - start
+    return DemoReport(
+        config=config,
+        results=results,
+        wall_time=wall_time,
+        peak_concurrency=monitor.peak_in_flight,
+    )
+
+
+# -- display -----------------------------------------------------------------------------
+
+
+class _ThroughputColumn(ProgressColumn):
+    def render(self, task: Task) -> Text:
+        elapsed = task.elapsed
+        if not elapsed or not task.completed:
+            return Text("- tasks/s", style="progress.data.speed")
+        return Text(f"{task.completed / elapsed:,.0f} tasks/s", style="progress.data.speed")
+
+
+def _progress(console: Console) -> Progress:
+    return Progress(
+        SpinnerColumn(finished_text="[green]✓[/]"),
+        TextColumn("[bold]{task.description}"),
+        BarColumn(bar_width=24),
+        MofNCompleteColumn(),
+        TextColumn(
+            "[green]{task.fields[ok]} ok[/] [red]{task.fields[failed]} failed[/] "
+            "[dim]{task.fields[in_flight]} in flight[/]"
+        ),
+        _ThroughputColumn(),
+        TimeElapsedColumn(),
+        console=console,
+    )
+
+
+def _describe_backend(backend: Backend) -> str:
+    if backend is Backend.trio:
+        return "trio (pydantic-ai calls via the asyncio bridge)"
+    return "asyncio"
+
+
+def _summary_table(report: DemoReport) -> Table:
+    config = report.config
+    table = Table(
+        title="murmur demo: summary",
+        title_justify="left",
+        show_header=False,
+        box=box.ROUNDED,
+    )
+    table.add_column("metric", style="bold")
+    table.add_column("value")
+    failures = report.failures
+    table.add_row("Tasks", f"{len(report.results)}")
+    table.add_row("Succeeded", f"[green]{report.succeeded}[/]")
+    table.add_row("Failed", f"[red]{len(failures)}[/]" if failures else "0")
+    for name, count in sorted(report.error_types.items(), key=lambda item: (-item[1], item[0])):
+        table.add_row(f"  {name}", f"{count}", style="dim")
+    total = report.input_tokens + report.output_tokens
+    table.add_row(
+        "Tokens",
+        f"{total:,} ({report.input_tokens:,} in / {report.output_tokens:,} out, "
+        f"{report.requests:,} requests)",
+    )
+    table.add_row("Wall time", f"{report.wall_time:.2f} s")
+    table.add_row("Throughput", f"{report.throughput:,.1f} tasks/s")
+    table.add_row("Peak concurrency", f"{report.peak_concurrency} (cap {config.concurrency})")
+    table.add_row("Backend", _describe_backend(config.backend))
+    return table
+
+
+def _failures_table(report: DemoReport, limit: int = 3) -> Table:
+    failures = report.failures
+    table = Table(
+        title=f"First {min(limit, len(failures))} of {len(failures)} failures",
+        title_justify="left",
+        box=box.SIMPLE,
+        expand=True,
+    )
+    table.add_column("task_id", no_wrap=True, min_width=12)
+    table.add_column("error", no_wrap=True, style="red", min_width=23)
+    table.add_column("message", no_wrap=True, overflow="ellipsis", ratio=1)
+    for result in failures[:limit]:
+        table.add_row(result.task_id, type(result.error).__name__, str(result.error))
+    return table
+
+
+def _is_interrupt(exc: BaseException) -> bool:
+    """Ctrl-C, possibly wrapped in an exception group by the task group it went through."""
+    if isinstance(exc, BaseExceptionGroup):
+        return exc.split(KeyboardInterrupt)[1] is None
+    return isinstance(exc, KeyboardInterrupt)
+
+
+def _show(console: Console, report: DemoReport) -> None:
+    console.print()
+    console.print(_summary_table(report))
+    if report.failures:
+        console.print(_failures_table(report))
+        console.print(
+            "Failures are data: each failed call is an AgentResult in its slot, with "
+            "[bold].error[/] set; the rest of the batch ran to completion."
+        )
+
+
+# -- the command -------------------------------------------------------------------------
+
+DEMO_HELP = "\n\n".join(
+    (
+        "Fan out agent calls over an offline model, with live progress and a summary.",
+        "A murmur.Agent triages synthetic support tickets on a pydantic-ai FunctionModel "
+        "that stands in for an LLM: seeded latencies, deterministic answers, plausible token "
+        "usage, and a few deliberate failures. No API key, no network, no broker.",
+        "The calls go through AgentRuntime.gather with a hard concurrency cap; a custom "
+        "pipeline stage drives the progress display, and failed calls come back as data.",
+    )
+)
+
+
+def demo(
+    tasks: Annotated[
+        int,
+        typer.Option("--tasks", "-n", min=1, help="How many agent calls to fan out."),
+    ] = 200,
+    concurrency: Annotated[
+        int,
+        typer.Option(
+            "--concurrency",
+            "-c",
+            min=1,
+            help="Hard cap on calls in flight (gather's max_concurrency).",
+        ),
+    ] = 20,
+    backend: Annotated[
+        Backend,
+        typer.Option("--backend", "-b", case_sensitive=False, help="Event loop to run on."),
+    ] = Backend.asyncio,
+    seed: Annotated[
+        int,
+        typer.Option("--seed", help="Seed for the tickets, latencies and token counts."),
+    ] = 0,
+    fail_every: Annotated[
+        int,
+        typer.Option(
+            "--fail-every",
+            min=0,
+            help=(
+                "Make every Nth call fail (rate limit, overload or malformed output); "
+                "0 disables failures."
+            ),
+        ),
+    ] = 20,
+) -> None:
+    """``murmur demo``: see ``DEMO_HELP``."""
+    if backend is Backend.trio and importlib.util.find_spec("trio") is None:
+        raise typer.BadParameter(
+            "Trio is not installed; install it with: pip install 'murmur-agents[trio]'",
+            param_hint="'--backend'",
+        )
+    # The CLI owns the terminal: no pydantic-ai first-run banner under the progress bar.
+    pydantic_ai.BANNER_ENABLED = False
+    config = DemoConfig(
+        tasks=tasks, concurrency=concurrency, backend=backend, seed=seed, fail_every=fail_every
+    )
+    console = Console()
+    failures = f"1 call in {fail_every} fails on purpose" if fail_every else "no simulated failures"
+    console.print(
+        f"Fanning out [bold]{tasks}[/] calls of agent [bold]{AGENT_NAME!r}[/] "
+        f"(offline model {MODEL_NAME!r}, seed {seed}, {failures}) "
+        f"with max_concurrency={concurrency} on {backend.value}.",
+        highlight=False,
+    )
+    progress = _progress(console)
+    bar: TaskID | None = None
+
+    def on_change(monitor: LiveMonitor) -> None:
+        if bar is not None:
+            progress.update(
+                bar,
+                completed=monitor.done,
+                ok=monitor.succeeded,
+                failed=monitor.failed,
+                in_flight=monitor.in_flight,
+            )
+
+    monitor = LiveMonitor(on_change)
+    try:
+        with progress:
+            bar = progress.add_task(AGENT_NAME, total=tasks, ok=0, failed=0, in_flight=0)
+            report = anyio.run(run_demo, config, monitor, backend=backend.value)
+    except BaseException as exc:
+        if not _is_interrupt(exc):
+            raise
+        console.print("[yellow]Interrupted.[/]")
+        raise typer.Exit(130) from None
+    _show(console, report)
