@@ -30,21 +30,29 @@ from .events.multi import MultiEventEmitter as MultiEventEmitter
 from .events.types import EventEmitter as EventEmitter
 from .events.types import EventType as EventType
 from .events.types import RuntimeEvent as RuntimeEvent
+from .groups import AgentGroup as AgentGroup
+from .groups import Edge as Edge
+from .groups import FanOut as FanOut
+from .groups import GroupResult as GroupResult
 from .middleware.cost_tracking import TokenBudget as TokenBudget
 
 __all__ = [
     "Agent",
     "AgentContext",
     "AgentError",
+    "AgentGroup",
     "AgentResult",
     "AgentRuntime",
     "AgentTimeoutError",
     "BudgetExceededError",
     "CallNext",
+    "Edge",
     "ErrorInfo",
     "EventEmitter",
     "EventType",
+    "FanOut",
     "FunctionAgent",
+    "GroupResult",
     "InputValidationError",
     "LogEventEmitter",
     "MultiEventEmitter",

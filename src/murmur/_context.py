@@ -14,6 +14,7 @@ if TYPE_CHECKING:
     from ._agents import AgentImpl, AgentLike
     from ._bridge import AsyncioBridge, HomePortal
     from ._runtime import AgentRuntime
+    from .groups import AgentGroup, GroupResult
 
 __all__ = ["AgentContext", "CallOrigin", "current_context"]
 
@@ -229,6 +230,13 @@ class AgentContext:
         return await self._origin.runtime._gather(
             agent, tasks, max_concurrency=max_concurrency, fail_fast=fail_fast, parent=self
         )
+
+    async def run_group(self, group: AgentGroup, task: TaskSpec) -> GroupResult:
+        """Run an ``AgentGroup`` whose nodes are children of this task; see ``run_group``."""
+        home = self.home
+        if home is not None and home.is_away():
+            return await home.run(partial(self.run_group, group, task))
+        return await self._origin.runtime.run_group(group, task, parent=self)
 
     async def _spawned(self, agent: AgentLike, count: int) -> None:
         if EventType.CHILD_SPAWNED in self._origin.wants:

@@ -18,10 +18,19 @@ from ._context import AgentContext, CallOrigin
 from ._executor import Executor
 from ._options import RuntimeOptions
 from ._pipeline import Stage
-from ._types import ZERO_USAGE, AgentResult, TaskSpec, new_task_id
+from ._types import ZERO_USAGE, AgentResult, TaskSpec, Usage, new_task_id
 from .errors import RuntimeClosedError, TaskCancelledError
 from .events.log import LogEventEmitter
-from .events.types import ALL_EVENT_TYPES, EventEmitter, EventType, RuntimeEvent, wanted_types
+from .events.types import (
+    ALL_EVENT_TYPES,
+    EventEmitter,
+    EventError,
+    EventType,
+    RuntimeEvent,
+    wanted_types,
+)
+from .groups import AgentGroup, GroupResult
+from .groups.scheduler import run_group as _run_group
 from .middleware import (
     CostTrackingMiddleware,
     DepthLimitMiddleware,
@@ -195,7 +204,12 @@ class AgentRuntime:
     # -- internals -----------------------------------------------------------------------
 
     async def _run(
-        self, agent: AgentLike, task: TaskSpec, *, parent: AgentContext | None
+        self,
+        agent: AgentLike,
+        task: TaskSpec,
+        *,
+        parent: AgentContext | None,
+        trace_id: str | None = None,
     ) -> AgentResult[Any]:
         impl = resolve_agent(agent)
         if not isinstance(task, TaskSpec):
@@ -203,7 +217,7 @@ class AgentRuntime:
                 f"task must be a murmur.TaskSpec, got {type(task).__name__}; "
                 "wrap the input as TaskSpec(input=...)"
             )
-        origin = self._origin(impl, parent)
+        origin = self._origin(impl, parent, trace_id)
         return await self._transport.submit(impl, task, origin)
 
     async def _gather(
@@ -214,6 +228,7 @@ class AgentRuntime:
         max_concurrency: int | None,
         fail_fast: bool,
         parent: AgentContext | None,
+        trace_id: str | None = None,
     ) -> list[AgentResult[Any]]:
         impl = resolve_agent(agent)
         limit = self._options.max_concurrency if max_concurrency is None else max_concurrency
@@ -230,7 +245,7 @@ class AgentRuntime:
                     f"tasks[{index}] must be a murmur.TaskSpec, got {type(spec).__name__}; "
                     "wrap each input as TaskSpec(input=...)"
                 )
-        origin = self._origin(impl, parent)
+        origin = self._origin(impl, parent, trace_id)
         count = len(specs)
         results: list[AgentResult[Any] | None] = [None] * count
         if count == 0:
@@ -292,16 +307,19 @@ class AgentRuntime:
             )
         return results  # type: ignore[return-value]
 
-    def _origin(self, impl: AgentImpl, parent: AgentContext | None) -> CallOrigin:
+    def _origin(
+        self, impl: AgentImpl | None, parent: AgentContext | None, trace_id: str | None = None
+    ) -> CallOrigin:
+        """What one call's tasks share; ``trace_id`` continues a trace (e.g. a group's)."""
         self._check_open()
         bridge = None
-        if impl.asyncio_only and sniffio.current_async_library() != "asyncio":
+        if impl is not None and impl.asyncio_only and sniffio.current_async_library() != "asyncio":
             bridge = self._asyncio_bridge()
         if parent is None:
             wanted = wanted_types(self._emitter)
             return CallOrigin(
                 self,
-                trace_id=new_task_id(),
+                trace_id=trace_id or new_task_id(),
                 depth=0,
                 parent=None,
                 bridge=bridge,
@@ -345,26 +363,57 @@ class AgentRuntime:
         agent: str,
         data: dict[str, Any],
         duration: float | None = None,
+        *,
+        task_id: str | None = None,
+        usage: Usage | None = None,
+        error: BaseException | None = None,
     ) -> None:
-        """An event about a whole call (a batch, a group), not one task."""
+        """An event about a whole call (a batch, a group) or a group node, not one attempt."""
         if type not in origin.wants:
             return
         parent = origin.parent
         await self._emit(
-            RuntimeEvent(
-                type=type,
-                trace_id=origin.trace_id,
-                parent_task_id=None if parent is None else parent.task.task_id,
-                agent=agent,
-                depth=origin.depth,
-                duration=duration,
-                data=data,
+            RuntimeEvent._build(
+                type,
+                origin.trace_id,
+                task_id,
+                None if parent is None else parent.task.task_id,
+                agent,
+                origin.depth,
+                None,
+                duration,
+                usage,
+                None if error is None else EventError.from_exception(error),
+                data,
             )
         )
 
     def _check_open(self) -> None:
         if self._closed:
             raise RuntimeClosedError("this AgentRuntime was closed; create a new one")
+
+    # -- agent groups --------------------------------------------------------------------
+
+    async def run_group(
+        self, group: AgentGroup, task: TaskSpec, *, parent: AgentContext | None = None
+    ) -> GroupResult:
+        """Run an ``AgentGroup``: each node starts as soon as its inputs are ready.
+
+        Args:
+            group: The group.
+            task: The group's task; its input goes to the entry node(s).
+            parent: Inside an agent, its ``AgentContext``: the nodes then run as its
+                children (one spawn level deeper, same trace and budget). Default: the
+                nodes run at depth 0.
+
+        Returns:
+            The ``GroupResult``; node failures are in it, not raised.
+
+        Raises:
+            TypeError: ``group`` is not an ``AgentGroup``, or ``task`` not a ``TaskSpec``.
+            RuntimeClosedError: the runtime was closed.
+        """
+        return await _run_group(self, group, task, parent=parent)
 
 
 def _policy_stages(options: RuntimeOptions, middleware: Sequence[Stage]) -> list[Stage]:
