@@ -71,10 +71,7 @@ class AgentImpl(ABC):
         """Run the agent once on an already validated input."""
 
     def _set_input_type(self, input_type: Any) -> None:
-        if input_type is None or input_type is Any or input_type is object:
-            return
-        self._input_adapter = TypeAdapter(input_type)
-        self._input_class = input_type if isinstance(input_type, type) else None
+        self._input_adapter, self._input_class = _input_validator(input_type)
 
     def __murmur_agent__(self) -> AgentImpl:
         return self
@@ -253,10 +250,11 @@ class FunctionAgent(AgentImpl):
                 f"`async def f(input, ctx)`; got {fn!r}"
             )
         self.fn = fn
-        self.name = _check_name(name if name is not None else _callable_name(fn), "name")
-        first, takes_ctx = _inspect_parameters(fn)
-        self.takes_context = takes_ctx
-        self._set_input_type(input_type if input_type is not None else first)
+        default_name, self.takes_context, adapter, input_class = _describe(fn)
+        self.name = _check_name(name if name is not None else default_name, "name")
+        if input_type is not None:
+            adapter, input_class = _input_validator(input_type)
+        self._input_adapter, self._input_class = adapter, input_class
 
     async def invoke(self, value: Any, ctx: AgentContext) -> Any:
         if self.takes_context:
@@ -264,7 +262,31 @@ class FunctionAgent(AgentImpl):
         return await self.fn(value)
 
 
-_function_agents: weakref.WeakKeyDictionary[Any, FunctionAgent] = weakref.WeakKeyDictionary()
+_Description = tuple[str, bool, TypeAdapter[Any] | None, type | None]
+# What inspecting a function found (name, takes ctx, input validator), keyed weakly by the
+# function. The values hold no reference to the function, so both can be collected.
+_descriptions: weakref.WeakKeyDictionary[Any, _Description] = weakref.WeakKeyDictionary()
+
+
+def _describe(fn: Any) -> _Description:
+    """Inspect a function agent once: its default name, whether it takes ctx, its input type."""
+    try:
+        found = _descriptions.get(fn)
+    except TypeError:  # unhashable: inspect every time
+        found = None
+    if found is None:
+        first, takes_ctx = _inspect_parameters(fn)
+        found = (_callable_name(fn), takes_ctx, *_input_validator(first))
+        with contextlib.suppress(TypeError):  # not weak-referenceable: just don't cache
+            _descriptions[fn] = found
+    return found
+
+
+def _input_validator(input_type: Any) -> tuple[TypeAdapter[Any] | None, type | None]:
+    """A validator for ``input_type`` (none for no type, ``Any`` or ``object``)."""
+    if input_type is None or input_type is Any or input_type is object:
+        return None, None
+    return TypeAdapter(input_type), input_type if isinstance(input_type, type) else None
 
 
 def resolve_agent(agent: AgentLike) -> AgentImpl:
@@ -276,15 +298,7 @@ def resolve_agent(agent: AgentLike) -> AgentImpl:
     if isinstance(agent, _PydanticAIAgent):
         return PydanticAIAgent(agent)
     if callable(agent) and _is_async_callable(agent):
-        try:
-            cached = _function_agents.get(agent)
-        except TypeError:
-            return FunctionAgent(agent)
-        if cached is None:
-            cached = FunctionAgent(agent)
-            with contextlib.suppress(TypeError):  # not weak-referenceable: just don't cache
-                _function_agents[agent] = cached
-        return cached
+        return FunctionAgent(agent)
     raise TypeError(
         "agent must be a murmur.Agent, a pydantic_ai.Agent, the result of "
         "from_pydantic_ai(), or an async function `async def f(input)` / "
