@@ -27,6 +27,8 @@ from .errors import TaskCancelledError as TaskCancelledError
 from .errors import TopologyError as TopologyError
 from .events.log import LogEventEmitter as LogEventEmitter
 from .events.multi import MultiEventEmitter as MultiEventEmitter
+from .events.otel import OpenTelemetryEmitter as OpenTelemetryEmitter
+from .events.sse import SSEEventEmitter as SSEEventEmitter
 from .events.types import EventEmitter as EventEmitter
 from .events.types import EventType as EventType
 from .events.types import RuntimeEvent as RuntimeEvent
@@ -57,11 +59,13 @@ __all__ = [
     "LogEventEmitter",
     "MultiEventEmitter",
     "MurmurError",
+    "OpenTelemetryEmitter",
     "PydanticAIAgent",
     "RemoteAgentError",
     "RuntimeClosedError",
     "RuntimeEvent",
     "RuntimeOptions",
+    "SSEEventEmitter",
     "SpawnDepthExceededError",
     "Stage",
     "TaskCancelledError",

@@ -6,6 +6,8 @@ from .filters import by_type as by_type
 from .filters import filtered as filtered
 from .log import LogEventEmitter as LogEventEmitter
 from .multi import MultiEventEmitter as MultiEventEmitter
+from .otel import OpenTelemetryEmitter as OpenTelemetryEmitter
+from .sse import SSEEventEmitter as SSEEventEmitter
 from .types import EventEmitter as EventEmitter
 from .types import EventError as EventError
 from .types import EventType as EventType
@@ -18,7 +20,9 @@ __all__ = [
     "FilteredEmitter",
     "LogEventEmitter",
     "MultiEventEmitter",
+    "OpenTelemetryEmitter",
     "RuntimeEvent",
+    "SSEEventEmitter",
     "by_agent",
     "by_type",
     "filtered",
