@@ -28,7 +28,5 @@ def _no_leaked_bridge_threads() -> Iterator[None]:
     """Fail a test that leaves an asyncio bridge thread running after its runtimes close."""
     before = {t for t in threading.enumerate() if t.name.startswith("murmur-")}
     yield
-    leaked = [
-        t for t in threading.enumerate() if t.name.startswith("murmur-") and t not in before
-    ]
+    leaked = [t for t in threading.enumerate() if t.name.startswith("murmur-") and t not in before]
     assert not leaked, f"leaked Murmur threads: {leaked}"

@@ -16,10 +16,11 @@ would believe it runs under Trio. It is reset to "asyncio" before the work start
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import contextvars
 import threading
 from collections.abc import Awaitable, Callable
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 import anyio
 import anyio.abc
@@ -97,7 +98,10 @@ class AsyncioBridge:
 
         async def on_loop() -> None:
             sniffio.current_async_library_cvar.set("asyncio")
-            call.task = asyncio.current_task()
+            task = call.task = cast("asyncio.Task[Any]", asyncio.current_task())
+            # Wake the Trio side only once the task is over, not from its `finally`: by then
+            # the loop no longer runs this coroutine, so it pins nothing the caller drops.
+            task.add_done_callback(lambda _: token.run_sync_soon(done.set))
             try:
                 if call.cancel_requested:
                     raise asyncio.CancelledError
@@ -110,7 +114,6 @@ class AsyncioBridge:
             finally:
                 with self._lock:
                     self._calls.discard(call)
-                token.run_sync_soon(done.set)
 
         loop = self._submit(call, on_loop())
         try:
@@ -118,7 +121,9 @@ class AsyncioBridge:
         except BaseException:
             # Cancelled (or interrupted) on the Trio side: cancel the asyncio task and wait,
             # shielded, until it has really stopped before letting the cancellation go on.
-            loop.call_soon_threadsafe(call.cancel)
+            # A closed loop means the call is already over: then just await its end.
+            with contextlib.suppress(RuntimeError):
+                loop.call_soon_threadsafe(call.cancel)
             with anyio.CancelScope(shield=True):
                 await done.wait()
             raise
@@ -138,7 +143,14 @@ class AsyncioBridge:
         if loop is None or thread is None:
             return
         if thread is threading.current_thread():
-            raise RuntimeError("the asyncio bridge cannot be closed from its own loop")
+            # Reached on the loop's own thread, e.g. by the runtime's finaliser when its last
+            # reference went away here: the loop cannot wait for itself, so a helper does.
+            threading.Thread(target=self._stop, args=(loop, thread), daemon=True).start()
+            return
+        self._stop(loop, thread)
+
+    def _stop(self, loop: asyncio.AbstractEventLoop, thread: threading.Thread) -> None:
+        """Cancel what runs on ``loop``, stop it and join ``thread``; never called on it."""
 
         async def shutdown() -> None:
             # Every submitted call's task exists by now (submission happened-before the close
@@ -195,15 +207,18 @@ class HomePortal:
         cancel_requested = False
 
         async def at_home() -> None:
-            with anyio.CancelScope() as scope:
-                scope_box.append(scope)
-                if cancel_requested:
-                    scope.cancel()
-                try:
-                    outcome.append((True, await fn()))
-                except Exception as exc:
-                    outcome.append((False, exc))
-            loop.call_soon_threadsafe(_resolve, finished)
+            try:
+                with anyio.CancelScope() as scope:
+                    scope_box.append(scope)
+                    if cancel_requested:
+                        scope.cancel()
+                    try:
+                        outcome.append((True, await fn()))
+                    except Exception as exc:
+                        outcome.append((False, exc))
+            finally:
+                # Also when an outer scope cancelled us: the bridge side must never hang.
+                loop.call_soon_threadsafe(_resolve, finished)
 
         def cancel_at_home() -> None:
             nonlocal cancel_requested
