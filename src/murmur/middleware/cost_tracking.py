@@ -22,6 +22,12 @@ reservations, a new task waits for them to settle (they usually release part of 
 reserved). It is refused with ``BudgetExceededError`` only once nothing is in flight and
 nothing is left, i.e. when the budget is really spent; when something is left but less
 than ``reserve_per_task``, the last task runs with what is left.
+
+Spawned children never wait on the shared budget (their ancestors hold reservations there
+and wait for them: that would deadlock). A child takes a full ``reserve_per_task`` if one is
+free; otherwise it borrows from its parent's reservation, waiting only for siblings that
+borrowed before it, and is refused once that is spent. What borrowers use is charged with
+the parent, so in the bound above a task's ``usage`` includes its borrowing children's.
 """
 
 from __future__ import annotations
@@ -52,7 +58,9 @@ class TokenBudget:
             pydantic-ai runs (default: ``min(limit, 4096)``). Larger values let bigger runs
             finish; smaller ones let more tasks run at once near the end of the budget.
 
-    ``used``, ``reserved`` and ``remaining`` can be read at any time. Thread-safe.
+    ``used``, ``reserved`` and ``remaining`` can be read at any time, from any thread. Share
+    one budget among runtimes on the same event loop: a task waiting for tokens is woken
+    through that loop.
     """
 
     def __init__(self, limit: int, *, reserve_per_task: int | None = None) -> None:
@@ -96,6 +104,28 @@ class TokenBudget:
         """True once nothing is left to charge."""
         return self._used >= self.limit
 
+    def try_reserve(self) -> int | None:
+        """Reserve without waiting: the tokens granted, or ``None`` if the caller must wait.
+
+        Raises:
+            BudgetExceededError: the budget is spent.
+        """
+        with self._lock:
+            return self._try_reserve_locked()
+
+    def _try_reserve_locked(self) -> int | None:
+        free = self.limit - self._used - self._reserved
+        if free >= self.reserve_per_task or (free > 0 and self._holders == 0):
+            granted = min(free, self.reserve_per_task)
+            self._reserved += granted
+            self._holders += 1
+            return granted
+        if self._holders == 0:
+            raise BudgetExceededError(
+                f"token budget spent: {self._used} of {self.limit} tokens used"
+            )
+        return None
+
     async def reserve(self) -> int:
         """Reserve tokens for one task, waiting while others hold what is left.
 
@@ -104,16 +134,9 @@ class TokenBudget:
         """
         while True:
             with self._lock:
-                free = self.limit - self._used - self._reserved
-                if free >= self.reserve_per_task or (free > 0 and self._holders == 0):
-                    granted = min(free, self.reserve_per_task)
-                    self._reserved += granted
-                    self._holders += 1
+                granted = self._try_reserve_locked()
+                if granted is not None:
                     return granted
-                if self._holders == 0:
-                    raise BudgetExceededError(
-                        f"token budget spent: {self._used} of {self.limit} tokens used"
-                    )
                 waiter = anyio.Event()
                 self._waiters.append(waiter)
             await waiter.wait()
@@ -124,6 +147,8 @@ class TokenBudget:
             self._reserved -= reservation
             self._holders -= 1
             self._used += max(0, used)
+            if not self._waiters:
+                return
             waiters, self._waiters = self._waiters, []
         for waiter in waiters:
             waiter.set()
@@ -150,11 +175,24 @@ class CostTrackingMiddleware:
         if not isinstance(budget, TokenBudget):
             raise TypeError(f"budget must be a TokenBudget, got {type(budget).__name__}")
         self.budget = budget
+        # Per running parent: the pool its borrowing children reserve from.
+        self._lenders: dict[AgentContext, TokenBudget] = {}
 
     async def __call__(self, ctx: AgentContext, call_next: CallNext) -> Any:
         budget = self.budget
+        pool = budget
         try:
-            reservation = await budget.reserve()
+            parent = ctx.parent
+            if parent is None or parent.token_cap is None:
+                reservation = await budget.reserve()
+            else:
+                # A spawned child never waits on the shared budget: its ancestors hold
+                # reservations there while they wait for it. A full share, or borrow.
+                granted = budget.try_reserve()
+                if granted is None:
+                    pool = self._lender(parent)
+                    granted = await pool.reserve()
+                reservation = granted
         except BudgetExceededError:
             await ctx.emit(EventType.BUDGET_EXCEEDED, data=_budget_data(budget))
             raise
@@ -166,7 +204,21 @@ class CostTrackingMiddleware:
             raise
         finally:
             ctx.token_cap = None
-            budget.settle(reservation, ctx.usage.total_tokens)
+            lent = self._lenders.pop(ctx, None)
+            spent = ctx.usage.total_tokens + (lent.used if lent is not None else 0)
+            pool.settle(reservation, spent)
+
+    def _lender(self, parent: AgentContext) -> TokenBudget:
+        lent = self._lenders.get(parent)
+        if lent is None:
+            left = (parent.token_cap or 0) - parent.usage.total_tokens
+            if left < 1:
+                raise BudgetExceededError(
+                    f"agent {parent.agent!r} has spent the tokens reserved for it and its children"
+                )
+            reserve = min(left, self.budget.reserve_per_task)
+            lent = self._lenders[parent] = TokenBudget(left, reserve_per_task=reserve)
+        return lent
 
 
 def _budget_data(budget: TokenBudget) -> dict[str, Any]:

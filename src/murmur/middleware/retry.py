@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import email.utils
+import math
 import random
 import time
 from collections.abc import Awaitable, Callable
@@ -44,15 +45,20 @@ def is_retryable(error: BaseException) -> bool:
 
 def retry_after_seconds(error: BaseException) -> float | None:
     """The ``Retry-After`` a 429/503 response asked for, in seconds, if any."""
-    if not isinstance(error, ModelHTTPError) or not error.headers:
+    if not isinstance(error, ModelHTTPError):
         return None
-    value = error.headers.get("retry-after")
+    parsed = getattr(error, "retry_after", None)  # pydantic-ai's reading (retry-after-ms too)
+    if parsed is not None:
+        return max(0.0, float(parsed))
+    value = error.headers.get("retry-after") if error.headers else None
     if value is None:
         return None
     try:
-        return max(0.0, float(value))
+        seconds = float(value)
     except ValueError:
         pass
+    else:
+        return max(0.0, seconds) if math.isfinite(seconds) else None
     try:
         when = email.utils.parsedate_to_datetime(value)
     except (TypeError, ValueError):
@@ -102,11 +108,16 @@ class RetryMiddleware:
 
     def delay_after(self, attempt: int, error: BaseException | None = None) -> float:
         """Seconds to wait after failed attempt ``attempt`` (1-based)."""
-        delay = self.backoff_factor ** (attempt - 1) if self.backoff_factor > 0 else 0.0
+        try:
+            delay = self.backoff_factor ** (attempt - 1) if self.backoff_factor > 0 else 0.0
+        except OverflowError:  # a huge attempt count: the cap (if any) decides
+            delay = math.inf
         if self.max_delay is not None:
             delay = min(delay, self.max_delay)
         if self.jitter and delay:
             delay *= 1 - self.jitter + 2 * self.jitter * self._rand()
+            if self.max_delay is not None:
+                delay = min(delay, self.max_delay)  # jitter never takes a wait past the cap
         hinted = retry_after_seconds(error) if error is not None else None
         if hinted is not None:
             delay = max(delay, hinted)
