@@ -83,8 +83,8 @@ class _Plan:
 class GroupScheduler:
     """One run of one group. Create one per ``run_group`` call; ``run()`` it once.
 
-    The ``_on_*`` methods are the run's lifecycle moments. They do nothing yet: group
-    events are wired there (and only there).
+    The ``_on_*`` methods are the run's lifecycle moments; group and node events are
+    emitted there (and only there). One run is one trace.
     """
 
     def __init__(
