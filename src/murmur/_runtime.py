@@ -260,25 +260,47 @@ class AgentRuntime:
         submit = self._transport.submit
         # A pool of at most `limit` workers pulls indices from one shared iterator: the cap
         # holds by construction, and a 100k batch never has 100k coroutines alive at once.
+        # The pool grows on demand: a worker starts the next one just before it dispatches,
+        # so it grows by one each time work suspends, reaching `limit` at once for I/O-bound
+        # agents while agents that never suspend are served by a few workers.
         indices = iter(range(count))
+        max_workers = min(limit, count)
         first_failure: list[AgentResult[Any]] = []
+        started = 0
+        spawn_pending = False
+        checkpoint_if_cancelled = anyio.lowlevel.checkpoint_if_cancelled
+        checkpoint = anyio.lowlevel.checkpoint
 
         async with anyio.create_task_group() as tg:
             cancel_scope = tg.cancel_scope
 
+            def grow() -> None:
+                nonlocal started, spawn_pending
+                started += 1
+                spawn_pending = True
+                tg.start_soon(worker)
+
             async def worker() -> None:
-                for i in indices:
+                nonlocal spawn_pending
+                spawn_pending = False
+                for done, i in enumerate(indices, 1):
                     if first_failure:
                         return  # fail_fast fired: also stops workers whose agents never yield
+                    if not spawn_pending and started < max_workers:
+                        grow()
                     result = await submit(impl, specs[i], origin)
                     results[i] = result
-                    await anyio.lowlevel.checkpoint()
                     if fail_fast and result.error is not None and not first_failure:
                         first_failure.append(result)
                         cancel_scope.cancel()
+                    # Cancellation is delivered after every task, even to agents that never
+                    # suspend; a full yield every 64 keeps such a batch from starving the loop.
+                    if done % 64:
+                        await checkpoint_if_cancelled()
+                    else:
+                        await checkpoint()
 
-            for _ in range(min(limit, count)):
-                tg.start_soon(worker)
+            grow()
 
         if first_failure:
             failed = first_failure[0]
