@@ -1,4 +1,4 @@
-"""nox sessions: tests (asyncio and Trio), lint, typecheck, bench, docs."""
+"""nox sessions: tests (asyncio and Trio), lint, typecheck, bench, docs (snippets run)."""
 
 from __future__ import annotations
 
@@ -37,3 +37,17 @@ def bench(session: nox.Session) -> None:
     """Concurrency-throughput benchmarks; `nox -s bench -- --quick` for the short run."""
     session.install("-e", ".[dev]")
     session.run("python", "-m", "benchmarks", *session.posargs)
+
+
+@nox.session(python=PYTHON)
+def docs(session: nox.Session) -> None:
+    """Every snippet of the product page and the README runs as written (both backends)."""
+    session.install("-e", ".[dev]")
+    session.run(
+        "pytest",
+        "tests/test_seed.py",
+        "tests/test_seed_snippets.py",
+        "tests/middleware/test_seed_policies.py",
+        "tests/groups/test_group_research.py",
+        *session.posargs,
+    )
