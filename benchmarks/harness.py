@@ -46,6 +46,7 @@ __all__ = [
     "paired_ratio",
     "quiet_logging",
     "run_on",
+    "save_figure",
     "timed",
 ]
 
@@ -289,6 +290,19 @@ def environment() -> dict[str, Any]:
             for dist in ("anyio", "trio", "uvloop", "pydantic", "pydantic-ai-slim", "structlog")
         },
     }
+
+
+def save_figure(fig: Any, path: Path) -> Path:
+    """Save a matplotlib figure as a small PNG (palette-quantised when Pillow is there)."""
+    fig.savefig(path, dpi=90)
+    try:
+        from PIL import Image
+    except ImportError:
+        return path
+    with Image.open(path) as image:
+        small = image.convert("RGB").quantize(colors=256, method=Image.Quantize.MEDIANCUT)
+    small.save(path, optimize=True)
+    return path
 
 
 def fmt_us(value: float) -> str:

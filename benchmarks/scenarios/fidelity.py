@@ -28,6 +28,7 @@ from ..harness import (
     interleave,
     paired_ratio,
     run_on,
+    save_figure,
 )
 from ..registry import Headline, RunConfig, Scenario, ScenarioResult, Table, register
 from ..workloads import (
@@ -293,7 +294,7 @@ def run(config: RunConfig) -> ScenarioResult:
     notes = [
         f"Ideal = ceil(N / cap) x {IO_SLEEP_S * 1000:.0f} ms; achieved ÷ ideal = ideal time ÷ "
         "measured wall time. 'peak' is the most tasks ever seen inside the agent at once "
-        "(must equal the cap).",
+        "(never above the cap; I/O-bound agents reach it, CPU-bound ones need not).",
         "Timer-calibrated ideal = ceil(N / cap) x the measured duration of one sleep on that "
         "backend (30 sleeps in sequence, before and after the cell): event-loop timers "
         "overshoot 10 ms, which caps every implementation, the raw baselines included, "
@@ -378,7 +379,7 @@ def plot(result: ScenarioResult, out_dir: Path) -> list[Path]:
         ax.grid(axis="y", alpha=0.3)
     fig.tight_layout()
     path = out_dir / "fidelity.png"
-    fig.savefig(path, dpi=90)
+    save_figure(fig, path)
     plt.close(fig)
     return [path]
 

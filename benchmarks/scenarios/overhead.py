@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from ..cells import CellPlan, CellResult, run_cell, warm_up
-from ..harness import Stats, available_backends, fmt_ratio, fmt_spread, fmt_us
+from ..harness import Stats, available_backends, fmt_ratio, fmt_spread, fmt_us, save_figure
 from ..registry import Headline, RunConfig, Scenario, ScenarioResult, Table, register
 from ..workloads import (
     IMPL_ANYIO,
@@ -348,11 +348,16 @@ def _series(
     return {k: sorted(v) for k, v in lines.items() if len(v) >= 2}
 
 
+def _plain(value: float, _position: int) -> str:
+    return f"{value:g}"
+
+
 def plot(result: ScenarioResult, out_dir: Path) -> list[Path]:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import FuncFormatter
 
     paths: list[Path] = []
     cells: list[dict[str, Any]] = result.data.get("cells", [])
@@ -382,6 +387,9 @@ def plot(result: ScenarioResult, out_dir: Path) -> list[Path]:
                 handles[impl] = handle
             ax.set_xscale("log")
             ax.set_yscale("log")
+            ax.yaxis.set_major_formatter(FuncFormatter(_plain))
+            ax.yaxis.set_minor_formatter(FuncFormatter(_plain))
+            ax.tick_params(axis="y", which="minor", labelsize=6)
             ax.set_title(f"{backend}", fontsize=9)
             ax.set_xlabel("max_concurrency")
             ax.grid(alpha=0.3, which="both")
@@ -397,7 +405,7 @@ def plot(result: ScenarioResult, out_dir: Path) -> list[Path]:
         fig.suptitle(f"No-op function agents, N={sweep_n:,}: per-task cost vs cap", fontsize=10)
         fig.tight_layout(rect=(0, 0.12, 1, 1))
         path = out_dir / "overhead_noop_caps.png"
-        fig.savefig(path, dpi=90)
+        save_figure(fig, path)
         plt.close(fig)
         paths.append(path)
 
@@ -434,12 +442,16 @@ def plot(result: ScenarioResult, out_dir: Path) -> list[Path]:
         ax.axhline(1.0, color="black", linewidth=0.6)
         ax.set_xticks(range(len(labels)), labels, fontsize=8)
         ax.set_ylabel("murmur ÷ baseline (paired median)")
-        ax.set_title(f"Murmur vs raw baseline, cap {HEADLINE_CAP}", fontsize=10)
+        ax.set_title(
+            f"Murmur ÷ raw baseline, cap {HEADLINE_CAP} (Trio: ÷ Trio nursery; FunctionModel "
+            "on Trio: ÷ pydantic-ai on asyncio)",
+            fontsize=8,
+        )
         ax.legend(fontsize=7)
         ax.grid(axis="y", alpha=0.3)
         fig.tight_layout()
         path = out_dir / "overhead_ratios.png"
-        fig.savefig(path, dpi=90)
+        save_figure(fig, path)
         plt.close(fig)
         paths.append(path)
     return paths

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from ..cells import CellPlan, CellResult, run_cell, warm_up
-from ..harness import Samples, Stats, Timing, fmt_ratio, fmt_spread, paired_ratio
+from ..harness import Samples, Stats, Timing, fmt_ratio, fmt_spread, paired_ratio, save_figure
 from ..peer_venv import PeerSpec, ensure_venv, run_peer_script
 from ..registry import Headline, RunConfig, Scenario, ScenarioResult, Status, Table, register
 from ..workloads import IMPL_ASYNCIO_GATHER, IMPL_MURMUR, IO_SLEEP_S
@@ -325,7 +325,7 @@ def plot(result: ScenarioResult, out_dir: Path) -> list[Path]:
     fig.legend(handles, labels, loc="lower center", ncol=5, fontsize=7, frameon=False)
     fig.tight_layout(rect=(0, 0.08, 1, 1))
     path = out_dir / "peers.png"
-    fig.savefig(path, dpi=90)
+    save_figure(fig, path)
     plt.close(fig)
     return [path]
 

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from ..cells import CellPlan, CellResult, run_cell, warm_up
-from ..harness import available_backends, fmt_ratio, fmt_spread
+from ..harness import available_backends, fmt_ratio, fmt_spread, save_figure
 from ..memprobe import probe_in_subprocess
 from ..registry import Headline, RunConfig, Scenario, ScenarioResult, Table, register
 from ..workloads import IMPL_ASYNCIO_GATHER, IMPL_MURMUR, IMPL_TRIO
@@ -247,7 +247,7 @@ def plot(result: ScenarioResult, out_dir: Path) -> list[Path]:
         mem_ax.grid(axis="y", alpha=0.3)
     fig.tight_layout()
     path = out_dir / "scaling.png"
-    fig.savefig(path, dpi=90)
+    save_figure(fig, path)
     plt.close(fig)
     return [path]
 

@@ -262,7 +262,8 @@ class AgentRuntime:
         # holds by construction, and a 100k batch never has 100k coroutines alive at once.
         # The pool grows on demand: a worker starts the next one just before it dispatches,
         # so it grows by one each time work suspends, reaching `limit` at once for I/O-bound
-        # agents while agents that never suspend are served by a few workers.
+        # agents while agents that never suspend are served by a few workers. pydantic-ai
+        # agents always suspend: their pool starts whole.
         indices = iter(range(count))
         max_workers = min(limit, count)
         first_failure: list[AgentResult[Any]] = []
@@ -300,7 +301,9 @@ class AgentRuntime:
                     else:
                         await checkpoint()
 
-            grow()
+            # pydantic-ai agents always suspend, so their pool may as well start whole.
+            for _ in range(max_workers if impl.asyncio_only else 1):
+                grow()
 
         if first_failure:
             failed = first_failure[0]
