@@ -153,10 +153,8 @@ class AgentResult(BaseModel, Generic[OutputT]):
 
         Equivalent to ``model_construct`` with every field given, at a fraction of its cost.
         """
-        result = _new(cls)
-        _set(
-            result,
-            "__dict__",
+        return construct_trusted(
+            cls,
             {
                 "output": output,
                 "error": error,
@@ -166,11 +164,8 @@ class AgentResult(BaseModel, Generic[OutputT]):
                 "task_id": task_id,
                 "agent": agent,
             },
+            _RESULT_FIELDS,
         )
-        _set(result, "__pydantic_fields_set__", _RESULT_FIELDS)
-        _set(result, "__pydantic_extra__", None)
-        _set(result, "__pydantic_private__", None)
-        return result
 
     @field_validator("error", mode="before")
     @classmethod
@@ -192,7 +187,21 @@ class AgentResult(BaseModel, Generic[OutputT]):
         return self
 
 
-_new = object.__new__
-_set = object.__setattr__
-# Shared by every fast-built result; results are frozen, so pydantic never mutates it.
+ModelT = TypeVar("ModelT", bound=BaseModel)
+
+
+def construct_trusted(cls: type[ModelT], values: dict[str, Any], fields: set[str]) -> ModelT:
+    """Build a frozen model from values the runtime produced itself, skipping validation.
+
+    What ``model_construct`` does when every field is given, at a fraction of its cost, for
+    the hot path. ``fields`` is shared by every instance: frozen models never mutate it.
+    """
+    instance = object.__new__(cls)
+    object.__setattr__(instance, "__dict__", values)
+    object.__setattr__(instance, "__pydantic_fields_set__", fields)
+    object.__setattr__(instance, "__pydantic_extra__", None)
+    object.__setattr__(instance, "__pydantic_private__", None)
+    return instance
+
+
 _RESULT_FIELDS = set(AgentResult.model_fields)

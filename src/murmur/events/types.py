@@ -8,7 +8,7 @@ from typing import Any, Protocol, runtime_checkable
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from .._types import Usage
+from .._types import Usage, construct_trusted
 
 __all__ = [
     "ALL_EVENT_TYPES",
@@ -90,10 +90,8 @@ class RuntimeEvent(BaseModel):
         data: dict[str, Any],
     ) -> RuntimeEvent:
         """Trusted constructor for the runtime's hot path (no validation, all fields given)."""
-        event = _new(cls)
-        _set(
-            event,
-            "__dict__",
+        return construct_trusted(
+            cls,
             {
                 "type": type,
                 "timestamp": time.time(),
@@ -108,11 +106,8 @@ class RuntimeEvent(BaseModel):
                 "error": error,
                 "data": data,
             },
+            _EVENT_FIELDS,
         )
-        _set(event, "__pydantic_fields_set__", _EVENT_FIELDS)
-        _set(event, "__pydantic_extra__", None)
-        _set(event, "__pydantic_private__", None)
-        return event
 
 
 @runtime_checkable
@@ -124,8 +119,6 @@ class EventEmitter(Protocol):
         ...
 
 
-_new = object.__new__
-_set = object.__setattr__
 _EVENT_FIELDS = set(RuntimeEvent.model_fields)
 
 ALL_EVENT_TYPES: frozenset[EventType] = frozenset(EventType)

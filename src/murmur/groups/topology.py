@@ -9,7 +9,7 @@ names the offending nodes.
 from __future__ import annotations
 
 import inspect
-from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
@@ -502,14 +502,20 @@ def _resolve_entries(group: str, nodes: dict[str, _Node], entry: Any) -> tuple[s
     return tuple(entries)
 
 
-def _check_reachable(group: str, nodes: dict[str, _Node], entries: tuple[str, ...]) -> None:
-    seen = set(entries)
-    frontier = list(entries)
+def _closure(start: Iterable[str], neighbours: Callable[[str], Iterable[str]]) -> set[str]:
+    """Every node reachable from ``start`` by following ``neighbours``, ``start`` included."""
+    seen = set(start)
+    frontier = list(seen)
     while frontier:
-        for succ in nodes[frontier.pop()].successors:
-            if succ not in seen:
-                seen.add(succ)
-                frontier.append(succ)
+        for nxt in neighbours(frontier.pop()):
+            if nxt not in seen:
+                seen.add(nxt)
+                frontier.append(nxt)
+    return seen
+
+
+def _check_reachable(group: str, nodes: dict[str, _Node], entries: tuple[str, ...]) -> None:
+    seen = _closure(entries, lambda name: nodes[name].successors)
     unreachable = [name for name in nodes if name not in seen]
     if unreachable:
         raise TopologyError(
@@ -519,13 +525,7 @@ def _check_reachable(group: str, nodes: dict[str, _Node], entries: tuple[str, ..
 
 
 def _check_terminals(group: str, nodes: dict[str, _Node], terminals: tuple[str, ...]) -> None:
-    seen = set(terminals)
-    frontier = list(terminals)
-    while frontier:
-        for pred in nodes[frontier.pop()].predecessors:
-            if pred not in seen:
-                seen.add(pred)
-                frontier.append(pred)
+    seen = _closure(terminals, lambda name: nodes[name].predecessors)
     stranded = [name for name in nodes if name not in seen]
     if stranded:
         raise TopologyError(
