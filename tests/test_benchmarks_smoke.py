@@ -41,10 +41,11 @@ def test_registry_lists_implemented_and_planned_scenarios() -> None:
     _bench("scenarios")
     registry = _bench("registry")
     names = [s.name for s in registry.scenarios()]
-    assert names[:4] == ["overhead", "fidelity", "scaling", "peers"]
-    assert {"policies", "groups", "distributed"} <= set(names)
+    implemented = ["overhead", "fidelity", "scaling", "peers", "policies", "groups"]
+    assert names[:6] == implemented
+    assert "distributed" in names
     for scenario in registry.scenarios():
-        assert scenario.implemented == (scenario.name in names[:4])
+        assert scenario.implemented == (scenario.name in implemented)
 
 
 def test_overhead_cell_runs_and_reports_per_task_costs() -> None:
@@ -95,6 +96,66 @@ def test_fidelity_cell_reports_throughput_and_peak_in_flight() -> None:
     _check_stats(row["fidelity_pct"], 1)
     _check_stats(row["calibrated_fidelity_pct"], 1)
     assert _positive(data["sleep_latency_s"]["asyncio"])
+
+
+def test_policies_cell_reports_paired_ratios_to_the_bare_runtime() -> None:
+    import structlog
+
+    policies = _bench("scenarios.policies")
+    wanted = {
+        policies.BASELINE,
+        policies.ALL_POLICIES,
+        policies.LOG_FILTERED,
+        policies.NOOP_EMITTER,
+        "SSEEventEmitter, no clients",
+    }
+    chosen = [v for v in policies.VARIANTS if v.name in wanted]
+    before = structlog.get_config()
+    cell = policies.measure("noop", 50, ("asyncio",), 2, chosen, warm_n=0)
+    assert structlog.get_config() == before  # the filtered-logging variant restored it
+    data = json.loads(json.dumps(cell.to_json()))
+    assert (data["workload"], data["n"], data["cap"], data["reps"]) == ("noop", 50, 100, 2)
+    rows = {row["impl"]: row for row in data["results"]}
+    assert set(rows) == wanted
+    for name, row in rows.items():
+        _check_stats(row["per_task_us"], 2)
+        if name == policies.BASELINE:
+            assert "ratio_vs_baseline" not in row
+        else:
+            _check_stats(row["ratio_vs_baseline"], 2)
+            assert isinstance(row["added_us_per_task"], float)
+    assert rows[policies.ALL_POLICIES]["target"] == policies.ALL_POLICIES_TARGET
+    headlines = policies.summarise([cell])
+    assert {h.verdict() for h in headlines} <= {"PASS", "MISS"}
+    assert len(headlines) == 3  # the variants with targets
+    table_rows = policies._rows(cell)
+    assert len(table_rows) == len(chosen)
+    assert all(len(row) == len(policies.COLUMNS) for row in table_rows)
+
+
+def test_groups_cell_reports_per_item_cost_and_achieved_vs_ideal() -> None:
+    groups = _bench("scenarios.groups")
+    noop = groups.measure("noop", 100, ("asyncio",), 1)
+    data = json.loads(json.dumps(noop.to_json()))
+    assert (data["variant"], data["items"], data["cap"]) == ("noop", 100, 100)
+    assert data["ideal_s"] is None
+    rows = {row["impl"]: row for row in data["results"]}
+    assert set(rows) == set(groups.IMPLS)
+    _check_stats(rows[groups.IMPL_GROUP]["per_task_us"], 1)
+    _check_stats(rows[groups.IMPL_GROUP][f"ratio_vs_{groups.IMPL_ANYIO}"], 1)
+    _check_stats(rows[groups.IMPL_GROUP][f"ratio_vs_{groups.IMPL_MURMUR_GATHER}"], 1)
+    assert rows[groups.IMPL_ANYIO][f"ratio_vs_{groups.IMPL_ANYIO}"] is None
+
+    io = groups.measure("io", 100, ("asyncio",), 1)
+    data = io.to_json()
+    assert data["ideal_s"] == pytest.approx(0.001)  # ceil(100 / 100) waves of 1 ms
+    assert _positive(data["sleep_latency_s"]["asyncio"])
+    for row in data["results"]:
+        _check_stats(row["achieved_pct"], 1)
+        _check_stats(row["calibrated_achieved_pct"], 1)
+    table_rows = groups._rows(noop) + groups._rows(io)
+    assert all(len(row) == len(groups.COLUMNS) for row in table_rows)
+    assert any(h.unit == "%" for h in groups.summarise([noop, io]))
 
 
 def test_report_renders_a_scenario_result(tmp_path: Path) -> None:

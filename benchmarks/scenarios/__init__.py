@@ -2,6 +2,6 @@
 
 from __future__ import annotations
 
-from . import fidelity, overhead, peers, planned, scaling
+from . import fidelity, groups, overhead, peers, planned, policies, scaling
 
-__all__ = ["fidelity", "overhead", "peers", "planned", "scaling"]
+__all__ = ["fidelity", "groups", "overhead", "peers", "planned", "policies", "scaling"]
