@@ -484,7 +484,7 @@ async def test_cancelling_during_a_backoff_wait_stops_the_task() -> None:
     async def long_sleep(delay: float) -> None:
         waiting.set()
         try:
-            await anyio.sleep(3600)
+            await anyio.Event().wait()  # never set: only cancellation ends the wait
         except anyio.get_cancelled_exc_class():
             cancelled.append("backoff wait cancelled")
             raise
