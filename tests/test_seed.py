@@ -6,7 +6,6 @@ The snippets below are copied verbatim from the page and executed as written (to
 
 from __future__ import annotations
 
-import ast
 import asyncio
 import threading
 from typing import Any
@@ -18,6 +17,7 @@ from pydantic_ai.messages import ModelMessage, ModelRequest, ModelResponse, Text
 from pydantic_ai.models.function import AgentInfo, FunctionModel
 
 from murmur import AgentResult, AgentRuntime, from_pydantic_ai
+from support import exec_snippet
 
 pytestmark = pytest.mark.anyio
 
@@ -58,15 +58,6 @@ failed = [r.error for r in results if not r.is_ok()]
 
 QUESTIONS = [f"question {i}" for i in range(30)]
 FAILING = {"question 3", "question 17", "question 29"}
-
-
-async def exec_snippet(source: str, namespace: dict[str, Any]) -> dict[str, Any]:
-    """Run ``source`` (which may ``await`` at top level) in ``namespace``."""
-    code = compile(source, "<cookbook>", "exec", flags=ast.PyCF_ALLOW_TOP_LEVEL_AWAIT)
-    outcome = eval(code, namespace)
-    if outcome is not None:
-        await outcome
-    return namespace
 
 
 def answer(question: str) -> str:

@@ -23,7 +23,6 @@ functions. Nothing here sleeps or measures time.
 
 from __future__ import annotations
 
-import ast
 from typing import Any
 
 import anyio
@@ -45,7 +44,6 @@ from murmur import (
     EventType,
     GroupResult,
     LogEventEmitter,
-    RuntimeEvent,
     RuntimeOptions,
     SpawnDepthExceededError,
     SSEEventEmitter,
@@ -53,6 +51,7 @@ from murmur import (
     TokenBudget,
     from_pydantic_ai,
 )
+from support import Recorder, exec_snippet
 
 pytestmark = pytest.mark.anyio
 
@@ -146,28 +145,6 @@ runtime = AgentRuntime(broker="kafka://kafka.prod:9092")
 
 
 # -- helpers -----------------------------------------------------------------------------------
-
-
-async def exec_snippet(source: str, namespace: dict[str, Any]) -> dict[str, Any]:
-    """Run ``source`` (which may ``await`` at top level) with ``namespace`` as its globals."""
-    code = compile(source, "<cookbook>", "exec", flags=ast.PyCF_ALLOW_TOP_LEVEL_AWAIT)
-    outcome = eval(code, namespace)
-    if outcome is not None:
-        await outcome
-    return namespace
-
-
-class Recorder:
-    """An event emitter that keeps every event."""
-
-    def __init__(self) -> None:
-        self.events: list[RuntimeEvent] = []
-
-    async def emit(self, event: RuntimeEvent) -> None:
-        self.events.append(event)
-
-    def of(self, kind: EventType) -> list[RuntimeEvent]:
-        return [e for e in self.events if e.type is kind]
 
 
 def prompt_of(messages: list[ModelMessage]) -> str:

@@ -19,19 +19,9 @@ from murmur import (
     TokenBudget,
 )
 from murmur.events import FilteredEmitter, MultiEventEmitter, by_agent, by_type
+from support import Recorder
 
 pytestmark = pytest.mark.anyio
-
-
-class Recorder:
-    def __init__(self) -> None:
-        self.events: list[RuntimeEvent] = []
-
-    async def emit(self, event: RuntimeEvent) -> None:
-        self.events.append(event)
-
-    def types(self) -> list[EventType]:
-        return [e.type for e in self.events]
 
 
 class Exploding:

@@ -6,17 +6,10 @@ from typing import Any
 
 import pytest
 
-from murmur import AgentContext, AgentGroup, AgentRuntime, Edge, EventType, RuntimeEvent, TaskSpec
+from murmur import AgentContext, AgentGroup, AgentRuntime, Edge, EventType, TaskSpec
+from support import Recorder
 
 pytestmark = pytest.mark.anyio
-
-
-class Recorder:
-    def __init__(self) -> None:
-        self.events: list[RuntimeEvent] = []
-
-    async def emit(self, event: RuntimeEvent) -> None:
-        self.events.append(event)
 
 
 async def researcher(q: str) -> str:

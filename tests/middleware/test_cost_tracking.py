@@ -22,28 +22,14 @@ from murmur import (
     BudgetExceededError,
     CallNext,
     EventType,
-    RuntimeEvent,
     RuntimeOptions,
     TaskSpec,
     TokenBudget,
     from_pydantic_ai,
 )
+from support import Recorder
 
 pytestmark = pytest.mark.anyio
-
-
-class Recorder:
-    def __init__(self) -> None:
-        self.events: list[RuntimeEvent] = []
-
-    async def emit(self, event: RuntimeEvent) -> None:
-        self.events.append(event)
-
-    def types(self) -> list[EventType]:
-        return [e.type for e in self.events]
-
-    def of(self, kind: EventType) -> list[RuntimeEvent]:
-        return [e for e in self.events if e.type == kind]
 
 
 class CapRecorder:

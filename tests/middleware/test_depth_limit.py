@@ -17,7 +17,6 @@ from murmur import (
     AgentResult,
     AgentRuntime,
     EventType,
-    RuntimeEvent,
     RuntimeOptions,
     SpawnDepthExceededError,
     TaskSpec,
@@ -26,19 +25,9 @@ from murmur import (
     from_pydantic_ai,
 )
 from murmur.middleware import DepthLimitMiddleware
+from support import Recorder
 
 pytestmark = pytest.mark.anyio
-
-
-class Recorder:
-    def __init__(self) -> None:
-        self.events: list[RuntimeEvent] = []
-
-    async def emit(self, event: RuntimeEvent) -> None:
-        self.events.append(event)
-
-    def of(self, kind: EventType) -> list[RuntimeEvent]:
-        return [e for e in self.events if e.type == kind]
 
 
 def delegating_model(tool: str) -> FunctionModel:

@@ -31,22 +31,12 @@ from murmur import (
     from_pydantic_ai,
 )
 from murmur.middleware import RetryMiddleware, is_retryable
+from support import Recorder
 
 pytestmark = pytest.mark.anyio
 
 #: Retry without waiting: these tests are about which failures are retried, not when.
 NO_WAIT = {"retry_backoff_factor": 0.0}
-
-
-class Recorder:
-    def __init__(self) -> None:
-        self.events: list[RuntimeEvent] = []
-
-    async def emit(self, event: RuntimeEvent) -> None:
-        self.events.append(event)
-
-    def of(self, kind: EventType) -> list[RuntimeEvent]:
-        return [e for e in self.events if e.type == kind]
 
 
 class FakeSleep:

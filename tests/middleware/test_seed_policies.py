@@ -12,7 +12,6 @@ between them the runtime's retry stage gets a fake clock that records the waits.
 
 from __future__ import annotations
 
-import ast
 import asyncio
 import threading
 import types
@@ -40,6 +39,7 @@ from murmur import (
     from_pydantic_ai,
 )
 from murmur.middleware import RetryMiddleware, TimeoutMiddleware
+from support import exec_snippet
 
 pytestmark = pytest.mark.anyio
 
@@ -102,15 +102,6 @@ runtime = AgentRuntime(
 # post-charge (deducts from the budget) automatically. A BUDGET_EXCEEDED
 # RuntimeEvent fires before the error is raised.
 """
-
-
-async def exec_snippet(source: str, namespace: dict[str, Any]) -> dict[str, Any]:
-    """Run ``source`` (which may ``await`` at top level) with ``namespace`` as its globals."""
-    code = compile(source, "<cookbook>", "exec", flags=ast.PyCF_ALLOW_TOP_LEVEL_AWAIT)
-    outcome = eval(code, namespace)
-    if outcome is not None:
-        await outcome
-    return namespace
 
 
 class FakeSleep:

@@ -19,12 +19,12 @@ from murmur import (
     AgentTimeoutError,
     EventType,
     MurmurError,
-    RuntimeEvent,
     RuntimeOptions,
     TaskSpec,
     from_pydantic_ai,
 )
 from murmur.middleware import TimeoutMiddleware
+from support import Recorder
 
 pytestmark = pytest.mark.anyio
 
@@ -38,17 +38,6 @@ def relax(runtime: AgentRuntime) -> None:
     """Give the runtime's later attempts a generous deadline, so that they never race it."""
     (stage,) = [s for s in runtime._executor.stages if isinstance(s, TimeoutMiddleware)]
     stage.seconds = 60.0
-
-
-class Recorder:
-    def __init__(self) -> None:
-        self.events: list[RuntimeEvent] = []
-
-    async def emit(self, event: RuntimeEvent) -> None:
-        self.events.append(event)
-
-    def of(self, kind: EventType) -> list[RuntimeEvent]:
-        return [e for e in self.events if e.type == kind]
 
 
 def test_agent_timeout_error_is_a_timeout_error() -> None:
