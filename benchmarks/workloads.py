@@ -324,6 +324,16 @@ def _murmur_outputs(results: Sequence[AgentResult[Any]]) -> list[Any]:
     return [result.output for result in results]
 
 
+async def _measure(
+    workload: Workload, inputs: Sequence[str], batch: Callable[[], Awaitable[list[Any]]]
+) -> Timing:
+    """Time one baseline batch, then check its outputs (outside the clock)."""
+    workload.tracker.reset()
+    timing, outputs = await timed(batch)
+    _check(workload, inputs, outputs)
+    return timing
+
+
 async def _run_murmur(
     workload: Workload,
     inputs: Sequence[str],
@@ -362,10 +372,7 @@ async def _run_asyncio_gather(workload: Workload, inputs: Sequence[str], cap: in
 
         return await asyncio.gather(*[one(x) for x in inputs])
 
-    workload.tracker.reset()
-    timing, outputs = await timed(batch)
-    _check(workload, inputs, outputs)
-    return timing
+    return await _measure(workload, inputs, batch)
 
 
 async def _run_taskgroup(workload: Workload, inputs: Sequence[str], cap: int) -> Timing:
@@ -382,10 +389,7 @@ async def _run_taskgroup(workload: Workload, inputs: Sequence[str], cap: int) ->
             tasks = [tg.create_task(one(x)) for x in inputs]
         return [task.result() for task in tasks]
 
-    workload.tracker.reset()
-    timing, outputs = await timed(batch)
-    _check(workload, inputs, outputs)
-    return timing
+    return await _measure(workload, inputs, batch)
 
 
 async def _run_anyio(workload: Workload, inputs: Sequence[str], cap: int) -> Timing:
@@ -404,10 +408,7 @@ async def _run_anyio(workload: Workload, inputs: Sequence[str], cap: int) -> Tim
                 tg.start_soon(one, index, value)
         return outputs
 
-    workload.tracker.reset()
-    timing, outputs = await timed(batch)
-    _check(workload, inputs, outputs)
-    return timing
+    return await _measure(workload, inputs, batch)
 
 
 async def _run_trio(workload: Workload, inputs: Sequence[str], cap: int) -> Timing:
@@ -428,10 +429,7 @@ async def _run_trio(workload: Workload, inputs: Sequence[str], cap: int) -> Timi
                 nursery.start_soon(one, index, value)
         return outputs
 
-    workload.tracker.reset()
-    timing, outputs = await timed(batch)
-    _check(workload, inputs, outputs)
-    return timing
+    return await _measure(workload, inputs, batch)
 
 
 def compatible(impl: str, backend: str, workload: Workload) -> bool:
