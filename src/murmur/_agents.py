@@ -7,8 +7,10 @@ Whatever the user hands to ``run``/``gather`` is resolved once per call into an
 from __future__ import annotations
 
 import contextlib
+import dis
 import inspect
 import threading
+import types
 import typing
 import weakref
 from abc import ABC, abstractmethod
@@ -51,6 +53,9 @@ class AgentImpl(ABC):
     #: True when the agent must run on an asyncio loop (pydantic-ai); under Trio the
     #: runtime then dispatches it through its asyncio bridge.
     asyncio_only: bool = False
+    #: False only when a call provably never suspends (its code has no ``await``): no
+    #: cancel scope can fire inside such a call, so a per-attempt timeout needs none.
+    can_suspend: bool = True
     _input_adapter: TypeAdapter[Any] | None = None
     _input_class: type | None = None
 
@@ -250,7 +255,7 @@ class FunctionAgent(AgentImpl):
                 f"`async def f(input, ctx)`; got {fn!r}"
             )
         self.fn = fn
-        default_name, self.takes_context, adapter, input_class = _describe(fn)
+        default_name, self.takes_context, self.can_suspend, adapter, input_class = _describe(fn)
         self.name = _check_name(name if name is not None else default_name, "name")
         if input_type is not None:
             adapter, input_class = _input_validator(input_type)
@@ -262,7 +267,7 @@ class FunctionAgent(AgentImpl):
         return await self.fn(value)
 
 
-_Description = tuple[str, bool, TypeAdapter[Any] | None, type | None]
+_Description = tuple[str, bool, bool, TypeAdapter[Any] | None, type | None]
 # What inspecting a function found (name, takes ctx, input validator), keyed weakly by the
 # function. The values hold no reference to the function, so both can be collected.
 _descriptions: weakref.WeakKeyDictionary[Any, _Description] = weakref.WeakKeyDictionary()
@@ -276,7 +281,7 @@ def _describe(fn: Any) -> _Description:
         found = None
     if found is None:
         first, takes_ctx = _inspect_parameters(fn)
-        found = (_callable_name(fn), takes_ctx, *_input_validator(first))
+        found = (_callable_name(fn), takes_ctx, may_suspend(fn), *_input_validator(first))
         with contextlib.suppress(TypeError):  # not weak-referenceable: just don't cache
             _descriptions[fn] = found
     return found
@@ -313,6 +318,26 @@ def _is_async_callable(obj: Any) -> bool:
         return True
     call = getattr(obj, "__call__", None)  # noqa: B004 - an object with an async __call__
     return call is not None and not inspect.isfunction(obj) and inspect.iscoroutinefunction(call)
+
+
+_YIELD_VALUE = dis.opmap["YIELD_VALUE"]
+
+
+def may_suspend(fn: Any) -> bool:
+    """False only if calling ``fn`` returns a coroutine that completes without suspending.
+
+    A coroutine's frame can only suspend by executing ``YIELD_VALUE`` (every ``await``,
+    ``async with`` and ``async for`` compiles to one), so a plain ``async def`` whose code
+    has none runs to completion in one step: no checkpoint, nothing to cancel. Anything that
+    cannot be inspected exactly (callable objects, wrappers in C) may suspend.
+    """
+    while isinstance(fn, partial):
+        fn = fn.func
+    if isinstance(fn, types.MethodType):
+        fn = fn.__func__
+    if not isinstance(fn, types.FunctionType) or not fn.__code__.co_flags & inspect.CO_COROUTINE:
+        return True  # not a native coroutine function (e.g. marked, returning an awaitable)
+    return any(op.opcode == _YIELD_VALUE for op in dis.get_instructions(fn.__code__))
 
 
 def _callable_name(fn: Any) -> str:

@@ -14,9 +14,10 @@ import anyio
 
 from ._bridge import AsyncioBridge, HomePortal
 from ._context import AgentContext, CallOrigin, _current
-from ._pipeline import Stage, compose
+from ._pipeline import Stage, compose, mark_dispatch
 from ._types import AgentResult, TaskSpec
 from .events.types import EventType
+from .middleware.timeout import TimeoutMiddleware
 
 if TYPE_CHECKING:
     from ._agents import AgentImpl
@@ -30,6 +31,13 @@ class Executor:
     def __init__(self, stages: Sequence[Stage] = ()) -> None:
         self.stages = tuple(stages)
         self._call = compose(self.stages, _dispatch)
+        # Agents that never suspend (no `await` in their code) skip an innermost timeout:
+        # no cancel scope can fire inside them (see TimeoutMiddleware).
+        inner = self.stages[-1:]
+        if inner and isinstance(inner[0], TimeoutMiddleware):
+            self._call_unsuspending = compose(self.stages[:-1], _dispatch)
+        else:
+            self._call_unsuspending = self._call
 
     async def execute(
         self, impl: AgentImpl, task: TaskSpec, origin: CallOrigin
@@ -44,7 +52,7 @@ class Executor:
             await ctx.emit(_STARTED)
         start = perf_counter()
         try:
-            output = await self._call(ctx)
+            output = await (self._call if impl.can_suspend else self._call_unsuspending)(ctx)
         except Exception as exc:
             result = AgentResult._build(
                 None, exc, ctx.usage, ctx.attempt, perf_counter() - start, task.task_id, impl.name
@@ -85,6 +93,9 @@ async def _dispatch(ctx: AgentContext) -> Any:
         return await impl.invoke(value, ctx)
     finally:
         _current.reset(token)
+
+
+mark_dispatch(_dispatch)
 
 
 async def _bridged(bridge: AsyncioBridge, impl: AgentImpl, value: Any, ctx: AgentContext) -> Any:

@@ -125,6 +125,7 @@ async def test_user_stages_run_under_the_budget_but_not_under_the_deadline() -> 
             return await call_next(ctx)
 
     async def agent(value: int, ctx: AgentContext) -> int:
+        await anyio.lowlevel.checkpoint()  # an agent that can suspend runs under the scope
         seen["agent deadline"] = anyio.current_effective_deadline()
         return value
 

@@ -248,3 +248,104 @@ async def test_timeout_stage_called_directly() -> None:
     with pytest.raises(AgentTimeoutError, match="'direct' attempt 1 timed out"):
         await stage(ctx, hangs)  # type: ignore[arg-type]
     assert ctx.emitted == [EventType.ATTEMPT_TIMED_OUT]
+
+
+# -- agents that cannot suspend run without a scope -------------------------------------
+
+
+async def _never_awaits(value: int) -> dict[str, float]:
+    return {"deadline": anyio.current_effective_deadline(), "value": value}
+
+
+async def _awaits_once(value: int) -> dict[str, float]:
+    await anyio.lowlevel.checkpoint()
+    return {"deadline": anyio.current_effective_deadline(), "value": value}
+
+
+def test_may_suspend_reads_the_code_of_the_function() -> None:
+    import functools
+    import types
+
+    from murmur._agents import may_suspend
+
+    async def uses_async_with(value: Any) -> Any:
+        async with anyio.Lock():
+            return value
+
+    async def uses_async_for(value: Any) -> Any:
+        return [item async for item in value]
+
+    @types.coroutine
+    def old_style() -> Any:
+        yield
+
+    class Callable:
+        async def __call__(self, value: Any) -> Any:
+            return value
+
+        async def method(self, value: Any) -> Any:
+            return value
+
+    def wrap(fn: Any) -> Any:
+        @functools.wraps(fn)
+        async def wrapper(value: Any) -> Any:
+            return await fn(value)
+
+        return wrapper
+
+    assert not may_suspend(_never_awaits)
+    assert not may_suspend(functools.partial(_never_awaits, 1))
+    assert not may_suspend(Callable().method)
+    assert may_suspend(_awaits_once)
+    assert may_suspend(uses_async_with)
+    assert may_suspend(uses_async_for)
+    assert may_suspend(old_style)  # a generator-based coroutine: not inspected
+    assert may_suspend(Callable())  # a callable object: not inspected
+    assert may_suspend(wrap(_never_awaits))  # the wrapper awaits
+
+
+async def test_an_agent_that_never_awaits_skips_the_scope_and_one_that_awaits_keeps_it() -> None:
+    options = RuntimeOptions(timeout_seconds=30.0)
+    async with AgentRuntime(options=options) as runtime:
+        never = await runtime.run(_never_awaits, TaskSpec(input=1))
+        awaits = await runtime.run(_awaits_once, TaskSpec(input=2))
+    assert never.error is None
+    assert awaits.error is None
+    # No scope around code with no checkpoint: nothing could have cancelled it anyway.
+    assert never.output["deadline"] == math.inf
+    assert math.isfinite(awaits.output["deadline"])
+
+
+async def test_the_scope_stays_when_a_stage_runs_between_the_timeout_and_the_agent() -> None:
+    """A user who puts TimeoutMiddleware outside their own stage still gets the deadline."""
+
+    class Hangs:
+        async def __call__(self, ctx: AgentContext, call_next: Any) -> Any:
+            await anyio.Event().wait()  # never set: only the deadline ends this attempt
+
+    runtime = AgentRuntime(middleware=[TimeoutMiddleware(TINY), Hangs()])
+    async with runtime:
+        result = await runtime.run(_never_awaits, TaskSpec(input=1))
+    assert isinstance(result.error, AgentTimeoutError)
+
+
+async def test_a_never_awaiting_agent_is_still_retried_and_charged_as_usual() -> None:
+    calls: list[int] = []
+
+    async def flaky(value: int, ctx: AgentContext) -> int:
+        calls.append(value)
+        ctx.report_usage(input_tokens=3, output_tokens=4)
+        if len(calls) < 2:
+            raise ConnectionError("transient")
+        return value
+
+    budget = murmur.TokenBudget(limit=1000)
+    options = RuntimeOptions(
+        timeout_seconds=30.0, retry_max_attempts=3, retry_backoff_factor=0, token_budget=budget
+    )
+    async with AgentRuntime(options=options) as runtime:
+        result = await runtime.run(flaky, TaskSpec(input=5))
+    assert result.output == 5
+    assert result.attempts == 2
+    assert budget.used == 14
+    assert budget.reserved == 0

@@ -32,7 +32,6 @@ the parent, so in the bound above a task's ``usage`` includes its borrowing chil
 
 from __future__ import annotations
 
-import threading
 from typing import TYPE_CHECKING, Any
 
 import anyio
@@ -59,8 +58,11 @@ class TokenBudget:
             finish; smaller ones let more tasks run at once near the end of the budget.
 
     ``used``, ``reserved`` and ``remaining`` can be read at any time, from any thread. Share
-    one budget among runtimes on the same event loop: a task waiting for tokens is woken
-    through that loop.
+    one budget among runtimes on the same event loop, and change it (``charge``) only from
+    that loop's thread: a task waiting for tokens is woken through that loop, and every
+    change is a few plain steps with no ``await`` in between, which makes it atomic there
+    without a lock. (Murmur itself only touches it there: under Trio, agents on the asyncio
+    bridge thread report usage to their context, and the charge happens at home.)
     """
 
     def __init__(self, limit: int, *, reserve_per_task: int | None = None) -> None:
@@ -78,7 +80,6 @@ class TokenBudget:
             )
         self.limit = limit
         self.reserve_per_task = reserve_per_task
-        self._lock = threading.Lock()
         self._used = 0
         self._reserved = 0
         self._holders = 0
@@ -110,10 +111,14 @@ class TokenBudget:
         Raises:
             BudgetExceededError: the budget is spent.
         """
-        with self._lock:
-            return self._try_reserve_locked()
+        share = self.reserve_per_task
+        if self.limit - self._used - self._reserved >= share:  # the common case
+            self._reserved += share
+            self._holders += 1
+            return share
+        return self._try_reserve_slow()
 
-    def _try_reserve_locked(self) -> int | None:
+    def _try_reserve_slow(self) -> int | None:
         free = self.limit - self._used - self._reserved
         if free >= self.reserve_per_task or (free > 0 and self._holders == 0):
             granted = min(free, self.reserve_per_task)
@@ -133,30 +138,29 @@ class TokenBudget:
             BudgetExceededError: the budget is spent.
         """
         while True:
-            with self._lock:
-                granted = self._try_reserve_locked()
-                if granted is not None:
-                    return granted
-                waiter = anyio.Event()
-                self._waiters.append(waiter)
+            granted = self.try_reserve()
+            if granted is not None:
+                return granted
+            waiter = anyio.Event()
+            self._waiters.append(waiter)
             await waiter.wait()
 
     def settle(self, reservation: int, used: int) -> None:
         """Release ``reservation`` and charge ``used`` tokens; wakes waiting tasks."""
-        with self._lock:
-            self._reserved -= reservation
-            self._holders -= 1
-            self._used += max(0, used)
-            if not self._waiters:
-                return
-            waiters, self._waiters = self._waiters, []
+        self._reserved -= reservation
+        self._holders -= 1
+        if used > 0:
+            self._used += used
+        if not self._waiters:
+            return
+        waiters, self._waiters = self._waiters, []
         for waiter in waiters:
             waiter.set()
 
     def charge(self, tokens: int) -> None:
         """Charge tokens spent outside any task (no reservation involved)."""
-        with self._lock:
-            self._used += max(0, tokens)
+        if tokens > 0:
+            self._used += tokens
 
     def __repr__(self) -> str:
         return (
@@ -182,9 +186,10 @@ class CostTrackingMiddleware:
         budget = self.budget
         pool = budget
         try:
-            parent = ctx.parent
+            parent = ctx._origin.parent
             if parent is None or parent.token_cap is None:
-                reservation = await budget.reserve()
+                granted = budget.try_reserve()  # the common case: no waiting, no coroutine
+                reservation = await budget.reserve() if granted is None else granted
             else:
                 # A spawned child never waits on the shared budget: its ancestors hold
                 # reservations there while they wait for it. A full share, or borrow.
@@ -204,8 +209,11 @@ class CostTrackingMiddleware:
             raise
         finally:
             ctx.token_cap = None
-            lent = self._lenders.pop(ctx, None)
-            spent = ctx.usage.total_tokens + (lent.used if lent is not None else 0)
+            spent = ctx._input_tokens + ctx._output_tokens  # ctx.total_tokens, inlined
+            if self._lenders:
+                lent = self._lenders.pop(ctx, None)
+                if lent is not None:
+                    spent += lent.used
             pool.settle(reservation, spent)
 
     def _lender(self, parent: AgentContext) -> TokenBudget:
