@@ -9,6 +9,7 @@ without calling it. The runtime composes its stages once, at construction.
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Sequence
+from types import FunctionType
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 if TYPE_CHECKING:
@@ -39,8 +40,11 @@ def compose(stages: Sequence[Stage], endpoint: CallNext) -> CallNext:
 
 def _layer(stage: Stage, call_next: CallNext) -> CallNext:
     # A plain function returning the stage's coroutine: no extra coroutine frame per layer.
+    # The bound __call__ is looked up once here rather than on every call.
+    call = stage if isinstance(stage, FunctionType) else stage.__call__
+
     def layer(ctx: AgentContext) -> Awaitable[Any]:
-        return stage(ctx, call_next)
+        return call(ctx, call_next)
 
     return layer
 
