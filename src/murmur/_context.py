@@ -5,10 +5,11 @@ from __future__ import annotations
 from collections.abc import Iterable
 from contextvars import ContextVar
 from functools import partial
+from time import time as _now
 from typing import TYPE_CHECKING, Any
 
 from ._types import ZERO_USAGE, AgentResult, TaskSpec, Usage
-from .events.types import EventError, EventType, RuntimeEvent
+from .events.types import EventError, EventType, RuntimeEvent, _trusted_event
 
 if TYPE_CHECKING:
     from ._agents import AgentImpl, AgentLike
@@ -22,7 +23,7 @@ __all__ = ["AgentContext", "CallOrigin", "current_context"]
 class CallOrigin:
     """What the tasks of one ``run``/``gather`` call share: runtime, trace, depth, parent."""
 
-    __slots__ = ("bridge", "depth", "parent", "runtime", "trace_id", "wants")
+    __slots__ = ("bridge", "depth", "emit", "parent", "runtime", "trace_id", "wants")
 
     def __init__(
         self,
@@ -37,6 +38,8 @@ class CallOrigin:
         self.runtime = runtime
         #: The event types the runtime's emitter wants; others are never built.
         self.wants = wants
+        #: The emitter's ``emit``; a failure of it goes to ``runtime._emitter_broke``.
+        self.emit = runtime._emitter.emit
         self.trace_id = trace_id
         self.depth = depth
         self.parent = parent
@@ -183,21 +186,38 @@ class AgentContext:
         origin = self._origin
         if type not in origin.wants:
             return
+        event = self._event(type, error, duration, usage, data)
+        try:
+            await origin.emit(event)
+        except Exception:
+            origin.runtime._emitter_broke(event)
+
+    def _event(
+        self,
+        type: EventType,
+        error: BaseException | None = None,
+        duration: float | None = None,
+        usage: Usage | None = None,
+        data: dict[str, Any] | None = None,
+    ) -> RuntimeEvent:
+        """This task's ``RuntimeEvent`` of ``type`` (built without validation: hot path)."""
+        origin = self._origin
         parent = origin.parent
-        await origin.runtime._emit(
-            RuntimeEvent._build(
-                type,
-                origin.trace_id,
-                self.task.task_id,
-                None if parent is None else parent.task.task_id,
-                self.impl.name,
-                origin.depth,
-                self.attempt,
-                duration,
-                usage,
-                None if error is None else EventError.from_exception(error),
-                data or {},
-            )
+        return _trusted_event(
+            {
+                "type": type,
+                "timestamp": _now(),
+                "trace_id": origin.trace_id,
+                "task_id": self.task.task_id,
+                "parent_task_id": None if parent is None else parent.task.task_id,
+                "agent": self.impl.name,
+                "depth": origin.depth,
+                "attempt": self.attempt,
+                "duration": duration,
+                "usage": usage,
+                "error": None if error is None else EventError.from_exception(error),
+                "data": {} if data is None else data,
+            }
         )
 
     async def run(self, agent: AgentLike, task: TaskSpec) -> AgentResult[Any]:

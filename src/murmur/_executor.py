@@ -48,8 +48,14 @@ class Executor:
         """
         ctx = AgentContext(origin, impl, task)
         wants = origin.wants
+        # Task events are built and handed over inline (no helper coroutines): this runs for
+        # every task, and an emitter that wants everything should cost as little as possible.
         if _STARTED in wants:
-            await ctx.emit(_STARTED)
+            event = ctx._event(_STARTED)
+            try:
+                await origin.emit(event)
+            except Exception:
+                origin.runtime._emitter_broke(event)
         start = perf_counter()
         try:
             output = await (self._call if impl.can_suspend else self._call_unsuspending)(ctx)
@@ -66,11 +72,17 @@ class Executor:
                 with anyio.CancelScope(shield=True):
                     await ctx.emit(_CANCELLED, duration=perf_counter() - start, usage=ctx.usage)
             raise
+        usage = ctx.usage
+        duration = perf_counter() - start
         result = AgentResult._build(
-            output, None, ctx.usage, ctx.attempt, perf_counter() - start, task.task_id, impl.name
+            output, None, usage, ctx.attempt, duration, task.task_id, impl.name
         )
         if _SUCCEEDED in wants:
-            await ctx.emit(_SUCCEEDED, duration=result.duration, usage=result.usage)
+            event = ctx._event(_SUCCEEDED, None, duration, usage)
+            try:
+                await origin.emit(event)
+            except Exception:
+                origin.runtime._emitter_broke(event)
         return result
 
 

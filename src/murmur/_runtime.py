@@ -368,18 +368,21 @@ class AgentRuntime:
         return bridge
 
     async def _emit(self, event: RuntimeEvent) -> None:
-        emitter = self._emitter
         try:
-            await emitter.emit(event)
+            await self._emitter.emit(event)
         except Exception:
-            # An emitter must never fail a run: isolate it, and say so once.
-            if not self._emitter_failed:
-                self._emitter_failed = True
-                _log.exception(
-                    "event emitter failed; later failures of it are not logged",
-                    emitter=type(emitter).__name__,
-                    event_type=str(event.type),
-                )
+            self._emitter_broke(event)
+
+    def _emitter_broke(self, event: RuntimeEvent) -> None:
+        """Called in the ``except`` around a failed ``emit``: isolate it, and say so once."""
+        # An emitter must never fail a run.
+        if not self._emitter_failed:
+            self._emitter_failed = True
+            _log.exception(
+                "event emitter failed; later failures of it are not logged",
+                emitter=type(self._emitter).__name__,
+                event_type=str(event.type),
+            )
 
     async def _emit_call_event(
         self,

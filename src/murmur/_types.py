@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import traceback as _traceback
+from collections.abc import Callable
 from typing import Any, Generic, Self, TypeVar, cast
 
 from pydantic import (
@@ -153,19 +154,18 @@ class AgentResult(BaseModel, Generic[OutputT]):
 
         Equivalent to ``model_construct`` with every field given, at a fraction of its cost.
         """
-        return construct_trusted(
-            cls,
-            {
-                "output": output,
-                "error": error,
-                "usage": usage,
-                "attempts": attempts,
-                "duration": duration,
-                "task_id": task_id,
-                "agent": agent,
-            },
-            _RESULT_FIELDS,
-        )
+        values = {
+            "output": output,
+            "error": error,
+            "usage": usage,
+            "attempts": attempts,
+            "duration": duration,
+            "task_id": task_id,
+            "agent": agent,
+        }
+        if cls is AgentResult:
+            return _trusted_result(values)
+        return construct_trusted(cls, values, _RESULT_FIELDS)
 
     @field_validator("error", mode="before")
     @classmethod
@@ -204,4 +204,30 @@ def construct_trusted(cls: type[ModelT], values: dict[str, Any], fields: set[str
     return instance
 
 
+def trusted_constructor(cls: type[ModelT]) -> Callable[[dict[str, Any]], ModelT]:
+    """``construct_trusted`` for one class, with every lookup done once: for per-event use.
+
+    Sets the instance slots through their descriptors directly, which is what
+    ``object.__setattr__`` ends up doing, minus finding them on every call.
+    """
+    fields = set(cls.model_fields)
+    slots = BaseModel.__dict__
+    set_dict = slots["__dict__"].__set__
+    set_fields = slots["__pydantic_fields_set__"].__set__
+    set_extra = slots["__pydantic_extra__"].__set__
+    set_private = slots["__pydantic_private__"].__set__
+    new = object.__new__
+
+    def build(values: dict[str, Any]) -> ModelT:
+        instance = new(cls)
+        set_dict(instance, values)
+        set_fields(instance, fields)
+        set_extra(instance, None)
+        set_private(instance, None)
+        return instance
+
+    return build
+
+
 _RESULT_FIELDS = set(AgentResult.model_fields)
+_trusted_result: Callable[[dict[str, Any]], AgentResult[Any]] = trusted_constructor(AgentResult)

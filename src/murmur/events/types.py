@@ -8,7 +8,7 @@ from typing import Any, Protocol, runtime_checkable
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from .._types import Usage, construct_trusted
+from .._types import Usage, trusted_constructor
 
 __all__ = [
     "ALL_EVENT_TYPES",
@@ -90,8 +90,7 @@ class RuntimeEvent(BaseModel):
         data: dict[str, Any],
     ) -> RuntimeEvent:
         """Trusted constructor for the runtime's hot path (no validation, all fields given)."""
-        return construct_trusted(
-            cls,
+        return _trusted_event(
             {
                 "type": type,
                 "timestamp": time.time(),
@@ -105,8 +104,7 @@ class RuntimeEvent(BaseModel):
                 "usage": usage,
                 "error": error,
                 "data": data,
-            },
-            _EVENT_FIELDS,
+            }
         )
 
 
@@ -120,6 +118,7 @@ class EventEmitter(Protocol):
 
 
 _EVENT_FIELDS = set(RuntimeEvent.model_fields)
+_trusted_event = trusted_constructor(RuntimeEvent)
 
 ALL_EVENT_TYPES: frozenset[EventType] = frozenset(EventType)
 
