@@ -186,6 +186,24 @@ def _build_noop() -> Workload:
     )
 
 
+async def yielding_agent(value: str) -> str:
+    """A function agent that yields to the event loop once: it can suspend, so it runs
+    inside every scope a policy opens (the no-op agent provably cannot, and skips the
+    timeout's)."""
+    await anyio.lowlevel.checkpoint()
+    return value
+
+
+def _build_yield() -> Workload:
+    return Workload(
+        name="yield",
+        description="function agent `async def f(x): await checkpoint(); return x`",
+        agent=yielding_agent,
+        call=yielding_agent,
+        expect=_identity,
+    )
+
+
 def _build_fm() -> Workload:
     agent: PydanticAIAgent[None, str] = PydanticAIAgent(FunctionModel(_fm_text), name="fm")
     return Workload(
@@ -289,6 +307,7 @@ def _build_fm_structured_sleep() -> Workload:
 
 _BUILDERS: dict[str, Callable[[], Workload]] = {
     "noop": _build_noop,
+    "yield": _build_yield,
     "fm": _build_fm,
     "fm-structured": _build_fm_structured,
     "io-sleep": _build_io,

@@ -133,6 +133,20 @@ def test_policies_cell_reports_paired_ratios_to_the_bare_runtime() -> None:
     assert all(len(row) == len(policies.COLUMNS) for row in table_rows)
 
 
+def test_policies_yield_once_cell_runs_the_agent_under_the_timeout_scope() -> None:
+    policies = _bench("scenarios.policies")
+    workloads = _bench("workloads")
+    chosen = [v for v in policies.VARIANTS if v.name in (policies.BASELINE, "timeout 60 s")]
+    cell = policies.measure("yield", 30, ("asyncio", "trio"), 1, chosen, warm_n=0)
+    rows = {(row["impl"], row["backend"]) for row in cell.to_json()["results"]}
+    assert rows == {(v.name, b) for v in chosen for b in ("asyncio", "trio")}
+    agent = workloads.get_workload("yield").agent
+    from murmur._agents import may_suspend
+
+    assert may_suspend(agent)  # so the timeout row really measures a scope
+    assert not may_suspend(workloads.get_workload("noop").agent)
+
+
 def test_groups_cell_reports_per_item_cost_and_achieved_vs_ideal() -> None:
     groups = _bench("scenarios.groups")
     noop = groups.measure("noop", 100, ("asyncio",), 1)

@@ -19,7 +19,7 @@ import logging
 import statistics
 import time
 from collections.abc import Awaitable, Callable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -351,6 +351,8 @@ COLUMNS = [
     "verdict",
 ]
 
+_WHAT = {"noop": "no-op", "yield": "yield-once", "fm": "FunctionModel"}
+
 #: Single policies reported in the summary (the rest are in the table).
 SUMMARY_INFO = ("timeout 60 s",)
 
@@ -358,7 +360,7 @@ SUMMARY_INFO = ("timeout 60 s",)
 def summarise(cells: Sequence[PolicyCell]) -> list[Headline]:
     headlines: list[Headline] = []
     for cell in cells:
-        what = "no-op" if cell.workload == "noop" else "FunctionModel"
+        what = _WHAT[cell.workload]
         for backend in cell.backends:
             for variant in cell.variants:
                 if variant.target is None and variant.name not in SUMMARY_INFO:
@@ -386,10 +388,12 @@ def plan(config: RunConfig) -> list[tuple[str, int, tuple[str, ...], int]]:
     if config.quick:
         return [
             ("noop", 5_000, two, config.pick_reps(3, 3)),
+            ("yield", 5_000, two, config.pick_reps(3, 3)),
             ("fm", 80, asyncio_only, config.pick_reps(3, 3)),
         ]
     return [
         ("noop", 100_000, two, config.pick_reps(5, 3)),
+        ("yield", 100_000, two, config.pick_reps(5, 3)),
         ("fm", 300, asyncio_only, config.pick_reps(7, 3)),
     ]
 
@@ -400,7 +404,15 @@ def run(config: RunConfig) -> ScenarioResult:
     cells = []
     for workload, n, backends, reps in plan(config):
         picked = chosen
-        if config.quick and workload == "fm":
+        if workload == "yield":
+            # Only what a scope changes: the timeout alone and all policies, no targets (the
+            # targets are the issue's, on the foundation's no-op benchmark).
+            picked = tuple(
+                replace(v, target=None)
+                for v in chosen
+                if v.name in (BASELINE, "timeout 60 s", ALL_POLICIES)
+            )
+        elif config.quick and workload == "fm":
             # Quick mode: the informational emitters (SSE, OpenTelemetry) on no-op agents only.
             picked = tuple(v for v in chosen if v.kind != "events" or v.target is not None)
         warm_n = 50 if workload == "noop" else 20
@@ -418,8 +430,12 @@ def run(config: RunConfig) -> ScenarioResult:
         "Nothing fires: no task fails, times out or comes near the budget "
         f"(`TokenBudget(limit={HUGE_BUDGET:.0e})`, default reservation per task). The "
         "policies' cost is that of being switched on: a retry loop, an AnyIO cancel scope per "
-        "attempt (timeout), a reservation and a charge per task under a lock (budget), a "
-        "depth check.",
+        "attempt (timeout), a reservation and a charge per task (budget), a depth check.",
+        "The no-op agent (`async def f(x): return x`) has no `await`, so it can never reach "
+        "a checkpoint and Murmur runs it without the timeout's cancel scope (nothing could "
+        "cancel it anyway; see docs/policies.md). The yield-once agent (`await "
+        "anyio.lowlevel.checkpoint()`, then return) can suspend, so it runs inside the scope: "
+        "its rows show what the scope costs, beside the cost of one trip through the loop.",
         "'added µs/task' is the median of the paired differences. On no-op agents the "
         "baseline is a few µs per task, so a few µs of policy code is a large ratio; the same "
         "code beside a ~2-3 ms pydantic-ai run is what the FunctionModel rows show.",
@@ -435,8 +451,8 @@ def run(config: RunConfig) -> ScenarioResult:
         notes.append("OpenTelemetry SDK not importable: its row is left out.")
     if config.quick:
         notes.append(
-            "Quick mode: no-op N=5,000 (full run: 100,000), FunctionModel N=80 (full: 300, "
-            "7 repetitions) without the SSE and OpenTelemetry rows, 3 repetitions."
+            "Quick mode: no-op and yield-once N=5,000 (full run: 100,000), FunctionModel N=80 "
+            "(full: 300, 7 repetitions) without the SSE and OpenTelemetry rows, 3 repetitions."
         )
     table = Table(
         "Per-task cost by runtime configuration (median [min-max]); ratios are paired medians "
@@ -475,7 +491,7 @@ def plot(result: ScenarioResult, out_dir: Path) -> list[Path]:
                 for row in cell["results"]
                 if row["backend"] == backend and row.get("ratio_vs_baseline")
             ]
-            what = "no-op" if cell["workload"] == "noop" else "FunctionModel"
+            what = _WHAT[cell["workload"]]
             panels.append((f"{what}, N={cell['n']:,}, {backend}", bars))
     if not panels:
         return []
