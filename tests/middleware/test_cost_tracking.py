@@ -468,3 +468,29 @@ async def test_a_pydantic_ai_tool_spawns_children_inside_the_budget() -> None:
     assert result.usage.total_tokens == 20
     assert budget.used == 20 + 50
     assert budget.reserved == 0
+
+
+async def test_charges_from_other_threads_are_never_lost_while_tasks_settle() -> None:
+    """Tasks reserve and settle lock-free on the loop; charge() from threads keeps its count."""
+    budget = TokenBudget(limit=10**9, reserve_per_task=100)
+    threads, charges_each = 4, 2_000
+
+    async def agent(value: int, ctx: AgentContext) -> int:
+        ctx.report_usage(input_tokens=3, output_tokens=7)
+        await anyio.lowlevel.checkpoint()  # let the charging threads interleave
+        return value
+
+    def charge_many() -> None:
+        for _ in range(charges_each):
+            budget.charge(1)
+
+    async with (
+        AgentRuntime(options=RuntimeOptions(token_budget=budget)) as runtime,
+        anyio.create_task_group() as tg,
+    ):
+        for _ in range(threads):
+            tg.start_soon(anyio.to_thread.run_sync, charge_many)
+        results = await runtime.gather(agent, [TaskSpec(input=i) for i in range(500)])
+    assert all(r.error is None for r in results)
+    assert budget.used == threads * charges_each + 500 * 10
+    assert budget.reserved == 0

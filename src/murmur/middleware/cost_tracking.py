@@ -32,6 +32,7 @@ the parent, so in the bound above a task's ``usage`` includes its borrowing chil
 
 from __future__ import annotations
 
+import threading
 from typing import TYPE_CHECKING, Any
 
 import anyio
@@ -57,12 +58,13 @@ class TokenBudget:
             pydantic-ai runs (default: ``min(limit, 4096)``). Larger values let bigger runs
             finish; smaller ones let more tasks run at once near the end of the budget.
 
-    ``used``, ``reserved`` and ``remaining`` can be read at any time, from any thread. Share
-    one budget among runtimes on the same event loop, and change it (``charge``) only from
-    that loop's thread: a task waiting for tokens is woken through that loop, and every
-    change is a few plain steps with no ``await`` in between, which makes it atomic there
-    without a lock. (Murmur itself only touches it there: under Trio, agents on the asyncio
-    bridge thread report usage to their context, and the charge happens at home.)
+    ``used``, ``reserved`` and ``remaining`` can be read, and ``charge`` called, at any time
+    from any thread. Share one budget among runtimes on the same event loop: tasks reserve
+    and settle on that loop's thread (a task waiting for tokens is woken through it), where
+    each reservation and settlement is a few plain steps with no ``await`` in between, which
+    makes it atomic without a lock. (Under Trio, agents on the asyncio bridge thread report
+    usage to their context, and the task settles at home.) ``charge`` keeps its own count,
+    under a lock, so it never races with them.
     """
 
     def __init__(self, limit: int, *, reserve_per_task: int | None = None) -> None:
@@ -80,7 +82,9 @@ class TokenBudget:
             )
         self.limit = limit
         self.reserve_per_task = reserve_per_task
-        self._used = 0
+        self._used = 0  # charged by settle(), on the event loop's thread
+        self._charged = 0  # charged by charge(), from any thread, under _charge_lock
+        self._charge_lock = threading.Lock()
         self._reserved = 0
         self._holders = 0
         self._waiters: list[anyio.Event] = []
@@ -88,7 +92,7 @@ class TokenBudget:
     @property
     def used(self) -> int:
         """Tokens charged so far."""
-        return self._used
+        return self._used + self._charged
 
     @property
     def reserved(self) -> int:
@@ -98,12 +102,12 @@ class TokenBudget:
     @property
     def remaining(self) -> int:
         """Tokens not yet charged (``limit - used``, never below 0)."""
-        return max(0, self.limit - self._used)
+        return max(0, self.limit - self._used - self._charged)
 
     @property
     def exhausted(self) -> bool:
         """True once nothing is left to charge."""
-        return self._used >= self.limit
+        return self._used + self._charged >= self.limit
 
     def try_reserve(self) -> int | None:
         """Reserve without waiting: the tokens granted, or ``None`` if the caller must wait.
@@ -112,14 +116,14 @@ class TokenBudget:
             BudgetExceededError: the budget is spent.
         """
         share = self.reserve_per_task
-        if self.limit - self._used - self._reserved >= share:  # the common case
+        if self.limit - self._used - self._charged - self._reserved >= share:  # the common case
             self._reserved += share
             self._holders += 1
             return share
         return self._try_reserve_slow()
 
     def _try_reserve_slow(self) -> int | None:
-        free = self.limit - self._used - self._reserved
+        free = self.limit - self._used - self._charged - self._reserved
         if free >= self.reserve_per_task or (free > 0 and self._holders == 0):
             granted = min(free, self.reserve_per_task)
             self._reserved += granted
@@ -127,7 +131,7 @@ class TokenBudget:
             return granted
         if self._holders == 0:
             raise BudgetExceededError(
-                f"token budget spent: {self._used} of {self.limit} tokens used"
+                f"token budget spent: {self.used} of {self.limit} tokens used"
             )
         return None
 
@@ -158,13 +162,14 @@ class TokenBudget:
             waiter.set()
 
     def charge(self, tokens: int) -> None:
-        """Charge tokens spent outside any task (no reservation involved)."""
+        """Charge tokens spent outside any task (no reservation involved); any thread."""
         if tokens > 0:
-            self._used += tokens
+            with self._charge_lock:
+                self._charged += tokens
 
     def __repr__(self) -> str:
         return (
-            f"TokenBudget(limit={self.limit}, used={self._used}, reserved={self._reserved}, "
+            f"TokenBudget(limit={self.limit}, used={self.used}, reserved={self._reserved}, "
             f"reserve_per_task={self.reserve_per_task})"
         )
 
