@@ -261,3 +261,25 @@ def test_usage_from_pydantic_ai_run_usage() -> None:
 def test_usage_json_round_trip() -> None:
     usage = Usage(input_tokens=1, output_tokens=2, requests=3, tool_calls=4)
     assert Usage.model_validate_json(usage.model_dump_json()) == usage
+
+
+def test_trusted_builds_equal_validated_models_and_keep_the_class() -> None:
+    """The runtime's hot-path constructors make what validation would, of the class asked for."""
+    from murmur._types import trusted_constructor
+    from murmur.events import EventType, RuntimeEvent
+
+    result = AgentResult._build("out", None, Usage(), 1, 0.5, "t1", "a")
+    assert result == AgentResult(
+        output="out", error=None, usage=Usage(), attempts=1, duration=0.5, task_id="t1", agent="a"
+    )
+    assert result.model_fields_set == set(AgentResult.model_fields)
+
+    class Tagged(RuntimeEvent):
+        pass
+
+    args = (EventType.TASK_STARTED, "tr", "t1", None, "a", 0, 1, None, None, None, {})
+    event = Tagged._build(*args)
+    assert type(event) is Tagged
+    assert type(RuntimeEvent._build(*args)) is RuntimeEvent
+    assert RuntimeEvent.model_validate_json(event.model_dump_json()).task_id == "t1"
+    assert trusted_constructor(Tagged) is trusted_constructor(Tagged)  # built once per class

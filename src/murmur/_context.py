@@ -38,7 +38,8 @@ class CallOrigin:
         self.runtime = runtime
         #: The event types the runtime's emitter wants; others are never built.
         self.wants = wants
-        #: The emitter's ``emit``; a failure of it goes to ``runtime._emitter_broke``.
+        #: The emitter's ``emit``, for the executor's per-task events (a failure of it goes to
+        #: ``runtime._emitter_broke``); other events go through ``runtime._emit``.
         self.emit = runtime._emitter.emit
         self.trace_id = trace_id
         self.depth = depth
@@ -186,11 +187,7 @@ class AgentContext:
         origin = self._origin
         if type not in origin.wants:
             return
-        event = self._event(type, error, duration, usage, data)
-        try:
-            await origin.emit(event)
-        except Exception:
-            origin.runtime._emitter_broke(event)
+        await origin.runtime._emit(self._event(type, error, duration, usage, data))
 
     def _event(
         self,

@@ -14,7 +14,7 @@ import anyio
 
 from ._bridge import AsyncioBridge, HomePortal
 from ._context import AgentContext, CallOrigin, _current
-from ._pipeline import Stage, compose, mark_dispatch
+from ._pipeline import Stage, compose
 from ._types import AgentResult, TaskSpec
 from .events.types import EventType
 from .middleware.timeout import TimeoutMiddleware
@@ -105,9 +105,6 @@ async def _dispatch(ctx: AgentContext) -> Any:
         return await impl.invoke(value, ctx)
     finally:
         _current.reset(token)
-
-
-mark_dispatch(_dispatch)
 
 
 async def _bridged(bridge: AsyncioBridge, impl: AgentImpl, value: Any, ctx: AgentContext) -> Any:

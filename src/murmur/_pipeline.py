@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 if TYPE_CHECKING:
     from ._context import AgentContext
 
-__all__ = ["CallNext", "Stage", "compose", "is_dispatch", "mark_dispatch"]
+__all__ = ["CallNext", "Stage", "compose"]
 
 #: The rest of the pipeline, as seen by a stage.
 CallNext = Callable[["AgentContext"], Awaitable[Any]]
@@ -47,17 +47,3 @@ def _layer(stage: Stage, call_next: CallNext) -> CallNext:
         return call(ctx, call_next)
 
     return layer
-
-
-_DISPATCH = "__murmur_dispatch__"
-
-
-def mark_dispatch(endpoint: CallNext) -> CallNext:
-    """Mark ``endpoint`` as the runtime's dispatch: it calls the agent and nothing else."""
-    setattr(endpoint, _DISPATCH, True)
-    return endpoint
-
-
-def is_dispatch(call_next: CallNext) -> bool:
-    """Whether ``call_next`` is the dispatch itself (no stage runs between it and the agent)."""
-    return getattr(call_next, _DISPATCH, False) is True

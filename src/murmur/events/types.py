@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from enum import StrEnum
 from typing import Any, Protocol, runtime_checkable
 
@@ -90,7 +91,10 @@ class RuntimeEvent(BaseModel):
         data: dict[str, Any],
     ) -> RuntimeEvent:
         """Trusted constructor for the runtime's hot path (no validation, all fields given)."""
-        return _trusted_event(
+        build: Callable[[dict[str, Any]], RuntimeEvent] = (
+            _trusted_event if cls is RuntimeEvent else trusted_constructor(cls)
+        )
+        return build(
             {
                 "type": type,
                 "timestamp": time.time(),
@@ -117,8 +121,7 @@ class EventEmitter(Protocol):
         ...
 
 
-_EVENT_FIELDS = set(RuntimeEvent.model_fields)
-_trusted_event = trusted_constructor(RuntimeEvent)
+_trusted_event: Callable[[dict[str, Any]], RuntimeEvent] = trusted_constructor(RuntimeEvent)
 
 ALL_EVENT_TYPES: frozenset[EventType] = frozenset(EventType)
 

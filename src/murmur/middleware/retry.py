@@ -124,34 +124,29 @@ class RetryMiddleware:
         return delay
 
     async def __call__(self, ctx: AgentContext, call_next: CallNext) -> Any:
-        try:
-            return await call_next(ctx)  # the first attempt: no bookkeeping until it fails
-        except Exception as error:
-            failures = [error]
-            if self.max_attempts <= 1 or not self._retryable(error):
-                raise
-            delay = self.delay_after(1, error)
+        failures: list[Exception] = []
         while True:
-            await ctx.emit(
-                EventType.RETRY_SCHEDULED,
-                error=failures[-1],
-                data={"delay": delay, "next_attempt": len(failures) + 1},
-            )
-            await self._sleep(delay)
             try:
                 return await call_next(ctx)
             except Exception as error:
-                if failures[-1] is not error and error.__context__ is None:
+                if failures and failures[-1] is not error and error.__context__ is None:
                     error.__context__ = failures[-1]
                 failures.append(error)
                 attempt = len(failures)
                 if attempt >= self.max_attempts or not self._retryable(error):
-                    error.add_note(
-                        f"murmur: attempt {attempt} of {self.max_attempts} failed; earlier: "
-                        + "; ".join(f"{type(e).__name__}: {e}" for e in failures[:-1])
-                    )
+                    if attempt > 1:
+                        error.add_note(
+                            f"murmur: attempt {attempt} of {self.max_attempts} failed; earlier: "
+                            + "; ".join(f"{type(e).__name__}: {e}" for e in failures[:-1])
+                        )
                     raise
                 delay = self.delay_after(attempt, error)
+            await ctx.emit(
+                EventType.RETRY_SCHEDULED,
+                error=failures[-1],
+                data={"delay": delay, "next_attempt": attempt + 1},
+            )
+            await self._sleep(delay)
 
 
 def _as_predicate(retry_on: RetryOn | None) -> Callable[[BaseException], bool]:

@@ -6,7 +6,6 @@ from typing import TYPE_CHECKING, Any
 
 import anyio
 
-from .._pipeline import is_dispatch
 from ..errors import AgentTimeoutError
 from ..events.types import EventType
 
@@ -24,10 +23,11 @@ class TimeoutMiddleware:
     error is raised. ``AgentTimeoutError`` is a ``TimeoutError``, so retry treats it as
     retryable by default.
 
-    An attempt of an agent whose code has no ``await`` (``AgentImpl.can_suspend`` is false)
-    runs without a scope: it never reaches a checkpoint, so no scope could cancel it (a
-    deadline that passes during such a call is noticed by nothing, with a scope or without).
-    That saves the scope's cost (several µs) on every attempt of CPU-only function agents.
+    When this stage is the innermost one, the runtime's executor leaves it out for agents
+    whose code has no ``await`` (``AgentImpl.can_suspend`` is false): such an attempt never
+    reaches a checkpoint, so no scope could cancel it (a deadline that passes during such a
+    call is noticed by nothing, with a scope or without). That saves the scope's cost
+    (several µs) on every attempt of CPU-only function agents.
     """
 
     def __init__(self, seconds: float) -> None:
@@ -36,8 +36,6 @@ class TimeoutMiddleware:
         self.seconds = seconds
 
     async def __call__(self, ctx: AgentContext, call_next: CallNext) -> Any:
-        if is_dispatch(call_next) and not ctx.impl.can_suspend:
-            return await call_next(ctx)
         # The whole attempt runs inside the scope: an attempt that enters a cancel scope or a
         # task group (pydantic-ai, the Trio bridge) before it first suspends must do so under
         # this one, or the scope stack is corrupted when it exits.
