@@ -23,7 +23,16 @@ __all__ = ["AgentContext", "CallOrigin", "current_context"]
 class CallOrigin:
     """What the tasks of one ``run``/``gather`` call share: runtime, trace, depth, parent."""
 
-    __slots__ = ("bridge", "depth", "emit", "parent", "runtime", "trace_id", "wants")
+    __slots__ = (
+        "bridge",
+        "depth",
+        "emit",
+        "event_template",
+        "parent",
+        "runtime",
+        "trace_id",
+        "wants",
+    )
 
     def __init__(
         self,
@@ -45,6 +54,22 @@ class CallOrigin:
         self.depth = depth
         self.parent = parent
         self.bridge = bridge
+        #: Every field of this call's task events in order, the shared ones filled in: a task
+        #: event is a copy of it with the per-event fields set (cheaper than building anew).
+        self.event_template: dict[str, Any] = {
+            "type": None,
+            "timestamp": None,
+            "trace_id": trace_id,
+            "task_id": None,
+            "parent_task_id": None if parent is None else parent.task.task_id,
+            "agent": None,
+            "depth": depth,
+            "attempt": None,
+            "duration": None,
+            "usage": None,
+            "error": None,
+            "data": None,
+        }
 
 
 class AgentContext:
@@ -198,24 +223,20 @@ class AgentContext:
         data: dict[str, Any] | None = None,
     ) -> RuntimeEvent:
         """This task's ``RuntimeEvent`` of ``type`` (built without validation: hot path)."""
-        origin = self._origin
-        parent = origin.parent
-        return _trusted_event(
-            {
-                "type": type,
-                "timestamp": _now(),
-                "trace_id": origin.trace_id,
-                "task_id": self.task.task_id,
-                "parent_task_id": None if parent is None else parent.task.task_id,
-                "agent": self.impl.name,
-                "depth": origin.depth,
-                "attempt": self.attempt,
-                "duration": duration,
-                "usage": usage,
-                "error": None if error is None else EventError.from_exception(error),
-                "data": {} if data is None else data,
-            }
-        )
+        values = self._origin.event_template.copy()
+        values["type"] = type
+        values["timestamp"] = _now()
+        values["task_id"] = self.task.task_id
+        values["agent"] = self.impl.name
+        values["attempt"] = self.attempt
+        values["data"] = {} if data is None else data
+        if duration is not None:
+            values["duration"] = duration
+        if usage is not None:
+            values["usage"] = usage
+        if error is not None:
+            values["error"] = EventError.from_exception(error)
+        return _trusted_event(values)
 
     async def run(self, agent: AgentLike, task: TaskSpec) -> AgentResult[Any]:
         """Run a child task one level deeper; see ``AgentRuntime.run``."""

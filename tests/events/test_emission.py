@@ -177,6 +177,51 @@ async def test_filters_pass_only_matching_events_and_limit_what_is_built() -> No
     assert rec.events[0].agent == "fails"
 
 
+class Wanting(Recorder):
+    """A recorder that declares what it wants (changeable between calls)."""
+
+    def __init__(self, *types: EventType) -> None:
+        super().__init__()
+        self.wanted = frozenset(types)
+
+    def event_types(self) -> frozenset[EventType]:
+        return self.wanted
+
+
+async def test_multi_emitter_hands_each_child_only_what_it_declares() -> None:
+    failures = Wanting(EventType.TASK_FAILED)
+    everything = Recorder()
+    multi = MultiEventEmitter([failures, everything])
+    async with AgentRuntime(event_emitter=multi) as rt:
+        await rt.gather(echo, [TaskSpec(input=i) for i in range(3)])
+        await rt.run(fails, TaskSpec(input=1))
+    # The child that declared its types never saw the others...
+    assert failures.types() == [EventType.TASK_FAILED]
+    # ...while the one that declared nothing saw every event, in order.
+    assert everything.types().count(EventType.TASK_STARTED) == 4
+    assert everything.types()[-1] is EventType.TASK_FAILED
+
+
+async def test_multi_emitter_follows_a_child_whose_wishes_change_from_the_next_call() -> None:
+    child = Wanting(EventType.BATCH_STARTED)
+    multi = MultiEventEmitter([child])
+    async with AgentRuntime(event_emitter=multi) as rt:
+        await rt.gather(echo, [TaskSpec(input=1)])
+        assert child.types() == [EventType.BATCH_STARTED]
+        child.wanted = frozenset({EventType.TASK_SUCCEEDED})
+        await rt.gather(echo, [TaskSpec(input=2)])
+    assert child.types() == [EventType.BATCH_STARTED, EventType.TASK_SUCCEEDED]
+    assert child.events[-1].task_id is not None
+
+
+async def test_multi_emitter_used_directly_routes_by_what_children_declared() -> None:
+    failures = Wanting(EventType.TASK_FAILED)
+    multi = MultiEventEmitter([failures])
+    await multi.emit(RuntimeEvent(type=EventType.TASK_STARTED))
+    await multi.emit(RuntimeEvent(type=EventType.TASK_FAILED))
+    assert failures.types() == [EventType.TASK_FAILED]
+
+
 async def test_predicate_helpers() -> None:
     rec = Recorder()
     emitter = FilteredEmitter(rec, by_type(EventType.TASK_SUCCEEDED, "task.failed"))

@@ -102,6 +102,18 @@ async def test_filters_by_type_agent_and_trace() -> None:
     assert [e.task_id for e in await take(combined, 99)] == ["task-2"]
 
 
+async def test_subscriptions_share_one_entry_per_event_so_it_is_rendered_once() -> None:
+    emitter = SSEEventEmitter()
+    async with emitter.subscribe() as first, emitter.subscribe() as second:
+        await emitter.emit(event(1))
+        entry = first._pending[0]
+        assert second._pending[0] is entry
+        assert entry.wire() is second._pending[0].wire()
+        assert entry.wire().startswith(b"id: 1\nevent: task.started\ndata: {")
+        assert [e.task_id for e in await take(first, 1)] == ["task-1"]
+        assert [e.task_id for e in await take(second, 1)] == ["task-1"]
+
+
 async def test_an_unknown_event_type_is_refused() -> None:
     emitter = SSEEventEmitter()
     with pytest.raises(ValueError, match=r"unknown event type 'task\.exploded'"):

@@ -6,7 +6,7 @@ from collections.abc import Iterable
 
 import structlog
 
-from .types import EventEmitter, EventType, RuntimeEvent, wanted_types
+from .types import ALL_EVENT_TYPES, EventEmitter, EventType, RuntimeEvent, wanted_types
 
 __all__ = ["MultiEventEmitter"]
 
@@ -17,6 +17,12 @@ class MultiEventEmitter:
     """Fans each event out to ``emitters`` in order; one that raises does not stop the rest.
 
     A failing child is reported once through the log and keeps receiving later events.
+
+    A child that declares ``event_types()`` receives only those types. What the children
+    want is read when the emitter is made and again each time its own ``event_types()`` is
+    asked, which the runtime does once per top-level call; so, like the runtime itself, a
+    fan-out follows a child whose wishes change (a ``LogEventEmitter`` after
+    ``structlog.configure``) from the next call on.
     """
 
     def __init__(self, emitters: Iterable[EventEmitter]) -> None:
@@ -28,19 +34,27 @@ class MultiEventEmitter:
                     f"got {type(emitter).__name__}"
                 )
         self._reported: set[int] = set()
+        self._routes: dict[EventType, tuple[tuple[int, EventEmitter], ...]] = {}
+        self.event_types()
 
     def event_types(self) -> frozenset[EventType] | None:
         """The union of what the children want (``None``: everything)."""
+        routes: dict[EventType, list[tuple[int, EventEmitter]]] = {t: [] for t in EventType}
         union: set[EventType] = set()
-        for emitter in self.emitters:
+        everything = False
+        for index, emitter in enumerate(self.emitters):
             wanted = wanted_types(emitter)
             if wanted is None:
-                return None
+                everything = True
+                wanted = ALL_EVENT_TYPES
             union |= wanted
-        return frozenset(union)
+            for kind in wanted:
+                routes[kind].append((index, emitter))
+        self._routes = {kind: tuple(children) for kind, children in routes.items()}
+        return None if everything else frozenset(union)
 
     async def emit(self, event: RuntimeEvent) -> None:
-        for index, emitter in enumerate(self.emitters):
+        for index, emitter in self._routes[event.type]:
             try:
                 await emitter.emit(event)
             except Exception:

@@ -330,7 +330,7 @@ class SSEEventEmitter:
         #: Subscriptions dropped for falling too far behind.
         self.dropped_subscriptions = 0
         self._lock = threading.Lock()
-        self._replay: deque[_Entry] = deque(maxlen=replay)
+        self._replay: deque[tuple[int, RuntimeEvent]] = deque(maxlen=replay)
         # Weak, so an iterator abandoned without close() goes with its last reference; a
         # tuple, replaced (never changed) under the lock, so emit() iterates it cheaply.
         self._subscriptions: tuple[weakref.ref[SSESubscription], ...] = ()
@@ -362,39 +362,50 @@ class SSEEventEmitter:
 
     def emit_nowait(self, event: RuntimeEvent) -> None:
         """``emit()`` for synchronous code and other threads."""
-        woken: list[_Waiter] = []
-        overflowed: list[SSESubscription] = []
         with self._lock:
             if self._closed:
                 return
-            self._last_id += 1
-            entry = _Entry(self._last_id, event)
-            self._replay.append(entry)
-            stale = False
-            for ref in self._subscriptions:
-                sub = ref()
-                if sub is None:
-                    stale = True
-                    continue
-                if not sub.matches(event):
-                    continue
-                if len(sub._pending) >= sub.buffer:
-                    overflowed.append(sub)
-                    continue
-                sub._pending.append(entry)
-                waiter = sub._waiter
-                if waiter is not None:
-                    sub._waiter = None
-                    woken.append(waiter)
-            for sub in overflowed:
-                before = sub.dropped
-                woken += sub._overflow()
-                self._forget(sub)
-                self.dropped += sub.dropped - before
-                self.dropped_subscriptions += 1
-            if stale:
-                self._subscriptions = self._live_refs()
+            self._last_id = event_id = self._last_id + 1
+            # The replay buffer keeps (id, event) pairs: with nobody listening, this is all.
+            self._replay.append((event_id, event))
+            if not self._subscriptions:
+                return
+            woken = self._deliver(event_id, event)
         _wake_all(woken)
+
+    def _deliver(self, event_id: int, event: RuntimeEvent) -> list[_Waiter]:
+        """Queue the event for the matching subscriptions (lock held); the waiters to wake."""
+        woken: list[_Waiter] = []
+        overflowed: list[SSESubscription] = []
+        # One entry shared by every subscription, so its wire form is rendered once.
+        entry: _Entry | None = None
+        stale = False
+        for ref in self._subscriptions:
+            sub = ref()
+            if sub is None:
+                stale = True
+                continue
+            if not sub.matches(event):
+                continue
+            if len(sub._pending) >= sub.buffer:
+                overflowed.append(sub)
+                continue
+            if entry is None:
+                entry = _Entry(event_id, event)
+            sub._pending.append(entry)
+            waiter = sub._waiter
+            if waiter is not None:
+                sub._waiter = None
+                woken.append(waiter)
+        for sub in overflowed:
+            before = sub.dropped
+            woken += sub._overflow()
+            self._forget(sub)
+            self.dropped += sub.dropped - before
+            self.dropped_subscriptions += 1
+        if stale:
+            self._subscriptions = self._live_refs()
+        return woken
 
     def subscribe(
         self,
@@ -451,9 +462,13 @@ class SSEEventEmitter:
             # An id this emitter never gave out: the client saw an earlier process.
             last_event_id = 0
         sub.last_event_id = last_event_id
-        oldest = replay[0].id if replay else self._last_id + 1
+        oldest = replay[0][0] if replay else self._last_id + 1
         sub.resume_gap = max(0, oldest - last_event_id - 1)
-        sub._backlog.extend(e for e in replay if e.id > last_event_id and sub.matches(e.event))
+        sub._backlog.extend(
+            _Entry(event_id, event)
+            for event_id, event in replay
+            if event_id > last_event_id and sub.matches(event)
+        )
 
     def _live(self) -> tuple[SSESubscription, ...]:
         """The subscriptions still referenced (lock held)."""
