@@ -108,6 +108,8 @@ def test_policies_cell_reports_paired_ratios_to_the_bare_runtime() -> None:
         policies.LOG_FILTERED,
         policies.NOOP_EMITTER,
         "SSEEventEmitter, no clients",
+        policies.SEED_STEP_5,
+        policies.EMIT_FLOOR,
     }
     chosen = [v for v in policies.VARIANTS if v.name in wanted]
     before = structlog.get_config()
@@ -126,8 +128,14 @@ def test_policies_cell_reports_paired_ratios_to_the_bare_runtime() -> None:
             assert isinstance(row["added_us_per_task"], float)
     assert rows[policies.ALL_POLICIES]["target"] == policies.ALL_POLICIES_TARGET
     headlines = policies.summarise([cell])
-    assert {h.verdict() for h in headlines} <= {"PASS", "MISS"}
-    assert len(headlines) == 3  # the variants with targets
+    verdicts = {name: h.verdict() for h in headlines for name in wanted if f": {name} ÷" in h.label}
+    # The variants with targets get a verdict; the floor and the seed's step 5 are reported.
+    assert set(verdicts) == wanted - {policies.BASELINE, "SSEEventEmitter, no clients"}
+    assert verdicts[policies.EMIT_FLOOR] == verdicts[policies.SEED_STEP_5] == "info"
+    assert {verdicts[name] for name in verdicts if name not in policies.SUMMARY_INFO} <= {
+        "PASS",
+        "MISS",
+    }
     table_rows = policies._rows(cell)
     assert len(table_rows) == len(chosen)
     assert all(len(row) == len(policies.COLUMNS) for row in table_rows)

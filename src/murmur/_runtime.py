@@ -267,7 +267,7 @@ class AgentRuntime:
         indices = iter(range(count))
         max_workers = min(limit, count)
         first_failure: list[AgentResult[Any]] = []
-        started = 0
+        workers = 0
         spawn_pending = False
         checkpoint_if_cancelled = anyio.lowlevel.checkpoint_if_cancelled
         checkpoint = anyio.lowlevel.checkpoint
@@ -276,8 +276,8 @@ class AgentRuntime:
             cancel_scope = tg.cancel_scope
 
             def grow() -> None:
-                nonlocal started, spawn_pending
-                started += 1
+                nonlocal workers, spawn_pending
+                workers += 1
                 spawn_pending = True
                 tg.start_soon(worker)
 
@@ -287,7 +287,7 @@ class AgentRuntime:
                 for done, i in enumerate(indices, 1):
                     if first_failure:
                         return  # fail_fast fired: also stops workers whose agents never yield
-                    if not spawn_pending and started < max_workers:
+                    if not spawn_pending and workers < max_workers:
                         grow()
                     result = await submit(impl, specs[i], origin)
                     results[i] = result

@@ -64,6 +64,38 @@ async def test_gather_emits_batch_and_task_lifecycle_before_returning() -> None:
     assert completed.duration >= 0
 
 
+async def test_every_duration_an_event_carries_lies_within_its_call() -> None:
+    from time import perf_counter
+
+    from murmur import AgentGroup, Edge
+
+    async def first(x: Any) -> Any:
+        return x
+
+    async def second(x: Any) -> Any:
+        return x
+
+    group = AgentGroup(name="pair", topology={first: Edge(to=(second,)), second: Edge.terminal()})
+    rec = Recorder()
+    async with AgentRuntime(event_emitter=rec) as rt:
+        before = perf_counter()
+        await rt.gather(echo, [TaskSpec(input=i) for i in range(3)])
+        await rt.run(fails, TaskSpec(input=1))
+        await rt.run_group(group, TaskSpec(input=1))
+        elapsed = perf_counter() - before
+    timed = [e for e in rec.events if e.duration is not None]
+    assert {e.type for e in timed} >= {
+        EventType.BATCH_COMPLETED,
+        EventType.TASK_SUCCEEDED,
+        EventType.TASK_FAILED,
+        EventType.NODE_COMPLETED,
+        EventType.GROUP_COMPLETED,
+    }
+    for event in timed:
+        assert event.duration is not None
+        assert 0 <= event.duration <= elapsed, event
+
+
 async def test_failure_event_carries_error_duration_and_attempt() -> None:
     rec = Recorder()
     async with AgentRuntime(event_emitter=rec) as rt:
