@@ -248,17 +248,20 @@ class OpenTelemetryEmitter:
         if entry is None:
             return
         span = entry.span
-        span.set_attribute("murmur.outcome", outcome)
+        # One call: the SDK takes its span lock once per call.
+        attributes: dict[str, AttributeValue] = {"murmur.outcome": outcome}
         if event.attempt is not None:
-            span.set_attribute("murmur.attempts", event.attempt)
+            attributes["murmur.attempts"] = event.attempt
         if usage is not None:
-            span.set_attribute("gen_ai.usage.input_tokens", usage.input_tokens)
-            span.set_attribute("gen_ai.usage.output_tokens", usage.output_tokens)
-            span.set_attribute("murmur.usage.requests", usage.requests)
-            span.set_attribute("murmur.usage.tool_calls", usage.tool_calls)
+            attributes["gen_ai.usage.input_tokens"] = usage.input_tokens
+            attributes["gen_ai.usage.output_tokens"] = usage.output_tokens
+            attributes["murmur.usage.requests"] = usage.requests
+            attributes["murmur.usage.tool_calls"] = usage.tool_calls
+        if error is not None:
+            attributes["error.type"] = error.type
+        span.set_attributes(attributes)
         end = _ns(event.timestamp)
         if error is not None:
-            span.set_attribute("error.type", error.type)
             span.add_event(
                 "exception",
                 {"exception.type": error.type, "exception.message": error.message},
@@ -311,11 +314,12 @@ class OpenTelemetryEmitter:
         if entry is None:
             return
         span = entry.span
-        for name, value in _data_attributes(event.data).items():
-            span.set_attribute(name, value)
+        attributes = _data_attributes(event.data)
+        if event.error is not None:
+            attributes["error.type"] = event.error.type
+        span.set_attributes(attributes)
         if event.error is not None:
             trace = self._trace
-            span.set_attribute("error.type", event.error.type)
             span.set_status(trace.Status(trace.StatusCode.ERROR, event.error.message))
         span.end(end_time=_ns(event.timestamp))
 
