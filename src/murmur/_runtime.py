@@ -27,6 +27,7 @@ from .events.types import (
     EventError,
     EventType,
     RuntimeEvent,
+    emitter_stages,
     wanted_types,
 )
 from .groups import AgentGroup, GroupResult
@@ -82,13 +83,7 @@ class AgentRuntime:
                 "distributed mode (AgentRuntime(broker=...)) is not available in this version; "
                 "omit broker= to run in-process"
             )
-        stages = list(middleware)
-        for index, stage in enumerate(stages):
-            if not callable(stage):
-                raise TypeError(
-                    f"middleware[{index}] must be a stage with "
-                    f"`async def __call__(self, ctx, call_next)`, got {stage!r}"
-                )
+        stages = _checked_stages(middleware, "middleware")
         if transport is not None and not isinstance(transport, Transport):
             raise TypeError(
                 f"transport must be a murmur.transport.Transport, got {type(transport).__name__}"
@@ -100,10 +95,13 @@ class AgentRuntime:
                 "event_emitter must have `async def emit(self, event)`, "
                 f"got {type(event_emitter).__name__}"
             )
+        # Stages an emitter needs around every task (OpenTelemetry's current span) go
+        # outermost, so they enclose every policy and every attempt.
+        own = _checked_stages(emitter_stages(event_emitter), "event_emitter.pipeline_stages()")
         self._options = options
         self._emitter: EventEmitter = event_emitter
         self._emitter_failed = False
-        self._executor = Executor(_policy_stages(options, stages))
+        self._executor = Executor([*own, *_policy_stages(options, stages)])
         self._transport = transport if transport is not None else LocalTransport(self._executor)
         self._bridge: AsyncioBridge | None = None
         self._closed = False
@@ -442,6 +440,18 @@ class AgentRuntime:
             RuntimeClosedError: the runtime was closed.
         """
         return await _run_group(self, group, task, parent=parent)
+
+
+def _checked_stages(stages: Iterable[Any], field: str) -> list[Stage]:
+    """``stages`` as a list, each checked to be callable (``field`` names them in errors)."""
+    checked = list(stages)
+    for index, stage in enumerate(checked):
+        if not callable(stage):
+            raise TypeError(
+                f"{field}[{index}] must be a stage with "
+                f"`async def __call__(self, ctx, call_next)`, got {stage!r}"
+            )
+    return checked
 
 
 def _policy_stages(options: RuntimeOptions, middleware: Sequence[Stage]) -> list[Stage]:

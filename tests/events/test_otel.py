@@ -387,3 +387,101 @@ def test_without_opentelemetry_the_error_names_the_extra(monkeypatch: pytest.Mon
     monkeypatch.setitem(sys.modules, "opentelemetry", None)
     with pytest.raises(ImportError, match=r"murmur-agents\[otel\]"):
         OpenTelemetryEmitter()
+
+
+# --- the task's span is current while the task runs -----------------------------------
+
+
+async def test_spans_made_inside_an_agent_nest_under_its_task_span(otel: Otel) -> None:
+    tracer = otel.tracer_provider.get_tracer("app")
+    inside: list[int] = []
+
+    async def writer(x: int) -> int:
+        from opentelemetry import trace
+
+        inside.append(trace.get_current_span().get_span_context().span_id)
+        with tracer.start_as_current_span("db query"):
+            return x + 1
+
+    async with AgentRuntime(event_emitter=otel.emitter) as rt:
+        results = await rt.gather(writer, [TaskSpec(input=i) for i in range(3)])
+        # Outside a task, nothing of Murmur's is current.
+        from opentelemetry import trace
+
+        assert not trace.get_current_span().get_span_context().is_valid
+    assert [r.unwrap() for r in results] == [1, 2, 3]
+    tasks = {s.context.span_id: s for s in otel.spans() if s.name == "invoke_agent writer"}
+    queries = [s for s in otel.spans() if s.name == "db query"]
+    assert sorted(inside) == sorted(tasks)
+    assert len(queries) == 3
+    assert {q.parent.span_id for q in queries if q.parent} == set(tasks)
+
+
+async def test_pydantic_ai_instrumentation_nests_under_the_task_span(otel: Otel) -> None:
+    # A real pydantic-ai agent with its own OpenTelemetry instrumentation; under Trio it
+    # runs on the asyncio bridge, and the current span must cross over with it.
+    from pydantic_ai import Agent as PydanticAgent
+    from pydantic_ai.capabilities.instrumentation import Instrumentation
+    from pydantic_ai.models.instrumented import InstrumentationSettings
+    from pydantic_ai.models.test import TestModel
+
+    settings = InstrumentationSettings(tracer_provider=otel.tracer_provider)
+    agent = PydanticAgent(
+        TestModel(custom_output_text="done"),
+        name="instrumented",
+        capabilities=[Instrumentation(settings)],
+    )
+    async with AgentRuntime(event_emitter=otel.emitter) as rt:
+        result = await rt.run(agent, TaskSpec(input="hello"))
+    assert result.unwrap() == "done"
+    ours = [s for s in otel.spans() if _scope(s) == "murmur"]
+    theirs = [s for s in otel.spans() if _scope(s) != "murmur"]
+    (task,) = ours
+    assert task.name == "invoke_agent instrumented"
+    assert theirs, "pydantic-ai made no spans"
+    # pydantic-ai's run span (same GenAI name, its own tracer) is a child of Murmur's task
+    # span, and every span it made is in that trace.
+    assert all(s.context.trace_id == task.context.trace_id for s in theirs)
+    top = [s for s in theirs if s.parent is not None and s.parent.span_id == task.context.span_id]
+    assert [s.name for s in top] == ["invoke_agent instrumented"], [
+        (s.name, s.parent) for s in theirs
+    ]
+
+
+def _scope(span: ReadableSpan) -> str | None:
+    scope = span.instrumentation_scope
+    return None if scope is None else scope.name
+
+
+async def test_fan_out_and_filters_pass_the_stage_on_and_bad_stages_are_refused(
+    otel: Otel,
+) -> None:
+    from murmur.events import FilteredEmitter, MultiEventEmitter
+
+    (stage,) = otel.emitter.pipeline_stages()
+    wrapped = MultiEventEmitter([FilteredEmitter(otel.emitter), MultiEventEmitter([])])
+    assert [type(s) for s in wrapped.pipeline_stages()] == [type(stage)]
+
+    class BadStages:
+        async def emit(self, event: RuntimeEvent) -> None:
+            pass
+
+        def pipeline_stages(self) -> list[object]:
+            return ["not a stage"]
+
+    with pytest.raises(TypeError, match=r"event_emitter\.pipeline_stages\(\)\[0\] must be"):
+        AgentRuntime(event_emitter=BadStages())  # type: ignore[arg-type]
+
+
+async def echo_int(x: int) -> int:
+    return x
+
+
+async def test_without_task_events_the_stage_passes_through(otel: Otel) -> None:
+    from murmur.events import FilteredEmitter
+
+    only_batches = FilteredEmitter(otel.emitter, types=[EventType.BATCH_STARTED])
+    async with AgentRuntime(event_emitter=only_batches) as rt:
+        results = await rt.gather(echo_int, [TaskSpec(input=1)])
+    assert results[0].unwrap() == 1
+    assert otel.emitter.open_spans == 1  # the batch span: its end was filtered out too

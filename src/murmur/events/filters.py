@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
+from typing import Any
 
-from .types import EventEmitter, EventType, RuntimeEvent, wanted_types
+from .types import EventEmitter, EventType, RuntimeEvent, emitter_stages, wanted_types
 
 __all__ = ["FilteredEmitter", "by_agent", "by_type", "filtered"]
 
@@ -48,6 +49,10 @@ class FilteredEmitter:
         if self.types is None:
             return inner
         return self.types if inner is None else self.types & inner
+
+    def pipeline_stages(self) -> list[Any]:
+        """The wrapped emitter's stages."""
+        return emitter_stages(self.emitter)
 
     async def emit(self, event: RuntimeEvent) -> None:
         if self.types is not None and event.type not in self.types:

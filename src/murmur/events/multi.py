@@ -3,10 +3,18 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
+from typing import Any
 
 import structlog
 
-from .types import ALL_EVENT_TYPES, EventEmitter, EventType, RuntimeEvent, wanted_types
+from .types import (
+    ALL_EVENT_TYPES,
+    EventEmitter,
+    EventType,
+    RuntimeEvent,
+    emitter_stages,
+    wanted_types,
+)
 
 __all__ = ["MultiEventEmitter"]
 
@@ -52,6 +60,10 @@ class MultiEventEmitter:
                 routes[kind].append((index, emitter))
         self._routes = {kind: tuple(children) for kind, children in routes.items()}
         return None if everything else frozenset(union)
+
+    def pipeline_stages(self) -> list[Any]:
+        """The stages the children ask for, in the children's order."""
+        return [stage for emitter in self.emitters for stage in emitter_stages(emitter)]
 
     async def emit(self, event: RuntimeEvent) -> None:
         for index, emitter in self._routes[event.type]:

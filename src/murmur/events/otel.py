@@ -16,7 +16,12 @@ Spans (kind INTERNAL, timed by the events' own timestamps):
 
 A span's parent is its batch or group span, else the span of its ``parent_task_id`` (a
 spawn), else whatever span is current where the call was made (a web request, say), else
-none: it starts a trace. Spans whose end never comes are bounded: past ``max_open_spans``
+none: it starts a trace.
+
+While a task runs, its span is the current span (the emitter asks the runtime for one
+outermost pipeline stage that attaches it), so spans made inside the agent — pydantic-ai's
+own instrumentation, httpx, your code — nest under the task's span, on the asyncio bridge
+under Trio too. Spans whose end never comes are bounded: past ``max_open_spans``
 the oldest is ended early, marked ``murmur.span.incomplete``.
 """
 
@@ -34,6 +39,9 @@ if TYPE_CHECKING:
     from opentelemetry.metrics import MeterProvider
     from opentelemetry.trace import Span, TracerProvider
     from opentelemetry.util.types import AttributeValue
+
+    from .._context import AgentContext
+    from .._pipeline import CallNext
 
 __all__ = ["OpenTelemetryEmitter"]
 
@@ -106,6 +114,29 @@ def _data_attributes(data: dict[str, Any]) -> dict[str, AttributeValue]:
     }
 
 
+class _CurrentTaskSpan:
+    """A pipeline stage: the task's span (opened at ``task.started``) is current inside it."""
+
+    __slots__ = ("_context", "_emitter", "_trace")
+
+    def __init__(self, emitter: OpenTelemetryEmitter) -> None:
+        from opentelemetry import context
+
+        self._emitter = emitter
+        self._context = context
+        self._trace = emitter._trace
+
+    async def __call__(self, ctx: AgentContext, call_next: CallNext) -> Any:
+        span = self._emitter._task_span(ctx.trace_id, ctx.task.task_id)
+        if span is None:  # task events filtered out before they reached the emitter
+            return await call_next(ctx)
+        token = self._context.attach(self._trace.set_span_in_context(span))
+        try:
+            return await call_next(ctx)
+        finally:
+            self._context.detach(token)
+
+
 class OpenTelemetryEmitter:
     """Turns runtime events into OpenTelemetry spans and metrics (GenAI conventions).
 
@@ -172,6 +203,14 @@ class OpenTelemetryEmitter:
     def event_types(self) -> frozenset[EventType]:
         """The events it uses; the runtime does not build the others for it."""
         return _WANTED
+
+    def pipeline_stages(self) -> list[Any]:
+        """One stage making each task's span current while the task runs."""
+        return [_CurrentTaskSpan(self)]
+
+    def _task_span(self, trace_id: str, task_id: str) -> Span | None:
+        with self._lock:
+            return self._span(("task", trace_id, task_id))
 
     async def emit(self, event: RuntimeEvent) -> None:
         kind = event.type

@@ -17,6 +17,7 @@ __all__ = [
     "EventError",
     "EventType",
     "RuntimeEvent",
+    "emitter_stages",
     "wanted_types",
 ]
 
@@ -114,7 +115,13 @@ class RuntimeEvent(BaseModel):
 
 @runtime_checkable
 class EventEmitter(Protocol):
-    """Anything with ``async def emit(self, event)``."""
+    """Anything with ``async def emit(self, event)``.
+
+    Two optional hooks: ``event_types()`` (the types it wants; the runtime builds no
+    others) and ``pipeline_stages()`` (stages it needs around every task, which the runtime
+    puts outermost in its pipeline, as ``OpenTelemetryEmitter`` does to make each task's
+    span current while the task runs).
+    """
 
     async def emit(self, event: RuntimeEvent) -> None:
         """Receive one event; must not raise (the runtime isolates it if it does)."""
@@ -133,3 +140,9 @@ def wanted_types(emitter: object) -> frozenset[EventType] | None:
         return None
     wanted = hook()
     return None if wanted is None else frozenset(wanted)
+
+
+def emitter_stages(emitter: object) -> list[Any]:
+    """The pipeline stages ``emitter`` asks for, from its optional ``pipeline_stages()``."""
+    hook = getattr(emitter, "pipeline_stages", None)
+    return [] if hook is None else list(hook())
