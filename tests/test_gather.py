@@ -335,6 +335,38 @@ async def test_fail_fast_cancels_in_flight_tasks(runtime: AgentRuntime) -> None:
     assert completed == []
 
 
+async def test_fail_fast_results_keep_what_cut_off_tasks_had_spent(runtime: AgentRuntime) -> None:
+    in_flight = 0
+    all_in_flight = anyio.Event()
+
+    async def agent(value: int, ctx: AgentContext) -> int:
+        nonlocal in_flight
+        if value == 0:
+            await all_in_flight.wait()
+            raise RuntimeError("first failure")
+        ctx.report_usage(input_tokens=10 * value, output_tokens=1, requests=1)
+        in_flight += 1
+        if in_flight == 3:
+            all_in_flight.set()
+        await anyio.Event().wait()  # only cancellation ends this
+        return value
+
+    results = await runtime.gather(
+        agent, [TaskSpec(input=i) for i in range(5)], max_concurrency=4, fail_fast=True
+    )
+    assert isinstance(results[0].error, RuntimeError)
+    for value in (1, 2, 3):
+        cut = results[value]
+        assert isinstance(cut.error, TaskCancelledError)
+        # Cut off mid-run: its tokens, its attempt and its time are still in the result.
+        assert (cut.usage.input_tokens, cut.usage.output_tokens) == (10 * value, 1)
+        assert cut.attempts == 1
+        assert cut.duration > 0
+    never = results[4]  # queued behind the cap: never started, spent nothing
+    assert isinstance(never.error, TaskCancelledError)
+    assert (never.usage.total_tokens, never.attempts, never.duration) == (0, 0, 0.0)
+
+
 async def test_fail_fast_never_starts_queued_tasks(runtime: AgentRuntime) -> None:
     started: list[int] = []
 

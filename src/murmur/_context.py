@@ -25,6 +25,7 @@ class CallOrigin:
 
     __slots__ = (
         "bridge",
+        "cancelled",
         "depth",
         "emit",
         "event_template",
@@ -54,6 +55,9 @@ class CallOrigin:
         self.depth = depth
         self.parent = parent
         self.bridge = bridge
+        #: Set by a caller that builds results for tasks cancelled mid-run (``fail_fast``):
+        #: the executor records what each spent there, by task id (usage, attempts, seconds).
+        self.cancelled: dict[str, tuple[Usage, int, float]] | None = None
         #: Every field of this call's task events in order, the shared ones filled in: a task
         #: event is a copy of it with the per-event fields set (cheaper than building anew).
         self.event_template: dict[str, Any] = {

@@ -67,10 +67,15 @@ class Executor:
                 await ctx.emit(_FAILED, error=exc, duration=result.duration, usage=result.usage)
             return result
         except BaseException as exc:
-            if _CANCELLED in wants and isinstance(exc, anyio.get_cancelled_exc_class()):
-                # Report the cancellation, then let it go on: never swallowed.
-                with anyio.CancelScope(shield=True):
-                    await ctx.emit(_CANCELLED, duration=perf_counter() - start, usage=ctx.usage)
+            if isinstance(exc, anyio.get_cancelled_exc_class()):
+                duration = perf_counter() - start
+                if origin.cancelled is not None:
+                    # What it spent is not lost: the caller puts it in the task's result.
+                    origin.cancelled[task.task_id] = (ctx.usage, ctx.attempt, duration)
+                if _CANCELLED in wants:
+                    # Report the cancellation, then let it go on: never swallowed.
+                    with anyio.CancelScope(shield=True):
+                        await ctx.emit(_CANCELLED, duration=duration, usage=ctx.usage)
             raise
         usage = ctx.usage
         duration = perf_counter() - start

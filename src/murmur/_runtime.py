@@ -208,7 +208,9 @@ class AgentRuntime:
         *,
         parent: AgentContext | None,
         trace_id: str | None = None,
+        ledger: dict[str, tuple[Usage, int, float]] | None = None,
     ) -> AgentResult[Any]:
+        """``run``; a ``ledger`` receives what the task spent if it is cancelled mid-run."""
         impl = resolve_agent(agent)
         if not isinstance(task, TaskSpec):
             raise TypeError(
@@ -216,6 +218,7 @@ class AgentRuntime:
                 "wrap the input as TaskSpec(input=...)"
             )
         origin = self._origin(impl, parent, trace_id)
+        origin.cancelled = ledger
         return await self._transport.submit(impl, task, origin)
 
     async def _gather(
@@ -227,7 +230,11 @@ class AgentRuntime:
         fail_fast: bool,
         parent: AgentContext | None,
         trace_id: str | None = None,
+        ledger: dict[str, tuple[Usage, int, float]] | None = None,
+        into: list[AgentResult[Any] | None] | None = None,
     ) -> list[AgentResult[Any]]:
+        """``gather``. For a caller that may cancel it (a group): ``ledger`` receives what
+        tasks cut off mid-run had spent, and ``into`` (a list) the results as they come."""
         impl = resolve_agent(agent)
         limit = self._options.max_concurrency if max_concurrency is None else max_concurrency
         if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
@@ -244,8 +251,13 @@ class AgentRuntime:
                     "wrap each input as TaskSpec(input=...)"
                 )
         origin = self._origin(impl, parent, trace_id)
+        if ledger is not None or fail_fast:
+            origin.cancelled = {} if ledger is None else ledger
         count = len(specs)
         results: list[AgentResult[Any] | None] = [None] * count
+        if into is not None:
+            into[:] = results
+            results = into
         if count == 0:
             return []
         started = perf_counter()
@@ -305,18 +317,22 @@ class AgentRuntime:
 
         if first_failure:
             failed = first_failure[0]
+            spent = origin.cancelled or {}
             for i, slot in enumerate(results):
                 if slot is None:
+                    task_id = specs[i].task_id
+                    # Cut off mid-run: what it had spent so far; never started: nothing.
+                    usage, attempts, duration = spent.get(task_id, _NOTHING_SPENT)
                     results[i] = AgentResult._build(
                         output=None,
                         error=TaskCancelledError(
                             f"cancelled by fail_fast: task {failed.task_id!r} of agent "
                             f"{failed.agent!r} failed first"
                         ),
-                        usage=ZERO_USAGE,
-                        attempts=0,
-                        duration=0.0,
-                        task_id=specs[i].task_id,
+                        usage=usage,
+                        attempts=attempts,
+                        duration=duration,
+                        task_id=task_id,
                         agent=impl.name,
                     )
         if EventType.BATCH_COMPLETED in origin.wants:
@@ -440,6 +456,9 @@ class AgentRuntime:
             RuntimeClosedError: the runtime was closed.
         """
         return await _run_group(self, group, task, parent=parent)
+
+
+_NOTHING_SPENT: tuple[Usage, int, float] = (ZERO_USAGE, 0, 0.0)
 
 
 def _checked_stages(stages: Iterable[Any], field: str) -> list[Stage]:

@@ -65,6 +65,19 @@ def two_branches(a: Any, b: Any, *, fail_fast: bool = True) -> AgentGroup:
     )
 
 
+def fan_out_beside(a: Any, b: Any, worker: Any) -> AgentGroup:
+    """``a`` beside ``b``, whose output fans out to ``worker``."""
+    return AgentGroup(
+        name="g",
+        topology={
+            start: Edge(to=(a, b)),
+            a: Edge.terminal(),
+            b: Edge(to=(worker,)),
+            worker: Edge.terminal(),
+        },
+    )
+
+
 async def test_fail_fast_cancels_running_siblings(runtime: AgentRuntime) -> None:
     b_started = anyio.Event()
     never = anyio.Event()
@@ -126,15 +139,7 @@ async def test_fail_fast_cancels_a_sibling_fan_out(runtime: AgentRuntime) -> Non
         await never.wait()
         return item
 
-    group = AgentGroup(
-        name="g",
-        topology={
-            start: Edge(to=(a, b)),
-            a: Edge.terminal(),
-            b: Edge(to=(worker,)),
-            worker: Edge.terminal(),
-        },
-    )
+    group = fan_out_beside(a, b, worker)
     with anyio.fail_after(HANG_GUARD):
         result = await runtime.run_group(group, TaskSpec(input="x"))
     assert isinstance(result.error, RuntimeError)
@@ -332,3 +337,62 @@ async def test_cancelling_the_caller_propagates_and_stops_every_node(
             tg.cancel_scope.cancel()
     assert returned == []  # cancellation is not a result
     assert sorted(saw) == ["a", "b"]
+
+
+async def test_fail_fast_keeps_what_a_sibling_cut_off_mid_run_had_spent(
+    runtime: AgentRuntime,
+) -> None:
+    b_spent = anyio.Event()
+    never = anyio.Event()
+
+    async def a(value: str) -> str:
+        await b_spent.wait()
+        raise RuntimeError("a broke")
+
+    async def b(value: str, ctx: AgentContext) -> str:
+        ctx.report_usage(input_tokens=7, output_tokens=2, requests=1)
+        b_spent.set()
+        await never.wait()
+        return "b"
+
+    with anyio.fail_after(HANG_GUARD):
+        result = await runtime.run_group(two_branches(a, b), TaskSpec(input="x"))
+    cut = result.results["b"]
+    assert result.status["b"] == "cancelled"
+    assert isinstance(cut.error, TaskCancelledError)
+    assert (cut.usage.input_tokens, cut.usage.output_tokens, cut.attempts) == (7, 2, 1)
+    assert result.usage.input_tokens == 7
+
+
+async def test_fail_fast_keeps_what_a_cut_off_fan_out_had_spent(runtime: AgentRuntime) -> None:
+    waiting = 0
+    both_waiting = anyio.Event()
+    never = anyio.Event()
+
+    async def a(value: str) -> str:
+        await both_waiting.wait()
+        raise RuntimeError("a broke")
+
+    async def b(value: str) -> Items:
+        return Items(items=[1, 10, 100])
+
+    async def worker(item: int, ctx: AgentContext) -> int:
+        nonlocal waiting
+        ctx.report_usage(input_tokens=item)
+        if item == 1:
+            return item  # this slot finishes before the group is cancelled
+        waiting += 1
+        if waiting == 2:
+            both_waiting.set()
+        await never.wait()
+        return item
+
+    group = fan_out_beside(a, b, worker)
+    with anyio.fail_after(HANG_GUARD):
+        result = await runtime.run_group(group, TaskSpec(input="x"))
+    cut = result.results["worker"]
+    assert result.status["worker"] == "cancelled"
+    assert isinstance(cut.error, TaskCancelledError)
+    # The finished slot and the two cut off mid-run: nothing they spent is lost.
+    assert (cut.usage.input_tokens, cut.attempts) == (111, 3)
+    assert result.usage.input_tokens == 111

@@ -108,6 +108,11 @@ class GroupScheduler:
         self._results: dict[str, AgentResult[Any]] = {}
         self._slots: dict[str, list[AgentResult[Any]]] = {}
         self._started: dict[str, tuple[str, float]] = {}
+        # For nodes cancelled mid-run (fail_fast): what their tasks had spent, by task id,
+        # and the slots a fanned-out node had finished.
+        self._ledger: dict[str, tuple[Usage, int, float]] = {}
+        self._partial_slots: dict[str, list[AgentResult[Any] | None]] = {}
+        self._spec_ids: dict[str, list[str]] = {}
         self._first_failure: str | None = None
         self._task_group: anyio.abc.TaskGroup | None = None
         # One trace for the whole run: every node's tasks and the group events share it.
@@ -219,6 +224,7 @@ class GroupScheduler:
             result = _error_result(name, exc, new_task_id(), start)
         else:
             self._started[name] = (plan.task_id, start)
+            self._spec_ids[name] = [spec.task_id for spec in plan.specs]
             await self._on_node_started(name, plan.specs)
             result = await self._execute(node, plan, start)
         # Recorded before routing: if the group is cancelled meanwhile, its usage still counts.
@@ -286,7 +292,11 @@ class GroupScheduler:
         if not plan.fanned:
             try:
                 return await runtime._run(
-                    node.impl, plan.specs[0], parent=self.parent, trace_id=self.trace_id
+                    node.impl,
+                    plan.specs[0],
+                    parent=self.parent,
+                    trace_id=self.trace_id,
+                    ledger=self._ledger,
                 )
             except Exception as exc:  # e.g. the runtime was closed under the group
                 return _error_result(node.name, exc, plan.task_id, start)
@@ -294,6 +304,8 @@ class GroupScheduler:
         if limit is None:
             limit = self.group.max_concurrency
         require_all = plan.require_all_slots or self.group.require_all_slots
+        partial: list[AgentResult[Any] | None] = []
+        self._partial_slots[node.name] = partial
         try:
             slots = await runtime._gather(
                 node.impl,
@@ -302,6 +314,8 @@ class GroupScheduler:
                 fail_fast=require_all,
                 parent=self.parent,
                 trace_id=self.trace_id,
+                ledger=self._ledger,
+                into=partial,
             )
         except Exception as exc:
             return _error_result(node.name, exc, plan.task_id, start)
@@ -446,11 +460,24 @@ class GroupScheduler:
             else f"cancelled with group {self.group.name!r}"
         )
         partial = self._results.get(name)  # finished, but cancelled while routing
+        if partial is not None:
+            usage, attempts = partial.usage, partial.attempts
+        else:
+            # Cut off mid-run: what its tasks had spent (finished fan-out slots included).
+            usage, attempts = ZERO_USAGE, 0
+            finished = self._partial_slots.get(name) or []
+            for slot in finished:
+                if slot is not None:
+                    usage, attempts = usage + slot.usage, attempts + slot.attempts
+            for spec_id in self._spec_ids.get(name, ()):
+                spent = self._ledger.get(spec_id)
+                if spent is not None:
+                    usage, attempts = usage + spent[0], attempts + spent[1]
         return AgentResult._build(
             output=None,
             error=TaskCancelledError(reason),
-            usage=partial.usage if partial is not None else ZERO_USAGE,
-            attempts=partial.attempts if partial is not None else 0,
+            usage=usage,
+            attempts=attempts,
             duration=perf_counter() - start,
             task_id=task_id,
             agent=name,
