@@ -76,8 +76,8 @@ BASELINE = "bare, no events"
 ALL_POLICIES = "retry 3 + timeout 60 s + budget"
 LOG_FILTERED = "LogEventEmitter, structlog ≥ WARNING"
 NOOP_EMITTER = "no-op emitter (every event)"
-SEED_STEP_5 = "MultiEventEmitter([LogEventEmitter(), SSEEventEmitter()]), no clients"
-EMIT_FLOOR = "floor: 2 awaits of a no-op emit per task, no event built"
+SEED_STEP_5 = "seed step 5: Multi([Log, SSE]), no clients"
+EMIT_FLOOR = "floor: 2 no-op emits/task, no event"
 
 
 class NoOpEmitter:
