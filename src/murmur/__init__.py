@@ -25,6 +25,7 @@ from .errors import RuntimeClosedError as RuntimeClosedError
 from .errors import SpawnDepthExceededError as SpawnDepthExceededError
 from .errors import TaskCancelledError as TaskCancelledError
 from .errors import TopologyError as TopologyError
+from .events.buffered import BufferedEmitter as BufferedEmitter
 from .events.log import LogEventEmitter as LogEventEmitter
 from .events.multi import MultiEventEmitter as MultiEventEmitter
 from .events.otel import OpenTelemetryEmitter as OpenTelemetryEmitter
@@ -47,6 +48,7 @@ __all__ = [
     "AgentRuntime",
     "AgentTimeoutError",
     "BudgetExceededError",
+    "BufferedEmitter",
     "CallNext",
     "Edge",
     "ErrorInfo",

@@ -1,5 +1,6 @@
 """Typed runtime events and the emitters that receive them."""
 
+from .buffered import BufferedEmitter as BufferedEmitter
 from .filters import FilteredEmitter as FilteredEmitter
 from .filters import by_agent as by_agent
 from .filters import by_type as by_type
@@ -14,6 +15,7 @@ from .types import EventType as EventType
 from .types import RuntimeEvent as RuntimeEvent
 
 __all__ = [
+    "BufferedEmitter",
     "EventEmitter",
     "EventError",
     "EventType",
