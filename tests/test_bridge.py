@@ -363,3 +363,86 @@ async def test_a_runtime_dropped_on_its_own_bridge_thread_still_stops_it() -> No
     await anyio.to_thread.run_sync(thread.join, HANG_GUARD)
     assert not thread.is_alive()
     assert collected() is None
+
+
+class Abort(BaseException):
+    """Not an Exception: must still cross the bridge, not vanish or kill its loop."""
+
+
+@pytest.mark.parametrize("raised", [Abort("stop"), SystemExit(3), KeyboardInterrupt()])
+async def test_a_base_exception_on_the_asyncio_side_is_re_raised_and_the_bridge_lives_on(
+    runtime: AgentRuntime, raised: BaseException
+) -> None:
+    async def model_fn(messages: list[ModelMessage], info: AgentInfo) -> ModelResponse:
+        raise raised
+
+    async def fine(messages: list[ModelMessage], info: AgentInfo) -> ModelResponse:
+        return ModelResponse(parts=[TextPart("fine")])
+
+    await runtime.run(PydanticAgent(FunctionModel(fine)), TaskSpec(input="warm-up"))
+    bridge = runtime._bridge
+    assert bridge is not None
+    first_thread = bridge.thread
+    assert first_thread is not None
+    with anyio.fail_after(HANG_GUARD), pytest.raises(type(raised)) as caught:
+        await runtime.run(PydanticAgent(FunctionModel(model_fn)), TaskSpec(input="x"))
+    assert caught.value is raised  # the same object, not a success with output None
+    # Raised in a task of pydantic-ai's, SystemExit and KeyboardInterrupt stop the asyncio
+    # loop itself (asyncio re-raises them out of it); elsewhere the loop lives on. Either
+    # way the next bridged call works, on a fresh loop if need be, and no thread is left.
+    with anyio.fail_after(HANG_GUARD):
+        result = await runtime.run(PydanticAgent(FunctionModel(fine)), TaskSpec(input="y"))
+    assert result.unwrap() == "fine"
+    if bridge.thread is not first_thread:
+        await anyio.to_thread.run_sync(first_thread.join, HANG_GUARD)
+        assert not first_thread.is_alive()
+    assert [t for t in bridge_threads() if t.is_alive()] == [bridge.thread]
+
+
+async def test_a_loop_killed_under_a_call_wakes_every_caller_and_a_fresh_loop_follows() -> None:
+    from murmur._bridge import AsyncioBridge
+
+    bridge = AsyncioBridge()
+    stuck = threading.Event()
+
+    async def raise_exit() -> None:
+        raise SystemExit(7)
+
+    async def kills_the_loop() -> None:
+        # SystemExit in a task of its own: asyncio re-raises it out of run_forever().
+        await asyncio.get_running_loop().create_task(raise_exit())
+
+    async def waits() -> None:
+        stuck.set()
+        await asyncio.Event().wait()
+
+    try:
+        outcomes: list[BaseException] = []
+
+        async def call(fn: Any) -> None:
+            try:
+                await bridge.run(fn)
+            except BaseException as exc:  # recording what crossed over
+                outcomes.append(exc)
+
+        with anyio.fail_after(HANG_GUARD):
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(call, waits)
+                await wait_for(stuck)
+                first_thread = bridge.thread
+                assert first_thread is not None
+                tg.start_soon(call, kills_the_loop)
+        # Both callers were woken with the exception that stopped the loop.
+        assert [type(e) for e in outcomes] == [SystemExit, SystemExit]
+        await anyio.to_thread.run_sync(first_thread.join, HANG_GUARD)
+        assert not first_thread.is_alive()
+
+        async def answer() -> int:
+            return 42
+
+        with anyio.fail_after(HANG_GUARD):
+            assert await bridge.run(answer) == 42
+        assert bridge.thread is not first_thread
+    finally:
+        await bridge.aclose()
+    assert not any(t.is_alive() for t in bridge_threads())

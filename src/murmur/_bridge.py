@@ -36,13 +36,15 @@ T = TypeVar("T")
 class _Call:
     """One call's state, touched only on the loop thread once submitted."""
 
-    __slots__ = ("cancel_requested", "error", "task", "value")
+    __slots__ = ("cancel_requested", "error", "task", "value", "wake")
 
-    def __init__(self) -> None:
+    def __init__(self, wake: Callable[[], None]) -> None:
         self.task: asyncio.Task[Any] | None = None
         self.cancel_requested = False
         self.value: Any = None
         self.error: BaseException | None = None
+        #: Tells the waiting caller the call is over; callable from any thread, repeatable.
+        self.wake = wake
 
     def cancel(self) -> None:
         """Ask the asyncio side to stop; runs on the loop thread."""
@@ -81,12 +83,44 @@ class AsyncioBridge:
                 # In a fresh context: the loop's self-pipe handle keeps the context it was
                 # made in, which would otherwise pin the caller's task (and its runtime).
                 loop = contextvars.Context().run(asyncio.new_event_loop)
-                thread = threading.Thread(target=loop.run_forever, name=self._name, daemon=True)
+                thread = threading.Thread(
+                    target=self._run_loop, args=(loop,), name=self._name, daemon=True
+                )
                 thread.start()
                 self._loop, self._thread = loop, thread
             self._calls.add(call)
             asyncio.run_coroutine_threadsafe(coro, self._loop)  # type: ignore[arg-type]
             return self._loop
+
+    def _run_loop(self, loop: asyncio.AbstractEventLoop) -> None:
+        """The loop thread. ``close()`` stops the loop; anything else stopping it is death."""
+        death: BaseException | None = None
+        try:
+            loop.run_forever()
+        except BaseException as exc:  # carried to every waiting caller, re-raised there
+            death = exc
+        if death is None:
+            return
+        # A SystemExit or KeyboardInterrupt raised in a task on this loop (asyncio re-raises
+        # those out of the loop) stopped it. Every call still on it gets that exception,
+        # and the next call starts a fresh loop.
+        with self._lock:
+            calls = list(self._calls)
+            self._calls.clear()
+            if self._loop is loop:
+                self._loop = self._thread = None
+        for call in calls:
+            if call.error is None:
+                call.error = death
+            call.wake()
+        # Give what was left on the loop its cancellation and clean-up, then close it.
+        with contextlib.suppress(BaseException):
+            pending = asyncio.all_tasks(loop)
+            for task in pending:
+                task.cancel()
+            if pending:
+                loop.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
+        loop.close()
 
     async def run(self, fn: Callable[..., Awaitable[T]], *args: Any) -> T:
         """Run ``await fn(*args)`` on the bridge loop and wait for it from Trio."""
@@ -94,23 +128,35 @@ class AsyncioBridge:
 
         token = trio.lowlevel.current_trio_token()
         done = anyio.Event()
-        call = _Call()
+
+        def wake() -> None:
+            # The caller's Trio run may be over already (then nobody waits any more).
+            with contextlib.suppress(trio.RunFinishedError):
+                token.run_sync_soon(done.set)
+
+        call = _Call(wake)
 
         async def on_loop() -> None:
             sniffio.current_async_library_cvar.set("asyncio")
             task = call.task = cast("asyncio.Task[Any]", asyncio.current_task())
             # Wake the Trio side only once the task is over, not from its `finally`: by then
             # the loop no longer runs this coroutine, so it pins nothing the caller drops.
-            task.add_done_callback(lambda _: token.run_sync_soon(done.set))
+            # (Through `wake`, not `call`: the callback must not pin the call's outcome.)
+            task.add_done_callback(lambda _: wake())
             try:
                 if call.cancel_requested:
                     raise asyncio.CancelledError
                 call.value = await fn(*args)
             except asyncio.CancelledError as exc:
-                call.error = exc
+                if call.error is None:  # else the loop died under it: keep why
+                    call.error = exc
                 raise
-            except Exception as exc:
-                call.error = exc
+            except BaseException as exc:
+                # Carried over and re-raised on the Trio side, SystemExit and
+                # KeyboardInterrupt included: left to escape here, they would kill the loop
+                # thread and leave the caller waiting for good.
+                if call.error is None:
+                    call.error = exc
             finally:
                 with self._lock:
                     self._calls.discard(call)

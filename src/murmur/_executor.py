@@ -114,14 +114,17 @@ async def _dispatch(ctx: AgentContext) -> Any:
 
 async def _bridged(bridge: AsyncioBridge, impl: AgentImpl, value: Any, ctx: AgentContext) -> Any:
     """Run an asyncio-only agent on the bridge; children it spawns come back home to run."""
-    error: Exception | None = None
+    error: BaseException | None = None
     output: Any = None
     async with anyio.create_task_group() as task_group:
         ctx.home = HomePortal(task_group)
         try:
             output = await bridge.run(impl.invoke, value, ctx)
-        except Exception as exc:
-            # Raised outside the task group, so it is not wrapped in an exception group.
+        except BaseException as exc:
+            if isinstance(exc, anyio.get_cancelled_exc_class()):
+                raise
+            # Re-raised outside the task group, so it is not wrapped in an exception group
+            # (an agent's SystemExit or KeyboardInterrupt too, as on asyncio).
             error = exc
         finally:
             ctx.home = None
