@@ -114,6 +114,29 @@ async def test_subscriptions_share_one_entry_per_event_so_it_is_rendered_once() 
         assert [e.task_id for e in await take(second, 1)] == ["task-1"]
 
 
+async def test_cancelled_waits_leave_no_waiters_behind() -> None:
+    emitter = SSEEventEmitter()
+    sub = emitter.subscribe()
+    for _ in range(50):
+        with anyio.CancelScope() as scope:
+            scope.cancel()
+            await emitter.wait_for_subscribers(2)
+        with anyio.CancelScope() as scope:
+            scope.cancel()
+            await sub.wait_closed()
+    assert emitter._subscriber_waiters == []
+    assert sub._closed_waiters == []
+    # Waiting still works afterwards (whether the waits start before or after the events).
+    with anyio.fail_after(LIMIT):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(emitter.wait_for_subscribers, 2)
+            second = emitter.subscribe()
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(sub.wait_closed)
+            sub.close()
+    second.close()
+
+
 async def test_an_unknown_event_type_is_refused() -> None:
     emitter = SSEEventEmitter()
     with pytest.raises(ValueError, match=r"unknown event type 'task\.exploded'"):

@@ -106,6 +106,12 @@ class _Waiter:
         await self._event.wait()
 
 
+def _discard(lock: threading.Lock, waiters: list[_Waiter], waiter: _Waiter) -> None:
+    """Forget ``waiter`` if it is still listed (a wait that ended without being woken)."""
+    with lock, contextlib.suppress(ValueError):
+        waiters.remove(waiter)
+
+
 def _wake_all(waiters: list[_Waiter]) -> None:
     for waiter in waiters:
         waiter.set()
@@ -224,7 +230,10 @@ class SSESubscription:
                 return
             waiter = _Waiter()
             self._closed_waiters.append(waiter)
-        await waiter.wait()
+        try:
+            await waiter.wait()
+        finally:
+            _discard(self._lock, self._closed_waiters, waiter)  # when the wait was cancelled
 
     def _end(self) -> list[_Waiter]:
         """Mark it closed (lock held); the waiters to wake once the lock is released."""
@@ -491,7 +500,10 @@ class SSEEventEmitter:
                     return
                 waiter = _Waiter()
                 self._subscriber_waiters.append(waiter)
-            await waiter.wait()
+            try:
+                await waiter.wait()
+            finally:
+                _discard(self._lock, self._subscriber_waiters, waiter)  # if it was cancelled
 
     def close(self) -> None:
         """End every stream (after its queued events) and refuse new ones; idempotent.
