@@ -441,16 +441,46 @@ async def test_retry_after_on_a_429_is_honoured(headers: dict[str, str], expecte
     assert sleep.delays == [pytest.approx(expected)]
 
 
-async def test_retry_after_outranks_max_delay_and_jitter() -> None:
+async def test_retry_after_outranks_the_backoff_and_jitter_up_to_the_cap() -> None:
     sleep = FakeSleep()
     retry = RetryMiddleware(
-        2, backoff_factor=2.0, max_delay=1.0, jitter=0.5, rand=lambda: 0.0, sleep=sleep
+        2, backoff_factor=2.0, max_delay=30.0, jitter=0.5, rand=lambda: 0.0, sleep=sleep
     )
     model, _ = failing_then([http_error(503, headers={"Retry-After": "30"})])
     agent = from_pydantic_ai(PydanticAgent(FunctionModel(model)))
     async with AgentRuntime(middleware=[retry]) as runtime:
         assert (await runtime.run(agent, TaskSpec(input="q"))).is_ok()
     assert sleep.delays == [30.0]
+
+
+async def test_a_retry_after_beyond_max_delay_is_not_waited_for() -> None:
+    """A day's Retry-After must not park a task (its slot, its tokens) for a day."""
+    sleep = FakeSleep()
+    rec = Recorder()
+    retry = RetryMiddleware(3, max_delay=60.0, sleep=sleep)
+    model, calls = failing_then([http_error(429, headers={"Retry-After": "86400"})])
+    agent = from_pydantic_ai(PydanticAgent(FunctionModel(model)))
+    async with AgentRuntime(middleware=[retry], event_emitter=rec) as runtime:
+        result = await runtime.run(agent, TaskSpec(input="q"))
+    assert isinstance(result.error, ModelHTTPError)
+    assert result.attempts == 1
+    assert len(calls) == 1
+    assert sleep.delays == []
+    assert rec.of(EventType.RETRY_SCHEDULED) == []
+    assert any(
+        "asked to wait 86400 s (Retry-After), more than retry_max_delay=60 s" in note
+        for note in result.error.__notes__
+    )
+
+
+async def test_with_no_cap_any_retry_after_is_waited_for() -> None:
+    sleep = FakeSleep()
+    retry = RetryMiddleware(2, max_delay=None, jitter=0.0, sleep=sleep)
+    model, _ = failing_then([http_error(429, headers={"Retry-After": "86400"})])
+    agent = from_pydantic_ai(PydanticAgent(FunctionModel(model)))
+    async with AgentRuntime(middleware=[retry]) as runtime:
+        assert (await runtime.run(agent, TaskSpec(input="q"))).is_ok()
+    assert sleep.delays == [86400.0]
 
 
 async def test_retry_after_set_by_the_provider_without_headers_is_honoured() -> None:
@@ -524,7 +554,7 @@ async def test_cancelling_during_the_runtimes_own_backoff_wait() -> None:
         calls += 1
         raise ModelHTTPError(429, "test-model", headers={"Retry-After": "3600"})
 
-    options = RuntimeOptions(retry_max_attempts=3)
+    options = RuntimeOptions(retry_max_attempts=3, retry_max_delay=None)
     async with AgentRuntime(options=options, event_emitter=recorder) as runtime:
         with anyio.CancelScope() as scope:
             async with anyio.create_task_group() as tg:

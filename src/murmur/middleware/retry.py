@@ -73,6 +73,7 @@ class RetryMiddleware:
     (no wait when the factor is 0), capped at ``max_delay``, then spread by ``jitter``
     (a fraction: the wait is multiplied by a uniform factor in [1 - jitter, 1 + jitter]).
     A ``Retry-After`` header on the failure is honoured: the wait is at least that long.
+    One longer than ``max_delay`` is not waited for: the failure is then not retried.
     Waits are cancellable and happen inside the task, so they never outlive it.
 
     When every attempt fails, the last error is raised; the earlier ones are reachable
@@ -139,6 +140,16 @@ class RetryMiddleware:
                             f"murmur: attempt {attempt} of {self.max_attempts} failed; earlier: "
                             + "; ".join(f"{type(e).__name__}: {e}" for e in failures[:-1])
                         )
+                    raise
+                hinted = retry_after_seconds(error)
+                if hinted is not None and self.max_delay is not None and hinted > self.max_delay:
+                    # Waiting less than the server asked is futile, waiting more than the
+                    # cap is not allowed: it fails now (a day's Retry-After must not park
+                    # the task, its concurrency slot and its token reservation for a day).
+                    error.add_note(
+                        f"murmur: not retried: the server asked to wait {hinted:g} s "
+                        f"(Retry-After), more than retry_max_delay={self.max_delay:g} s"
+                    )
                     raise
                 delay = self.delay_after(attempt, error)
             await ctx.emit(
