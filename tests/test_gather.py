@@ -367,6 +367,32 @@ async def test_fail_fast_results_keep_what_cut_off_tasks_had_spent(runtime: Agen
     assert (never.usage.total_tokens, never.attempts, never.duration) == (0, 0, 0.0)
 
 
+async def test_fail_fast_accounts_for_each_run_of_a_repeated_task_spec(
+    runtime: AgentRuntime,
+) -> None:
+    runs = 0
+    both_in = anyio.Event()
+
+    async def agent(value: str, ctx: AgentContext) -> str:
+        nonlocal runs
+        if value == "fail":
+            await both_in.wait()
+            raise RuntimeError("first failure")
+        runs += 1
+        ctx.report_usage(input_tokens=runs)  # 1 for the first run, 2 for the second
+        if runs == 2:
+            both_in.set()
+        await anyio.Event().wait()
+        return value
+
+    same = TaskSpec(input="same")  # one spec, one task id, handed in twice
+    results = await runtime.gather(agent, [same, same, TaskSpec(input="fail")], fail_fast=True)
+    assert [r.task_id for r in results[:2]] == [same.task_id, same.task_id]
+    assert all(isinstance(r.error, TaskCancelledError) for r in results[:2])
+    # Each slot has what its own run spent: nothing counted twice, nothing lost.
+    assert sorted(r.usage.input_tokens for r in results[:2]) == [1, 2]
+
+
 async def test_fail_fast_never_starts_queued_tasks(runtime: AgentRuntime) -> None:
     started: list[int] = []
 

@@ -17,7 +17,11 @@ if TYPE_CHECKING:
     from ._runtime import AgentRuntime
     from .groups import AgentGroup, GroupResult
 
-__all__ = ["AgentContext", "CallOrigin", "current_context"]
+__all__ = ["AgentContext", "CallOrigin", "Ledger", "current_context"]
+
+#: What tasks cut off mid-run had spent, by task id: (usage, attempts, seconds) per task
+#: (a list: one batch may hold several tasks with the same id).
+Ledger = dict[str, list[tuple[Usage, int, float]]]
 
 
 class CallOrigin:
@@ -57,7 +61,7 @@ class CallOrigin:
         self.bridge = bridge
         #: Set by a caller that builds results for tasks cancelled mid-run (``fail_fast``):
         #: the executor records what each spent there, by task id (usage, attempts, seconds).
-        self.cancelled: dict[str, tuple[Usage, int, float]] | None = None
+        self.cancelled: Ledger | None = None
         #: Every field of this call's task events in order, the shared ones filled in: a task
         #: event is a copy of it with the per-event fields set (cheaper than building anew).
         self.event_template: dict[str, Any] = {

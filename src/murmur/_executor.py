@@ -71,7 +71,8 @@ class Executor:
                 duration = perf_counter() - start
                 if origin.cancelled is not None:
                     # What it spent is not lost: the caller puts it in the task's result.
-                    origin.cancelled[task.task_id] = (ctx.usage, ctx.attempt, duration)
+                    spent = (ctx.usage, ctx.attempt, duration)
+                    origin.cancelled.setdefault(task.task_id, []).append(spent)
                 if _CANCELLED in wants:
                     # Report the cancellation, then let it go on: never swallowed.
                     with anyio.CancelScope(shield=True):

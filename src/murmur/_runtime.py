@@ -14,7 +14,7 @@ import structlog
 
 from ._agents import AgentImpl, AgentLike, resolve_agent
 from ._bridge import AsyncioBridge
-from ._context import AgentContext, CallOrigin
+from ._context import AgentContext, CallOrigin, Ledger
 from ._executor import Executor
 from ._options import RuntimeOptions
 from ._pipeline import Stage
@@ -208,7 +208,7 @@ class AgentRuntime:
         *,
         parent: AgentContext | None,
         trace_id: str | None = None,
-        ledger: dict[str, tuple[Usage, int, float]] | None = None,
+        ledger: Ledger | None = None,
     ) -> AgentResult[Any]:
         """``run``; a ``ledger`` receives what the task spent if it is cancelled mid-run."""
         impl = resolve_agent(agent)
@@ -230,7 +230,7 @@ class AgentRuntime:
         fail_fast: bool,
         parent: AgentContext | None,
         trace_id: str | None = None,
-        ledger: dict[str, tuple[Usage, int, float]] | None = None,
+        ledger: Ledger | None = None,
         into: list[AgentResult[Any] | None] | None = None,
     ) -> list[AgentResult[Any]]:
         """``gather``. For a caller that may cancel it (a group): ``ledger`` receives what
@@ -322,7 +322,8 @@ class AgentRuntime:
                 if slot is None:
                     task_id = specs[i].task_id
                     # Cut off mid-run: what it had spent so far; never started: nothing.
-                    usage, attempts, duration = spent.get(task_id, _NOTHING_SPENT)
+                    entries = spent.get(task_id)
+                    usage, attempts, duration = entries.pop(0) if entries else _NOTHING_SPENT
                     results[i] = AgentResult._build(
                         output=None,
                         error=TaskCancelledError(

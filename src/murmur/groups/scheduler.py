@@ -23,7 +23,7 @@ import anyio
 import anyio.abc
 import anyio.lowlevel
 
-from .._context import AgentContext
+from .._context import AgentContext, Ledger
 from .._types import ZERO_USAGE, AgentResult, TaskSpec, Usage, new_task_id
 from ..errors import AgentError, TaskCancelledError
 from ..events.types import EventType
@@ -110,7 +110,7 @@ class GroupScheduler:
         self._started: dict[str, tuple[str, float]] = {}
         # For nodes cancelled mid-run (fail_fast): what their tasks had spent, by task id,
         # and the slots a fanned-out node had finished.
-        self._ledger: dict[str, tuple[Usage, int, float]] = {}
+        self._ledger: Ledger = {}
         self._partial_slots: dict[str, list[AgentResult[Any] | None]] = {}
         self._spec_ids: dict[str, list[str]] = {}
         self._first_failure: str | None = None
@@ -469,10 +469,9 @@ class GroupScheduler:
             for slot in finished:
                 if slot is not None:
                     usage, attempts = usage + slot.usage, attempts + slot.attempts
-            for spec_id in self._spec_ids.get(name, ()):
-                spent = self._ledger.get(spec_id)
-                if spent is not None:
-                    usage, attempts = usage + spent[0], attempts + spent[1]
+            for spec_id in set(self._spec_ids.get(name, ())):
+                for spent_usage, spent_attempts, _ in self._ledger.get(spec_id, ()):
+                    usage, attempts = usage + spent_usage, attempts + spent_attempts
         return AgentResult._build(
             output=None,
             error=TaskCancelledError(reason),
