@@ -8,7 +8,7 @@ from functools import partial
 from time import time as _now
 from typing import TYPE_CHECKING, Any
 
-from ._types import ZERO_USAGE, AgentResult, TaskSpec, Usage
+from ._types import ZERO_USAGE, AgentResult, TaskSpec, Usage, new_task_id
 from .events.types import EventError, EventType, RuntimeEvent, _trusted_event
 
 if TYPE_CHECKING:
@@ -29,11 +29,13 @@ class CallOrigin:
 
     __slots__ = (
         "bridge",
+        "call_id",
         "cancelled",
         "depth",
         "emit",
         "event_template",
         "parent",
+        "parent_call_id",
         "runtime",
         "trace_id",
         "wants",
@@ -48,6 +50,7 @@ class CallOrigin:
         parent: AgentContext | None,
         bridge: AsyncioBridge | None,
         wants: frozenset[EventType],
+        parent_call_id: str | None = None,
     ) -> None:
         self.runtime = runtime
         #: The event types the runtime's emitter wants; others are never built.
@@ -59,6 +62,10 @@ class CallOrigin:
         self.depth = depth
         self.parent = parent
         self.bridge = bridge
+        #: This call's own id in events (a batch's tasks share it with the batch events),
+        #: and the enclosing call's (a group's, for the calls running its nodes).
+        self.call_id = new_task_id() if wants else None
+        self.parent_call_id = parent_call_id
         #: Set by a caller that builds results for tasks cancelled mid-run (``fail_fast``):
         #: the executor records what each spent there, by task id (usage, attempts, seconds).
         self.cancelled: Ledger | None = None
@@ -70,6 +77,8 @@ class CallOrigin:
             "trace_id": trace_id,
             "task_id": None,
             "parent_task_id": None if parent is None else parent.task.task_id,
+            "call_id": self.call_id,
+            "parent_call_id": parent_call_id,
             "agent": None,
             "depth": depth,
             "attempt": None,

@@ -6,6 +6,7 @@ import weakref
 from collections.abc import Iterable, Sequence
 from functools import partial
 from time import perf_counter
+from time import time as _now
 from typing import Any
 
 import anyio
@@ -27,6 +28,7 @@ from .events.types import (
     EventError,
     EventType,
     RuntimeEvent,
+    _trusted_event,
     emitter_stages,
     wanted_types,
 )
@@ -209,6 +211,7 @@ class AgentRuntime:
         parent: AgentContext | None,
         trace_id: str | None = None,
         ledger: Ledger | None = None,
+        parent_call_id: str | None = None,
     ) -> AgentResult[Any]:
         """``run``; a ``ledger`` receives what the task spent if it is cancelled mid-run."""
         impl = resolve_agent(agent)
@@ -217,7 +220,7 @@ class AgentRuntime:
                 f"task must be a murmur.TaskSpec, got {type(task).__name__}; "
                 "wrap the input as TaskSpec(input=...)"
             )
-        origin = self._origin(impl, parent, trace_id)
+        origin = self._origin(impl, parent, trace_id, parent_call_id)
         origin.cancelled = ledger
         return await self._transport.submit(impl, task, origin)
 
@@ -232,6 +235,7 @@ class AgentRuntime:
         trace_id: str | None = None,
         ledger: Ledger | None = None,
         into: list[AgentResult[Any] | None] | None = None,
+        parent_call_id: str | None = None,
     ) -> list[AgentResult[Any]]:
         """``gather``. For a caller that may cancel it (a group): ``ledger`` receives what
         tasks cut off mid-run had spent, and ``into`` (a list) the results as they come."""
@@ -250,7 +254,7 @@ class AgentRuntime:
                     f"tasks[{index}] must be a murmur.TaskSpec, got {type(spec).__name__}; "
                     "wrap each input as TaskSpec(input=...)"
                 )
-        origin = self._origin(impl, parent, trace_id)
+        origin = self._origin(impl, parent, trace_id, parent_call_id)
         if ledger is not None or fail_fast:
             origin.cancelled = {} if ledger is None else ledger
         count = len(specs)
@@ -348,9 +352,14 @@ class AgentRuntime:
         return results  # type: ignore[return-value]
 
     def _origin(
-        self, impl: AgentImpl | None, parent: AgentContext | None, trace_id: str | None = None
+        self,
+        impl: AgentImpl | None,
+        parent: AgentContext | None,
+        trace_id: str | None = None,
+        parent_call_id: str | None = None,
     ) -> CallOrigin:
-        """What one call's tasks share; ``trace_id`` continues a trace (e.g. a group's)."""
+        """What one call's tasks share; ``trace_id`` continues a trace (e.g. a group's), and
+        ``parent_call_id`` names the call it runs for (a group's, for its nodes' calls)."""
         self._check_open()
         bridge = None
         if impl is not None and impl.asyncio_only and sniffio.current_async_library() != "asyncio":
@@ -364,6 +373,7 @@ class AgentRuntime:
                 parent=None,
                 bridge=bridge,
                 wants=ALL_EVENT_TYPES if wanted is None else wanted,
+                parent_call_id=parent_call_id,
             )
         return CallOrigin(
             self,
@@ -372,6 +382,7 @@ class AgentRuntime:
             parent=parent,
             bridge=bridge,
             wants=parent.origin.wants,
+            parent_call_id=parent_call_id,
         )
 
     def _asyncio_bridge(self) -> AsyncioBridge:
@@ -414,22 +425,16 @@ class AgentRuntime:
         """An event about a whole call (a batch, a group) or a group node, not one attempt."""
         if type not in origin.wants:
             return
-        parent = origin.parent
-        await self._emit(
-            RuntimeEvent._build(
-                type,
-                origin.trace_id,
-                task_id,
-                None if parent is None else parent.task.task_id,
-                agent,
-                origin.depth,
-                None,
-                duration,
-                usage,
-                None if error is None else EventError.from_exception(error),
-                data,
-            )
-        )
+        values = origin.event_template.copy()
+        values["type"] = type
+        values["timestamp"] = _now()
+        values["task_id"] = task_id
+        values["agent"] = agent
+        values["duration"] = duration
+        values["usage"] = usage
+        values["error"] = None if error is None else EventError.from_exception(error)
+        values["data"] = data
+        await self._emit(_trusted_event(values))
 
     def _check_open(self) -> None:
         if self._closed:

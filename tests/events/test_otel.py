@@ -7,6 +7,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
+import anyio
 import pytest
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import HistogramDataPoint, InMemoryMetricReader
@@ -485,3 +486,85 @@ async def test_without_task_events_the_stage_passes_through(otel: Otel) -> None:
         results = await rt.gather(echo_int, [TaskSpec(input=1)])
     assert results[0].unwrap() == 1
     assert otel.emitter.open_spans == 1  # the batch span: its end was filtered out too
+
+
+# --- batches and groups are told apart by their call ids --------------------------------
+
+
+async def test_two_concurrent_batches_of_one_agent_under_one_parent_keep_their_tasks(
+    otel: Otel,
+) -> None:
+    release = anyio.Event()
+
+    async def writer(x: int) -> int:
+        if x >= 10:  # the slow batch's tasks wait until the fast batch is over
+            await release.wait()
+        return x
+
+    async def planner(n: int, ctx: AgentContext) -> int:
+        async def slow() -> None:
+            await ctx.gather(writer, [TaskSpec(input=10), TaskSpec(input=11)])
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(slow)
+            await anyio.lowlevel.checkpoint()
+            await ctx.gather(writer, [TaskSpec(input=1)])  # fast: over while slow waits
+            release.set()
+        return n
+
+    async with AgentRuntime(event_emitter=otel.emitter) as rt:
+        assert (await rt.run(planner, TaskSpec(input=0))).unwrap() == 0
+    assert otel.emitter.open_spans == 0
+    batches = {
+        s.attributes["murmur.size"]: s
+        for s in otel.spans()
+        if s.name == "gather writer" and s.attributes
+    }
+    assert set(batches) == {1, 2}
+    children = {
+        size: [
+            s
+            for s in otel.spans()
+            if s.name == "invoke_agent writer"
+            and s.parent is not None
+            and s.parent.span_id == batch.context.span_id
+        ]
+        for size, batch in batches.items()
+    }
+    assert {size: len(tasks) for size, tasks in children.items()} == {1: 1, 2: 2}
+    # Each batch span ended with its own batch: the fast one first.
+    fast, slow = batches[1], batches[2]
+    assert fast.end_time is not None
+    assert slow.end_time is not None
+    assert fast.end_time <= slow.end_time
+    assert all(not (s.attributes or {}).get("murmur.span.incomplete") for s in otel.spans())
+
+
+async def test_a_fanned_out_node_batch_is_a_child_of_its_group_span(otel: Otel) -> None:
+    from pydantic import BaseModel
+
+    from murmur import AgentGroup, Edge, FanOut
+
+    class Items(BaseModel):
+        items: FanOut[list[int]]
+
+    async def split(n: int) -> Items:
+        return Items(items=list(range(n)))
+
+    async def worker(item: int) -> int:
+        return item
+
+    group = AgentGroup(name="g", topology={split: Edge(to=(worker,)), worker: Edge.terminal()})
+    async with AgentRuntime(event_emitter=otel.emitter) as rt:
+        assert (await rt.run_group(group, TaskSpec(input=3))).is_ok()
+    group_span = otel.span("group g")
+    batch = otel.span("gather worker")
+    assert batch.parent is not None
+    assert batch.parent.span_id == group_span.context.span_id
+    workers = [s for s in otel.spans() if s.name == "invoke_agent worker"]
+    assert len(workers) == 3
+    assert all(w.parent and w.parent.span_id == batch.context.span_id for w in workers)
+    split_span = otel.span("invoke_agent split")
+    assert split_span.parent is not None
+    assert split_span.parent.span_id == group_span.context.span_id
+    assert len({s.context.trace_id for s in otel.spans()}) == 1

@@ -80,8 +80,11 @@ _WANTED: Final = frozenset(
 
 #: Open spans are keyed ("task", trace_id, task_id) or ("batch" | "group", serial number).
 _Key = tuple[Any, ...]
-#: Batches and groups are found by ("batch", trace_id, parent_task_id, agent) or
-#: ("group", trace_id, parent_task_id): what their tasks' events carry too.
+#: Batches and groups are found by their call: ("batch" | "group", call_id), which their
+#: tasks' events carry as ``call_id`` (a batch's tasks) or ``parent_call_id`` (a group's
+#: nodes). Events without call ids (made by hand, or by an older producer) fall back to
+#: ("batch", trace_id, parent_task_id, agent) and ("group", trace_id, parent_task_id),
+#: which cannot tell apart two concurrent batches of one agent under one parent.
 _Slot = tuple[str | None, ...]
 
 
@@ -94,10 +97,23 @@ class _Open:
 
 
 def _batch_slot(event: RuntimeEvent) -> _Slot:
+    """A batch event's batch, or a task event's (if the task is part of one)."""
+    if event.call_id is not None:
+        return ("batch", event.call_id)
     return ("batch", event.trace_id, event.parent_task_id, event.agent)
 
 
 def _group_slot(event: RuntimeEvent) -> _Slot:
+    """A group or node event's group."""
+    if event.call_id is not None:
+        return ("group", event.call_id)
+    return ("group", event.trace_id, event.parent_task_id)
+
+
+def _enclosing_group(event: RuntimeEvent) -> _Slot | None:
+    """The group a task or batch runs for, as one of its nodes (``None``: none)."""
+    if event.call_id is not None:
+        return None if event.parent_call_id is None else ("group", event.parent_call_id)
     return ("group", event.trace_id, event.parent_task_id)
 
 
@@ -254,9 +270,10 @@ class OpenTelemetryEmitter:
                 attributes[name] = value
         trace_id, parent_id = event.trace_id, event.parent_task_id
         with self._lock:
+            group = _enclosing_group(event)
             parent = (
                 self._latest(_batch_slot(event))
-                or self._latest(_group_slot(event))
+                or (None if group is None else self._latest(group))
                 or self._span(("task", trace_id, parent_id) if parent_id is not None else None)
             )
         name = _OPERATION if event.agent is None else f"{_OPERATION} {event.agent}"
@@ -339,8 +356,12 @@ class OpenTelemetryEmitter:
         if event.parent_task_id is not None:
             attributes["murmur.parent_task_id"] = event.parent_task_id
         parent_id = event.parent_task_id
+        group = _enclosing_group(event) if slot[0] == "batch" else None
         with self._lock:
-            parent = self._span(("task", event.trace_id, parent_id)) if parent_id else None
+            # A node's batch belongs to its group; otherwise to the task that spawned it.
+            parent = (None if group is None else self._latest(group)) or (
+                self._span(("task", event.trace_id, parent_id)) if parent_id else None
+            )
             self._serial += 1
             key = (slot[0], self._serial)
         span = self._start(name, parent, attributes, event.timestamp)

@@ -68,6 +68,8 @@ class RuntimeEvent(BaseModel):
     trace_id: str | None = None
     task_id: str | None = None
     parent_task_id: str | None = None
+    call_id: str | None = None
+    parent_call_id: str | None = None
     agent: str | None = None
     depth: int = 0
     attempt: int | None = None
@@ -90,6 +92,9 @@ class RuntimeEvent(BaseModel):
         usage: Usage | None,
         error: EventError | None,
         data: dict[str, Any],
+        *,
+        call_id: str | None = None,
+        parent_call_id: str | None = None,
     ) -> RuntimeEvent:
         """Trusted constructor for the runtime's hot path (no validation, all fields given)."""
         build: Callable[[dict[str, Any]], RuntimeEvent] = (
@@ -102,6 +107,8 @@ class RuntimeEvent(BaseModel):
                 "trace_id": trace_id,
                 "task_id": task_id,
                 "parent_task_id": parent_task_id,
+                "call_id": call_id,
+                "parent_call_id": parent_call_id,
                 "agent": agent,
                 "depth": depth,
                 "attempt": attempt,

@@ -297,6 +297,7 @@ class GroupScheduler:
                     parent=self.parent,
                     trace_id=self.trace_id,
                     ledger=self._ledger,
+                    parent_call_id=self._origin.call_id,
                 )
             except Exception as exc:  # e.g. the runtime was closed under the group
                 return _error_result(node.name, exc, plan.task_id, start)
@@ -316,6 +317,7 @@ class GroupScheduler:
                 trace_id=self.trace_id,
                 ledger=self._ledger,
                 into=partial,
+                parent_call_id=self._origin.call_id,
             )
         except Exception as exc:
             return _error_result(node.name, exc, plan.task_id, start)
