@@ -260,8 +260,7 @@ class AgentContext:
         home = self.home
         if home is not None and home.is_away():
             return await home.run(partial(self.run, agent, task))
-        await self._spawned(agent, 1)
-        return await self._origin.runtime._run(agent, task, parent=self)
+        return await self._origin.runtime._run(agent, task, parent=self, announce=True)
 
     async def gather(
         self,
@@ -279,11 +278,13 @@ class AgentContext:
                     self.gather, agent, tasks, max_concurrency=max_concurrency, fail_fast=fail_fast
                 )
             )
-        if not isinstance(tasks, (list, tuple)):
-            tasks = list(tasks)
-        await self._spawned(agent, len(tasks))
         return await self._origin.runtime._gather(
-            agent, tasks, max_concurrency=max_concurrency, fail_fast=fail_fast, parent=self
+            agent,
+            tasks,
+            max_concurrency=max_concurrency,
+            fail_fast=fail_fast,
+            parent=self,
+            announce=True,
         )
 
     async def run_group(self, group: AgentGroup, task: TaskSpec) -> GroupResult:
@@ -293,10 +294,10 @@ class AgentContext:
             return await home.run(partial(self.run_group, group, task))
         return await self._origin.runtime.run_group(group, task, parent=self)
 
-    async def _spawned(self, agent: AgentLike, count: int) -> None:
+    async def _spawned(self, agent: str, count: int) -> None:
+        """Report a spawn of ``count`` tasks of ``agent`` (once the call's input is valid)."""
         if EventType.CHILD_SPAWNED in self._origin.wants:
-            name = getattr(agent, "name", None) or getattr(agent, "__name__", None)
-            await self.emit(EventType.CHILD_SPAWNED, data={"child_agent": name, "tasks": count})
+            await self.emit(EventType.CHILD_SPAWNED, data={"child_agent": agent, "tasks": count})
 
     def __repr__(self) -> str:
         return (

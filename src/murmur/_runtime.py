@@ -212,14 +212,18 @@ class AgentRuntime:
         trace_id: str | None = None,
         ledger: Ledger | None = None,
         parent_call_id: str | None = None,
+        announce: bool = False,
     ) -> AgentResult[Any]:
-        """``run``; a ``ledger`` receives what the task spent if it is cancelled mid-run."""
+        """``run``; a ``ledger`` receives what the task spent if it is cancelled mid-run;
+        ``announce``: a spawn by ``parent``, reported once the input is known to be valid."""
         impl = resolve_agent(agent)
         if not isinstance(task, TaskSpec):
             raise TypeError(
                 f"task must be a murmur.TaskSpec, got {type(task).__name__}; "
                 "wrap the input as TaskSpec(input=...)"
             )
+        if announce and parent is not None:
+            await parent._spawned(impl.name, 1)
         origin = self._origin(impl, parent, trace_id, parent_call_id)
         origin.cancelled = ledger
         return await self._transport.submit(impl, task, origin)
@@ -236,6 +240,7 @@ class AgentRuntime:
         ledger: Ledger | None = None,
         into: list[AgentResult[Any] | None] | None = None,
         parent_call_id: str | None = None,
+        announce: bool = False,
     ) -> list[AgentResult[Any]]:
         """``gather``. For a caller that may cancel it (a group): ``ledger`` receives what
         tasks cut off mid-run had spent, and ``into`` (a list) the results as they come."""
@@ -254,6 +259,8 @@ class AgentRuntime:
                     f"tasks[{index}] must be a murmur.TaskSpec, got {type(spec).__name__}; "
                     "wrap each input as TaskSpec(input=...)"
                 )
+        if announce and parent is not None:
+            await parent._spawned(impl.name, len(specs))
         origin = self._origin(impl, parent, trace_id, parent_call_id)
         if ledger is not None or fail_fast:
             origin.cancelled = {} if ledger is None else ledger

@@ -133,6 +133,30 @@ async def test_spawned_children_share_trace_and_point_at_parent() -> None:
     assert len({e.trace_id for e in rec.events}) == 1
 
 
+async def test_a_spawn_refused_for_bad_input_is_not_reported_as_a_spawn() -> None:
+    rec = Recorder()
+    refusals: list[str] = []
+
+    async def parent(x: int, ctx: AgentContext) -> int:
+        for attempt in (
+            lambda: ctx.run(echo, x),  # type: ignore[arg-type]
+            lambda: ctx.gather(echo, [TaskSpec(input=x), x]),  # type: ignore[list-item]
+            lambda: ctx.gather(echo, [TaskSpec(input=x)], max_concurrency=0),
+        ):
+            try:
+                await attempt()
+            except (TypeError, ValueError) as exc:
+                refusals.append(type(exc).__name__)
+        await ctx.gather(echo, [TaskSpec(input=x), TaskSpec(input=x)])
+        return x
+
+    async with AgentRuntime(event_emitter=rec) as rt:
+        assert (await rt.run(parent, TaskSpec(input=1))).unwrap() == 1
+    assert refusals == ["TypeError", "TypeError", "ValueError"]
+    (spawned,) = rec.of(EventType.CHILD_SPAWNED)  # only the valid gather
+    assert spawned.data == {"child_agent": "echo", "tasks": 2}
+
+
 async def test_budget_exceeded_event_precedes_the_error_result() -> None:
     rec = Recorder()
 

@@ -30,7 +30,7 @@ class MultiEventEmitter:
     want is read when the emitter is made and again each time its own ``event_types()`` is
     asked, which the runtime does once per top-level call; so, like the runtime itself, a
     fan-out follows a child whose wishes change (a ``LogEventEmitter`` after
-    ``structlog.configure``) from the next call on.
+    ``structlog.configure``) from the next call on (also for calls already running).
     """
 
     def __init__(self, emitters: Iterable[EventEmitter]) -> None:
