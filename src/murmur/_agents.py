@@ -132,6 +132,7 @@ class PydanticAIAgent(AgentImpl):
                     f"agent {self.name!r} has used the {cap} tokens reserved for its task"
                 )
             limits = UsageLimits(total_tokens_limit=left)
+            ctx._capped_run = (limits, usage)
         try:
             result = await self.agent.run(
                 render_prompt(value),
@@ -146,6 +147,7 @@ class PydanticAIAgent(AgentImpl):
                 ) from exc
             raise
         finally:
+            ctx._capped_run = None
             ctx.report_usage(Usage.from_pydantic_ai(usage))
         return result.output
 

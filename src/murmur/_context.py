@@ -98,6 +98,7 @@ class AgentContext:
     """
 
     __slots__ = (
+        "_capped_run",
         "_input_tokens",
         "_origin",
         "_output_tokens",
@@ -127,6 +128,9 @@ class AgentContext:
         self._requests = 0
         self._tool_calls = 0
         self._state: dict[str, Any] | None = None
+        #: While a capped pydantic-ai run is in flight: its (UsageLimits, RunUsage), which
+        #: children that borrow from this task's reservation share.
+        self._capped_run: tuple[Any, Any] | None = None
 
     @property
     def agent(self) -> str:

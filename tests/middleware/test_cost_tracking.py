@@ -470,6 +470,71 @@ async def test_a_pydantic_ai_tool_spawns_children_inside_the_budget() -> None:
     assert budget.reserved == 0
 
 
+def delegating_parent(
+    child: Any, *, first: int, final: int, seen: list[AgentResult[Any]]
+) -> murmur.Agent:
+    """A pydantic-ai parent whose first response (``first`` tokens) calls a tool that runs
+    ``child``; its answer after the tool costs ``final`` tokens."""
+
+    async def delegate(ctx: RunContext[AgentContext]) -> str:
+        result = await ctx.deps.run(child, TaskSpec(input="work"))
+        seen.append(result)
+        return str(result.output)
+
+    async def model(messages: list[ModelMessage], info: AgentInfo) -> ModelResponse:
+        last = messages[-1].parts[-1]
+        if last.part_kind == "tool-return":
+            response = ModelResponse(parts=[TextPart(f"child said: {last.content}")])
+            response.usage = tokens(final)
+        else:
+            response = ModelResponse(parts=[ToolCallPart("delegate", {})])
+            response.usage = tokens(first)
+        return response
+
+    return murmur.Agent(name="parent", model=FunctionModel(model), tools=(delegate,))
+
+
+async def test_a_pydantic_ai_parent_and_its_borrowing_child_share_one_reservation() -> None:
+    """The parent's run and the child it spawns from a tool draw on one allowance.
+
+    Limit 100, all of it the parent's reservation. The parent's first response costs 60,
+    then its tool spawns a child that would spend 80 (four responses of 20). The child may
+    borrow only the 40 the parent's run has left; it is cut off after one response over,
+    and the parent's run then has nothing left. Every run stays within its share plus its
+    last response: never the ~2x of two separately capped runs (60 + 80 + 5 = 145).
+    """
+    budget = TokenBudget(limit=100, reserve_per_task=100)
+    child = from_pydantic_ai(stepping_agent(per_response=20, tool_calls=3), name="child")
+    seen: list[AgentResult[Any]] = []
+    parent = delegating_parent(child, first=60, final=5, seen=seen)
+    async with AgentRuntime(options=RuntimeOptions(token_budget=budget)) as runtime:
+        result = await runtime.run(parent, TaskSpec(input="go"))
+    (borrowed,) = seen
+    assert isinstance(borrowed.error, BudgetExceededError)  # capped at the 40 left
+    assert borrowed.usage.total_tokens == 60  # 40, plus the response that went over
+    # Nothing is left for the parent: pydantic-ai stops its run before the next request.
+    assert isinstance(result.error, BudgetExceededError)
+    assert result.usage.total_tokens == 60
+    # Within the limit plus the child's one response over, and no more.
+    assert budget.used == 120
+    assert budget.used <= budget.limit + 20
+    assert budget.reserved == 0
+
+
+async def test_borrowing_leaves_the_parent_what_its_child_did_not_spend() -> None:
+    budget = TokenBudget(limit=100, reserve_per_task=100)
+    child = from_pydantic_ai(stepping_agent(per_response=10, tool_calls=1), name="child")
+    seen: list[AgentResult[Any]] = []
+    # 40 (the parent) + 20 (the child) + 30 (the parent's answer) fits in 100.
+    parent = delegating_parent(child, first=40, final=30, seen=seen)
+    async with AgentRuntime(options=RuntimeOptions(token_budget=budget)) as runtime:
+        result = await runtime.run(parent, TaskSpec(input="go"))
+    assert result.unwrap() == "child said: answered after 1 steps"
+    assert seen[0].usage.total_tokens == 20
+    assert budget.used == 40 + 20 + 30
+    assert budget.reserved == 0
+
+
 async def test_charges_from_other_threads_are_never_lost_while_tasks_settle() -> None:
     """Tasks reserve and settle lock-free on the loop; charge() from threads keeps its count."""
     budget = TokenBudget(limit=10**9, reserve_per_task=100)

@@ -28,6 +28,9 @@ and wait for them: that would deadlock). A child takes a full ``reserve_per_task
 free; otherwise it borrows from its parent's reservation, waiting only for siblings that
 borrowed before it, and is refused once that is spent. What borrowers use is charged with
 the parent, so in the bound above a task's ``usage`` includes its borrowing children's.
+When the parent is inside a capped pydantic-ai run (a tool spawned the children), the pool
+is that run's cap itself: each child's reservation comes off it and the unspent part goes
+back, so the parent's run and its children share one allowance.
 """
 
 from __future__ import annotations
@@ -220,9 +223,22 @@ class CostTrackingMiddleware:
                 if lent is not None:
                     spent += lent.used
             pool.settle(reservation, spent)
+            if pool is not budget and parent is not None and parent.token_cap is not None:
+                # What a borrower spent is gone from its parent's reservation for good.
+                parent.token_cap -= spent
 
     def _lender(self, parent: AgentContext) -> TokenBudget:
         lent = self._lenders.get(parent)
+        run = parent._capped_run
+        if run is not None:
+            # The parent is inside a capped pydantic-ai run (its tool spawned us): the run's
+            # cap is the pool, shared with its children, so together they stay within it.
+            if not isinstance(lent, _RunPool) or lent.limits is not run[0]:
+                spent_before = 0 if lent is None else lent.used
+                lent = _RunPool(run[0], run[1], self.budget.reserve_per_task, parent.agent)
+                lent.carry(spent_before)
+                self._lenders[parent] = lent
+            return lent
         if lent is None:
             left = (parent.token_cap or 0) - parent.usage.total_tokens
             if left < 1:
@@ -232,6 +248,44 @@ class CostTrackingMiddleware:
             reserve = min(left, self.budget.reserve_per_task)
             lent = self._lenders[parent] = TokenBudget(left, reserve_per_task=reserve)
         return lent
+
+
+class _RunPool(TokenBudget):
+    """A parent's capped pydantic-ai run, lending what is left of its cap to its children.
+
+    A child's reservation comes off the run's cap (``UsageLimits.total_tokens_limit``,
+    which pydantic-ai checks after each response), and what it did not spend goes back when
+    it settles: the parent's run and its borrowing children share one allowance. Siblings
+    wait for each other as in a ``TokenBudget``; ``used`` is what the children spent.
+    """
+
+    def __init__(self, limits: Any, usage: Any, share: int, agent: str) -> None:
+        super().__init__(1, reserve_per_task=share)  # `limit` unused: the run's cap rules
+        self.limits = limits
+        self._run_usage = usage
+        self._agent = agent
+
+    def carry(self, used: int) -> None:
+        """Count what children of an earlier attempt of the parent spent."""
+        self._used += used
+
+    def try_reserve(self) -> int | None:
+        free = self.limits.total_tokens_limit - self._run_usage.total_tokens
+        if free >= self.reserve_per_task or (free > 0 and self._holders == 0):
+            granted = min(free, self.reserve_per_task)
+            self.limits.total_tokens_limit -= granted
+            self._reserved += granted
+            self._holders += 1
+            return int(granted)
+        if self._holders == 0:
+            raise BudgetExceededError(
+                f"agent {self._agent!r} has spent the tokens reserved for it and its children"
+            )
+        return None
+
+    def settle(self, reservation: int, used: int) -> None:
+        self.limits.total_tokens_limit += reservation - used
+        super().settle(reservation, used)
 
 
 def _budget_data(budget: TokenBudget) -> dict[str, Any]:
