@@ -446,3 +446,37 @@ async def test_a_loop_killed_under_a_call_wakes_every_caller_and_a_fresh_loop_fo
     finally:
         await bridge.aclose()
     assert not any(t.is_alive() for t in bridge_threads())
+
+
+async def test_a_background_task_left_on_the_bridge_cannot_spawn_after_its_agent(
+    runtime: AgentRuntime,
+) -> None:
+    go, tried = threading.Event(), threading.Event()
+    errors: list[BaseException] = []
+    background: set[asyncio.Task[None]] = set()
+
+    async def child(value: int) -> int:
+        return value
+
+    async def later(ctx: murmur.AgentContext) -> None:
+        await asyncio.to_thread(go.wait, HANG_GUARD)  # until the agent's task is over
+        try:
+            await ctx.run(child, TaskSpec(input=1))
+        except RuntimeError as exc:
+            errors.append(exc)
+        finally:
+            tried.set()
+
+    async def model_fn(messages: list[ModelMessage], info: AgentInfo) -> ModelResponse:
+        task = asyncio.get_running_loop().create_task(later(current_context()))
+        background.add(task)
+        return ModelResponse(parts=[TextPart("left something behind")])
+
+    result = await runtime.run(
+        murmur.Agent(name="leaves", model=FunctionModel(model_fn)), TaskSpec(input="x")
+    )
+    assert result.unwrap() == "left something behind"
+    go.set()
+    await wait_for(tried)
+    (error,) = errors
+    assert "is over" in str(error)

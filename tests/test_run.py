@@ -219,3 +219,27 @@ async def test_run_with_a_pydantic_ai_agent_and_a_function_agent_side_by_side(
         tg.start_soon(one, PydanticAgent(FunctionModel(model_fn)))
         tg.start_soon(one, fn)
     assert sorted(results) == ["from function", "from model"]
+
+
+async def test_a_context_spawns_nothing_once_its_task_is_over(runtime: AgentRuntime) -> None:
+    kept: list[AgentContext] = []
+
+    async def child(value: int) -> int:
+        return value
+
+    async def parent(value: int, ctx: AgentContext) -> int:
+        kept.append(ctx)
+        return (await ctx.run(child, TaskSpec(input=value))).unwrap()  # while running: fine
+
+    assert (await runtime.run(parent, TaskSpec(input=3, task_id="p"))).unwrap() == 3
+    (ctx,) = kept
+    # Something the agent left behind (a background task, a callback) tries it later.
+    with pytest.raises(RuntimeError, match=r"task 'p' of agent 'parent' is over"):
+        await ctx.run(child, TaskSpec(input=4))
+    with pytest.raises(RuntimeError, match="only while its task runs"):
+        await ctx.gather(child, [TaskSpec(input=5)])
+    from murmur import AgentGroup, Edge
+
+    group = AgentGroup(name="g", topology={child: Edge.terminal()})
+    with pytest.raises(RuntimeError, match="is over"):
+        await ctx.run_group(group, TaskSpec(input=6))

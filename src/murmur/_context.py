@@ -99,6 +99,7 @@ class AgentContext:
 
     __slots__ = (
         "_capped_run",
+        "_finished",
         "_input_tokens",
         "_origin",
         "_output_tokens",
@@ -131,6 +132,8 @@ class AgentContext:
         #: While a capped pydantic-ai run is in flight: its (UsageLimits, RunUsage), which
         #: children that borrow from this task's reservation share.
         self._capped_run: tuple[Any, Any] | None = None
+        #: Set once the task is over: it may spawn no more children.
+        self._finished = False
 
     @property
     def agent(self) -> str:
@@ -261,6 +264,7 @@ class AgentContext:
 
     async def run(self, agent: AgentLike, task: TaskSpec) -> AgentResult[Any]:
         """Run a child task one level deeper; see ``AgentRuntime.run``."""
+        self._check_running()
         home = self.home
         if home is not None and home.is_away():
             return await home.run(partial(self.run, agent, task))
@@ -275,6 +279,7 @@ class AgentContext:
         fail_fast: bool = False,
     ) -> list[AgentResult[Any]]:
         """Run child tasks one level deeper; see ``AgentRuntime.gather``."""
+        self._check_running()
         home = self.home
         if home is not None and home.is_away():
             return await home.run(
@@ -293,10 +298,19 @@ class AgentContext:
 
     async def run_group(self, group: AgentGroup, task: TaskSpec) -> GroupResult:
         """Run an ``AgentGroup`` whose nodes are children of this task; see ``run_group``."""
+        self._check_running()
         home = self.home
         if home is not None and home.is_away():
             return await home.run(partial(self.run_group, group, task))
         return await self._origin.runtime.run_group(group, task, parent=self)
+
+    def _check_running(self) -> None:
+        if self._finished:
+            raise RuntimeError(
+                f"the task {self.task.task_id!r} of agent {self.agent!r} is over: a context "
+                "spawns children (run, gather, run_group) only while its task runs, so that "
+                "nothing outlives it (a background task the agent left behind cannot)"
+            )
 
     async def _spawned(self, agent: str, count: int) -> None:
         """Report a spawn of ``count`` tasks of ``agent`` (once the call's input is valid)."""

@@ -60,6 +60,7 @@ class Executor:
         try:
             output = await (self._call if impl.can_suspend else self._call_unsuspending)(ctx)
         except Exception as exc:
+            ctx._finished = True
             result = AgentResult._build(
                 None, exc, ctx.usage, ctx.attempt, perf_counter() - start, task.task_id, impl.name
             )
@@ -67,6 +68,7 @@ class Executor:
                 await ctx.emit(_FAILED, error=exc, duration=result.duration, usage=result.usage)
             return result
         except BaseException as exc:
+            ctx._finished = True
             if isinstance(exc, anyio.get_cancelled_exc_class()):
                 duration = perf_counter() - start
                 if origin.cancelled is not None:
@@ -78,6 +80,7 @@ class Executor:
                     with anyio.CancelScope(shield=True):
                         await ctx.emit(_CANCELLED, duration=duration, usage=ctx.usage)
             raise
+        ctx._finished = True
         usage = ctx.usage
         duration = perf_counter() - start
         result = AgentResult._build(
@@ -122,6 +125,7 @@ async def _bridged(bridge: AsyncioBridge, impl: AgentImpl, value: Any, ctx: Agen
         try:
             output = await bridge.run(impl.invoke, value, ctx)
         except BaseException as exc:
+            ctx._finished = True
             if isinstance(exc, anyio.get_cancelled_exc_class()):
                 raise
             # Re-raised outside the task group, so it is not wrapped in an exception group
