@@ -112,6 +112,8 @@ class AsyncioBridge:
         for call in calls:
             if call.error is None:
                 call.error = death
+            # A call submitted just as the loop died must not start during the clean-up.
+            call.cancel_requested = True
             call.wake()
         # Give what was left on the loop its cancellation and clean-up, then close it.
         with contextlib.suppress(BaseException):

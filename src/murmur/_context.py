@@ -236,6 +236,13 @@ class AgentContext:
         origin = self._origin
         if type not in origin.wants:
             return
+        home = self.home
+        if home is not None and home.is_away():
+            # From the asyncio bridge: emitters are called at home, on the runtime's loop.
+            await home.run(
+                partial(self.emit, type, error=error, duration=duration, usage=usage, data=data)
+            )
+            return
         await origin.runtime._emit(self._event(type, error, duration, usage, data))
 
     def _event(

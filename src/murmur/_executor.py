@@ -125,7 +125,6 @@ async def _bridged(bridge: AsyncioBridge, impl: AgentImpl, value: Any, ctx: Agen
         try:
             output = await bridge.run(impl.invoke, value, ctx)
         except BaseException as exc:
-            ctx._finished = True
             if isinstance(exc, anyio.get_cancelled_exc_class()):
                 raise
             # Re-raised outside the task group, so it is not wrapped in an exception group

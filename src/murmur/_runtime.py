@@ -223,6 +223,7 @@ class AgentRuntime:
                 "wrap the input as TaskSpec(input=...)"
             )
         if announce and parent is not None:
+            self._check_open()  # a spawn refused by a closed runtime is no spawn either
             await parent._spawned(impl.name, 1)
         origin = self._origin(impl, parent, trace_id, parent_call_id)
         origin.cancelled = ledger
@@ -260,6 +261,7 @@ class AgentRuntime:
                     "wrap each input as TaskSpec(input=...)"
                 )
         if announce and parent is not None:
+            self._check_open()
             await parent._spawned(impl.name, len(specs))
         origin = self._origin(impl, parent, trace_id, parent_call_id)
         if ledger is not None or fail_fast:

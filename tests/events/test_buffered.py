@@ -2,13 +2,25 @@
 
 from __future__ import annotations
 
+import threading
 from typing import Any
 
 import anyio
 import pytest
+from pydantic_ai import RunContext
+from pydantic_ai.messages import ModelMessage, ModelResponse, TextPart, ToolCallPart
+from pydantic_ai.models.function import AgentInfo, FunctionModel
 from structlog.testing import capture_logs
 
-from murmur import AgentRuntime, BufferedEmitter, EventType, RuntimeEvent, TaskSpec
+import murmur
+from murmur import (
+    AgentContext,
+    AgentRuntime,
+    BufferedEmitter,
+    EventType,
+    RuntimeEvent,
+    TaskSpec,
+)
 from murmur.events import FilteredEmitter
 from support import Recorder
 
@@ -178,3 +190,42 @@ def test_bad_settings_are_refused_by_name(kwargs: dict[str, Any], message: str) 
 def test_an_object_without_emit_is_refused() -> None:
     with pytest.raises(TypeError, match="emitter must have `async def emit"):
         BufferedEmitter(object())  # type: ignore[arg-type]
+
+
+async def test_events_an_agent_emits_from_the_asyncio_bridge_reach_emitters_at_home() -> None:
+    """A pydantic-ai tool's ``ctx.emit`` runs on the bridge thread under Trio; emitters are
+    still called on the runtime's own thread (BufferedEmitter's queue is not thread-safe)."""
+
+    from pydantic_ai.messages import ModelResponse
+
+    home = threading.get_ident()
+    threads: list[int] = []
+
+    class ThreadRecorder(Recorder):
+        async def emit(self, event: RuntimeEvent) -> None:
+            threads.append(threading.get_ident())
+            await super().emit(event)
+
+    async def note(ctx: RunContext[AgentContext]) -> str:
+        await ctx.deps.emit(EventType.RETRY_SCHEDULED, data={"from": "tool"})
+        return "noted"
+
+    async def model(messages: list[ModelMessage], info: AgentInfo) -> ModelResponse:
+        if messages[-1].parts[-1].part_kind == "tool-return":
+            return ModelResponse(parts=[TextPart("done")])
+        return ModelResponse(parts=[ToolCallPart("note", {})])
+
+    agent = murmur.Agent(name="noting", model=FunctionModel(model), tools=(note,))
+    sink = ThreadRecorder()
+    buffered = BufferedEmitter(sink)
+    with anyio.fail_after(HANG_GUARD):
+        async with buffered, AgentRuntime(event_emitter=buffered) as rt:
+            assert (await rt.run(agent, TaskSpec(input="go"))).unwrap() == "done"
+    assert sink.types() == [
+        EventType.TASK_STARTED,
+        EventType.RETRY_SCHEDULED,
+        EventType.TASK_SUCCEEDED,
+    ]
+    assert sink.events[1].data == {"from": "tool"}
+    assert set(threads) == {home}
+    assert (buffered.delivered, buffered.dropped, buffered.failures) == (3, 0, 0)

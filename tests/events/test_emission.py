@@ -309,3 +309,16 @@ def test_event_emitter_without_emit_is_rejected() -> None:
         AgentRuntime(event_emitter=object())  # type: ignore[arg-type]
     with pytest.raises(TypeError, match=r"emitters\[1\]"):
         MultiEventEmitter([Recorder(), object()])  # type: ignore[list-item]
+
+
+async def test_multi_emitter_ignores_types_it_does_not_know() -> None:
+    class Custom(Recorder):
+        def event_types(self) -> frozenset[Any]:
+            return frozenset({"task.failed", "my.custom.type"})
+
+    custom = Custom()
+    multi = MultiEventEmitter([custom])  # no KeyError for the unknown name
+    async with AgentRuntime(event_emitter=multi) as rt:
+        await rt.run(fails, TaskSpec(input=1))
+        await rt.run(echo, TaskSpec(input=1))
+    assert custom.types() == [EventType.TASK_FAILED]

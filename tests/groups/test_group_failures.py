@@ -396,3 +396,41 @@ async def test_fail_fast_keeps_what_a_cut_off_fan_out_had_spent(runtime: AgentRu
     # The finished slot and the two cut off mid-run: nothing they spent is lost.
     assert (cut.usage.input_tokens, cut.attempts) == (111, 3)
     assert result.usage.input_tokens == 111
+
+
+async def test_fail_fast_keeps_each_nodes_own_spend_when_nodes_share_a_task_id(
+    runtime: AgentRuntime,
+) -> None:
+    in_flight = 0
+    both_in = anyio.Event()
+    never = anyio.Event()
+
+    async def a(value: str) -> str:
+        await both_in.wait()
+        raise RuntimeError("a broke")
+
+    def spending(tokens: int) -> Any:
+        async def spend(value: str, ctx: AgentContext) -> str:
+            nonlocal in_flight
+            ctx.report_usage(input_tokens=tokens)
+            in_flight += 1
+            if in_flight == 2:
+                both_in.set()
+            await never.wait()
+            return value
+
+        spend.__name__ = f"spend{tokens}"
+        return spend
+
+    b, c = spending(7), spending(5)
+    same_id = Edge(to=(a, b, c), mapper=lambda v: TaskSpec(input=v, task_id="req-42"))
+    group = AgentGroup(
+        name="g",
+        topology={start: same_id, a: Edge.terminal(), b: Edge.terminal(), c: Edge.terminal()},
+    )
+    with anyio.fail_after(HANG_GUARD):
+        result = await runtime.run_group(group, TaskSpec(input="x"))
+    # Both were cut off with the same task id; each keeps only what it spent itself.
+    assert result.results["spend7"].usage.input_tokens == 7
+    assert result.results["spend5"].usage.input_tokens == 5
+    assert result.usage.input_tokens == 12

@@ -11,6 +11,7 @@ from typing import Any
 import anyio
 import pytest
 from pydantic_ai import Agent as PydanticAgent
+from pydantic_ai import RunContext
 from pydantic_ai.exceptions import ModelAPIError, ModelHTTPError, UnexpectedModelBehavior
 from pydantic_ai.messages import ModelMessage, ModelResponse, TextPart, ToolCallPart
 from pydantic_ai.models.function import AgentInfo, FunctionModel
@@ -592,3 +593,31 @@ async def test_a_cancelled_attempt_is_not_retried() -> None:
 def test_huge_attempt_counts_do_not_overflow_the_backoff() -> None:
     stage = RetryMiddleware(2000, backoff_factor=2.0, max_delay=30.0, jitter=0.0)
     assert stage.delay_after(1500) == 30.0
+
+
+async def test_an_attempt_after_a_failed_one_can_still_spawn_children() -> None:
+    """Under Trio each attempt runs on the bridge; a failed attempt must not end the task."""
+    calls = 0
+
+    async def child(value: str) -> str:
+        return value.upper()
+
+    async def delegate(ctx: RunContext[AgentContext]) -> str:
+        return (await ctx.deps.run(child, TaskSpec(input="from the child"))).unwrap()
+
+    async def model(messages: list[ModelMessage], info: AgentInfo) -> ModelResponse:
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            raise http_error(503)  # attempt 1 fails before its tool ever runs
+        last = messages[-1].parts[-1]
+        if last.part_kind == "tool-return":
+            return ModelResponse(parts=[TextPart(f"got {last.content}")])
+        return ModelResponse(parts=[ToolCallPart("delegate", {})])
+
+    agent = murmur.Agent(name="flaky", model=FunctionModel(model), tools=(delegate,))
+    options = RuntimeOptions(retry_max_attempts=2, retry_backoff_factor=0)
+    async with AgentRuntime(options=options) as runtime:
+        result = await runtime.run(agent, TaskSpec(input="q"))
+    assert result.unwrap() == "got FROM THE CHILD"
+    assert result.attempts == 2

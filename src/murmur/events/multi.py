@@ -57,7 +57,8 @@ class MultiEventEmitter:
                 wanted = ALL_EVENT_TYPES
             union |= wanted
             for kind in wanted:
-                routes[kind].append((index, emitter))
+                if kind in routes:  # a type this version does not know is never emitted
+                    routes[kind].append((index, emitter))
         self._routes = {kind: tuple(children) for kind, children in routes.items()}
         return None if everything else frozenset(union)
 

@@ -110,9 +110,8 @@ class GroupScheduler:
         self._started: dict[str, tuple[str, float]] = {}
         # For nodes cancelled mid-run (fail_fast): what their tasks had spent, by task id,
         # and the slots a fanned-out node had finished.
-        self._ledger: Ledger = {}
+        self._ledgers: dict[str, Ledger] = {}  # one per node: task ids may repeat across nodes
         self._partial_slots: dict[str, list[AgentResult[Any] | None]] = {}
-        self._spec_ids: dict[str, list[str]] = {}
         self._first_failure: str | None = None
         self._task_group: anyio.abc.TaskGroup | None = None
         # One trace for the whole run: every node's tasks and the group events share it.
@@ -224,7 +223,6 @@ class GroupScheduler:
             result = _error_result(name, exc, new_task_id(), start)
         else:
             self._started[name] = (plan.task_id, start)
-            self._spec_ids[name] = [spec.task_id for spec in plan.specs]
             await self._on_node_started(name, plan.specs)
             result = await self._execute(node, plan, start)
         # Recorded before routing: if the group is cancelled meanwhile, its usage still counts.
@@ -296,7 +294,7 @@ class GroupScheduler:
                     plan.specs[0],
                     parent=self.parent,
                     trace_id=self.trace_id,
-                    ledger=self._ledger,
+                    ledger=self._ledgers.setdefault(node.name, {}),
                     parent_call_id=self._origin.call_id,
                 )
             except Exception as exc:  # e.g. the runtime was closed under the group
@@ -315,7 +313,7 @@ class GroupScheduler:
                 fail_fast=require_all,
                 parent=self.parent,
                 trace_id=self.trace_id,
-                ledger=self._ledger,
+                ledger=self._ledgers.setdefault(node.name, {}),
                 into=partial,
                 parent_call_id=self._origin.call_id,
             )
@@ -471,8 +469,8 @@ class GroupScheduler:
             for slot in finished:
                 if slot is not None:
                     usage, attempts = usage + slot.usage, attempts + slot.attempts
-            for spec_id in set(self._spec_ids.get(name, ())):
-                for spent_usage, spent_attempts, _ in self._ledger.get(spec_id, ()):
+            for entries in self._ledgers.get(name, {}).values():
+                for spent_usage, spent_attempts, _ in entries:
                     usage, attempts = usage + spent_usage, attempts + spent_attempts
         return AgentResult._build(
             output=None,
