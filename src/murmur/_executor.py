@@ -60,7 +60,6 @@ class Executor:
         try:
             output = await (self._call if impl.can_suspend else self._call_unsuspending)(ctx)
         except Exception as exc:
-            ctx._finished = True
             result = AgentResult._build(
                 None, exc, ctx.usage, ctx.attempt, perf_counter() - start, task.task_id, impl.name
             )
@@ -68,7 +67,6 @@ class Executor:
                 await ctx.emit(_FAILED, error=exc, duration=result.duration, usage=result.usage)
             return result
         except BaseException as exc:
-            ctx._finished = True
             if isinstance(exc, anyio.get_cancelled_exc_class()):
                 duration = perf_counter() - start
                 if origin.cancelled is not None:
@@ -80,7 +78,8 @@ class Executor:
                     with anyio.CancelScope(shield=True):
                         await ctx.emit(_CANCELLED, duration=duration, usage=ctx.usage)
             raise
-        ctx._finished = True
+        finally:
+            ctx._finished = True  # however the task ended, its context spawns no more
         usage = ctx.usage
         duration = perf_counter() - start
         result = AgentResult._build(

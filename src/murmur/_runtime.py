@@ -6,7 +6,6 @@ import weakref
 from collections.abc import Iterable, Sequence
 from functools import partial
 from time import perf_counter
-from time import time as _now
 from typing import Any
 
 import anyio
@@ -28,7 +27,6 @@ from .events.types import (
     EventError,
     EventType,
     RuntimeEvent,
-    _trusted_event,
     emitter_stages,
     wanted_types,
 )
@@ -434,16 +432,24 @@ class AgentRuntime:
         """An event about a whole call (a batch, a group) or a group node, not one attempt."""
         if type not in origin.wants:
             return
-        values = origin.event_template.copy()
-        values["type"] = type
-        values["timestamp"] = _now()
-        values["task_id"] = task_id
-        values["agent"] = agent
-        values["duration"] = duration
-        values["usage"] = usage
-        values["error"] = None if error is None else EventError.from_exception(error)
-        values["data"] = data
-        await self._emit(_trusted_event(values))
+        parent = origin.parent
+        await self._emit(
+            RuntimeEvent._build(
+                type,
+                origin.trace_id,
+                task_id,
+                None if parent is None else parent.task.task_id,
+                agent,
+                origin.depth,
+                None,
+                duration,
+                usage,
+                None if error is None else EventError.from_exception(error),
+                data,
+                call_id=origin.call_id,
+                parent_call_id=origin.parent_call_id,
+            )
+        )
 
     def _check_open(self) -> None:
         if self._closed:

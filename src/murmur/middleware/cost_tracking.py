@@ -126,17 +126,22 @@ class TokenBudget:
         return self._try_reserve_slow()
 
     def _try_reserve_slow(self) -> int | None:
-        free = self.limit - self._used - self._charged - self._reserved
+        return self._grant(self.limit - self._used - self._charged - self._reserved)
+
+    def _grant(self, free: int) -> int | None:
+        """Reserve out of ``free`` tokens: a full share, or what is left when nobody holds
+        any; ``None`` when the caller must wait for holders to settle."""
         if free >= self.reserve_per_task or (free > 0 and self._holders == 0):
             granted = min(free, self.reserve_per_task)
             self._reserved += granted
             self._holders += 1
             return granted
         if self._holders == 0:
-            raise BudgetExceededError(
-                f"token budget spent: {self.used} of {self.limit} tokens used"
-            )
+            raise self._spent()
         return None
+
+    def _spent(self) -> BudgetExceededError:
+        return BudgetExceededError(f"token budget spent: {self.used} of {self.limit} tokens used")
 
     async def reserve(self) -> int:
         """Reserve tokens for one task, waiting while others hold what is left.
@@ -270,18 +275,15 @@ class _RunPool(TokenBudget):
         self._used += used
 
     def try_reserve(self) -> int | None:
-        free = self.limits.total_tokens_limit - self._run_usage.total_tokens
-        if free >= self.reserve_per_task or (free > 0 and self._holders == 0):
-            granted = min(free, self.reserve_per_task)
+        granted = self._grant(int(self.limits.total_tokens_limit - self._run_usage.total_tokens))
+        if granted is not None:
             self.limits.total_tokens_limit -= granted
-            self._reserved += granted
-            self._holders += 1
-            return int(granted)
-        if self._holders == 0:
-            raise BudgetExceededError(
-                f"agent {self._agent!r} has spent the tokens reserved for it and its children"
-            )
-        return None
+        return granted
+
+    def _spent(self) -> BudgetExceededError:
+        return BudgetExceededError(
+            f"agent {self._agent!r} has spent the tokens reserved for it and its children"
+        )
 
     def settle(self, reservation: int, used: int) -> None:
         self.limits.total_tokens_limit += reservation - used
