@@ -292,9 +292,19 @@ def environment() -> dict[str, Any]:
     }
 
 
-def save_figure(fig: Any, path: Path) -> Path:
-    """Save a matplotlib figure as a small PNG (palette-quantised when Pillow is there)."""
+def save_figure(
+    fig: Any, path: Path, *, rect: tuple[float, float, float, float] | None = None
+) -> Path:
+    """Lay out, save and close a matplotlib figure, as a small PNG (palette-quantised when
+    Pillow is there); ``rect`` leaves room outside the axes (a legend, say)."""
+    import matplotlib.pyplot as plt
+
+    if rect is None:
+        fig.tight_layout()
+    else:
+        fig.tight_layout(rect=rect)
     fig.savefig(path, dpi=90)
+    plt.close(fig)
     try:
         from PIL import Image
     except ImportError:

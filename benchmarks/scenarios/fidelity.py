@@ -377,11 +377,7 @@ def plot(result: ScenarioResult, out_dir: Path) -> list[Path]:
         ax.set_ylabel("achieved ÷ ideal throughput (%)")
         ax.set_title(title, fontsize=9)
         ax.grid(axis="y", alpha=0.3)
-    fig.tight_layout()
-    path = out_dir / "fidelity.png"
-    save_figure(fig, path)
-    plt.close(fig)
-    return [path]
+    return [save_figure(fig, out_dir / "fidelity.png")]
 
 
 register(

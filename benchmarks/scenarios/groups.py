@@ -456,11 +456,7 @@ def plot(result: ScenarioResult, out_dir: Path) -> list[Path]:
         ax.set_xticks(range(len(labels)), labels, fontsize=6)
         ax.set_ylabel("µs per item (median)")
         ax.grid(axis="y", alpha=0.3)
-    fig.tight_layout()
-    path = out_dir / "groups.png"
-    save_figure(fig, path)
-    plt.close(fig)
-    return [path]
+    return [save_figure(fig, out_dir / "groups.png")]
 
 
 register(

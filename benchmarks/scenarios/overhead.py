@@ -403,11 +403,7 @@ def plot(result: ScenarioResult, out_dir: Path) -> list[Path]:
             frameon=False,
         )
         fig.suptitle(f"No-op function agents, N={sweep_n:,}: per-task cost vs cap", fontsize=10)
-        fig.tight_layout(rect=(0, 0.12, 1, 1))
-        path = out_dir / "overhead_noop_caps.png"
-        save_figure(fig, path)
-        plt.close(fig)
-        paths.append(path)
+        paths.append(save_figure(fig, out_dir / "overhead_noop_caps.png", rect=(0, 0.12, 1, 1)))
 
     # Ratio of murmur to the backend's baseline at the headline cap, per N.
     bars: list[tuple[str, str, float, float, float]] = []
@@ -449,11 +445,7 @@ def plot(result: ScenarioResult, out_dir: Path) -> list[Path]:
         )
         ax.legend(fontsize=7)
         ax.grid(axis="y", alpha=0.3)
-        fig.tight_layout()
-        path = out_dir / "overhead_ratios.png"
-        save_figure(fig, path)
-        plt.close(fig)
-        paths.append(path)
+        paths.append(save_figure(fig, out_dir / "overhead_ratios.png"))
     return paths
 
 

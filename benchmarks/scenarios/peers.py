@@ -323,11 +323,7 @@ def plot(result: ScenarioResult, out_dir: Path) -> list[Path]:
     right.set_title("Paired ratio to plain pydantic-ai in the same process", fontsize=9)
     handles, labels = left.get_legend_handles_labels()
     fig.legend(handles, labels, loc="lower center", ncol=5, fontsize=7, frameon=False)
-    fig.tight_layout(rect=(0, 0.08, 1, 1))
-    path = out_dir / "peers.png"
-    save_figure(fig, path)
-    plt.close(fig)
-    return [path]
+    return [save_figure(fig, out_dir / "peers.png", rect=(0, 0.08, 1, 1))]
 
 
 register(

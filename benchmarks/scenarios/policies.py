@@ -574,11 +574,7 @@ def plot(result: ScenarioResult, out_dir: Path) -> list[Path]:
         "gray: no target); bars: min-max",
         fontsize=9,
     )
-    fig.tight_layout()
-    path = out_dir / "policies.png"
-    save_figure(fig, path)
-    plt.close(fig)
-    return [path]
+    return [save_figure(fig, out_dir / "policies.png")]
 
 
 register(

@@ -245,11 +245,7 @@ def plot(result: ScenarioResult, out_dir: Path) -> list[Path]:
         mem_ax.set_ylabel("peak RSS growth during batch (MB)")
         mem_ax.set_title(f"Memory, {MEMORY_N:,} no-op tasks", fontsize=9)
         mem_ax.grid(axis="y", alpha=0.3)
-    fig.tight_layout()
-    path = out_dir / "scaling.png"
-    save_figure(fig, path)
-    plt.close(fig)
-    return [path]
+    return [save_figure(fig, out_dir / "scaling.png")]
 
 
 register(
