@@ -25,7 +25,7 @@ import platform
 import statistics
 import sys
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -313,6 +313,27 @@ def save_figure(
         small = image.convert("RGB").quantize(colors=256, method=Image.Quantize.MEDIANCUT)
     small.save(path, optimize=True)
     return path
+
+
+def draw_bars(
+    ax: Any,
+    rows: Sequence[dict[str, Any]],
+    metric: str,
+    names: Mapping[str, str],
+    color: Callable[[str], str],
+) -> list[str]:
+    """One bar per result row: the median of its ``metric`` with min-max error bars,
+    coloured by ``color(impl)``. Returns the x labels (short implementation name, backend)."""
+    labels, values, lo, hi, colors = [], [], [], [], []
+    for row in rows:
+        stats = row[metric]
+        labels.append(f"{names.get(row['impl'], row['impl'])}\n{row['backend']}")
+        values.append(stats["median"])
+        lo.append(stats["median"] - stats["min"])
+        hi.append(stats["max"] - stats["median"])
+        colors.append(color(row["impl"]))
+    ax.bar(range(len(values)), values, yerr=[lo, hi], capsize=3, color=colors)
+    return labels
 
 
 def fmt_us(value: float) -> str:

@@ -25,6 +25,7 @@ from ..harness import (
     Samples,
     Stats,
     available_backends,
+    draw_bars,
     interleave,
     paired_ratio,
     run_on,
@@ -358,15 +359,13 @@ def plot(result: ScenarioResult, out_dir: Path) -> list[Path]:
     )
     axes_list = list(axes) if len(cells) > 1 else [axes]
     for ax, cell in zip(axes_list, cells, strict=True):
-        labels, values, lo, hi, colors = [], [], [], [], []
-        for row in cell["results"]:
-            stats = row["fidelity_pct"]
-            labels.append(f"{_SHORT.get(row['impl'], row['impl'])}\n{row['backend']}")
-            values.append(stats["median"])
-            lo.append(stats["median"] - stats["min"])
-            hi.append(stats["max"] - stats["median"])
-            colors.append("tab:blue" if row["impl"] == IMPL_MURMUR else "tab:gray")
-        ax.bar(range(len(values)), values, yerr=[lo, hi], capsize=3, color=colors)
+        labels = draw_bars(
+            ax,
+            cell["results"],
+            "fidelity_pct",
+            _SHORT,
+            lambda impl: "tab:blue" if impl == IMPL_MURMUR else "tab:gray",
+        )
         title = f"{cell['workload']}, N={cell['n']:,}, cap {cell['cap']}"
         if cell["workload"] == "io-sleep":
             ax.axhline(TARGET_PCT, color="red", linestyle="--", linewidth=1, label="target 95%")

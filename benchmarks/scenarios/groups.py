@@ -31,6 +31,7 @@ from ..harness import (
     Stats,
     Timing,
     available_backends,
+    draw_bars,
     fmt_ratio,
     fmt_spread,
     interleave,
@@ -438,15 +439,13 @@ def plot(result: ScenarioResult, out_dir: Path) -> list[Path]:
     fig, axes = plt.subplots(1, len(cells), figsize=(5.4 * len(cells), 3.6))
     axes_list = list(axes) if len(cells) > 1 else [axes]
     for ax, cell in zip(axes_list, cells, strict=True):
-        labels, values, lo, hi, colors = [], [], [], [], []
-        for row in cell["results"]:
-            stats = row["per_task_us"]
-            labels.append(f"{_SHORT.get(row['impl'], row['impl'])}\n{row['backend']}")
-            values.append(stats["median"])
-            lo.append(stats["median"] - stats["min"])
-            hi.append(stats["max"] - stats["median"])
-            colors.append(_COLORS.get(row["impl"], "tab:gray"))
-        ax.bar(range(len(values)), values, yerr=[lo, hi], capsize=3, color=colors)
+        labels = draw_bars(
+            ax,
+            cell["results"],
+            "per_task_us",
+            _SHORT,
+            lambda impl: _COLORS.get(impl, "tab:gray"),
+        )
         if cell.get("ideal_s"):
             ideal_us = cell["ideal_s"] / cell["items"] * 1e6
             ax.axhline(ideal_us, color="red", linestyle="--", linewidth=1, label="ideal")
