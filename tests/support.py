@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import ast
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
 from typing import Any
+
+import anyio
 
 from murmur import EventType, RuntimeEvent
 
@@ -33,3 +37,37 @@ async def exec_snippet(source: str, namespace: dict[str, Any]) -> dict[str, Any]
     if outcome is not None:
         await outcome
     return namespace
+
+
+@dataclass
+class CancelledCall:
+    """What came out of a call cancelled from outside by ``cancel_when_ready``."""
+
+    #: What the call returned (it must not have: cancellation is not a result).
+    returned: list[Any] = field(default_factory=list)
+    #: The cancellation exceptions that came out of the call.
+    propagated: list[BaseException] = field(default_factory=list)
+    #: Whether the cancel scope around it caught its own cancellation.
+    cancelled_caught: bool = False
+
+
+async def cancel_when_ready(
+    call: Callable[[], Awaitable[Any]], ready: Callable[[], Awaitable[Any]]
+) -> CancelledCall:
+    """Start ``call()`` in a task, wait for ``ready()``, then cancel the scope around both."""
+    outcome = CancelledCall()
+
+    async def caller() -> None:
+        try:
+            outcome.returned.append(await call())
+        except anyio.get_cancelled_exc_class() as exc:
+            outcome.propagated.append(exc)
+            raise
+
+    with anyio.CancelScope() as scope:
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(caller)
+            await ready()
+            scope.cancel()
+    outcome.cancelled_caught = scope.cancelled_caught
+    return outcome

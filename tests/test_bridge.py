@@ -31,6 +31,7 @@ from murmur import (
     current_context,
     from_pydantic_ai,
 )
+from support import cancel_when_ready
 
 pytestmark = pytest.mark.anyio
 
@@ -163,27 +164,16 @@ async def test_cancelling_the_trio_caller_cancels_the_asyncio_call(
 ) -> None:
     blocker = Blocker()
     agent = from_pydantic_ai(PydanticAgent(FunctionModel(blocker)))
-    returned: list[AgentResult[Any]] = []
-    propagated: list[BaseException] = []
 
-    async def caller() -> None:
-        try:
-            returned.append(await runtime.run(agent, TaskSpec(input="x")))
-        except anyio.get_cancelled_exc_class() as exc:
-            propagated.append(exc)
-            raise
+    outcome = await cancel_when_ready(
+        lambda: runtime.run(agent, TaskSpec(input="x")), lambda: wait_for(blocker.all_started)
+    )
 
-    with anyio.CancelScope() as scope:
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(caller)
-            await wait_for(blocker.all_started)
-            scope.cancel()
-
-    assert scope.cancelled_caught
+    assert outcome.cancelled_caught
     # The caller got back only once the asyncio side had really stopped.
     assert (blocker.cancelled, blocker.cleaned_up, blocker.completed) == (1, 1, 0)
-    assert returned == []
-    assert len(propagated) == 1
+    assert outcome.returned == []
+    assert len(outcome.propagated) == 1
     # The bridge is still usable afterwards.
     ok = await runtime.run(PydanticAgent(FunctionModel(_ok_model)), TaskSpec(input="again"))
     assert ok.unwrap() == "ok"
@@ -199,20 +189,15 @@ async def test_cancelling_a_trio_gather_cancels_every_asyncio_call(
     count = 6
     blocker = Blocker(expected=count)
     agent = murmur.Agent(name="stuck", model=FunctionModel(blocker))
-    returned: list[list[AgentResult[Any]]] = []
 
-    async def caller() -> None:
-        returned.append(await runtime.gather(agent, [TaskSpec(input=str(i)) for i in range(count)]))
+    outcome = await cancel_when_ready(
+        lambda: runtime.gather(agent, [TaskSpec(input=str(i)) for i in range(count)]),
+        lambda: wait_for(blocker.all_started),
+    )
 
-    with anyio.CancelScope() as scope:
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(caller)
-            await wait_for(blocker.all_started)
-            scope.cancel()
-
-    assert scope.cancelled_caught
+    assert outcome.cancelled_caught
     assert (blocker.cancelled, blocker.cleaned_up, blocker.completed) == (count, count, 0)
-    assert returned == []
+    assert outcome.returned == []
 
 
 async def test_fail_fast_under_trio_cancels_asyncio_calls(runtime: AgentRuntime) -> None:

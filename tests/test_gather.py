@@ -21,6 +21,7 @@ from murmur import (
     TaskCancelledError,
     TaskSpec,
 )
+from support import cancel_when_ready
 
 pytestmark = pytest.mark.anyio
 
@@ -489,8 +490,6 @@ async def test_cancelling_a_gather_cancels_every_in_flight_call(runtime: AgentRu
     all_in_flight = anyio.Event()
     cleaned_up: list[int] = []
     completed: list[int] = []
-    returned: list[list[AgentResult[Any]]] = []
-    propagated: list[BaseException] = []
 
     async def blocks(value: int) -> int:
         nonlocal in_flight
@@ -504,25 +503,17 @@ async def test_cancelling_a_gather_cancels_every_in_flight_call(runtime: AgentRu
         finally:
             cleaned_up.append(value)
 
-    async def caller() -> None:
-        try:
-            returned.append(await runtime.gather(blocks, [TaskSpec(input=i) for i in range(count)]))
-        except anyio.get_cancelled_exc_class() as exc:
-            propagated.append(exc)
-            raise
-
-    with anyio.CancelScope() as scope:
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(caller)
-            await all_in_flight.wait()
-            scope.cancel()
+    outcome = await cancel_when_ready(
+        lambda: runtime.gather(blocks, [TaskSpec(input=i) for i in range(count)]),
+        all_in_flight.wait,
+    )
 
     # By the time the cancelled scope has exited, every agent has run its clean-up.
-    assert scope.cancelled_caught
+    assert outcome.cancelled_caught
     assert sorted(cleaned_up) == list(range(count))
     assert completed == []
-    assert returned == []  # cancellation is not a list of results
-    assert len(propagated) == 1
+    assert outcome.returned == []  # cancellation is not a list of results
+    assert len(outcome.propagated) == 1
 
 
 async def test_cancelling_a_gather_cancels_every_pydantic_ai_call(runtime: AgentRuntime) -> None:

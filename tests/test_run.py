@@ -13,6 +13,7 @@ from pydantic_ai.models.function import AgentInfo, FunctionModel
 
 import murmur
 from murmur import AgentContext, AgentResult, AgentRuntime, TaskSpec, Usage
+from support import cancel_when_ready
 
 pytestmark = pytest.mark.anyio
 
@@ -126,8 +127,6 @@ async def test_cancelling_the_caller_cancels_the_agent_and_propagates(
     started = anyio.Event()
     cleaned_up: list[str] = []
     after_wait: list[str] = []
-    propagated: list[BaseException] = []
-    returned: list[AgentResult[Any]] = []
 
     async def blocks(value: str) -> str:
         started.set()
@@ -138,22 +137,13 @@ async def test_cancelling_the_caller_cancels_the_agent_and_propagates(
         finally:
             cleaned_up.append(value)
 
-    async def caller() -> None:
-        try:
-            returned.append(await runtime.run(blocks, TaskSpec(input="x")))
-        except anyio.get_cancelled_exc_class() as exc:
-            propagated.append(exc)
-            raise
+    outcome = await cancel_when_ready(
+        lambda: runtime.run(blocks, TaskSpec(input="x")), started.wait
+    )
 
-    with anyio.CancelScope() as scope:
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(caller)
-            await started.wait()
-            scope.cancel()
-
-    assert scope.cancelled_caught
-    assert len(propagated) == 1  # run() raised the backend's cancellation exception
-    assert returned == []  # ... and never turned it into a result
+    assert outcome.cancelled_caught
+    assert len(outcome.propagated) == 1  # run() raised the backend's cancellation exception
+    assert outcome.returned == []  # ... and never turned it into a result
     assert cleaned_up == ["x"]  # the agent was cancelled and ran its clean-up
     assert after_wait == []
 
