@@ -71,22 +71,27 @@ class CallOrigin:
         self.cancelled: Ledger | None = None
         #: Every field of this call's task events in order, the shared ones filled in: a task
         #: event is a copy of it with the per-event fields set (cheaper than building anew).
-        self.event_template: dict[str, Any] = {
-            "type": None,
-            "timestamp": None,
-            "trace_id": trace_id,
-            "task_id": None,
-            "parent_task_id": None if parent is None else parent.task.task_id,
-            "call_id": self.call_id,
-            "parent_call_id": parent_call_id,
-            "agent": None,
-            "depth": depth,
-            "attempt": None,
-            "duration": None,
-            "usage": None,
-            "error": None,
-            "data": None,
-        }
+        #: Empty when the emitter wants no events: then none is ever built.
+        self.event_template: dict[str, Any] = (
+            {}
+            if not wants
+            else {
+                "type": None,
+                "timestamp": None,
+                "trace_id": trace_id,
+                "task_id": None,
+                "parent_task_id": None if parent is None else parent.task.task_id,
+                "call_id": self.call_id,
+                "parent_call_id": parent_call_id,
+                "agent": None,
+                "depth": depth,
+                "attempt": None,
+                "duration": None,
+                "usage": None,
+                "error": None,
+                "data": None,
+            }
+        )
 
 
 class AgentContext:
