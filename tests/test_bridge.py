@@ -365,7 +365,7 @@ async def test_a_base_exception_on_the_asyncio_side_is_re_raised_and_the_bridge_
         return ModelResponse(parts=[TextPart("fine")])
 
     await runtime.run(PydanticAgent(FunctionModel(fine)), TaskSpec(input="warm-up"))
-    bridge = runtime._bridge
+    bridge = runtime._core._bridge
     assert bridge is not None
     first_thread = bridge.thread
     assert first_thread is not None

@@ -23,8 +23,10 @@ from .errors import MurmurError as MurmurError
 from .errors import RemoteAgentError as RemoteAgentError
 from .errors import RuntimeClosedError as RuntimeClosedError
 from .errors import SpawnDepthExceededError as SpawnDepthExceededError
+from .errors import StrayCancellationError as StrayCancellationError
 from .errors import TaskCancelledError as TaskCancelledError
 from .errors import TopologyError as TopologyError
+from .errors import UnknownAgentError as UnknownAgentError
 from .events.buffered import BufferedEmitter as BufferedEmitter
 from .events.log import LogEventEmitter as LogEventEmitter
 from .events.multi import MultiEventEmitter as MultiEventEmitter
@@ -70,10 +72,12 @@ __all__ = [
     "SSEEventEmitter",
     "SpawnDepthExceededError",
     "Stage",
+    "StrayCancellationError",
     "TaskCancelledError",
     "TaskSpec",
     "TokenBudget",
     "TopologyError",
+    "UnknownAgentError",
     "Usage",
     "__version__",
     "current_context",

@@ -26,6 +26,7 @@ import anyio
 import anyio.abc
 import sniffio
 
+from ._cancellation import stray_cancellation
 from .errors import RuntimeClosedError
 
 __all__ = ["AsyncioBridge", "HomePortal"]
@@ -150,6 +151,11 @@ class AsyncioBridge:
                     raise asyncio.CancelledError
                 call.value = await fn(*args)
             except asyncio.CancelledError as exc:
+                if not call.cancel_requested and task.cancelling() == 0:
+                    # Nobody cancelled this call: the agent awaited something that someone
+                    # else cancelled. A failure of this call, not a cancellation of it.
+                    call.error = _stray(exc, fn)
+                    return
                 if call.error is None:  # else the loop died under it: keep why
                     call.error = exc
                 raise
@@ -291,6 +297,13 @@ class HomePortal:
         if ok:
             return value  # type: ignore[no-any-return]
         raise value
+
+
+def _stray(exc: asyncio.CancelledError, fn: Any) -> BaseException:
+    owner = getattr(fn, "__self__", None)
+    agent = getattr(owner, "name", None) or getattr(fn, "__qualname__", "agent")
+    error = stray_cancellation(exc, str(agent))
+    return exc if error is None else error
 
 
 def _resolve(future: asyncio.Future[None]) -> None:

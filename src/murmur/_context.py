@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from contextvars import ContextVar
 from functools import partial
 from time import time as _now
@@ -14,6 +14,8 @@ from .events.types import EventError, EventType, RuntimeEvent, _trusted_event
 if TYPE_CHECKING:
     from ._agents import AgentImpl, AgentLike
     from ._bridge import AsyncioBridge, HomePortal
+    from ._envelope import EventSink, TaskEnvelope
+    from ._host import Host
     from ._runtime import AgentRuntime
     from .groups import AgentGroup, GroupResult
 
@@ -25,7 +27,12 @@ Ledger = dict[str, list[tuple[Usage, int, float]]]
 
 
 class CallOrigin:
-    """What the tasks of one ``run``/``gather`` call share: runtime, trace, depth, parent."""
+    """What the tasks of one ``run``/``gather`` call share: host, trace, depth, parent.
+
+    In-process, ``host`` is the runtime that made the call. An executor running a task
+    envelope from elsewhere builds one with ``from_envelope``: no host (its tasks cannot
+    spawn children), and events go to the envelope's sink.
+    """
 
     __slots__ = (
         "bridge",
@@ -33,38 +40,46 @@ class CallOrigin:
         "cancelled",
         "depth",
         "emit",
+        "emit_failed",
         "event_template",
+        "host",
         "parent",
         "parent_call_id",
-        "runtime",
+        "parent_task_id",
         "trace_id",
         "wants",
     )
 
     def __init__(
         self,
-        runtime: AgentRuntime,
+        host: Host | None,
         *,
         trace_id: str,
         depth: int,
         parent: AgentContext | None,
         bridge: AsyncioBridge | None,
         wants: frozenset[EventType],
+        emit: Callable[[RuntimeEvent], Awaitable[None]],
+        emit_failed: Callable[[RuntimeEvent], None],
         parent_call_id: str | None = None,
+        call_id: str | None = None,
+        parent_task_id: str | None = None,
     ) -> None:
-        self.runtime = runtime
+        self.host = host
         #: The event types the runtime's emitter wants; others are never built.
         self.wants = wants
-        #: The emitter's ``emit``, for the executor's per-task events (a failure of it goes to
-        #: ``runtime._emitter_broke``); other events go through ``runtime._emit``.
-        self.emit = runtime._emitter.emit
+        #: The emitter's ``emit``, called inline on the per-task hot path; whoever calls it
+        #: passes a failure to ``emit_failed`` (an emitter must never fail a run).
+        self.emit = emit
+        self.emit_failed = emit_failed
         self.trace_id = trace_id
         self.depth = depth
         self.parent = parent
+        self.parent_task_id = parent.task.task_id if parent is not None else parent_task_id
         self.bridge = bridge
         #: This call's own id in events (a batch's tasks share it with the batch events),
         #: and the enclosing call's (a group's, for the calls running its nodes).
-        self.call_id = new_task_id() if wants else None
+        self.call_id = call_id if call_id is not None else (new_task_id() if wants else None)
         self.parent_call_id = parent_call_id
         #: Set by a caller that builds results for tasks cancelled mid-run (``fail_fast``):
         #: the executor records what each spent there, by task id (usage, attempts, seconds).
@@ -80,7 +95,7 @@ class CallOrigin:
                 "timestamp": None,
                 "trace_id": trace_id,
                 "task_id": None,
-                "parent_task_id": None if parent is None else parent.task.task_id,
+                "parent_task_id": self.parent_task_id,
                 "call_id": self.call_id,
                 "parent_call_id": parent_call_id,
                 "agent": None,
@@ -92,6 +107,40 @@ class CallOrigin:
                 "data": None,
             }
         )
+
+    @classmethod
+    def from_envelope(
+        cls, envelope: TaskEnvelope, sink: EventSink, bridge: AsyncioBridge | None
+    ) -> CallOrigin:
+        """The origin of an attempt that arrived as an envelope, its events going to ``sink``."""
+        wants = frozenset(EventType(name) for name in envelope.wants if name in _EVENT_NAMES)
+        return cls(
+            None,
+            trace_id=envelope.trace_id,
+            depth=envelope.depth,
+            parent=None,
+            bridge=bridge,
+            wants=wants,
+            emit=sink.emit,
+            emit_failed=_ignore_failed_emit,
+            parent_call_id=envelope.parent_call_id,
+            call_id=envelope.call_id,
+            parent_task_id=envelope.parent_task_id,
+        )
+
+    async def emit_isolated(self, event: RuntimeEvent) -> None:
+        """Hand ``event`` over; a failure of the emitter is reported, never raised."""
+        try:
+            await self.emit(event)
+        except Exception:
+            self.emit_failed(event)
+
+
+_EVENT_NAMES = frozenset(str(kind) for kind in EventType)
+
+
+def _ignore_failed_emit(event: RuntimeEvent) -> None:
+    """An envelope's sink isolates its own failures: nothing more to do here."""
 
 
 class AgentContext:
@@ -147,8 +196,12 @@ class AgentContext:
 
     @property
     def runtime(self) -> AgentRuntime:
-        """The runtime that runs this task."""
-        return self._origin.runtime
+        """The runtime that runs this task.
+
+        Raises:
+            RuntimeError: the task arrived from another process (no runtime here).
+        """
+        return self._host().runtime
 
     @property
     def trace_id(self) -> str:
@@ -168,8 +221,7 @@ class AgentContext:
     @property
     def parent_task_id(self) -> str | None:
         """The ``task_id`` of the spawning task, if any."""
-        parent = self._origin.parent
-        return None if parent is None else parent.task.task_id
+        return self._origin.parent_task_id
 
     @property
     def origin(self) -> CallOrigin:
@@ -248,7 +300,7 @@ class AgentContext:
                 partial(self.emit, type, error=error, duration=duration, usage=usage, data=data)
             )
             return
-        await origin.runtime._emit(self._event(type, error, duration, usage, data))
+        await origin.emit_isolated(self._event(type, error, duration, usage, data))
 
     def _event(
         self,
@@ -280,7 +332,7 @@ class AgentContext:
         home = self.home
         if home is not None and home.is_away():
             return await home.run(partial(self.run, agent, task))
-        return await self._origin.runtime._run(agent, task, parent=self, announce=True)
+        return await self._host().run_task(agent, task, parent=self, announce=True)
 
     async def gather(
         self,
@@ -299,7 +351,7 @@ class AgentContext:
                     self.gather, agent, tasks, max_concurrency=max_concurrency, fail_fast=fail_fast
                 )
             )
-        return await self._origin.runtime._gather(
+        return await self._host().run_batch(
             agent,
             tasks,
             max_concurrency=max_concurrency,
@@ -314,7 +366,17 @@ class AgentContext:
         home = self.home
         if home is not None and home.is_away():
             return await home.run(partial(self.run_group, group, task))
-        return await self._origin.runtime.run_group(group, task, parent=self)
+        return await self._host().run_group(group, task, parent=self)
+
+    def _host(self) -> Host:
+        host = self._origin.host
+        if host is None:
+            raise RuntimeError(
+                f"the task {self.task.task_id!r} of agent {self.agent!r} runs on an executor "
+                "that received it from another process: it has no runtime to spawn "
+                "children (run, gather, run_group) on"
+            )
+        return host
 
     def _check_running(self) -> None:
         if self._finished:

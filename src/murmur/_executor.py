@@ -1,103 +1,120 @@
-"""The executor: runs one task through the pipeline and turns the outcome into a result.
+"""The executor side of the pipeline: runs one attempt of a task where the agent lives.
 
-The same executor runs tasks in-process (``LocalTransport``) and, in distributed mode, on
-the worker that receives them.
+Its stages (attempt timeout, user stages, emitter stages) wrap the dispatch of the agent.
+In-process, the runtime composes them straight under its caller-side stages, one
+pipeline on one ``AgentContext`` (the fast path). Elsewhere, ``Executor.execute`` runs a
+``TaskEnvelope`` given only an agent registry, and returns the attempt's result.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import asyncio
+from collections.abc import Callable, Mapping, Sequence
 from time import perf_counter
+from time import time as _now
 from typing import TYPE_CHECKING, Any
 
 import anyio
+import sniffio
 
 from ._bridge import AsyncioBridge, HomePortal
+from ._cancellation import stray_cancellation
 from ._context import AgentContext, CallOrigin, _current
-from ._pipeline import Stage, compose
-from ._types import AgentResult, TaskSpec
+from ._pipeline import CallNext, Stage, compose
+from ._types import ZERO_USAGE, AgentResult
+from .errors import AgentTimeoutError, UnknownAgentError
 from .events.types import EventType
 from .middleware.timeout import TimeoutMiddleware
 
 if TYPE_CHECKING:
     from ._agents import AgentImpl
+    from ._envelope import EventSink, TaskEnvelope
 
 __all__ = ["Executor"]
 
 
 class Executor:
-    """Runs tasks through a pipeline composed once from ``stages``."""
+    """Runs attempts through the executor-side stages, composed once.
 
-    def __init__(self, stages: Sequence[Stage] = ()) -> None:
+    Args:
+        stages: Executor-side stages, outermost first.
+        agents: The agents it serves by name, for ``execute`` (envelopes name their agent).
+        bridge: Returns the asyncio bridge to run asyncio-only agents on under Trio.
+    """
+
+    def __init__(
+        self,
+        stages: Sequence[Stage] = (),
+        *,
+        agents: Mapping[str, AgentImpl] | None = None,
+        bridge: Callable[[], AsyncioBridge] | None = None,
+    ) -> None:
         self.stages = tuple(stages)
-        self._call = compose(self.stages, _dispatch)
+        self.agents: dict[str, AgentImpl] = dict(agents or {})
+        self._bridge = bridge
+        #: The stages around the dispatch, as one callable on a context.
+        self.pipeline: CallNext = compose(self.stages, _dispatch)
         # Agents that never suspend (no `await` in their code) skip an innermost timeout:
         # no cancel scope can fire inside them (see TimeoutMiddleware).
         inner = self.stages[-1:]
         if inner and isinstance(inner[0], TimeoutMiddleware):
-            self._call_unsuspending = compose(self.stages[:-1], _dispatch)
+            self.pipeline_unsuspending: CallNext = compose(self.stages[:-1], _dispatch)
         else:
-            self._call_unsuspending = self._call
+            self.pipeline_unsuspending = self.pipeline
 
-    async def execute(
-        self, impl: AgentImpl, task: TaskSpec, origin: CallOrigin
-    ) -> AgentResult[Any]:
-        """Run ``task`` on ``impl``; agent failures come back as an error result.
+    async def execute(self, envelope: TaskEnvelope, sink: EventSink) -> AgentResult[Any]:
+        """Run one attempt described by ``envelope``; its failure comes back as a result.
 
-        Cancellation is not a failure: it propagates to the caller untouched.
+        The result's usage and duration are this attempt's. Cancellation propagates.
         """
-        ctx = AgentContext(origin, impl, task)
-        wants = origin.wants
-        # Task events are built and handed over inline (no helper coroutines): this runs for
-        # every task, and an emitter that wants everything should cost as little as possible.
-        if _STARTED in wants:
-            event = ctx._event(_STARTED)
-            try:
-                await origin.emit(event)
-            except Exception:
-                origin.runtime._emitter_broke(event)
-        start = perf_counter()
-        try:
-            output = await (self._call if impl.can_suspend else self._call_unsuspending)(ctx)
-        except Exception as exc:
-            result = AgentResult._build(
-                None, exc, ctx.usage, ctx.attempt, perf_counter() - start, task.task_id, impl.name
+        task = envelope.task
+        impl = self.agents.get(envelope.agent)
+        if impl is None:
+            served = ", ".join(sorted(map(repr, self.agents))) or "none"
+            unknown = UnknownAgentError(
+                f"no agent named {envelope.agent!r} is registered here (serving: {served})"
             )
-            if _FAILED in wants:
-                await ctx.emit(_FAILED, error=exc, duration=result.duration, usage=result.usage)
-            return result
+            return AgentResult._build(
+                None, unknown, ZERO_USAGE, 0, 0.0, task.task_id, envelope.agent
+            )
+        bridge = None
+        bridged = impl.asyncio_only and self._bridge is not None
+        if bridged and sniffio.current_async_library() != "asyncio":
+            assert self._bridge is not None
+            bridge = self._bridge()
+        origin = CallOrigin.from_envelope(envelope, sink, bridge)
+        ctx = AgentContext(origin, impl, task)
+        ctx.attempt = envelope.attempt - 1  # the dispatch counts this attempt
+        ctx.token_cap = envelope.token_cap
+        start = perf_counter()
+        output: Any = None
+        error: Exception | None = None
+        try:
+            if envelope.deadline is None:
+                output = await self.pipeline(ctx)
+            else:
+                left = envelope.deadline - _now()
+                with anyio.CancelScope(deadline=anyio.current_time() + left) as scope:
+                    output = await self.pipeline(ctx)
+                if scope.cancelled_caught:
+                    await ctx.emit(
+                        EventType.ATTEMPT_TIMED_OUT, data={"deadline": envelope.deadline}
+                    )
+                    raise AgentTimeoutError(
+                        f"agent {impl.name!r} attempt {envelope.attempt} passed its deadline"
+                    )
+        except Exception as exc:
+            error, output = exc, None
         except BaseException as exc:
-            if isinstance(exc, anyio.get_cancelled_exc_class()):
-                duration = perf_counter() - start
-                if origin.cancelled is not None:
-                    # What it spent is not lost: the caller puts it in the task's result.
-                    spent = (ctx.usage, ctx.attempt, duration)
-                    origin.cancelled.setdefault(task.task_id, []).append(spent)
-                if _CANCELLED in wants:
-                    # Report the cancellation, then let it go on: never swallowed.
-                    with anyio.CancelScope(shield=True):
-                        await ctx.emit(_CANCELLED, duration=duration, usage=ctx.usage)
-            raise
+            stray = stray_cancellation(exc, impl.name)
+            if stray is None:
+                raise
+            error, output = stray, None
         finally:
-            ctx._finished = True  # however the task ended, its context spawns no more
-        usage = ctx.usage
-        duration = perf_counter() - start
-        result = AgentResult._build(
-            output, None, usage, ctx.attempt, duration, task.task_id, impl.name
+            ctx._finished = True
+        return AgentResult._build(
+            output, error, ctx.usage, ctx.attempt, perf_counter() - start, task.task_id, impl.name
         )
-        if _SUCCEEDED in wants:
-            event = ctx._event(_SUCCEEDED, None, duration, usage)
-            try:
-                await origin.emit(event)
-            except Exception:
-                origin.runtime._emitter_broke(event)
-        return result
-
-
-_STARTED = EventType.TASK_STARTED
-_SUCCEEDED = EventType.TASK_SUCCEEDED
-_FAILED = EventType.TASK_FAILED
-_CANCELLED = EventType.TASK_CANCELLED
 
 
 async def _dispatch(ctx: AgentContext) -> Any:
@@ -111,6 +128,13 @@ async def _dispatch(ctx: AgentContext) -> Any:
         if bridge is not None and impl.asyncio_only:
             return await _bridged(bridge, impl, value, ctx)
         return await impl.invoke(value, ctx)
+    except asyncio.CancelledError as exc:
+        # A stray one becomes this attempt's failure here, so every stage above (retry
+        # included) sees an ordinary error; a real one goes on untouched.
+        stray = stray_cancellation(exc, impl.name)
+        if stray is None:
+            raise
+        raise stray from exc
     finally:
         _current.reset(token)
 

@@ -13,13 +13,16 @@ import sniffio
 import structlog
 
 from ._agents import AgentImpl, AgentLike, resolve_agent
+from ._batch import Tally, run_pool
 from ._bridge import AsyncioBridge
-from ._context import AgentContext, CallOrigin, Ledger
+from ._caller import TaskRunner
+from ._context import AgentContext, CallOrigin, _current
 from ._executor import Executor
+from ._host import Host
 from ._options import RuntimeOptions
-from ._pipeline import Stage
-from ._types import ZERO_USAGE, AgentResult, TaskSpec, Usage, new_task_id
-from .errors import RuntimeClosedError, TaskCancelledError
+from ._pipeline import Stage, split_by_side
+from ._types import AgentResult, TaskSpec, Usage, new_task_id
+from .errors import RuntimeClosedError
 from .events.log import LogEventEmitter
 from .events.types import (
     ALL_EVENT_TYPES,
@@ -95,21 +98,31 @@ class AgentRuntime:
                 "event_emitter must have `async def emit(self, event)`, "
                 f"got {type(event_emitter).__name__}"
             )
-        # Stages an emitter needs around every task (OpenTelemetry's current span) go
-        # outermost, so they enclose every policy and every attempt.
+        # Stages an emitter needs around every attempt (OpenTelemetry's current span) go
+        # outermost on the executor side, so they enclose the user's stages and the agent.
         own = _checked_stages(emitter_stages(event_emitter), "event_emitter.pipeline_stages()")
-        self._options = options
-        self._emitter: EventEmitter = event_emitter
-        self._emitter_failed = False
-        self._executor = Executor([*own, *_policy_stages(options, stages)])
-        self._transport = transport if transport is not None else LocalTransport(self._executor)
-        self._bridge: AsyncioBridge | None = None
-        self._closed = False
+        caller_user, executor_user = split_by_side(stages, "middleware")
+        if transport is not None and executor_user:
+            index = stages.index(executor_user[0])
+            raise ValueError(
+                f"middleware[{index}] runs on the executor side, but this runtime's attempts "
+                "run elsewhere (transport=...): give it to the Executor that runs them, or "
+                "mark it `side = 'caller'`"
+            )
+        caller_stages, executor_stages = _policy_stages(options, caller_user, executor_user)
+        self._core = _RuntimeCore(
+            self,
+            options,
+            event_emitter,
+            caller_stages=caller_stages,
+            executor_stages=[*own, *executor_stages],
+            transport=transport,
+        )
 
     @property
     def options(self) -> RuntimeOptions:
         """The runtime's options."""
-        return self._options
+        return self._core.options
 
     # -- public API ----------------------------------------------------------------------
 
@@ -128,7 +141,12 @@ class AgentRuntime:
             TypeError: ``agent`` is not an agent, or ``task`` not a ``TaskSpec``.
             RuntimeClosedError: the runtime was closed.
         """
-        return await self._run(agent, task, parent=None)
+        parent = _spawning_context(self._core)
+        if parent is not None:
+            # Called from inside one of this runtime's running tasks: that task's child
+            # (else it would wait on the budget and the cap its own ancestor holds).
+            return await parent.run(agent, task)
+        return await self._core.run_task(agent, task, parent=None)
 
     async def gather(
         self,
@@ -155,7 +173,18 @@ class AgentRuntime:
             ValueError: ``max_concurrency`` < 1.
             RuntimeClosedError: the runtime was closed.
         """
-        return await self._gather(
+        if isinstance(tasks, TaskSpec):
+            raise TypeError(
+                "gather() takes an iterable of TaskSpec, got a single TaskSpec: run one task "
+                "with `await runtime.run(agent, task)`, or pass a list: "
+                "`runtime.gather(agent, [task])`"
+            )
+        parent = _spawning_context(self._core)
+        if parent is not None:
+            return await parent.gather(
+                agent, tasks, max_concurrency=max_concurrency, fail_fast=fail_fast
+            )
+        return await self._core.run_batch(
             agent, tasks, max_concurrency=max_concurrency, fail_fast=fail_fast, parent=None
         )
 
@@ -163,6 +192,7 @@ class AgentRuntime:
         self, agent: AgentLike, task: TaskSpec, *, backend: str = "asyncio"
     ) -> AgentResult[Any]:
         """``run`` from synchronous code: starts an event loop (``backend``) for the call."""
+        _check_no_running_loop("run_sync", "run")
         return anyio.run(partial(self.run, agent, task), backend=backend)
 
     def gather_sync(
@@ -175,6 +205,7 @@ class AgentRuntime:
         backend: str = "asyncio",
     ) -> list[AgentResult[Any]]:
         """``gather`` from synchronous code: starts an event loop (``backend``) for the call."""
+        _check_no_running_loop("gather_sync", "gather")
         call = partial(
             self.gather, agent, tasks, max_concurrency=max_concurrency, fail_fast=fail_fast
         )
@@ -182,278 +213,14 @@ class AgentRuntime:
 
     async def aclose(self) -> None:
         """Release everything the runtime owns. Idempotent; the runtime is unusable after."""
-        if self._closed:
-            return
-        self._closed = True
-        try:
-            await self._transport.aclose()
-        finally:
-            bridge, self._bridge = self._bridge, None
-            if bridge is not None:
-                await bridge.aclose()
+        await self._core.aclose()
 
     async def __aenter__(self) -> AgentRuntime:
-        self._check_open()
+        self._core.check_open()
         return self
 
     async def __aexit__(self, *exc_info: object) -> None:
         await self.aclose()
-
-    # -- internals -----------------------------------------------------------------------
-
-    async def _run(
-        self,
-        agent: AgentLike,
-        task: TaskSpec,
-        *,
-        parent: AgentContext | None,
-        trace_id: str | None = None,
-        ledger: Ledger | None = None,
-        parent_call_id: str | None = None,
-        announce: bool = False,
-    ) -> AgentResult[Any]:
-        """``run``; a ``ledger`` receives what the task spent if it is cancelled mid-run;
-        ``announce``: a spawn by ``parent``, reported once the input is known to be valid."""
-        impl = resolve_agent(agent)
-        if not isinstance(task, TaskSpec):
-            raise TypeError(
-                f"task must be a murmur.TaskSpec, got {type(task).__name__}; "
-                "wrap the input as TaskSpec(input=...)"
-            )
-        if announce and parent is not None:
-            self._check_open()  # a spawn refused by a closed runtime is no spawn either
-            await parent._spawned(impl.name, 1)
-        origin = self._origin(impl, parent, trace_id, parent_call_id)
-        origin.cancelled = ledger
-        return await self._transport.submit(impl, task, origin)
-
-    async def _gather(
-        self,
-        agent: AgentLike,
-        tasks: Iterable[TaskSpec],
-        *,
-        max_concurrency: int | None,
-        fail_fast: bool,
-        parent: AgentContext | None,
-        trace_id: str | None = None,
-        ledger: Ledger | None = None,
-        into: list[AgentResult[Any] | None] | None = None,
-        parent_call_id: str | None = None,
-        announce: bool = False,
-    ) -> list[AgentResult[Any]]:
-        """``gather``. For a caller that may cancel it (a group): ``ledger`` receives what
-        tasks cut off mid-run had spent, and ``into`` (a list) the results as they come."""
-        impl = resolve_agent(agent)
-        limit = self._options.max_concurrency if max_concurrency is None else max_concurrency
-        if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
-            raise ValueError(f"max_concurrency must be an int >= 1, got {max_concurrency!r}")
-        if isinstance(tasks, (str, bytes)) or not isinstance(tasks, Iterable):
-            raise TypeError(
-                f"tasks must be an iterable of murmur.TaskSpec, got {type(tasks).__name__}"
-            )
-        specs = list(tasks)
-        for index, spec in enumerate(specs):
-            if not isinstance(spec, TaskSpec):
-                raise TypeError(
-                    f"tasks[{index}] must be a murmur.TaskSpec, got {type(spec).__name__}; "
-                    "wrap each input as TaskSpec(input=...)"
-                )
-        if announce and parent is not None:
-            self._check_open()
-            await parent._spawned(impl.name, len(specs))
-        origin = self._origin(impl, parent, trace_id, parent_call_id)
-        if ledger is not None or fail_fast:
-            origin.cancelled = {} if ledger is None else ledger
-        count = len(specs)
-        results: list[AgentResult[Any] | None] = [None] * count
-        if into is not None:
-            into[:] = results
-            results = into
-        if count == 0:
-            return []
-        started = perf_counter()
-        await self._emit_call_event(
-            origin,
-            EventType.BATCH_STARTED,
-            impl.name,
-            {"size": count, "max_concurrency": limit, "fail_fast": fail_fast},
-        )
-        submit = self._transport.submit
-        # A pool of at most `limit` workers pulls indices from one shared iterator: the cap
-        # holds by construction, and a 100k batch never has 100k coroutines alive at once.
-        # The pool grows on demand: a worker starts the next one just before it dispatches,
-        # so it grows by one each time work suspends, reaching `limit` at once for I/O-bound
-        # agents while agents that never suspend are served by a few workers. pydantic-ai
-        # agents always suspend: their pool starts whole.
-        indices = iter(range(count))
-        max_workers = min(limit, count)
-        first_failure: list[AgentResult[Any]] = []
-        workers = 0
-        spawn_pending = False
-        checkpoint_if_cancelled = anyio.lowlevel.checkpoint_if_cancelled
-        checkpoint = anyio.lowlevel.checkpoint
-
-        async with anyio.create_task_group() as tg:
-            cancel_scope = tg.cancel_scope
-
-            def grow() -> None:
-                nonlocal workers, spawn_pending
-                workers += 1
-                spawn_pending = True
-                tg.start_soon(worker)
-
-            async def worker() -> None:
-                nonlocal spawn_pending
-                spawn_pending = False
-                for done, i in enumerate(indices, 1):
-                    if first_failure:
-                        return  # fail_fast fired: also stops workers whose agents never yield
-                    if not spawn_pending and workers < max_workers:
-                        grow()
-                    result = await submit(impl, specs[i], origin)
-                    results[i] = result
-                    if fail_fast and result.error is not None and not first_failure:
-                        first_failure.append(result)
-                        cancel_scope.cancel()
-                    # Cancellation is delivered after every task, even to agents that never
-                    # suspend; a full yield every 64 keeps such a batch from starving the loop.
-                    if done % 64:
-                        await checkpoint_if_cancelled()
-                    else:
-                        await checkpoint()
-
-            # pydantic-ai agents always suspend, so their pool may as well start whole.
-            for _ in range(max_workers if impl.asyncio_only else 1):
-                grow()
-
-        if first_failure:
-            failed = first_failure[0]
-            spent = origin.cancelled or {}
-            for i, slot in enumerate(results):
-                if slot is None:
-                    task_id = specs[i].task_id
-                    # Cut off mid-run: what it had spent so far; never started: nothing.
-                    entries = spent.get(task_id)
-                    usage, attempts, duration = entries.pop(0) if entries else _NOTHING_SPENT
-                    results[i] = AgentResult._build(
-                        output=None,
-                        error=TaskCancelledError(
-                            f"cancelled by fail_fast: task {failed.task_id!r} of agent "
-                            f"{failed.agent!r} failed first"
-                        ),
-                        usage=usage,
-                        attempts=attempts,
-                        duration=duration,
-                        task_id=task_id,
-                        agent=impl.name,
-                    )
-        if EventType.BATCH_COMPLETED in origin.wants:
-            failed_count = sum(1 for r in results if r is not None and r.error is not None)
-            await self._emit_call_event(
-                origin,
-                EventType.BATCH_COMPLETED,
-                impl.name,
-                {"size": count, "succeeded": count - failed_count, "failed": failed_count},
-                duration=perf_counter() - started,
-            )
-        return results  # type: ignore[return-value]
-
-    def _origin(
-        self,
-        impl: AgentImpl | None,
-        parent: AgentContext | None,
-        trace_id: str | None = None,
-        parent_call_id: str | None = None,
-    ) -> CallOrigin:
-        """What one call's tasks share; ``trace_id`` continues a trace (e.g. a group's), and
-        ``parent_call_id`` names the call it runs for (a group's, for its nodes' calls)."""
-        self._check_open()
-        bridge = None
-        if impl is not None and impl.asyncio_only and sniffio.current_async_library() != "asyncio":
-            bridge = self._asyncio_bridge()
-        if parent is None:
-            wanted = wanted_types(self._emitter)
-            return CallOrigin(
-                self,
-                trace_id=trace_id or new_task_id(),
-                depth=0,
-                parent=None,
-                bridge=bridge,
-                wants=ALL_EVENT_TYPES if wanted is None else wanted,
-                parent_call_id=parent_call_id,
-            )
-        return CallOrigin(
-            self,
-            trace_id=parent.trace_id,
-            depth=parent.depth + 1,
-            parent=parent,
-            bridge=bridge,
-            wants=parent.origin.wants,
-            parent_call_id=parent_call_id,
-        )
-
-    def _asyncio_bridge(self) -> AsyncioBridge:
-        bridge = self._bridge
-        if bridge is None:
-            bridge = self._bridge = AsyncioBridge()
-            # Without aclose(), the loop thread goes when the runtime is collected or at exit.
-            weakref.finalize(self, bridge.close)
-        return bridge
-
-    async def _emit(self, event: RuntimeEvent) -> None:
-        try:
-            await self._emitter.emit(event)
-        except Exception:
-            self._emitter_broke(event)
-
-    def _emitter_broke(self, event: RuntimeEvent) -> None:
-        """Called in the ``except`` around a failed ``emit``: isolate it, and say so once."""
-        # An emitter must never fail a run.
-        if not self._emitter_failed:
-            self._emitter_failed = True
-            _log.exception(
-                "event emitter failed; later failures of it are not logged",
-                emitter=type(self._emitter).__name__,
-                event_type=str(event.type),
-            )
-
-    async def _emit_call_event(
-        self,
-        origin: CallOrigin,
-        type: EventType,
-        agent: str,
-        data: dict[str, Any],
-        duration: float | None = None,
-        *,
-        task_id: str | None = None,
-        usage: Usage | None = None,
-        error: BaseException | None = None,
-    ) -> None:
-        """An event about a whole call (a batch, a group) or a group node, not one attempt."""
-        if type not in origin.wants:
-            return
-        parent = origin.parent
-        await self._emit(
-            RuntimeEvent._build(
-                type,
-                origin.trace_id,
-                task_id,
-                None if parent is None else parent.task.task_id,
-                agent,
-                origin.depth,
-                None,
-                duration,
-                usage,
-                None if error is None else EventError.from_exception(error),
-                data,
-                call_id=origin.call_id,
-                parent_call_id=origin.parent_call_id,
-            )
-        )
-
-    def _check_open(self) -> None:
-        if self._closed:
-            raise RuntimeClosedError("this AgentRuntime was closed; create a new one")
 
     # -- agent groups --------------------------------------------------------------------
 
@@ -467,6 +234,7 @@ class AgentRuntime:
             task: The group's task; its input goes to the entry node(s).
             parent: Inside an agent, its ``AgentContext``: the nodes then run as its
                 children (one spawn level deeper, same trace and budget). Default: the
+                task this call is made from, if it is one of this runtime's; else the
                 nodes run at depth 0.
 
         Returns:
@@ -476,10 +244,38 @@ class AgentRuntime:
             TypeError: ``group`` is not an ``AgentGroup``, or ``task`` not a ``TaskSpec``.
             RuntimeClosedError: the runtime was closed.
         """
-        return await _run_group(self, group, task, parent=parent)
+        if parent is None:
+            parent = _spawning_context(self._core)
+        return await self._core.run_group(group, task, parent=parent)
+
+    def __murmur_host__(self) -> Host:
+        """The interface the layers below the runtime use (the group scheduler, contexts)."""
+        return self._core
+
+    @property
+    def _stages(self) -> tuple[Stage, ...]:
+        """Every stage of the in-process pipeline, outermost first (for tests and tools)."""
+        return self._core.stages
 
 
-_NOTHING_SPENT: tuple[Usage, int, float] = (ZERO_USAGE, 0, 0.0)
+def _spawning_context(host: Host) -> AgentContext | None:
+    """The running task of ``host``'s this call is made from, if any."""
+    ctx = _current.get()
+    if ctx is None or ctx._finished or ctx.origin.host is not host:
+        return None
+    return ctx
+
+
+def _check_no_running_loop(name: str, instead: str) -> None:
+    try:
+        library = sniffio.current_async_library()
+    except sniffio.AsyncLibraryNotFoundError:
+        return
+    raise RuntimeError(
+        f"{name}() starts its own event loop, but one ({library}) is already running in this "
+        f"thread (in Jupyter, or inside async code): use `await runtime.{instead}(...)` "
+        "instead"
+    )
 
 
 def _checked_stages(stages: Iterable[Any], field: str) -> list[Stage]:
@@ -494,8 +290,11 @@ def _checked_stages(stages: Iterable[Any], field: str) -> list[Stage]:
     return checked
 
 
-def _policy_stages(options: RuntimeOptions, middleware: Sequence[Stage]) -> list[Stage]:
-    """The pipeline, outermost first: depth → budget → retry → user stages → timeout."""
+def _policy_stages(
+    options: RuntimeOptions, caller_user: Sequence[Stage], executor_user: Sequence[Stage]
+) -> tuple[list[Stage], list[Stage]]:
+    """The pipeline, outermost first, split by side: depth → budget → retry → the user's
+    caller-side stages | the user's executor-side stages → timeout."""
     stages: list[Stage] = []
     if options.max_spawn_depth is not None:
         stages.append(DepthLimitMiddleware(options.max_spawn_depth))
@@ -511,7 +310,272 @@ def _policy_stages(options: RuntimeOptions, middleware: Sequence[Stage]) -> list
                 retry_on=options.retry_on,
             )
         )
-    stages.extend(middleware)
+    stages.extend(caller_user)
+    executor = list(executor_user)
     if options.timeout_seconds is not None:
-        stages.append(TimeoutMiddleware(options.timeout_seconds))
-    return stages
+        executor.append(TimeoutMiddleware(options.timeout_seconds))
+    return stages, executor
+
+
+class _RuntimeCore(Host):
+    """What an ``AgentRuntime`` owns and does, behind the ``Host`` interface.
+
+    The public ``AgentRuntime`` checks its arguments and hands over; agents spawning
+    children (``AgentContext``) and the group scheduler reach this through ``Host``.
+    """
+
+    def __init__(
+        self,
+        runtime: AgentRuntime,
+        options: RuntimeOptions,
+        emitter: EventEmitter,
+        *,
+        caller_stages: Sequence[Stage],
+        executor_stages: Sequence[Stage],
+        transport: Transport | None,
+    ) -> None:
+        self._runtime = runtime
+        self._options = options
+        self._emitter = emitter
+        self._emitter_failed = False
+        self._bridge: AsyncioBridge | None = None
+        self._closed = False
+        if transport is None:
+            executor = Executor(executor_stages, bridge=self._asyncio_bridge)
+            self.transport: Transport = LocalTransport(executor)
+            self.stages: tuple[Stage, ...] = (*caller_stages, *executor.stages)
+            self._runner = TaskRunner(caller_stages, executor=executor)
+        else:
+            self.transport = transport
+            self.stages = tuple(caller_stages)
+            self._runner = TaskRunner(
+                caller_stages,
+                executor=None,
+                transport=transport,
+                attempt_timeout=options.timeout_seconds,
+            )
+
+    @property
+    def runtime(self) -> AgentRuntime:
+        return self._runtime
+
+    @property
+    def options(self) -> RuntimeOptions:
+        return self._options
+
+    def check_open(self) -> None:
+        if self._closed:
+            raise RuntimeClosedError("this AgentRuntime was closed; create a new one")
+
+    async def aclose(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            await self.transport.aclose()
+        finally:
+            bridge, self._bridge = self._bridge, None
+            if bridge is not None:
+                await bridge.aclose()
+
+    # -- calls -------------------------------------------------------------------------
+
+    async def run_task(
+        self,
+        agent: AgentLike,
+        task: TaskSpec,
+        *,
+        parent: AgentContext | None,
+        trace_id: str | None = None,
+        tally: Tally | None = None,
+        parent_call_id: str | None = None,
+        announce: bool = False,
+    ) -> AgentResult[Any]:
+        impl = resolve_agent(agent)
+        if not isinstance(task, TaskSpec):
+            raise TypeError(
+                f"task must be a murmur.TaskSpec, got {type(task).__name__}; "
+                "wrap the input as TaskSpec(input=...)"
+            )
+        if announce and parent is not None:
+            self.check_open()  # a spawn refused by a closed runtime is no spawn either
+            await parent._spawned(impl.name, 1)
+        origin = self.open_call(impl, parent, trace_id=trace_id, parent_call_id=parent_call_id)
+        if tally is not None:
+            origin.cancelled = tally.ledger
+        return await self._runner.run(impl, task, origin)
+
+    async def run_batch(
+        self,
+        agent: AgentLike,
+        tasks: Iterable[TaskSpec],
+        *,
+        max_concurrency: int | None,
+        fail_fast: bool,
+        parent: AgentContext | None,
+        trace_id: str | None = None,
+        tally: Tally | None = None,
+        parent_call_id: str | None = None,
+        announce: bool = False,
+    ) -> list[AgentResult[Any]]:
+        impl = resolve_agent(agent)
+        limit = self._options.max_concurrency if max_concurrency is None else max_concurrency
+        if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
+            raise ValueError(f"max_concurrency must be an int >= 1, got {max_concurrency!r}")
+        if isinstance(tasks, (str, bytes, TaskSpec)) or not isinstance(tasks, Iterable):
+            raise TypeError(
+                f"tasks must be an iterable of murmur.TaskSpec, got {type(tasks).__name__}"
+            )
+        specs = list(tasks)
+        for index, spec in enumerate(specs):
+            if not isinstance(spec, TaskSpec):
+                raise TypeError(
+                    f"tasks[{index}] must be a murmur.TaskSpec, got {type(spec).__name__}; "
+                    "wrap each input as TaskSpec(input=...)"
+                )
+        if announce and parent is not None:
+            self.check_open()
+            await parent._spawned(impl.name, len(specs))
+        origin = self.open_call(impl, parent, trace_id=trace_id, parent_call_id=parent_call_id)
+        if tally is None:
+            tally = Tally()
+        # Tasks cut off mid-run record what they spent there (fail_fast builds their results).
+        origin.cancelled = tally.ledger
+        count = len(specs)
+        if count == 0:
+            tally.slots[:] = []
+            return []
+        started = perf_counter()
+        await self.emit_call_event(
+            origin,
+            EventType.BATCH_STARTED,
+            impl.name,
+            {"size": count, "max_concurrency": limit, "fail_fast": fail_fast},
+        )
+        run = self._runner.run
+
+        def submit(spec: TaskSpec) -> Any:
+            return run(impl, spec, origin)
+
+        # pydantic-ai agents always suspend: their pool may as well start whole.
+        results = await run_pool(
+            specs,
+            submit,
+            agent=impl.name,
+            limit=limit,
+            fail_fast=fail_fast,
+            start_whole=impl.asyncio_only,
+            tally=tally,
+        )
+        if EventType.BATCH_COMPLETED in origin.wants:
+            failed_count = sum(1 for r in results if r.error is not None)
+            await self.emit_call_event(
+                origin,
+                EventType.BATCH_COMPLETED,
+                impl.name,
+                {"size": count, "succeeded": count - failed_count, "failed": failed_count},
+                duration=perf_counter() - started,
+            )
+        return results
+
+    async def run_group(
+        self, group: AgentGroup, task: TaskSpec, *, parent: AgentContext | None
+    ) -> GroupResult:
+        return await _run_group(self, group, task, parent=parent)
+
+    def open_call(
+        self,
+        impl: AgentImpl | None,
+        parent: AgentContext | None,
+        *,
+        trace_id: str | None = None,
+        parent_call_id: str | None = None,
+    ) -> CallOrigin:
+        """What one call's tasks share; ``trace_id`` continues a trace (e.g. a group's), and
+        ``parent_call_id`` names the call it runs for (a group's, for its nodes' calls)."""
+        self.check_open()
+        bridge = None
+        if impl is not None and impl.asyncio_only and sniffio.current_async_library() != "asyncio":
+            bridge = self._asyncio_bridge()
+        if parent is None:
+            wanted = wanted_types(self._emitter)
+            return CallOrigin(
+                self,
+                trace_id=trace_id or new_task_id(),
+                depth=0,
+                parent=None,
+                bridge=bridge,
+                wants=ALL_EVENT_TYPES if wanted is None else wanted,
+                emit=self._emitter.emit,
+                emit_failed=self.emitter_failed,
+                parent_call_id=parent_call_id,
+            )
+        return CallOrigin(
+            self,
+            trace_id=parent.trace_id,
+            depth=parent.depth + 1,
+            parent=parent,
+            bridge=bridge,
+            wants=parent.origin.wants,
+            emit=self._emitter.emit,
+            emit_failed=self.emitter_failed,
+            parent_call_id=parent_call_id,
+        )
+
+    def _asyncio_bridge(self) -> AsyncioBridge:
+        bridge = self._bridge
+        if bridge is None:
+            bridge = self._bridge = AsyncioBridge()
+            # Without aclose(), the loop thread goes when the runtime is collected or at exit.
+            weakref.finalize(self, bridge.close)
+        return bridge
+
+    # -- events ------------------------------------------------------------------------
+
+    async def emit(self, event: RuntimeEvent) -> None:
+        try:
+            await self._emitter.emit(event)
+        except Exception:
+            self.emitter_failed(event)
+
+    def emitter_failed(self, event: RuntimeEvent) -> None:
+        # An emitter must never fail a run: isolate it, and say so once.
+        if not self._emitter_failed:
+            self._emitter_failed = True
+            _log.exception(
+                "event emitter failed; later failures of it are not logged",
+                emitter=type(self._emitter).__name__,
+                event_type=str(event.type),
+            )
+
+    async def emit_call_event(
+        self,
+        origin: CallOrigin,
+        type: EventType,
+        agent: str,
+        data: dict[str, Any],
+        duration: float | None = None,
+        *,
+        task_id: str | None = None,
+        usage: Usage | None = None,
+        error: BaseException | None = None,
+    ) -> None:
+        if type not in origin.wants:
+            return
+        await self.emit(
+            RuntimeEvent._build(
+                type,
+                origin.trace_id,
+                task_id,
+                origin.parent_task_id,
+                agent,
+                origin.depth,
+                None,
+                duration,
+                usage,
+                None if error is None else EventError.from_exception(error),
+                data,
+                call_id=origin.call_id,
+                parent_call_id=origin.parent_call_id,
+            )
+        )

@@ -9,6 +9,8 @@ The whole hierarchy::
     │   ├── AgentTimeoutError ──────── an attempt ran past ``timeout_seconds`` (a ``TimeoutError``)
     │   ├── BudgetExceededError ────── the shared ``TokenBudget`` is spent
     │   ├── SpawnDepthExceededError ── a spawn went deeper than ``max_spawn_depth``
+    │   ├── StrayCancellationError ─── the agent got a cancellation its own task was not sent
+    │   ├── UnknownAgentError ──────── an executor was asked for an agent it does not serve
     │   └── RemoteAgentError ───────── a failure that happened in another process
     ├── RuntimeClosedError ─────────── the runtime was used after ``aclose()``
     └── TopologyError ──────────────── an ``AgentGroup`` topology is invalid
@@ -31,8 +33,10 @@ __all__ = [
     "RemoteAgentError",
     "RuntimeClosedError",
     "SpawnDepthExceededError",
+    "StrayCancellationError",
     "TaskCancelledError",
     "TopologyError",
+    "UnknownAgentError",
 ]
 
 
@@ -67,6 +71,20 @@ class BudgetExceededError(AgentError):
 
 class SpawnDepthExceededError(AgentError):
     """A spawn would run deeper than ``max_spawn_depth``."""
+
+
+class StrayCancellationError(AgentError):
+    """The agent received a cancellation that no cancel scope of its own task delivered.
+
+    An agent awaiting a future or task that someone else cancelled (a shared in-flight
+    request, a single-flight cache, an ``asyncio.shield``-ed call) gets
+    ``asyncio.CancelledError`` without being cancelled itself. That is a failure of this one
+    task, never a cancellation of its batch; ``__cause__`` holds the original exception.
+    """
+
+
+class UnknownAgentError(AgentError, LookupError):
+    """An executor was asked to run an agent name it has not registered."""
 
 
 class RemoteAgentError(AgentError):

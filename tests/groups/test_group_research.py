@@ -19,6 +19,7 @@ from murmur import (
     AgentGroup,
     AgentRuntime,
     Edge,
+    FunctionAgent,
     GroupResult,
     RuntimeOptions,
     SpawnDepthExceededError,
@@ -27,8 +28,7 @@ from murmur import (
     from_pydantic_ai,
 )
 from murmur._pipeline import CallNext
-from murmur.transport.base import Transport
-from murmur.transport.local import LocalTransport
+from murmur.transport import EventSink, Executor, LocalTransport, TaskEnvelope, Transport
 
 pytestmark = pytest.mark.anyio
 
@@ -202,9 +202,9 @@ async def test_nodes_are_submitted_through_the_transport() -> None:
         def __init__(self, inner: Transport) -> None:
             self.inner = inner
 
-        async def submit(self, impl: Any, task: TaskSpec, origin: Any) -> Any:
-            submitted.append(impl.name)
-            return await self.inner.submit(impl, task, origin)
+        async def submit(self, envelope: TaskEnvelope, events: EventSink) -> Any:
+            submitted.append(envelope.agent)
+            return await self.inner.submit(envelope, events)
 
     async def first(value: str) -> str:
         return value + "1"
@@ -213,9 +213,9 @@ async def test_nodes_are_submitted_through_the_transport() -> None:
         return value + "2"
 
     group = AgentGroup(name="g", topology={first: Edge(to=(second,)), second: Edge.terminal()})
-    probe = AgentRuntime()
-    transport = CountingTransport(LocalTransport(probe._executor))
-    async with probe, AgentRuntime(transport=transport) as runtime:
+    executor = Executor(agents={"first": FunctionAgent(first), "second": FunctionAgent(second)})
+    transport = CountingTransport(LocalTransport(executor))
+    async with AgentRuntime(transport=transport) as runtime:
         result = await runtime.run_group(group, TaskSpec(input="x"))
     assert result.output == "x12"
     assert submitted == ["first", "second"]

@@ -10,7 +10,6 @@ import pytest
 from pydantic import ValidationError
 
 from murmur import AgentRuntime, BudgetExceededError, RuntimeOptions, TaskSpec, TokenBudget
-from murmur._runtime import _policy_stages
 from murmur.middleware import (
     CostTrackingMiddleware,
     DepthLimitMiddleware,
@@ -186,15 +185,15 @@ def test_middleware_constructors_validate_their_arguments() -> None:
 
 
 def test_default_options_build_no_stages() -> None:
-    assert _policy_stages(RuntimeOptions(), []) == []
+    assert AgentRuntime(options=RuntimeOptions())._stages == ()
     # One attempt means no retry stage at all.
-    assert _policy_stages(RuntimeOptions(retry_max_attempts=1), []) == []
+    assert AgentRuntime(options=RuntimeOptions(retry_max_attempts=1))._stages == ()
 
 
 def test_options_build_the_stages_they_ask_for() -> None:
     budget = TokenBudget(limit=1000)
-    stages = _policy_stages(
-        RuntimeOptions(
+    stages = AgentRuntime(
+        options=RuntimeOptions(
             timeout_seconds=2.5,
             retry_max_attempts=4,
             retry_backoff_factor=1.5,
@@ -204,8 +203,7 @@ def test_options_build_the_stages_they_ask_for() -> None:
             token_budget=budget,
             max_spawn_depth=2,
         ),
-        [],
-    )
+    )._stages
     depth, cost, retry, timeout = stages
     assert isinstance(depth, DepthLimitMiddleware)
     assert depth.max_depth == 2

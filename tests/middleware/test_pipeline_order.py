@@ -24,7 +24,6 @@ from murmur import (
     TokenBudget,
 )
 from murmur._pipeline import compose
-from murmur._runtime import _policy_stages
 from murmur.middleware import (
     CostTrackingMiddleware,
     DepthLimitMiddleware,
@@ -62,7 +61,7 @@ def test_stages_are_ordered_depth_budget_retry_user_timeout() -> None:
         retry_max_attempts=2,
         timeout_seconds=5.0,
     )
-    stages = _policy_stages(options, [user_a, user_b])
+    stages = AgentRuntime(options=options, middleware=[user_a, user_b])._stages
     assert [type(s) for s in stages] == [
         DepthLimitMiddleware,
         CostTrackingMiddleware,
@@ -73,6 +72,40 @@ def test_stages_are_ordered_depth_budget_retry_user_timeout() -> None:
     ]
     assert stages[3] is user_a
     assert stages[4] is user_b
+
+
+def test_each_stage_runs_on_its_side_and_user_stages_default_to_the_executor() -> None:
+    class CallerSide(Tracer):
+        side = "caller"
+
+    user_caller = CallerSide("c", [])
+    user_executor = Tracer("e", [])
+    options = RuntimeOptions(
+        max_spawn_depth=3,
+        token_budget=TokenBudget(limit=1000),
+        retry_max_attempts=2,
+        timeout_seconds=5.0,
+    )
+    runtime = AgentRuntime(options=options, middleware=[user_executor, user_caller])
+    # Caller side (around the attempts, where the call is made), then executor side.
+    assert [getattr(s, "side", "executor") for s in runtime._stages] == [
+        "caller",
+        "caller",
+        "caller",
+        "caller",
+        "executor",
+        "executor",
+    ]
+    assert runtime._stages[3] is user_caller
+    assert runtime._stages[4] is user_executor
+
+
+def test_a_stage_with_an_unknown_side_is_refused_naming_it() -> None:
+    class Sideways(Tracer):
+        side = "sideways"
+
+    with pytest.raises(ValueError, match=r"middleware\[1\]\.side must be 'caller' or 'executor'"):
+        AgentRuntime(middleware=[Tracer("a", []), Sideways("b", [])])
 
 
 def test_user_stages_satisfy_the_stage_protocol() -> None:

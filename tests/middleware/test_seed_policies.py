@@ -116,7 +116,7 @@ class FakeSleep:
 
 
 def stages_of(runtime: AgentRuntime) -> tuple[Any, ...]:
-    return runtime._executor.stages
+    return runtime._stages
 
 
 def use_fake_clock(runtime: AgentRuntime) -> FakeSleep:

@@ -36,7 +36,7 @@ MODEL_TIMEOUT = 0.5
 
 def relax(runtime: AgentRuntime) -> None:
     """Give the runtime's later attempts a generous deadline, so that they never race it."""
-    (stage,) = [s for s in runtime._executor.stages if isinstance(s, TimeoutMiddleware)]
+    (stage,) = [s for s in runtime._stages if isinstance(s, TimeoutMiddleware)]
     stage.seconds = 60.0
 
 

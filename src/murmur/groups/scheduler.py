@@ -7,8 +7,9 @@ the moment it has heard from every predecessor and at least one sent it an input
 received nothing is pruned, which its own successors then hear in turn.
 
 All node tasks run in one AnyIO task group owned by ``GroupScheduler.run``. Nodes are
-dispatched through the runtime (``_run`` for one task, ``_gather`` for a fan-out), so they go
-through its transport and pipeline exactly like ``run``/``gather`` calls.
+dispatched through the runtime's ``Host`` interface (``run_task`` for one task,
+``run_batch`` for a fan-out), so they go through its transport and pipeline exactly like
+``run``/``gather`` calls.
 """
 
 from __future__ import annotations
@@ -23,7 +24,9 @@ import anyio
 import anyio.abc
 import anyio.lowlevel
 
-from .._context import AgentContext, Ledger
+from .._batch import Tally, single_exception
+from .._context import AgentContext
+from .._host import Host
 from .._types import ZERO_USAGE, AgentResult, TaskSpec, Usage, new_task_id
 from ..errors import AgentError, TaskCancelledError
 from ..events.types import EventType
@@ -39,13 +42,13 @@ _State = NodeStatus | Literal["running"]
 
 
 async def run_group(
-    runtime: AgentRuntime,
+    host: Host,
     group: AgentGroup,
     task: TaskSpec,
     *,
     parent: AgentContext | None = None,
 ) -> GroupResult:
-    """Run ``group`` on ``task`` with ``runtime``; the body of ``AgentRuntime.run_group``."""
+    """Run ``group`` on ``task`` with ``host``; the body of ``AgentRuntime.run_group``."""
     if not isinstance(group, AgentGroup):
         raise TypeError(f"group must be a murmur.AgentGroup, got {type(group).__name__}")
     if not isinstance(task, TaskSpec):
@@ -55,8 +58,8 @@ async def run_group(
         )
     if parent is not None and not isinstance(parent, AgentContext):
         raise TypeError(f"parent must be a murmur.AgentContext, got {type(parent).__name__}")
-    runtime._check_open()
-    return await GroupScheduler(runtime, group, task, parent=parent).run()
+    host.check_open()
+    return await GroupScheduler(host, group, task, parent=parent).run()
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,7 +74,7 @@ class _Delivery:
 
 @dataclass(frozen=True, slots=True)
 class _Plan:
-    """How a node is dispatched: one ``_run``, or one ``_gather`` over the items."""
+    """How a node is dispatched: one ``run_task``, or one ``run_batch`` over the items."""
 
     specs: list[TaskSpec]
     fanned: bool
@@ -83,19 +86,22 @@ class _Plan:
 class GroupScheduler:
     """One run of one group. Create one per ``run_group`` call; ``run()`` it once.
 
+    ``runtime`` is the ``AgentRuntime`` (or its ``Host``) whose pipeline runs the nodes.
+
     The ``_on_*`` methods are the run's lifecycle moments; group and node events are
     emitted there (and only there). One run is one trace.
     """
 
     def __init__(
         self,
-        runtime: AgentRuntime,
+        runtime: AgentRuntime | Host,
         group: AgentGroup,
         task: TaskSpec,
         *,
         parent: AgentContext | None,
     ) -> None:
-        self.runtime = runtime
+        host = runtime if isinstance(runtime, Host) else runtime.__murmur_host__()
+        self.host = host
         self.group = group
         self.task = task
         self.parent = parent
@@ -108,14 +114,13 @@ class GroupScheduler:
         self._results: dict[str, AgentResult[Any]] = {}
         self._slots: dict[str, list[AgentResult[Any]]] = {}
         self._started: dict[str, tuple[str, float]] = {}
-        # For nodes cancelled mid-run (fail_fast): what their tasks had spent, by task id,
-        # and the slots a fanned-out node had finished.
-        self._ledgers: dict[str, Ledger] = {}  # one per node: task ids may repeat across nodes
-        self._partial_slots: dict[str, list[AgentResult[Any] | None]] = {}
+        # For nodes cancelled mid-run (fail_fast): what their tasks had spent and the slots
+        # a fanned-out node had finished; one per node (task ids may repeat across nodes).
+        self._tallies: dict[str, Tally] = {}
         self._first_failure: str | None = None
         self._task_group: anyio.abc.TaskGroup | None = None
         # One trace for the whole run: every node's tasks and the group events share it.
-        self._origin = runtime._origin(None, parent)
+        self._origin = host.open_call(None, parent)
         self.trace_id = self._origin.trace_id
 
     # -- lifecycle hooks: the group and node events ----------------------------------------
@@ -129,7 +134,7 @@ class GroupScheduler:
         duration: float | None = None,
         result: AgentResult[Any] | None = None,
     ) -> None:
-        await self.runtime._emit_call_event(
+        await self.host.emit_call_event(
             self._origin,
             type,
             agent,
@@ -196,10 +201,11 @@ class GroupScheduler:
             raise RuntimeError("a GroupScheduler runs once; create one per run")
         start = perf_counter()
         await self._on_group_started()
-        async with anyio.create_task_group() as tg:
-            self._task_group = tg
-            for entry in self.group.entries:
-                self._start(entry)
+        with single_exception():
+            async with anyio.create_task_group() as tg:
+                self._task_group = tg
+                for entry in self.group.entries:
+                    self._start(entry)
         result = self._build_result(perf_counter() - start)
         await self._on_group_completed(result)
         return result
@@ -286,15 +292,16 @@ class GroupScheduler:
         return _Plan(specs, True, source.max_concurrency, source.require_all_slots, new_task_id())
 
     async def _execute(self, node: _Node, plan: _Plan, start: float) -> AgentResult[Any]:
-        runtime = self.runtime
+        host = self.host
+        tally = self._tallies[node.name] = Tally()
         if not plan.fanned:
             try:
-                return await runtime._run(
+                return await host.run_task(
                     node.impl,
                     plan.specs[0],
                     parent=self.parent,
                     trace_id=self.trace_id,
-                    ledger=self._ledgers.setdefault(node.name, {}),
+                    tally=tally,
                     parent_call_id=self._origin.call_id,
                 )
             except Exception as exc:  # e.g. the runtime was closed under the group
@@ -303,18 +310,15 @@ class GroupScheduler:
         if limit is None:
             limit = self.group.max_concurrency
         require_all = plan.require_all_slots or self.group.require_all_slots
-        partial: list[AgentResult[Any] | None] = []
-        self._partial_slots[node.name] = partial
         try:
-            slots = await runtime._gather(
+            slots = await host.run_batch(
                 node.impl,
                 plan.specs,
                 max_concurrency=limit,
                 fail_fast=require_all,
                 parent=self.parent,
                 trace_id=self.trace_id,
-                ledger=self._ledgers.setdefault(node.name, {}),
-                into=partial,
+                tally=tally,
                 parent_call_id=self._origin.call_id,
             )
         except Exception as exc:
@@ -464,14 +468,8 @@ class GroupScheduler:
             usage, attempts = partial.usage, partial.attempts
         else:
             # Cut off mid-run: what its tasks had spent (finished fan-out slots included).
-            usage, attempts = ZERO_USAGE, 0
-            finished = self._partial_slots.get(name) or []
-            for slot in finished:
-                if slot is not None:
-                    usage, attempts = usage + slot.usage, attempts + slot.attempts
-            for entries in self._ledgers.get(name, {}).values():
-                for spent_usage, spent_attempts, _ in entries:
-                    usage, attempts = usage + spent_usage, attempts + spent_attempts
+            tally = self._tallies.get(name)
+            usage, attempts = (ZERO_USAGE, 0) if tally is None else tally.spent()
         return AgentResult._build(
             output=None,
             error=TaskCancelledError(reason),

@@ -188,6 +188,9 @@ class CostTrackingMiddleware:
     A refusal emits ``BUDGET_EXCEEDED`` and then raises ``BudgetExceededError``.
     """
 
+    #: Runs where the call was made (see ``murmur.Stage``).
+    side = "caller"
+
     def __init__(self, budget: TokenBudget) -> None:
         if not isinstance(budget, TokenBudget):
             raise TypeError(f"budget must be a TokenBudget, got {type(budget).__name__}")

@@ -21,6 +21,9 @@ class DepthLimitMiddleware:
     ``SpawnDepthExceededError`` (after a ``DEPTH_LIMIT_EXCEEDED`` event), before any attempt.
     """
 
+    #: Runs where the call was made (see ``murmur.Stage``).
+    side = "caller"
+
     def __init__(self, max_depth: int) -> None:
         if isinstance(max_depth, bool) or not isinstance(max_depth, int) or max_depth < 0:
             raise ValueError(f"max_depth must be an int >= 0, got {max_depth!r}")

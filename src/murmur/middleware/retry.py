@@ -80,6 +80,9 @@ class RetryMiddleware:
     through its ``__context__`` chain and listed in its notes.
     """
 
+    #: Runs where the call was made (see ``murmur.Stage``).
+    side = "caller"
+
     def __init__(
         self,
         max_attempts: int,

@@ -30,6 +30,9 @@ class TimeoutMiddleware:
     (several µs) on every attempt of CPU-only function agents.
     """
 
+    #: Runs where the agent runs, once per attempt (see ``murmur.Stage``).
+    side = "executor"
+
     def __init__(self, seconds: float) -> None:
         if not seconds > 0:
             raise ValueError(f"timeout seconds must be > 0, got {seconds!r}")

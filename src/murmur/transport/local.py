@@ -1,4 +1,4 @@
-"""In-process execution: tasks run in the caller's task group through the executor."""
+"""In-process execution: attempts run in the calling task, on an ``Executor``."""
 
 from __future__ import annotations
 
@@ -7,19 +7,24 @@ from typing import TYPE_CHECKING, Any
 from .base import Transport
 
 if TYPE_CHECKING:
-    from .._agents import AgentImpl
-    from .._context import CallOrigin
+    from .._envelope import EventSink, TaskEnvelope
     from .._executor import Executor
-    from .._types import AgentResult, TaskSpec
+    from .._types import AgentResult
 
 __all__ = ["LocalTransport"]
 
 
 class LocalTransport(Transport):
-    """Runs every task in this process, in the calling task."""
+    """Runs every attempt in this process, in the calling task.
+
+    A runtime whose transport is the ``LocalTransport`` of its own executor (the default)
+    takes the fast path: no envelope at all, its caller-side and executor-side stages
+    composed into one pipeline. Given another executor, envelopes are run on it by agent
+    name, as a remote worker would.
+    """
 
     def __init__(self, executor: Executor) -> None:
         self.executor = executor
 
-    async def submit(self, impl: AgentImpl, task: TaskSpec, origin: CallOrigin) -> AgentResult[Any]:
-        return await self.executor.execute(impl, task, origin)
+    async def submit(self, envelope: TaskEnvelope, events: EventSink) -> AgentResult[Any]:
+        return await self.executor.execute(envelope, events)

@@ -1,0 +1,174 @@
+"""A batch: many tasks of one agent through a fixed pool, one result per task, in order.
+
+Shared by ``gather`` and by a group's fanned-out nodes. Nothing is lost: every slot gets
+exactly one ``AgentResult`` (a task cut off by ``fail_fast`` gets a ``TaskCancelledError``
+result carrying what it had spent), and a ``Tally`` keeps what finished and what was cut
+off, for a caller that may itself cancel the batch (a group under ``fail_fast``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Iterator, Sequence
+from contextlib import contextmanager
+from typing import Any
+
+import anyio
+import anyio.lowlevel
+
+from ._context import Ledger
+from ._types import ZERO_USAGE, AgentResult, TaskSpec, Usage
+from .errors import TaskCancelledError
+
+__all__ = ["Tally", "run_pool", "single_exception"]
+
+Submit = Callable[[TaskSpec], Awaitable[AgentResult[Any]]]
+
+
+class Tally:
+    """What the tasks of one call spent: finished results, and tasks cut off mid-run.
+
+    ``ledger`` is filled by the executor for tasks cancelled mid-run (usage, attempts and
+    seconds, by task id: one call may hold several tasks with the same id); ``slots`` by
+    the batch as results come in.
+    """
+
+    __slots__ = ("ledger", "slots")
+
+    def __init__(self) -> None:
+        self.ledger: Ledger = {}
+        self.slots: list[AgentResult[Any] | None] = []
+
+    def take(self, task_id: str) -> tuple[Usage, int, float]:
+        """What one cut-off task with this id had spent (nothing, if it never started)."""
+        entries = self.ledger.get(task_id)
+        return entries.pop(0) if entries else _NOTHING_SPENT
+
+    def spent(self) -> tuple[Usage, int]:
+        """Usage and attempts of every finished slot and every cut-off task so far."""
+        usage, attempts = ZERO_USAGE, 0
+        for slot in self.slots:
+            if slot is not None:
+                usage, attempts = usage + slot.usage, attempts + slot.attempts
+        for entries in self.ledger.values():
+            for spent_usage, spent_attempts, _ in entries:
+                usage, attempts = usage + spent_usage, attempts + spent_attempts
+        return usage, attempts
+
+
+_NOTHING_SPENT: tuple[Usage, int, float] = (ZERO_USAGE, 0, 0.0)
+
+
+async def run_pool(
+    specs: Sequence[TaskSpec],
+    submit: Submit,
+    *,
+    agent: str,
+    limit: int,
+    fail_fast: bool,
+    start_whole: bool,
+    tally: Tally,
+) -> list[AgentResult[Any]]:
+    """Run ``submit`` on every spec, at most ``limit`` at a time; one result per spec.
+
+    ``start_whole``: start all ``limit`` workers at once (agents that always suspend);
+    otherwise the pool grows by one each time work suspends. Cancellation of the caller
+    propagates once every worker has stopped.
+    """
+    count = len(specs)
+    results = tally.slots
+    results[:] = [None] * count
+    # A pool of at most `limit` workers pulls indices from one shared iterator: the cap
+    # holds by construction, and a 100k batch never has 100k coroutines alive at once.
+    # The pool grows on demand: a worker starts the next one just before it dispatches,
+    # so it grows by one each time work suspends, reaching `limit` at once for I/O-bound
+    # agents while agents that never suspend are served by a few workers.
+    indices = iter(range(count))
+    max_workers = min(limit, count)
+    first_failure: list[AgentResult[Any]] = []
+    workers = 0
+    spawn_pending = False
+    checkpoint_if_cancelled = anyio.lowlevel.checkpoint_if_cancelled
+    checkpoint = anyio.lowlevel.checkpoint
+
+    with single_exception():
+        async with anyio.create_task_group() as tg:
+            cancel_scope = tg.cancel_scope
+
+            def grow() -> None:
+                nonlocal workers, spawn_pending
+                workers += 1
+                spawn_pending = True
+                tg.start_soon(worker)
+
+            async def worker() -> None:
+                nonlocal spawn_pending
+                spawn_pending = False
+                for done, i in enumerate(indices, 1):
+                    if first_failure:
+                        return  # fail_fast fired: also stops workers whose agents never yield
+                    if not spawn_pending and workers < max_workers:
+                        grow()
+                    result = await submit(specs[i])
+                    results[i] = result
+                    if fail_fast and result.error is not None and not first_failure:
+                        first_failure.append(result)
+                        cancel_scope.cancel()
+                    # Cancellation is delivered after every task, even to agents that never
+                    # suspend; a full yield every 64 keeps such a batch from starving the loop.
+                    if done % 64:
+                        await checkpoint_if_cancelled()
+                    else:
+                        await checkpoint()
+
+            for _ in range(max_workers if start_whole else 1):
+                grow()
+
+    if first_failure:
+        failed = first_failure[0]
+        reason = (
+            f"cancelled by fail_fast: task {failed.task_id!r} of agent {failed.agent!r} "
+            "failed first"
+        )
+    else:
+        # Not reachable through the executor, which turns every failure and every stray
+        # cancellation into a result; kept so that no slot can ever come back empty.
+        reason = "cancelled: the batch's pool stopped before this task ran"
+    out: list[AgentResult[Any]] = []
+    for i, slot in enumerate(results):
+        if slot is None:
+            task_id = specs[i].task_id
+            # Cut off mid-run: what it had spent so far; never started: nothing.
+            usage, attempts, duration = tally.take(task_id)
+            slot = AgentResult._build(
+                None, TaskCancelledError(reason), usage, attempts, duration, task_id, agent
+            )
+            results[i] = slot
+        out.append(slot)
+    return out
+
+
+@contextmanager
+def single_exception() -> Iterator[None]:
+    """Re-raise a lone exception out of a task group's exception group, itself.
+
+    A ``KeyboardInterrupt`` or ``SystemExit`` raised in one task comes out of an AnyIO task
+    group wrapped in a ``BaseExceptionGroup`` on Trio (bare on asyncio); both backends raise
+    it bare this way. Groups of several exceptions are left as they are.
+    """
+    try:
+        yield
+    except BaseExceptionGroup as group:
+        leaves = _leaves(group)
+        if len(leaves) == 1:
+            raise leaves[0] from None
+        raise
+
+
+def _leaves(group: BaseExceptionGroup[Any]) -> list[BaseException]:
+    found: list[BaseException] = []
+    for exc in group.exceptions:
+        if isinstance(exc, BaseExceptionGroup):
+            found.extend(_leaves(exc))
+        else:
+            found.append(exc)
+    return found

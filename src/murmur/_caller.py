@@ -1,0 +1,170 @@
+"""The caller side of the pipeline: one task, from its first attempt to its result.
+
+Its stages (spawn depth, token budget admission and settlement, retry) run where the call
+was made, around the attempts. Each attempt goes either straight into the in-process
+executor's stages (the fast path: one pipeline, one context) or, through a transport, to
+an executor elsewhere as a ``TaskEnvelope``. The task's own events (started, succeeded,
+failed, cancelled) and its ``AgentResult`` are made here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from time import perf_counter
+from time import time as _now
+from typing import TYPE_CHECKING, Any
+
+import anyio
+
+from ._cancellation import stray_cancellation
+from ._context import AgentContext, CallOrigin
+from ._envelope import TaskEnvelope
+from ._pipeline import Stage, compose
+from ._types import AgentResult, TaskSpec
+from .events.types import EventType
+
+if TYPE_CHECKING:
+    from ._agents import AgentImpl
+    from ._executor import Executor
+    from .transport.base import Transport
+
+__all__ = ["TaskRunner"]
+
+
+class TaskRunner:
+    """Runs tasks through the caller-side stages and their attempts; composed once.
+
+    Args:
+        stages: Caller-side stages, outermost first.
+        executor: The in-process executor (fast path), or ``None`` to send every attempt
+            through ``transport``.
+        transport: Where attempts go when there is no in-process executor.
+        attempt_timeout: Seconds each attempt may run (sent as a deadline in the envelope).
+    """
+
+    def __init__(
+        self,
+        stages: Sequence[Stage],
+        *,
+        executor: Executor | None,
+        transport: Transport | None = None,
+        attempt_timeout: float | None = None,
+    ) -> None:
+        self.stages = tuple(stages)
+        if executor is not None:
+            self._call = compose(self.stages, executor.pipeline)
+            self._call_unsuspending = compose(self.stages, executor.pipeline_unsuspending)
+        else:
+            if transport is None:
+                raise ValueError("a TaskRunner needs an executor or a transport")
+            attempt = _RemoteAttempt(transport, attempt_timeout)
+            self._call = self._call_unsuspending = compose(self.stages, attempt)
+
+    async def run(self, impl: AgentImpl, task: TaskSpec, origin: CallOrigin) -> AgentResult[Any]:
+        """Run ``task`` on ``impl``; agent failures come back as an error result.
+
+        Cancellation is not a failure: it propagates to the caller untouched.
+        """
+        ctx = AgentContext(origin, impl, task)
+        wants = origin.wants
+        # Task events are built and handed over inline (no helper coroutines): this runs for
+        # every task, and an emitter that wants everything should cost as little as possible.
+        if _STARTED in wants:
+            event = ctx._event(_STARTED)
+            try:
+                await origin.emit(event)
+            except Exception:
+                origin.emit_failed(event)
+        start = perf_counter()
+        try:
+            output = await (self._call if impl.can_suspend else self._call_unsuspending)(ctx)
+        except Exception as exc:
+            return await self._failed(ctx, exc, start)
+        except BaseException as exc:
+            stray = stray_cancellation(exc, impl.name)
+            if stray is not None:
+                # Not sent to this task (a stage awaited something someone else cancelled).
+                return await self._failed(ctx, stray, start)
+            if isinstance(exc, anyio.get_cancelled_exc_class()):
+                duration = perf_counter() - start
+                if origin.cancelled is not None:
+                    # What it spent is not lost: the caller puts it in the task's result.
+                    spent = (ctx.usage, ctx.attempt, duration)
+                    origin.cancelled.setdefault(task.task_id, []).append(spent)
+                if _CANCELLED in wants:
+                    # Report the cancellation, then let it go on: never swallowed.
+                    with anyio.CancelScope(shield=True):
+                        await ctx.emit(_CANCELLED, duration=duration, usage=ctx.usage)
+            raise
+        finally:
+            ctx._finished = True  # however the task ended, its context spawns no more
+        usage = ctx.usage
+        duration = perf_counter() - start
+        result = AgentResult._build(
+            output, None, usage, ctx.attempt, duration, task.task_id, impl.name
+        )
+        if _SUCCEEDED in wants:
+            event = ctx._event(_SUCCEEDED, None, duration, usage)
+            try:
+                await origin.emit(event)
+            except Exception:
+                origin.emit_failed(event)
+        return result
+
+    @staticmethod
+    async def _failed(ctx: AgentContext, exc: Exception, start: float) -> AgentResult[Any]:
+        result = AgentResult._build(
+            None, exc, ctx.usage, ctx.attempt, perf_counter() - start, ctx.task.task_id, ctx.agent
+        )
+        if _FAILED in ctx.origin.wants:
+            await ctx.emit(_FAILED, error=exc, duration=result.duration, usage=result.usage)
+        return result
+
+
+_STARTED = EventType.TASK_STARTED
+_SUCCEEDED = EventType.TASK_SUCCEEDED
+_FAILED = EventType.TASK_FAILED
+_CANCELLED = EventType.TASK_CANCELLED
+
+
+class _RemoteAttempt:
+    """The innermost caller-side step when attempts run elsewhere: envelope out, result in."""
+
+    def __init__(self, transport: Transport, attempt_timeout: float | None) -> None:
+        self._transport = transport
+        self._timeout = attempt_timeout
+
+    async def __call__(self, ctx: AgentContext) -> Any:
+        ctx.attempt += 1
+        origin = ctx.origin
+        cap = ctx.token_cap
+        envelope = TaskEnvelope(
+            agent=ctx.agent,
+            task=ctx.task,
+            attempt=ctx.attempt,
+            trace_id=origin.trace_id,
+            call_id=origin.call_id,
+            parent_call_id=origin.parent_call_id,
+            parent_task_id=origin.parent_task_id,
+            depth=origin.depth,
+            deadline=None if self._timeout is None else _now() + self._timeout,
+            token_cap=None if cap is None else max(0, cap - ctx.total_tokens),
+            wants=frozenset(str(kind) for kind in origin.wants),
+        )
+        result = await self._transport.submit(envelope, _Sink(origin))
+        ctx.report_usage(result.usage)
+        if result.error is not None:
+            raise result.error
+        return result.output
+
+
+class _Sink:
+    """Events of a remote attempt, handed to the caller's emitter (failures isolated)."""
+
+    __slots__ = ("_origin",)
+
+    def __init__(self, origin: CallOrigin) -> None:
+        self._origin = origin
+
+    async def emit(self, event: Any) -> None:
+        await self._origin.emit_isolated(event)
