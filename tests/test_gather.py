@@ -621,3 +621,23 @@ async def test_cancelling_one_gather_leaves_another_running(runtime: AgentRuntim
 
     assert cancelled == ["doomed"]
     assert [r.unwrap() for r in survivor] == ["kept"]
+
+
+async def test_a_single_taskspec_is_refused_with_the_fix_shown(runtime: AgentRuntime) -> None:
+    async def agent(value: str) -> str:
+        return value
+
+    with pytest.raises(TypeError, match=r"got a single TaskSpec.*runtime\.run\(agent, task\)"):
+        await runtime.gather(agent, TaskSpec(input="x"))  # type: ignore[arg-type]
+
+
+async def test_gather_sync_inside_a_running_loop_says_to_await_gather() -> None:
+    async def agent(value: str) -> str:
+        return value
+
+    runtime = AgentRuntime()
+    with pytest.raises(RuntimeError, match=r"await runtime\.gather\(\.\.\.\)"):
+        runtime.gather_sync(agent, [TaskSpec(input="x")])
+    with pytest.raises(RuntimeError, match=r"already running.*await runtime\.run\(\.\.\.\)"):
+        runtime.run_sync(agent, TaskSpec(input="x"))
+    await runtime.aclose()

@@ -39,7 +39,8 @@ class Executor:
     Args:
         stages: Executor-side stages, outermost first.
         agents: The agents it serves by name, for ``execute`` (envelopes name their agent).
-        bridge: Returns the asyncio bridge to run asyncio-only agents on under Trio.
+        bridge: Returns the asyncio bridge to run asyncio-only agents on under Trio;
+            by default the executor starts its own when first needed (``aclose`` ends it).
     """
 
     def __init__(
@@ -51,7 +52,8 @@ class Executor:
     ) -> None:
         self.stages = tuple(stages)
         self.agents: dict[str, AgentImpl] = dict(agents or {})
-        self._bridge = bridge
+        self._bridge = bridge if bridge is not None else self._own_bridge
+        self._owned: AsyncioBridge | None = None
         #: The stages around the dispatch, as one callable on a context.
         self.pipeline: CallNext = compose(self.stages, _dispatch)
         # Agents that never suspend (no `await` in their code) skip an innermost timeout:
@@ -61,6 +63,17 @@ class Executor:
             self.pipeline_unsuspending: CallNext = compose(self.stages[:-1], _dispatch)
         else:
             self.pipeline_unsuspending = self.pipeline
+
+    def _own_bridge(self) -> AsyncioBridge:
+        if self._owned is None:
+            self._owned = AsyncioBridge()
+        return self._owned
+
+    async def aclose(self) -> None:
+        """Stop the asyncio bridge this executor started, if any."""
+        owned, self._owned = self._owned, None
+        if owned is not None:
+            await owned.aclose()
 
     async def execute(self, envelope: TaskEnvelope, sink: EventSink) -> AgentResult[Any]:
         """Run one attempt described by ``envelope``; its failure comes back as a result.
@@ -78,9 +91,7 @@ class Executor:
                 None, unknown, ZERO_USAGE, 0, 0.0, task.task_id, envelope.agent
             )
         bridge = None
-        bridged = impl.asyncio_only and self._bridge is not None
-        if bridged and sniffio.current_async_library() != "asyncio":
-            assert self._bridge is not None
+        if impl.asyncio_only and sniffio.current_async_library() != "asyncio":
             bridge = self._bridge()
         origin = CallOrigin.from_envelope(envelope, sink, bridge)
         ctx = AgentContext(origin, impl, task)

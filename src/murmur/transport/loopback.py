@@ -42,3 +42,7 @@ class LoopbackTransport(Transport):
         )
         result = await self.executor.execute(received, events)
         return AgentResult[Any].model_validate_json(result.model_dump_json())
+
+    async def aclose(self) -> None:
+        """Close the executor (it belongs to this transport, as a worker to its broker)."""
+        await self.executor.aclose()
