@@ -1,10 +1,10 @@
-"""nox sessions: tests (asyncio and Trio), lint, typecheck, bench, docs (snippets run)."""
+"""nox sessions: tests (asyncio and Trio), lint, typecheck, layers, bench, docs (snippets run)."""
 
 from __future__ import annotations
 
 import nox
 
-nox.options.sessions = ["tests", "lint", "typecheck"]
+nox.options.sessions = ["tests", "lint", "typecheck", "layers"]
 nox.options.reuse_existing_virtualenvs = True
 
 PYTHON = ["3.11"]
@@ -23,6 +23,13 @@ def lint(session: nox.Session) -> None:
     session.install("ruff>=0.8")
     session.run("ruff", "check", "src", "tests", "benchmarks", "noxfile.py")
     session.run("ruff", "format", "--check", "src", "tests", "benchmarks", "noxfile.py")
+
+
+@nox.session(python=PYTHON)
+def layers(session: nox.Session) -> None:
+    """import-linter: each layer of murmur imports only the layers below it."""
+    session.install("-e", ".", "import-linter>=2.1")
+    session.run("lint-imports")
 
 
 @nox.session(python=PYTHON)
