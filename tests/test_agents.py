@@ -10,7 +10,7 @@ from typing import Any
 
 import anyio
 import pytest
-from pydantic import BaseModel
+from pydantic import BaseModel, ValidationError
 from pydantic_ai import Agent as PydanticAgent
 from pydantic_ai import RunContext, UnexpectedModelBehavior
 from pydantic_ai.messages import (
@@ -641,3 +641,25 @@ async def test_agents_work_under_both_backends(anyio_backend: str) -> None:
         for agent in (spec, wrapped, fn_agent):
             result = await runtime.run(agent, TaskSpec(input=anyio_backend))
             assert result.unwrap() == anyio_backend.upper()
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [42, None, object(), ["openai:gpt-4o"], TestModel],
+    ids=["int", "none", "object", "list", "model-class"],
+)
+async def test_murmur_agent_model_must_be_a_model_string_or_instance(bad: Any) -> None:
+    with pytest.raises(ValidationError) as info:
+        murmur.Agent(name="a", model=bad)
+    (error,) = info.value.errors()
+    assert error["loc"] == ("model",)
+    assert "'openai:gpt-4o'" in error["msg"]
+    assert "pydantic_ai.models.Model instance" in error["msg"]
+
+
+async def test_murmur_agent_model_string_must_not_be_blank() -> None:
+    with pytest.raises(ValidationError) as info:
+        murmur.Agent(name="a", model="  ")
+    (error,) = info.value.errors()
+    assert error["loc"] == ("model",)
+    assert "non-empty" in error["msg"]

@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import dis
 import inspect
+import sys
 import threading
 import types
 import typing
@@ -16,19 +17,28 @@ import weakref
 from abc import ABC, abstractmethod
 from collections.abc import Awaitable, Callable
 from functools import partial
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Annotated, Any, TypeAlias
 
 import pydantic_core
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, TypeAdapter, ValidationError
-from pydantic_ai import Agent as _PydanticAIAgent
-from pydantic_ai.exceptions import UsageLimitExceeded
-from pydantic_ai.models import Model
-from pydantic_ai.usage import RunUsage, UsageLimits
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    TypeAdapter,
+    ValidationError,
+)
 
 from ._types import Usage
 from .errors import BudgetExceededError, InputValidationError
 
+# pydantic-ai (and all it pulls in) is imported only once a pydantic-ai agent is built or
+# run, never by ``import murmur``: type checkers see its names, the code imports them late.
 if TYPE_CHECKING:
+    from pydantic_ai import Agent as _PydanticAIAgent
+    from pydantic_ai.models import Model
+
     from ._context import AgentContext
 
 __all__ = [
@@ -85,6 +95,21 @@ class AgentImpl(ABC):
         return f"<{type(self).__name__} {self.name!r}>"
 
 
+def loaded_class(module: str, name: str) -> type | None:
+    """The class ``module.name`` if ``module`` has been imported, else None.
+
+    An object can only be an instance of a class whose module was imported, so checking
+    for a pydantic-ai type this way answers exactly without ever importing pydantic-ai.
+    """
+    found = getattr(sys.modules.get(module), name, None)
+    return found if isinstance(found, type) else None
+
+
+def _is_pydantic_ai_agent(obj: Any) -> bool:
+    agent_class = loaded_class("pydantic_ai.agent", "Agent")
+    return agent_class is not None and isinstance(obj, agent_class)
+
+
 def render_prompt(value: Any) -> str:
     """A ``str`` goes to the model verbatim; anything else is rendered as JSON."""
     if isinstance(value, str):
@@ -108,7 +133,7 @@ class PydanticAIAgent(AgentImpl):
         input_type: Any = None,
         pass_context_as_deps: bool = False,
     ) -> None:
-        if not isinstance(agent, _PydanticAIAgent):
+        if not _is_pydantic_ai_agent(agent):
             raise TypeError(
                 f"from_pydantic_ai() expects a pydantic_ai.Agent, got {type(agent).__name__}"
             )
@@ -120,6 +145,9 @@ class PydanticAIAgent(AgentImpl):
         self._set_input_type(input_type)
 
     async def invoke(self, value: Any, ctx: AgentContext) -> Any:
+        from pydantic_ai.exceptions import UsageLimitExceeded
+        from pydantic_ai.usage import RunUsage, UsageLimits
+
         # pydantic-ai adds to the RunUsage it is given as it goes, so even a run that fails
         # part-way reports what it spent.
         usage = RunUsage()
@@ -152,6 +180,29 @@ class PydanticAIAgent(AgentImpl):
         return result.output
 
 
+def _check_model(value: Any) -> Any:
+    """``Agent.model`` is a model string or a pydantic-ai ``Model`` instance, nothing else."""
+    if isinstance(value, str):
+        if not value.strip():
+            raise ValueError("model must be a non-empty model string such as 'openai:gpt-4o'")
+        return value
+    model_class = loaded_class("pydantic_ai.models", "Model")
+    if model_class is not None and isinstance(value, model_class):
+        return value
+    raise ValueError(
+        "model must be a pydantic-ai model string such as 'openai:gpt-4o' or a "
+        "pydantic_ai.models.Model instance such as TestModel(); "
+        f"got {type(value).__name__}: {value!r}"
+    )
+
+
+if TYPE_CHECKING:
+    ModelSpec: TypeAlias = str | Model
+else:
+    # Checked by hand, so that validating an Agent imports no pydantic-ai.
+    ModelSpec = Annotated[Any, BeforeValidator(_check_model)]
+
+
 class Agent(BaseModel):
     """A named agent spec over pydantic-ai.
 
@@ -166,6 +217,9 @@ class Agent(BaseModel):
             ``RunContext[AgentContext]`` reaches Murmur's context as ``ctx.deps``.
         model_settings: pydantic-ai ``ModelSettings`` for every run.
 
+    Raises:
+        pydantic.ValidationError: a field is invalid (it is named in the error).
+
     The pydantic-ai agent is built once, on first use, and reused by every task.
     Agents compare and hash by identity, so they can key an ``AgentGroup`` topology.
     """
@@ -173,7 +227,7 @@ class Agent(BaseModel):
     model_config = ConfigDict(frozen=True, arbitrary_types_allowed=True)
 
     name: str = Field(min_length=1)
-    model: str | Model
+    model: ModelSpec
     instructions: str | None = None
     output_type: Any = str
     input_type: Any = None
@@ -193,9 +247,11 @@ class Agent(BaseModel):
         return impl
 
     def _build(self) -> PydanticAIAgent:
+        from pydantic_ai import Agent as PydanticAIAgentClass
+
         from ._context import AgentContext
 
-        agent: _PydanticAIAgent[Any, Any] = _PydanticAIAgent(
+        agent: _PydanticAIAgent[Any, Any] = PydanticAIAgentClass(
             self.model,
             name=self.name,
             instructions=self.instructions,
@@ -302,7 +358,7 @@ def resolve_agent(agent: AgentLike) -> AgentImpl:
     if hook is not None and not isinstance(agent, type):
         impl: AgentImpl = hook()
         return impl
-    if isinstance(agent, _PydanticAIAgent):
+    if _is_pydantic_ai_agent(agent):
         return PydanticAIAgent(agent)
     if callable(agent) and _is_async_callable(agent):
         return FunctionAgent(agent)

@@ -7,15 +7,17 @@ import math
 import random
 import time
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeGuard
 
 import anyio
-from pydantic_ai.exceptions import ModelAPIError, ModelHTTPError
 
+from .._agents import loaded_class
 from ..errors import BudgetExceededError, InputValidationError, SpawnDepthExceededError
 from ..events.types import EventType
 
 if TYPE_CHECKING:
+    from pydantic_ai.exceptions import ModelHTTPError
+
     from .._context import AgentContext
     from .._pipeline import CallNext
 
@@ -38,14 +40,22 @@ def is_retryable(error: BaseException) -> bool:
     """
     if isinstance(error, (BudgetExceededError, SpawnDepthExceededError, InputValidationError)):
         return False
-    if isinstance(error, ModelHTTPError):
+    if _is_model_http_error(error):
         return error.status_code in _RETRYABLE_STATUS or 500 <= error.status_code <= 599
-    return isinstance(error, (OSError, ModelAPIError))
+    if isinstance(error, OSError):
+        return True
+    api_error = loaded_class("pydantic_ai.exceptions", "ModelAPIError")
+    return api_error is not None and isinstance(error, api_error)
+
+
+def _is_model_http_error(error: BaseException) -> TypeGuard[ModelHTTPError]:
+    http_error = loaded_class("pydantic_ai.exceptions", "ModelHTTPError")
+    return http_error is not None and isinstance(error, http_error)
 
 
 def retry_after_seconds(error: BaseException) -> float | None:
     """The ``Retry-After`` a 429/503 response asked for, in seconds, if any."""
-    if not isinstance(error, ModelHTTPError):
+    if not _is_model_http_error(error):
         return None
     parsed = getattr(error, "retry_after", None)  # pydantic-ai's reading (retry-after-ms too)
     if parsed is not None:
