@@ -16,6 +16,8 @@ from typing import Any
 
 #: Top-level packages that ``import murmur`` must leave unloaded.
 HEAVY_FOR_IMPORT = ("pydantic_ai", "pydantic_graph", "httpx", "opentelemetry", "typer")
+#: ... and ``murmur --help`` too (it needs typer, not the demo's model or progress bars).
+HEAVY_FOR_HELP = ("pydantic_ai", "pydantic_graph", "httpx", "opentelemetry", "rich.progress")
 
 
 def run_fresh(code: str) -> dict[str, Any]:
@@ -83,3 +85,25 @@ def test_pydantic_ai_is_imported_when_a_pydantic_ai_agent_is_built_and_run() -> 
     assert "model" in found["not_an_agent"]
     assert found["ran"] is True
     assert found["after_run"] is True
+
+
+def test_murmur_help_does_not_load_the_demo() -> None:
+    found = run_fresh(
+        f"""
+        import json, sys
+        from murmur.cli import app
+        try:
+            app(["--help"])
+        except SystemExit as exc:
+            code = exc.code
+        heavy = {HEAVY_FOR_HELP!r}
+        print(json.dumps({{
+            "code": code,
+            "loaded": sorted(m for m in heavy if m in sys.modules),
+            "demo": "murmur.cli._demo" in sys.modules,
+        }}))
+        """
+    )
+    assert found["code"] == 0
+    assert found["loaded"] == []
+    assert found["demo"] is False
