@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import dis
+import importlib.util
 import inspect
 import sys
 import threading
@@ -180,6 +181,82 @@ class PydanticAIAgent(AgentImpl):
         return result.output
 
 
+#: Providers of pydantic-ai model strings, by what they need: the ``murmur-agents`` extra
+#: that installs their client package, that package's name, and a module it provides (to
+#: tell whether it is installed without importing it). The openai extra serves every
+#: provider that speaks through the ``openai`` client.
+_EXTRA_PROVIDERS: dict[tuple[str, str, str], tuple[str, ...]] = {
+    ("openai", "openai", "openai"): (
+        "openai",
+        "openai-chat",
+        "openai-responses",
+        "openai-decisions",
+        "openai-codex",
+        "openai-chatgpt",
+        "azure",
+        "azure-responses",
+        "alibaba",
+        "cerebras",
+        "crusoe",
+        "deepseek",
+        "fireworks",
+        "github",
+        "github-copilot",
+        "heroku",
+        "litellm",
+        "meta",
+        "moonshotai",
+        "nebius",
+        "ollama",
+        "openrouter",
+        "ovhcloud",
+        "sambanova",
+        "snowflake",
+        "together",
+        "vercel",
+        "vllm",
+        "zai",
+    ),
+    ("anthropic", "anthropic", "anthropic"): ("anthropic",),
+    ("google", "google-genai", "google.genai"): ("google", "google-decisions", "google-cloud"),
+    ("groq", "groq", "groq"): ("groq",),
+    ("mistral", "mistralai", "mistralai"): ("mistral",),
+    ("cohere", "cohere", "cohere"): ("cohere",),
+    ("bedrock", "boto3", "boto3"): ("bedrock",),
+    ("huggingface", "huggingface-hub", "huggingface_hub"): ("huggingface",),
+    ("xai", "xai-sdk", "xai_sdk"): ("xai",),
+}
+PROVIDER_EXTRAS: dict[str, tuple[str, str, str]] = {
+    provider: needs for needs, providers in _EXTRA_PROVIDERS.items() for provider in providers
+}
+
+
+def _installed(module: str) -> bool:
+    """Whether ``module`` can be imported, found without importing it."""
+    try:
+        return importlib.util.find_spec(module) is not None
+    except ImportError:  # its parent package is missing
+        return False
+    except ValueError:  # already imported, without a spec
+        return True
+
+
+def _missing_provider_error(agent: str, model: str, cause: str | None) -> ModuleNotFoundError:
+    """The error for a model string whose provider's client package is not installed."""
+    found = PROVIDER_EXTRAS.get(model.partition(":")[0])
+    if found is None:
+        return ModuleNotFoundError(
+            f"murmur.Agent {agent!r}: model {model!r} needs a package that is not installed: "
+            f"{cause}"
+        )
+    extra, package, module = found
+    return ModuleNotFoundError(
+        f"murmur.Agent {agent!r}: model {model!r} needs the {package!r} package, which is "
+        f"not installed; install it with: pip install 'murmur-agents[{extra}]'",
+        name=module,
+    )
+
+
 def _check_model(value: Any) -> Any:
     """``Agent.model`` is a model string or a pydantic-ai ``Model`` instance, nothing else."""
     if isinstance(value, str):
@@ -219,6 +296,8 @@ class Agent(BaseModel):
 
     Raises:
         pydantic.ValidationError: a field is invalid (it is named in the error).
+        ModuleNotFoundError: the model string's provider needs a client package that is
+            not installed; the error names the ``murmur-agents`` extra that installs it.
 
     The pydantic-ai agent is built once, on first use, and reused by every task.
     Agents compare and hash by identity, so they can key an ``AgentGroup`` topology.
@@ -237,6 +316,14 @@ class Agent(BaseModel):
     _impl: PydanticAIAgent | None = PrivateAttr(default=None)
     _build_lock: threading.Lock = PrivateAttr(default_factory=threading.Lock)
 
+    def model_post_init(self, context: Any, /) -> None:
+        # Known without an API key and without importing pydantic-ai: fail here, not in
+        # every task.
+        if isinstance(self.model, str):
+            found = PROVIDER_EXTRAS.get(self.model.partition(":")[0])
+            if found is not None and not _installed(found[2]):
+                raise _missing_provider_error(self.name, self.model, None)
+
     def __murmur_agent__(self) -> AgentImpl:
         impl = self._impl
         if impl is None:
@@ -251,6 +338,7 @@ class Agent(BaseModel):
 
         from ._context import AgentContext
 
+        self._check_provider_importable()
         agent: _PydanticAIAgent[Any, Any] = PydanticAIAgentClass(
             self.model,
             name=self.name,
@@ -264,6 +352,20 @@ class Agent(BaseModel):
         return PydanticAIAgent(
             agent, name=self.name, input_type=self.input_type, pass_context_as_deps=True
         )
+
+    def _check_provider_importable(self) -> None:
+        """Import the model string's provider now: a missing package fails the build once,
+        with the extra to install, instead of every task deep inside pydantic-ai."""
+        if not isinstance(self.model, str) or ":" not in self.model:
+            return
+        from pydantic_ai.providers import infer_provider_class
+
+        try:
+            infer_provider_class(self.model.partition(":")[0])
+        except ImportError as exc:
+            raise _missing_provider_error(self.name, self.model, str(exc)) from exc
+        except Exception:
+            return  # an unknown provider: pydantic-ai reports it on each run, as before
 
     def __eq__(self, other: object) -> bool:
         return self is other
