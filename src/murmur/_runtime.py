@@ -505,6 +505,7 @@ def _policy_stages(options: RuntimeOptions, middleware: Sequence[Stage]) -> list
         stages.append(
             RetryMiddleware(
                 options.retry_max_attempts,
+                initial_delay=options.retry_initial_delay,
                 backoff_factor=options.retry_backoff_factor,
                 max_delay=options.retry_max_delay,
                 jitter=options.retry_jitter,
