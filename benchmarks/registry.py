@@ -58,7 +58,7 @@ class Headline:
 
     label: str
     value: float
-    unit: Literal["x", "%", "us", "MB"]
+    unit: Literal["x", "%", "us", "ms", "MB"]
     spread: str = ""
     target: str = ""
     passed: bool | None = None
@@ -70,6 +70,8 @@ class Headline:
             return f"{self.value:.1f}%"
         if self.unit == "us":
             return f"{self.value:.2f} µs"
+        if self.unit == "ms":
+            return f"{self.value:,.0f} ms"
         return f"{self.value:.1f} MB"
 
     def verdict(self) -> str:

@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import gc
+import sys
+import tomllib
 import weakref
 from dataclasses import dataclass, field
 from functools import partial
+from pathlib import Path
 from typing import Any
 
 import anyio
 import pytest
-from pydantic import BaseModel
+from pydantic import BaseModel, ValidationError
 from pydantic_ai import Agent as PydanticAgent
 from pydantic_ai import RunContext, UnexpectedModelBehavior
 from pydantic_ai.messages import (
@@ -37,6 +40,7 @@ from murmur import (
     current_context,
     from_pydantic_ai,
 )
+from murmur._agents import PROVIDER_EXTRAS
 
 pytestmark = pytest.mark.anyio
 
@@ -641,3 +645,83 @@ async def test_agents_work_under_both_backends(anyio_backend: str) -> None:
         for agent in (spec, wrapped, fn_agent):
             result = await runtime.run(agent, TaskSpec(input=anyio_backend))
             assert result.unwrap() == anyio_backend.upper()
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [42, None, object(), ["openai:gpt-4o"], TestModel],
+    ids=["int", "none", "object", "list", "model-class"],
+)
+async def test_murmur_agent_model_must_be_a_model_string_or_instance(bad: Any) -> None:
+    with pytest.raises(ValidationError) as info:
+        murmur.Agent(name="a", model=bad)
+    (error,) = info.value.errors()
+    assert error["loc"] == ("model",)
+    assert "'openai:gpt-4o'" in error["msg"]
+    assert "pydantic_ai.models.Model instance" in error["msg"]
+
+
+async def test_murmur_agent_model_string_must_not_be_blank() -> None:
+    with pytest.raises(ValidationError) as info:
+        murmur.Agent(name="a", model="  ")
+    (error,) = info.value.errors()
+    assert error["loc"] == ("model",)
+    assert "non-empty" in error["msg"]
+
+
+# -- model providers -------------------------------------------------------------------------
+
+# Each case hides the provider's client package from the import system (None in sys.modules
+# is how Python marks a module as not importable), whether or not this venv has it.
+MISSING_PROVIDERS = [
+    ("openai:gpt-4o", "openai", "openai", "openai"),
+    ("deepseek:deepseek-chat", "openai", "openai", "openai"),
+    ("anthropic:claude-sonnet-4-5", "anthropic", "anthropic", "anthropic"),
+    ("google:gemini-2.5-flash", "google", "google-genai", "google.genai"),
+    ("groq:llama-3.3-70b-versatile", "groq", "groq", "groq"),
+]
+API_KEYS = ("OPENAI_API_KEY", "DEEPSEEK_API_KEY", "ANTHROPIC_API_KEY", "GOOGLE_API_KEY")
+
+
+@pytest.mark.parametrize(("model", "extra", "package", "module"), MISSING_PROVIDERS)
+async def test_a_model_string_whose_provider_package_is_missing_fails_at_construction(
+    monkeypatch: pytest.MonkeyPatch, model: str, extra: str, package: str, module: str
+) -> None:
+    for key in API_KEYS:
+        monkeypatch.delenv(key, raising=False)
+    monkeypatch.setitem(sys.modules, module, None)
+    with pytest.raises(ModuleNotFoundError) as info:
+        murmur.Agent(name="triage", model=model)
+    message = str(info.value)
+    assert f"murmur.Agent 'triage': model {model!r}" in message
+    assert f"needs the {package!r} package" in message
+    assert f"pip install 'murmur-agents[{extra}]'" in message
+    assert info.value.name == module
+
+
+async def test_a_provider_without_a_murmur_extra_fails_when_first_run(
+    monkeypatch: pytest.MonkeyPatch, runtime: AgentRuntime
+) -> None:
+    """Built on first use, the agent imports its provider: a missing package fails the call
+    with pydantic-ai's advice, before any task runs, instead of failing every task."""
+    monkeypatch.setitem(sys.modules, "openai", None)
+    monkeypatch.delitem(sys.modules, "pydantic_ai.providers.bedrock_mantle", raising=False)
+    agent = murmur.Agent(name="mantle", model="bedrock-mantle:openai.gpt-oss-120b")
+    for call in (
+        lambda: runtime.run(agent, TaskSpec(input="x")),
+        lambda: runtime.gather(agent, [TaskSpec(input="x"), TaskSpec(input="y")]),
+    ):
+        with pytest.raises(ModuleNotFoundError) as info:
+            await call()
+        message = str(info.value)
+        assert "murmur.Agent 'mantle': model 'bedrock-mantle:openai.gpt-oss-120b'" in message
+        assert "pydantic-ai-slim[bedrock-mantle]" in message
+        assert isinstance(info.value.__cause__, ImportError)
+
+
+async def test_every_provider_extra_is_declared_in_pyproject() -> None:
+    pyproject = tomllib.loads((Path(__file__).parents[1] / "pyproject.toml").read_text())
+    declared = pyproject["project"]["optional-dependencies"]
+    for extra, _package, _module in set(PROVIDER_EXTRAS.values()):
+        (requirement,) = declared[extra]
+        assert requirement.startswith(f"pydantic-ai-slim[{extra}]>="), extra

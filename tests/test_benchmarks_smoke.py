@@ -41,8 +41,8 @@ def test_registry_lists_implemented_and_planned_scenarios() -> None:
     _bench("scenarios")
     registry = _bench("registry")
     names = [s.name for s in registry.scenarios()]
-    implemented = ["overhead", "fidelity", "scaling", "peers", "policies", "groups"]
-    assert names[:6] == implemented
+    implemented = ["overhead", "fidelity", "scaling", "peers", "policies", "groups", "imports"]
+    assert names[:7] == implemented
     assert "distributed" in names
     for scenario in registry.scenarios():
         assert scenario.implemented == (scenario.name in implemented)
@@ -178,6 +178,27 @@ def test_groups_cell_reports_per_item_cost_and_achieved_vs_ideal() -> None:
     table_rows = groups._rows(noop) + groups._rows(io)
     assert all(len(row) == len(groups.COLUMNS) for row in table_rows)
     assert any(h.unit == "%" for h in groups.summarise([noop, io]))
+
+
+def test_imports_probes_run_in_fresh_processes_and_report_wall_and_import_times() -> None:
+    imports = _bench("scenarios.imports")
+    wanted = ("import anyio", "import murmur", "murmur --help")
+    chosen = [p for p in imports.PROBES if p.name in wanted]
+    samples = imports.measure(chosen, 1)
+    rows = {row["impl"]: row for row in json.loads(json.dumps([s.to_json() for s in samples]))}
+    assert set(rows) == set(wanted)
+    for name, row in rows.items():
+        assert len(row["wall_s"]) == 1
+        _check_stats(row["wall_ms"], 1)
+        assert ("import_ms" in row) == name.startswith("import")
+    _check_stats(rows["import murmur"]["import_ms"], 1)
+    assert rows["import murmur"]["target_s"] == imports.IMPORT_TARGET_S
+    assert rows["murmur --help"]["target_s"] == imports.HELP_TARGET_S
+    table_rows = imports._rows(samples)
+    assert all(len(row) == len(imports.COLUMNS) for row in table_rows)
+    verdicts = {h.label: h.verdict() for h in imports.summarise(samples)}
+    assert len(verdicts) == 3
+    assert {v for label, v in verdicts.items() if "anyio" not in label} <= {"PASS", "MISS"}
 
 
 def test_report_renders_a_scenario_result(tmp_path: Path) -> None:

@@ -1,4 +1,5 @@
-"""The ``murmur`` command line: ``demo`` (in-process and as a real subprocess), ``version``.
+"""The ``murmur`` command line: ``demo`` (in-process and as a real subprocess), ``version``,
+``--version``, and ``murmur`` alone.
 
 The demo is deterministic by construction (every call depends only on the seed and the
 ticket id), so these tests assert exact counts and never anything about wall-clock time.
@@ -169,6 +170,24 @@ def test_version() -> None:
     assert result.output.startswith(f"murmur {__version__} ")
 
 
+@pytest.mark.parametrize("flag", ["--version", "-V"])
+def test_version_flag(flag: str) -> None:
+    result = invoke(flag)
+    assert result.exit_code == 0
+    assert result.output == invoke("version").output
+    # Eager: it answers before any command runs (the demo here would take seconds).
+    assert invoke(flag, "demo").output == result.output
+
+
+def test_murmur_alone_prints_the_help_and_succeeds() -> None:
+    result = invoke()
+    assert result.exit_code == 0
+    assert result.output == invoke("--help").output
+    assert "Usage" in result.output
+    for command in ("demo", "version", "--version"):
+        assert command in result.output
+
+
 # -- the demo's parts ----------------------------------------------------------------------
 
 
@@ -255,3 +274,9 @@ def test_python_dash_m_murmur() -> None:
     proc = _run(sys.executable, "-m", "murmur", "version")
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.startswith(f"murmur {__version__} ")
+    proc = _run(sys.executable, "-m", "murmur", "--version")
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.startswith(f"murmur {__version__} ")
+    proc = _run(sys.executable, "-m", "murmur")
+    assert proc.returncode == 0, proc.stderr
+    assert "demo" in proc.stdout

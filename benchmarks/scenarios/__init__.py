@@ -2,6 +2,6 @@
 
 from __future__ import annotations
 
-from . import fidelity, groups, overhead, peers, planned, policies, scaling
+from . import fidelity, groups, imports, overhead, peers, planned, policies, scaling
 
-__all__ = ["fidelity", "groups", "overhead", "peers", "planned", "policies", "scaling"]
+__all__ = ["fidelity", "groups", "imports", "overhead", "peers", "planned", "policies", "scaling"]

@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import contextlib
 import dis
+import importlib.util
 import inspect
+import sys
 import threading
 import types
 import typing
@@ -16,19 +18,28 @@ import weakref
 from abc import ABC, abstractmethod
 from collections.abc import Awaitable, Callable
 from functools import partial
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Annotated, Any, TypeAlias
 
 import pydantic_core
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, TypeAdapter, ValidationError
-from pydantic_ai import Agent as _PydanticAIAgent
-from pydantic_ai.exceptions import UsageLimitExceeded
-from pydantic_ai.models import Model
-from pydantic_ai.usage import RunUsage, UsageLimits
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    TypeAdapter,
+    ValidationError,
+)
 
 from ._types import Usage
 from .errors import BudgetExceededError, InputValidationError
 
+# pydantic-ai (and all it pulls in) is imported only once a pydantic-ai agent is built or
+# run, never by ``import murmur``: type checkers see its names, the code imports them late.
 if TYPE_CHECKING:
+    from pydantic_ai import Agent as _PydanticAIAgent
+    from pydantic_ai.models import Model
+
     from ._context import AgentContext
 
 __all__ = [
@@ -85,6 +96,21 @@ class AgentImpl(ABC):
         return f"<{type(self).__name__} {self.name!r}>"
 
 
+def loaded_class(module: str, name: str) -> type | None:
+    """The class ``module.name`` if ``module`` has been imported, else None.
+
+    An object can only be an instance of a class whose module was imported, so checking
+    for a pydantic-ai type this way answers exactly without ever importing pydantic-ai.
+    """
+    found = getattr(sys.modules.get(module), name, None)
+    return found if isinstance(found, type) else None
+
+
+def _is_pydantic_ai_agent(obj: Any) -> bool:
+    agent_class = loaded_class("pydantic_ai.agent", "Agent")
+    return agent_class is not None and isinstance(obj, agent_class)
+
+
 def render_prompt(value: Any) -> str:
     """A ``str`` goes to the model verbatim; anything else is rendered as JSON."""
     if isinstance(value, str):
@@ -108,7 +134,7 @@ class PydanticAIAgent(AgentImpl):
         input_type: Any = None,
         pass_context_as_deps: bool = False,
     ) -> None:
-        if not isinstance(agent, _PydanticAIAgent):
+        if not _is_pydantic_ai_agent(agent):
             raise TypeError(
                 f"from_pydantic_ai() expects a pydantic_ai.Agent, got {type(agent).__name__}"
             )
@@ -120,6 +146,9 @@ class PydanticAIAgent(AgentImpl):
         self._set_input_type(input_type)
 
     async def invoke(self, value: Any, ctx: AgentContext) -> Any:
+        from pydantic_ai.exceptions import UsageLimitExceeded
+        from pydantic_ai.usage import RunUsage, UsageLimits
+
         # pydantic-ai adds to the RunUsage it is given as it goes, so even a run that fails
         # part-way reports what it spent.
         usage = RunUsage()
@@ -152,6 +181,105 @@ class PydanticAIAgent(AgentImpl):
         return result.output
 
 
+#: Providers of pydantic-ai model strings, by what they need: the ``murmur-agents`` extra
+#: that installs their client package, that package's name, and a module it provides (to
+#: tell whether it is installed without importing it). The openai extra serves every
+#: provider that speaks through the ``openai`` client.
+_EXTRA_PROVIDERS: dict[tuple[str, str, str], tuple[str, ...]] = {
+    ("openai", "openai", "openai"): (
+        "openai",
+        "openai-chat",
+        "openai-responses",
+        "openai-decisions",
+        "openai-codex",
+        "openai-chatgpt",
+        "azure",
+        "azure-responses",
+        "alibaba",
+        "cerebras",
+        "crusoe",
+        "deepseek",
+        "fireworks",
+        "github",
+        "github-copilot",
+        "heroku",
+        "litellm",
+        "meta",
+        "moonshotai",
+        "nebius",
+        "ollama",
+        "openrouter",
+        "ovhcloud",
+        "sambanova",
+        "snowflake",
+        "together",
+        "vercel",
+        "vllm",
+        "zai",
+    ),
+    ("anthropic", "anthropic", "anthropic"): ("anthropic",),
+    ("google", "google-genai", "google.genai"): ("google", "google-decisions", "google-cloud"),
+    ("groq", "groq", "groq"): ("groq",),
+    ("mistral", "mistralai", "mistralai"): ("mistral",),
+    ("cohere", "cohere", "cohere"): ("cohere",),
+    ("bedrock", "boto3", "boto3"): ("bedrock",),
+    ("huggingface", "huggingface-hub", "huggingface_hub"): ("huggingface",),
+    ("xai", "xai-sdk", "xai_sdk"): ("xai",),
+}
+PROVIDER_EXTRAS: dict[str, tuple[str, str, str]] = {
+    provider: needs for needs, providers in _EXTRA_PROVIDERS.items() for provider in providers
+}
+
+
+def _installed(module: str) -> bool:
+    """Whether ``module`` can be imported, found without importing it."""
+    try:
+        return importlib.util.find_spec(module) is not None
+    except ImportError:  # its parent package is missing
+        return False
+    except ValueError:  # already imported, without a spec
+        return True
+
+
+def _missing_provider_error(agent: str, model: str, cause: str | None) -> ModuleNotFoundError:
+    """The error for a model string whose provider's client package is not installed."""
+    found = PROVIDER_EXTRAS.get(model.partition(":")[0])
+    if found is None:
+        return ModuleNotFoundError(
+            f"murmur.Agent {agent!r}: model {model!r} needs a package that is not installed: "
+            f"{cause}"
+        )
+    extra, package, module = found
+    return ModuleNotFoundError(
+        f"murmur.Agent {agent!r}: model {model!r} needs the {package!r} package, which is "
+        f"not installed; install it with: pip install 'murmur-agents[{extra}]'",
+        name=module,
+    )
+
+
+def _check_model(value: Any) -> Any:
+    """``Agent.model`` is a model string or a pydantic-ai ``Model`` instance, nothing else."""
+    if isinstance(value, str):
+        if not value.strip():
+            raise ValueError("model must be a non-empty model string such as 'openai:gpt-4o'")
+        return value
+    model_class = loaded_class("pydantic_ai.models", "Model")
+    if model_class is not None and isinstance(value, model_class):
+        return value
+    raise ValueError(
+        "model must be a pydantic-ai model string such as 'openai:gpt-4o' or a "
+        "pydantic_ai.models.Model instance such as TestModel(); "
+        f"got {type(value).__name__}: {value!r}"
+    )
+
+
+if TYPE_CHECKING:
+    ModelSpec: TypeAlias = str | Model
+else:
+    # Checked by hand, so that validating an Agent imports no pydantic-ai.
+    ModelSpec = Annotated[Any, BeforeValidator(_check_model)]
+
+
 class Agent(BaseModel):
     """A named agent spec over pydantic-ai.
 
@@ -166,6 +294,11 @@ class Agent(BaseModel):
             ``RunContext[AgentContext]`` reaches Murmur's context as ``ctx.deps``.
         model_settings: pydantic-ai ``ModelSettings`` for every run.
 
+    Raises:
+        pydantic.ValidationError: a field is invalid (it is named in the error).
+        ModuleNotFoundError: the model string's provider needs a client package that is
+            not installed; the error names the ``murmur-agents`` extra that installs it.
+
     The pydantic-ai agent is built once, on first use, and reused by every task.
     Agents compare and hash by identity, so they can key an ``AgentGroup`` topology.
     """
@@ -173,7 +306,7 @@ class Agent(BaseModel):
     model_config = ConfigDict(frozen=True, arbitrary_types_allowed=True)
 
     name: str = Field(min_length=1)
-    model: str | Model
+    model: ModelSpec
     instructions: str | None = None
     output_type: Any = str
     input_type: Any = None
@@ -182,6 +315,14 @@ class Agent(BaseModel):
 
     _impl: PydanticAIAgent | None = PrivateAttr(default=None)
     _build_lock: threading.Lock = PrivateAttr(default_factory=threading.Lock)
+
+    def model_post_init(self, context: Any, /) -> None:
+        # Known without an API key and without importing pydantic-ai: fail here, not in
+        # every task.
+        if isinstance(self.model, str):
+            found = PROVIDER_EXTRAS.get(self.model.partition(":")[0])
+            if found is not None and not _installed(found[2]):
+                raise _missing_provider_error(self.name, self.model, None)
 
     def __murmur_agent__(self) -> AgentImpl:
         impl = self._impl
@@ -193,9 +334,12 @@ class Agent(BaseModel):
         return impl
 
     def _build(self) -> PydanticAIAgent:
+        from pydantic_ai import Agent as PydanticAIAgentClass
+
         from ._context import AgentContext
 
-        agent: _PydanticAIAgent[Any, Any] = _PydanticAIAgent(
+        self._check_provider_importable()
+        agent: _PydanticAIAgent[Any, Any] = PydanticAIAgentClass(
             self.model,
             name=self.name,
             instructions=self.instructions,
@@ -208,6 +352,20 @@ class Agent(BaseModel):
         return PydanticAIAgent(
             agent, name=self.name, input_type=self.input_type, pass_context_as_deps=True
         )
+
+    def _check_provider_importable(self) -> None:
+        """Import the model string's provider now: a missing package fails the build once,
+        with the extra to install, instead of every task deep inside pydantic-ai."""
+        if not isinstance(self.model, str) or ":" not in self.model:
+            return
+        from pydantic_ai.providers import infer_provider_class
+
+        try:
+            infer_provider_class(self.model.partition(":")[0])
+        except ImportError as exc:
+            raise _missing_provider_error(self.name, self.model, str(exc)) from exc
+        except Exception:
+            return  # an unknown provider: pydantic-ai reports it on each run, as before
 
     def __eq__(self, other: object) -> bool:
         return self is other
@@ -302,7 +460,7 @@ def resolve_agent(agent: AgentLike) -> AgentImpl:
     if hook is not None and not isinstance(agent, type):
         impl: AgentImpl = hook()
         return impl
-    if isinstance(agent, _PydanticAIAgent):
+    if _is_pydantic_ai_agent(agent):
         return PydanticAIAgent(agent)
     if callable(agent) and _is_async_callable(agent):
         return FunctionAgent(agent)

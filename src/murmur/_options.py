@@ -20,8 +20,9 @@ class RuntimeOptions(BaseModel):
     Args:
         timeout_seconds: Deadline of each attempt (> 0); ``None``: no deadline.
         retry_max_attempts: Attempts per task (>= 1; 1 = no retry).
-        retry_backoff_factor: Wait after failed attempt k is ``factor ** (k - 1)`` seconds
-            (>= 0; 0 = no wait).
+        retry_initial_delay: Wait after the first failed attempt, in seconds (>= 0).
+        retry_backoff_factor: Wait after failed attempt k is
+            ``retry_initial_delay * factor ** (k - 1)`` seconds (>= 0; 0 = no wait).
         retry_max_delay: Cap on each wait (>= 0); ``None``: uncapped.
         retry_jitter: Spread of each wait, a fraction in [0, 1].
         retry_on: Exception types to retry, or a predicate; ``None``: transient failures
@@ -35,6 +36,7 @@ class RuntimeOptions(BaseModel):
 
     timeout_seconds: float | None = Field(default=None, gt=0)
     retry_max_attempts: int = Field(default=1, ge=1, strict=True)
+    retry_initial_delay: float = Field(default=1.0, ge=0)
     retry_backoff_factor: float = Field(default=2.0, ge=0)
     retry_max_delay: float | None = Field(default=60.0, ge=0)
     retry_jitter: float = Field(default=0.1, ge=0, le=1)

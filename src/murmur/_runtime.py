@@ -304,6 +304,7 @@ def _policy_stages(
         stages.append(
             RetryMiddleware(
                 options.retry_max_attempts,
+                initial_delay=options.retry_initial_delay,
                 backoff_factor=options.retry_backoff_factor,
                 max_delay=options.retry_max_delay,
                 jitter=options.retry_jitter,

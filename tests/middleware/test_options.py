@@ -26,6 +26,7 @@ def test_defaults() -> None:
     options = RuntimeOptions()
     assert options.timeout_seconds is None
     assert options.retry_max_attempts == 1
+    assert options.retry_initial_delay == 1.0
     assert options.retry_backoff_factor == 2.0
     assert options.retry_max_delay == 60.0
     assert options.retry_jitter == 0.1
@@ -72,6 +73,9 @@ INVALID: list[tuple[str, Any]] = [
     ("timeout_seconds", 0),
     ("timeout_seconds", math.nan),
     ("timeout_seconds", "soon"),
+    ("retry_initial_delay", -0.1),
+    ("retry_initial_delay", math.nan),
+    ("retry_initial_delay", "100ms"),
     ("retry_backoff_factor", -0.5),
     ("retry_max_delay", -1.0),
     ("retry_jitter", -0.1),
@@ -125,6 +129,7 @@ def test_boundary_values_are_accepted() -> None:
     options = RuntimeOptions(
         timeout_seconds=0.001,
         retry_max_attempts=1,
+        retry_initial_delay=0,
         retry_backoff_factor=0,
         retry_max_delay=0,
         retry_jitter=1,
@@ -168,6 +173,10 @@ def test_token_budget_defaults_and_readable_state() -> None:
 def test_middleware_constructors_validate_their_arguments() -> None:
     with pytest.raises(ValueError, match="max_attempts"):
         RetryMiddleware(0)
+    with pytest.raises(ValueError, match="initial_delay"):
+        RetryMiddleware(3, initial_delay=-0.5)
+    with pytest.raises(ValueError, match="initial_delay"):
+        RetryMiddleware(3, initial_delay=math.nan)
     with pytest.raises(ValueError, match="backoff_factor"):
         RetryMiddleware(3, backoff_factor=-1)
     with pytest.raises(ValueError, match="max_delay"):
@@ -196,6 +205,7 @@ def test_options_build_the_stages_they_ask_for() -> None:
         options=RuntimeOptions(
             timeout_seconds=2.5,
             retry_max_attempts=4,
+            retry_initial_delay=0.1,
             retry_backoff_factor=1.5,
             retry_max_delay=7.0,
             retry_jitter=0.25,
@@ -210,12 +220,14 @@ def test_options_build_the_stages_they_ask_for() -> None:
     assert isinstance(cost, CostTrackingMiddleware)
     assert cost.budget is budget
     assert isinstance(retry, RetryMiddleware)
-    assert (retry.max_attempts, retry.backoff_factor, retry.max_delay, retry.jitter) == (
-        4,
-        1.5,
-        7.0,
-        0.25,
-    )
+    assert (
+        retry.max_attempts,
+        retry.initial_delay,
+        retry.backoff_factor,
+        retry.max_delay,
+        retry.jitter,
+    ) == (4, 0.1, 1.5, 7.0, 0.25)
+    assert _policy_stages(RuntimeOptions(retry_max_attempts=2), [])[0].initial_delay == 1.0
     assert isinstance(timeout, TimeoutMiddleware)
     assert timeout.seconds == 2.5
 

@@ -593,6 +593,63 @@ async def test_a_cancelled_attempt_is_not_retried() -> None:
 def test_huge_attempt_counts_do_not_overflow_the_backoff() -> None:
     stage = RetryMiddleware(2000, backoff_factor=2.0, max_delay=30.0, jitter=0.0)
     assert stage.delay_after(1500) == 30.0
+    scaled = RetryMiddleware(2000, initial_delay=0.1, backoff_factor=2, max_delay=30.0)
+    assert scaled.delay_after(1500) == 30.0
+    assert RetryMiddleware(2000, initial_delay=0.0, max_delay=None).delay_after(1500) == 0.0
+
+
+# -- initial delay ------------------------------------------------------------------------------
+
+
+def test_initial_delay_is_the_first_wait_and_scales_the_whole_schedule() -> None:
+    fast = RetryMiddleware(10, initial_delay=0.1, backoff_factor=2.0, max_delay=1.0, jitter=0.0)
+    assert [fast.delay_after(k) for k in range(1, 7)] == [0.1, 0.2, 0.4, 0.8, 1.0, 1.0]
+    slow = RetryMiddleware(4, initial_delay=5.0, backoff_factor=1.5, max_delay=None, jitter=0.0)
+    assert [slow.delay_after(k) for k in (1, 2, 3)] == [5.0, 7.5, 11.25]
+    steady = RetryMiddleware(4, initial_delay=0.25, backoff_factor=1.0, jitter=0.0)
+    assert [steady.delay_after(k) for k in (1, 2, 3)] == [0.25, 0.25, 0.25]
+    for zero in (
+        RetryMiddleware(3, initial_delay=0.0, backoff_factor=2.0),
+        RetryMiddleware(3, initial_delay=0.5, backoff_factor=0.0),
+    ):
+        assert [zero.delay_after(k) for k in (1, 2, 3)] == [0.0, 0.0, 0.0]
+    jittered = RetryMiddleware(3, initial_delay=0.1, jitter=0.5, rand=lambda: 1.0)
+    assert jittered.delay_after(2) == pytest.approx(0.3)
+
+
+def test_the_default_initial_delay_keeps_the_old_schedule() -> None:
+    for factor in (0.0, 0.5, 1.0, 1.5, 2.0, 3.0):
+        default = RetryMiddleware(12, backoff_factor=factor, max_delay=None, jitter=0.0)
+        assert default.initial_delay == 1.0
+        expected = [factor ** (k - 1) if factor > 0 else 0.0 for k in range(1, 12)]
+        assert [default.delay_after(k) for k in range(1, 12)] == expected
+
+
+async def test_the_stage_waits_from_the_initial_delay_between_attempts() -> None:
+    sleep = FakeSleep()
+    retry = RetryMiddleware(
+        4, initial_delay=0.1, backoff_factor=2.0, max_delay=None, jitter=0.0, sleep=sleep
+    )
+    recorder = Recorder()
+    model, calls = failing_then([http_error(503, n=i) for i in range(3)])
+    agent = murmur.Agent(name="flaky", model=FunctionModel(model))
+
+    async def down_twice(value: int) -> int:
+        if len(sleep.delays) < 5:
+            raise ConnectionError("down")
+        return value
+
+    async with AgentRuntime(middleware=[retry], event_emitter=recorder) as runtime:
+        result = await runtime.run(agent, TaskSpec(input="q"))
+        assert result.output == "done"
+        assert result.attempts == 4
+        assert sleep.delays == [0.1, 0.2, 0.4]
+        assert len(calls) == 4
+        assert (await runtime.run(down_twice, TaskSpec(input=7))).unwrap() == 7
+    assert sleep.delays == [0.1, 0.2, 0.4, 0.1, 0.2]
+    scheduled = [e.data for e in recorder.of(EventType.RETRY_SCHEDULED)]
+    assert [d["delay"] for d in scheduled] == [0.1, 0.2, 0.4, 0.1, 0.2]
+    assert [d["next_attempt"] for d in scheduled] == [2, 3, 4, 2, 3]
 
 
 async def test_an_attempt_after_a_failed_one_can_still_spawn_children() -> None:

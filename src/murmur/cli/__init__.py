@@ -1,19 +1,21 @@
-"""The ``murmur`` command line: ``murmur demo``, ``murmur version``.
+"""The ``murmur`` command line: ``murmur demo``, ``murmur version``, ``murmur --version``.
 
 ``app`` is the Typer application and ``main`` the console-script entry point
 (``murmur = "murmur.cli:main"``). Each command lives in its own module and is registered
 here; command groups (``murmur worker ...``, for distributed workers) will be added the
-same way, as sub-apps with ``app.add_typer(worker_app, name="worker")``.
+same way, as sub-apps with ``app.add_typer(worker_app, name="worker")``. A command imports
+what it needs when it runs, so ``murmur --help`` stays fast.
 """
 
 from __future__ import annotations
 
 import platform
+from typing import Annotated
 
 import typer
 
 from .._version import __version__
-from ._demo import DEMO_HELP, demo
+from ._demo_command import DEMO_HELP, demo
 
 __all__ = ["app", "main"]
 
@@ -24,11 +26,43 @@ app = typer.Typer(
         "Try [bold]murmur demo[/bold]: an offline fan-out of a few hundred agent calls, "
         "no API key needed."
     ),
-    no_args_is_help=True,
     add_completion=False,
     rich_markup_mode="rich",
     context_settings={"help_option_names": ["-h", "--help"]},
 )
+
+
+def _version_line() -> str:
+    return (
+        f"murmur {__version__} (Python {platform.python_version()}, "
+        f"{platform.python_implementation()})"
+    )
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        typer.echo(_version_line())
+        raise typer.Exit()
+
+
+@app.callback(invoke_without_command=True)
+def _murmur(
+    ctx: typer.Context,
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version",
+            "-V",
+            is_eager=True,
+            callback=_print_version,
+            help="Print Murmur's version (and Python's) and exit.",
+        ),
+    ] = False,
+) -> None:
+    """``murmur`` alone prints its help and succeeds (it is not a usage error)."""
+    if ctx.invoked_subcommand is None:
+        typer.echo(ctx.get_help())  # what --help does
+
 
 app.command(
     "demo",
@@ -40,10 +74,7 @@ app.command(
 @app.command("version")
 def version() -> None:
     """Print Murmur's version (and Python's)."""
-    typer.echo(
-        f"murmur {__version__} (Python {platform.python_version()}, "
-        f"{platform.python_implementation()})"
-    )
+    typer.echo(_version_line())
 
 
 def main() -> None:

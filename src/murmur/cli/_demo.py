@@ -13,14 +13,12 @@ given seed gives the same answers, failures and token counts on asyncio and on T
 
 from __future__ import annotations
 
-import importlib.util
 import random
 import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
-from enum import StrEnum
-from typing import Annotated, Any, Literal
+from typing import Any, Literal
 
 import anyio
 import pydantic_ai
@@ -54,20 +52,19 @@ from rich.text import Text
 
 from .. import Agent, AgentContext, AgentResult, AgentRuntime, CallNext, TaskSpec
 from ..events import EventType, RuntimeEvent
+from ._demo_command import Backend
 
 __all__ = [
-    "DEMO_HELP",
-    "Backend",
     "DemoConfig",
     "DemoReport",
     "LiveMonitor",
     "Ticket",
     "Triage",
     "build_agent",
-    "demo",
     "failure_kind",
     "make_tickets",
     "run_demo",
+    "run_in_terminal",
     "simulated_model",
 ]
 
@@ -80,13 +77,6 @@ INSTRUCTIONS = (
 
 Category = Literal["billing", "bug", "account", "feature-request", "outage"]
 FailureKind = Literal["rate-limit", "overloaded", "malformed-output"]
-
-
-class Backend(StrEnum):
-    """The event loops ``murmur demo`` can run on."""
-
-    asyncio = "asyncio"
-    trio = "trio"
 
 
 # -- the workload ------------------------------------------------------------------------
@@ -499,71 +489,23 @@ def _show(console: Console, report: DemoReport) -> None:
         )
 
 
-# -- the command -------------------------------------------------------------------------
-
-DEMO_HELP = "\n\n".join(
-    (
-        "Fan out agent calls over an offline model, with live progress and a summary.",
-        "A murmur.Agent triages synthetic support tickets on a pydantic-ai FunctionModel "
-        "that stands in for an LLM: seeded latencies, deterministic answers, plausible token "
-        "usage, and a few deliberate failures. No API key, no network, no broker.",
-        "The calls go through AgentRuntime.gather with a hard concurrency cap; a custom "
-        "pipeline stage drives the progress display, and failed calls come back as data.",
-    )
-)
+# -- the command ---------------------------------------------------------------------------
 
 
-def demo(
-    tasks: Annotated[
-        int,
-        typer.Option("--tasks", "-n", min=1, help="How many agent calls to fan out."),
-    ] = 200,
-    concurrency: Annotated[
-        int,
-        typer.Option(
-            "--concurrency",
-            "-c",
-            min=1,
-            help="Hard cap on calls in flight (gather's max_concurrency).",
-        ),
-    ] = 20,
-    backend: Annotated[
-        Backend,
-        typer.Option("--backend", "-b", case_sensitive=False, help="Event loop to run on."),
-    ] = Backend.asyncio,
-    seed: Annotated[
-        int,
-        typer.Option("--seed", help="Seed for the tickets, latencies and token counts."),
-    ] = 0,
-    fail_every: Annotated[
-        int,
-        typer.Option(
-            "--fail-every",
-            min=0,
-            help=(
-                "Make every Nth call fail (rate limit, overload or malformed output); "
-                "0 disables failures."
-            ),
-        ),
-    ] = 20,
-) -> None:
-    """``murmur demo``: see ``DEMO_HELP``."""
-    if backend is Backend.trio and importlib.util.find_spec("trio") is None:
-        raise typer.BadParameter(
-            "Trio is not installed; install it with: pip install 'murmur-agents[trio]'",
-            param_hint="'--backend'",
-        )
+def run_in_terminal(config: DemoConfig) -> None:
+    """Run the demo in the terminal: a live progress bar, then the summary tables."""
     # The CLI owns the terminal: no pydantic-ai first-run banner under the progress bar.
     pydantic_ai.BANNER_ENABLED = False
-    config = DemoConfig(
-        tasks=tasks, concurrency=concurrency, backend=backend, seed=seed, fail_every=fail_every
-    )
     console = Console()
-    failures = f"1 call in {fail_every} fails on purpose" if fail_every else "no simulated failures"
+    failures = (
+        f"1 call in {config.fail_every} fails on purpose"
+        if config.fail_every
+        else "no simulated failures"
+    )
     console.print(
-        f"Fanning out [bold]{tasks}[/] calls of agent [bold]{AGENT_NAME!r}[/] "
-        f"(offline model {MODEL_NAME!r}, seed {seed}, {failures}) "
-        f"with max_concurrency={concurrency} on {backend.value}.",
+        f"Fanning out [bold]{config.tasks}[/] calls of agent [bold]{AGENT_NAME!r}[/] "
+        f"(offline model {MODEL_NAME!r}, seed {config.seed}, {failures}) "
+        f"with max_concurrency={config.concurrency} on {config.backend.value}.",
         highlight=False,
     )
     progress = _progress(console)
@@ -582,8 +524,8 @@ def demo(
     monitor = LiveMonitor(on_change)
     try:
         with progress:
-            bar = progress.add_task(AGENT_NAME, total=tasks, ok=0, failed=0, in_flight=0)
-            report = anyio.run(run_demo, config, monitor, backend=backend.value)
+            bar = progress.add_task(AGENT_NAME, total=config.tasks, ok=0, failed=0, in_flight=0)
+            report = anyio.run(run_demo, config, monitor, backend=config.backend.value)
     except BaseException as exc:
         if not _is_interrupt(exc):
             raise

@@ -21,14 +21,12 @@ from typing import Any, Self
 
 import anyio
 import anyio.abc
-import structlog
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
+from .log import murmur_log
 from .types import EventEmitter, EventType, RuntimeEvent, emitter_stages, wanted_types
 
 __all__ = ["BufferedEmitter"]
-
-_log = structlog.get_logger("murmur")
 
 
 class BufferedEmitter:
@@ -159,7 +157,7 @@ class BufferedEmitter:
             except Exception:
                 self.failures += 1
                 if self.failures == 1:
-                    _log.exception(
+                    murmur_log().exception(
                         "buffered event emitter failed; its later failures are not logged",
                         emitter=type(emitter).__name__,
                         event_type=str(event.type),

@@ -6,11 +6,9 @@ import logging
 from collections.abc import Mapping
 from typing import Any
 
-import structlog
-
 from .types import EventType, RuntimeEvent
 
-__all__ = ["DEFAULT_LEVELS", "LogEventEmitter"]
+__all__ = ["DEFAULT_LEVELS", "LogEventEmitter", "murmur_log"]
 
 #: Failures and refusals at warning, batch/group/worker lifecycle at info, per-task detail at debug.
 DEFAULT_LEVELS: Mapping[EventType, int] = {
@@ -33,6 +31,14 @@ DEFAULT_LEVELS: Mapping[EventType, int] = {
     EventType.WORKER_STOPPED: logging.INFO,
     EventType.WORKER_HEARTBEAT: logging.DEBUG,
 }
+
+
+def murmur_log() -> Any:
+    """Murmur's own structlog logger (for an emitter that failed, say), imported when first
+    needed: ``import murmur`` need not load structlog, nor the rich it brings along."""
+    import structlog
+
+    return structlog.get_logger("murmur")
 
 
 class LogEventEmitter:
@@ -61,6 +67,8 @@ class LogEventEmitter:
         self.min_level = min_level
 
     def _bound(self) -> Any:
+        import structlog  # see murmur_log
+
         logger = self._logger if self._logger is not None else structlog.get_logger("murmur.events")
         return logger.bind()
 

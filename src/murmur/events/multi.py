@@ -5,8 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
-import structlog
-
+from .log import murmur_log
 from .types import (
     ALL_EVENT_TYPES,
     EventEmitter,
@@ -17,8 +16,6 @@ from .types import (
 )
 
 __all__ = ["MultiEventEmitter"]
-
-_log = structlog.get_logger("murmur")
 
 
 class MultiEventEmitter:
@@ -73,7 +70,7 @@ class MultiEventEmitter:
             except Exception:
                 if index not in self._reported:
                     self._reported.add(index)
-                    _log.exception(
+                    murmur_log().exception(
                         "event emitter failed; its later failures are not logged",
                         emitter=type(emitter).__name__,
                         event_type=str(event.type),

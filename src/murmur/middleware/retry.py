@@ -7,15 +7,17 @@ import math
 import random
 import time
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeGuard
 
 import anyio
-from pydantic_ai.exceptions import ModelAPIError, ModelHTTPError
 
+from .._agents import loaded_class
 from ..errors import BudgetExceededError, InputValidationError, SpawnDepthExceededError
 from ..events.types import EventType
 
 if TYPE_CHECKING:
+    from pydantic_ai.exceptions import ModelHTTPError
+
     from .._context import AgentContext
     from .._pipeline import CallNext
 
@@ -38,14 +40,22 @@ def is_retryable(error: BaseException) -> bool:
     """
     if isinstance(error, (BudgetExceededError, SpawnDepthExceededError, InputValidationError)):
         return False
-    if isinstance(error, ModelHTTPError):
+    if _is_model_http_error(error):
         return error.status_code in _RETRYABLE_STATUS or 500 <= error.status_code <= 599
-    return isinstance(error, (OSError, ModelAPIError))
+    if isinstance(error, OSError):
+        return True
+    api_error = loaded_class("pydantic_ai.exceptions", "ModelAPIError")
+    return api_error is not None and isinstance(error, api_error)
+
+
+def _is_model_http_error(error: BaseException) -> TypeGuard[ModelHTTPError]:
+    http_error = loaded_class("pydantic_ai.exceptions", "ModelHTTPError")
+    return http_error is not None and isinstance(error, http_error)
 
 
 def retry_after_seconds(error: BaseException) -> float | None:
     """The ``Retry-After`` a 429/503 response asked for, in seconds, if any."""
-    if not isinstance(error, ModelHTTPError):
+    if not _is_model_http_error(error):
         return None
     parsed = getattr(error, "retry_after", None)  # pydantic-ai's reading (retry-after-ms too)
     if parsed is not None:
@@ -69,8 +79,8 @@ def retry_after_seconds(error: BaseException) -> float | None:
 class RetryMiddleware:
     """Runs the rest of the pipeline up to ``max_attempts`` times.
 
-    The wait after failed attempt k (1-based) is ``backoff_factor ** (k - 1)`` seconds
-    (no wait when the factor is 0), capped at ``max_delay``, then spread by ``jitter``
+    The wait after failed attempt k (1-based) is ``initial_delay * backoff_factor ** (k - 1)``
+    seconds (no wait when either is 0), capped at ``max_delay``, then spread by ``jitter``
     (a fraction: the wait is multiplied by a uniform factor in [1 - jitter, 1 + jitter]).
     A ``Retry-After`` header on the failure is honoured: the wait is at least that long.
     One longer than ``max_delay`` is not waited for: the failure is then not retried.
@@ -87,6 +97,7 @@ class RetryMiddleware:
         self,
         max_attempts: int,
         *,
+        initial_delay: float = 1.0,
         backoff_factor: float = 2.0,
         max_delay: float | None = 60.0,
         jitter: float = 0.0,
@@ -96,6 +107,8 @@ class RetryMiddleware:
     ) -> None:
         if isinstance(max_attempts, bool) or not isinstance(max_attempts, int) or max_attempts < 1:
             raise ValueError(f"max_attempts must be an int >= 1, got {max_attempts!r}")
+        if not initial_delay >= 0:  # NaN too
+            raise ValueError(f"initial_delay must be >= 0, got {initial_delay!r}")
         if backoff_factor < 0:
             raise ValueError(f"backoff_factor must be >= 0, got {backoff_factor!r}")
         if max_delay is not None and max_delay < 0:
@@ -103,6 +116,7 @@ class RetryMiddleware:
         if not 0 <= jitter <= 1:
             raise ValueError(f"jitter must be between 0 and 1, got {jitter!r}")
         self.max_attempts = max_attempts
+        self.initial_delay = initial_delay
         self.backoff_factor = backoff_factor
         self.max_delay = max_delay
         self.jitter = jitter
@@ -112,10 +126,13 @@ class RetryMiddleware:
 
     def delay_after(self, attempt: int, error: BaseException | None = None) -> float:
         """Seconds to wait after failed attempt ``attempt`` (1-based)."""
-        try:
-            delay = self.backoff_factor ** (attempt - 1) if self.backoff_factor > 0 else 0.0
-        except OverflowError:  # a huge attempt count: the cap (if any) decides
-            delay = math.inf
+        if self.initial_delay == 0 or self.backoff_factor == 0:
+            delay = 0.0
+        else:
+            try:
+                delay = self.initial_delay * self.backoff_factor ** (attempt - 1)
+            except OverflowError:  # a huge attempt count: the cap (if any) decides
+                delay = math.inf
         if self.max_delay is not None:
             delay = min(delay, self.max_delay)
         if self.jitter and delay:
