@@ -10,7 +10,6 @@ from typing import Any
 
 import anyio
 import sniffio
-import structlog
 
 from ._agents import AgentImpl, AgentLike, resolve_agent
 from ._batch import Tally, run_pool
@@ -23,7 +22,7 @@ from ._options import RuntimeOptions
 from ._pipeline import Stage, split_by_side
 from ._types import AgentResult, TaskSpec, Usage, new_task_id
 from .errors import RuntimeClosedError
-from .events.log import LogEventEmitter
+from .events.log import LogEventEmitter, murmur_log
 from .events.types import (
     ALL_EVENT_TYPES,
     EventEmitter,
@@ -45,8 +44,6 @@ from .transport.base import Transport
 from .transport.local import LocalTransport
 
 __all__ = ["AgentRuntime"]
-
-_log = structlog.get_logger("murmur")
 
 
 class AgentRuntime:
@@ -543,7 +540,7 @@ class _RuntimeCore(Host):
         # An emitter must never fail a run: isolate it, and say so once.
         if not self._emitter_failed:
             self._emitter_failed = True
-            _log.exception(
+            murmur_log().exception(
                 "event emitter failed; later failures of it are not logged",
                 emitter=type(self._emitter).__name__,
                 event_type=str(event.type),

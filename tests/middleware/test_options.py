@@ -227,7 +227,8 @@ def test_options_build_the_stages_they_ask_for() -> None:
         retry.max_delay,
         retry.jitter,
     ) == (4, 0.1, 1.5, 7.0, 0.25)
-    assert _policy_stages(RuntimeOptions(retry_max_attempts=2), [])[0].initial_delay == 1.0
+    default_retry = AgentRuntime(options=RuntimeOptions(retry_max_attempts=2))._stages[0]
+    assert default_retry.initial_delay == 1.0  # type: ignore[attr-defined]
     assert isinstance(timeout, TimeoutMiddleware)
     assert timeout.seconds == 2.5
 
