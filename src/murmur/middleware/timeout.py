@@ -1,10 +1,14 @@
-"""TimeoutMiddleware: a per-attempt deadline enforced with an AnyIO cancel scope."""
+"""TimeoutMiddleware: a per-attempt deadline, enforced with an AnyIO cancel scope and the clock."""
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import Callable
+from time import perf_counter
 from typing import TYPE_CHECKING, Any
 
 import anyio
+import sniffio
 
 from ..errors import AgentTimeoutError
 from ..events.types import EventType
@@ -17,17 +21,21 @@ __all__ = ["TimeoutMiddleware"]
 
 
 class TimeoutMiddleware:
-    """Cancels an attempt that runs longer than ``seconds`` and raises ``AgentTimeoutError``.
+    """Fails an attempt that has not ended ``seconds`` after it started with ``AgentTimeoutError``.
 
-    The attempt is really cancelled (under Trio too, across the asyncio bridge) before the
-    error is raised. ``AgentTimeoutError`` is a ``TimeoutError``, so retry treats it as
-    retryable by default.
+    An attempt still running at its deadline is really cancelled (under Trio too, across
+    the asyncio bridge) before the error is raised. An attempt that ends after its deadline
+    without having been cancelled (it blocked the thread, then returned or raised before
+    the scope could act) fails the same way, its late output discarded: when a scope acts
+    on such an attempt differs by backend (asyncio runs the attempt's next step before the
+    expired timer, Trio checks deadlines at every checkpoint), the clock read at its end
+    does not. ``AgentTimeoutError`` is a ``TimeoutError``, so retry treats it as retryable
+    by default.
 
     When this stage is the innermost one, the runtime's executor leaves it out for agents
     whose code has no ``await`` (``AgentImpl.can_suspend`` is false): such an attempt never
-    reaches a checkpoint, so no scope could cancel it (a deadline that passes during such a
-    call is noticed by nothing, with a scope or without). That saves the scope's cost
-    (several µs) on every attempt of CPU-only function agents.
+    reaches a checkpoint, so no scope could cancel it, and the scope would cost several µs
+    per attempt. ``without_scope`` applies the late-outcome rule alone, for such attempts.
     """
 
     def __init__(self, seconds: float) -> None:
@@ -36,13 +44,59 @@ class TimeoutMiddleware:
         self.seconds = seconds
 
     async def __call__(self, ctx: AgentContext, call_next: CallNext) -> Any:
-        # The whole attempt runs inside the scope: an attempt that enters a cancel scope or a
-        # task group (pydantic-ai, the Trio bridge) before it first suspends must do so under
-        # this one, or the scope stack is corrupted when it exits.
-        with anyio.CancelScope(deadline=anyio.current_time() + self.seconds):
-            return await call_next(ctx)
-        # Only reached when our own deadline cancelled the attempt.
+        clock = _loop_clock()
+        deadline = clock() + self.seconds
+        try:
+            # The whole attempt runs inside the scope: an attempt that enters a cancel scope
+            # or a task group (pydantic-ai, the Trio bridge) before it first suspends must do
+            # so under this one, or the scope stack is corrupted when it exits.
+            with anyio.CancelScope(deadline=deadline):
+                output = await call_next(ctx)
+                if clock() < deadline:
+                    return output
+        except Exception:
+            if clock() < deadline:
+                raise
+            raise await self._timeout(ctx)  # noqa: B904 - the late error stays its __context__
+        # Our deadline cancelled the attempt, or its output came too late.
+        raise await self._timeout(ctx)
+
+    async def without_scope(self, ctx: AgentContext, call_next: CallNext) -> Any:
+        """The stage for an attempt that cannot suspend: nothing to cancel, only lateness.
+
+        Timed with ``perf_counter``, not the loop's clock: nothing else runs while such an
+        attempt does, so only real time can pass, and finding the loop would cost more than
+        the whole check.
+        """
+        start = perf_counter()
+        try:
+            output = await call_next(ctx)
+        except Exception:
+            if perf_counter() - start < self.seconds:
+                raise
+            raise await self._timeout(ctx)  # noqa: B904 - the late error stays its __context__
+        if perf_counter() - start < self.seconds:
+            return output
+        raise await self._timeout(ctx)
+
+    async def _timeout(self, ctx: AgentContext) -> AgentTimeoutError:
+        """Report the timed-out attempt; the error to raise for it."""
         await ctx.emit(EventType.ATTEMPT_TIMED_OUT, data={"timeout_seconds": self.seconds})
-        raise AgentTimeoutError(
+        return AgentTimeoutError(
             f"agent {ctx.agent!r} attempt {ctx.attempt} timed out after {self.seconds:g}s"
         )
+
+
+def _loop_clock() -> Callable[[], float]:
+    """The running event loop's clock (scope deadlines are on it), as a cheap callable.
+
+    ``anyio.current_time`` finds the backend on every call; this finds it once per attempt.
+    """
+    library = sniffio.current_async_library()
+    if library == "asyncio":
+        return asyncio.get_running_loop().time
+    if library == "trio":
+        import trio
+
+        return trio.current_time
+    return anyio.current_time
