@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import sys
 from collections.abc import Callable
 from time import perf_counter
 from typing import TYPE_CHECKING, Any
@@ -96,7 +97,7 @@ def _loop_clock() -> Callable[[], float]:
     if library == "asyncio":
         return asyncio.get_running_loop().time
     if library == "trio":
-        import trio
-
-        return trio.current_time
+        # Trio is running, so imported; an import statement here would cost ~0.1 µs a call.
+        trio = sys.modules["trio"]
+        return trio.lowlevel.current_clock().current_time  # type: ignore[no-any-return]
     return anyio.current_time
