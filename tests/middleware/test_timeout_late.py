@@ -23,7 +23,6 @@ from pydantic_ai import Agent as PydanticAgent
 from pydantic_ai.messages import ModelMessage, ModelResponse, TextPart
 from pydantic_ai.models.function import AgentInfo, FunctionModel
 
-import murmur.middleware.timeout as timeout_module
 from murmur import (
     AgentContext,
     AgentResult,
@@ -223,17 +222,7 @@ async def test_a_real_block_of_the_thread_times_out() -> None:
     assert isinstance(result.error, AgentTimeoutError)
 
 
-# -- without_scope: the rule for attempts that cannot suspend ---------------------------
-
-
-class FakeCounter:
-    """Stands in for ``time.perf_counter``; moved forward by hand."""
-
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
+# -- the stage on its own ---------------------------------------------------------------
 
 
 class Ctx:
@@ -247,41 +236,7 @@ class Ctx:
         self.emitted.append((kind, kwargs.get("data")))
 
 
-async def test_without_scope_fails_only_a_late_outcome(monkeypatch: pytest.MonkeyPatch) -> None:
-    counter = FakeCounter()
-    monkeypatch.setattr(timeout_module, "perf_counter", counter)
-    stage = TimeoutMiddleware(TIMEOUT)
-
-    async def quick(ctx: Any) -> str:
-        counter.now += TIMEOUT / 2
-        return "fine"
-
-    async def quick_error(ctx: Any) -> str:
-        raise ArithmeticError("early")
-
-    async def late(ctx: Any) -> str:
-        counter.now += BLOCK
-        return "too late"
-
-    async def late_error(ctx: Any) -> str:
-        counter.now += BLOCK
-        raise ArithmeticError("late")
-
-    ctx = Ctx()
-    assert await stage.without_scope(ctx, quick) == "fine"  # type: ignore[arg-type]
-    with pytest.raises(ArithmeticError, match="early"):
-        await stage.without_scope(ctx, quick_error)  # type: ignore[arg-type]
-    assert ctx.emitted == []
-    with pytest.raises(AgentTimeoutError, match="'direct' attempt 1 timed out after 60s"):
-        await stage.without_scope(ctx, late)  # type: ignore[arg-type]
-    with pytest.raises(AgentTimeoutError) as caught:
-        await stage.without_scope(ctx, late_error)  # type: ignore[arg-type]
-    assert isinstance(caught.value.__context__, ArithmeticError)
-    timed_out = (EventType.ATTEMPT_TIMED_OUT, {"timeout_seconds": TIMEOUT})
-    assert ctx.emitted == [timed_out, timed_out]
-
-
-async def test_the_scoped_stage_called_directly_fails_a_late_outcome() -> None:
+async def test_the_stage_called_directly_fails_a_late_outcome() -> None:
     jump = clock_jumper()
     stage = TimeoutMiddleware(TIMEOUT)
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import sys
 from collections.abc import Callable
-from time import perf_counter
 from typing import TYPE_CHECKING, Any
 
 import anyio
@@ -36,7 +35,7 @@ class TimeoutMiddleware:
     When this stage is the innermost one, the runtime's executor leaves it out for agents
     whose code has no ``await`` (``AgentImpl.can_suspend`` is false): such an attempt never
     reaches a checkpoint, so no scope could cancel it, and the scope would cost several µs
-    per attempt. ``without_scope`` applies the late-outcome rule alone, for such attempts.
+    per attempt.
     """
 
     def __init__(self, seconds: float) -> None:
@@ -58,30 +57,12 @@ class TimeoutMiddleware:
         except Exception:
             if clock() < deadline:
                 raise
-            raise await self._timeout(ctx)  # noqa: B904 - the late error stays its __context__
+            raise await self.timed_out(ctx)  # noqa: B904 - the late error stays its __context__
         # Our deadline cancelled the attempt, or its output came too late.
-        raise await self._timeout(ctx)
+        raise await self.timed_out(ctx)
 
-    async def without_scope(self, ctx: AgentContext, call_next: CallNext) -> Any:
-        """The stage for an attempt that cannot suspend: nothing to cancel, only lateness.
-
-        Timed with ``perf_counter``, not the loop's clock: nothing else runs while such an
-        attempt does, so only real time can pass, and finding the loop would cost more than
-        the whole check.
-        """
-        start = perf_counter()
-        try:
-            output = await call_next(ctx)
-        except Exception:
-            if perf_counter() - start < self.seconds:
-                raise
-            raise await self._timeout(ctx)  # noqa: B904 - the late error stays its __context__
-        if perf_counter() - start < self.seconds:
-            return output
-        raise await self._timeout(ctx)
-
-    async def _timeout(self, ctx: AgentContext) -> AgentTimeoutError:
-        """Report the timed-out attempt; the error to raise for it."""
+    async def timed_out(self, ctx: AgentContext) -> AgentTimeoutError:
+        """Report ``ctx``'s attempt as timed out (its event); the error to raise for it."""
         await ctx.emit(EventType.ATTEMPT_TIMED_OUT, data={"timeout_seconds": self.seconds})
         return AgentTimeoutError(
             f"agent {ctx.agent!r} attempt {ctx.attempt} timed out after {self.seconds:g}s"
