@@ -22,7 +22,7 @@ from ._options import RuntimeOptions
 from ._pipeline import Stage, split_by_side
 from ._types import AgentResult, TaskSpec, Usage, new_task_id
 from .errors import RuntimeClosedError
-from .events.log import LogEventEmitter, murmur_log
+from .events.log import LogEventEmitter, log_exception
 from .events.types import (
     ALL_EVENT_TYPES,
     EventEmitter,
@@ -54,7 +54,8 @@ class AgentRuntime:
         middleware: Extra pipeline stages, each ``async def __call__(self, ctx, call_next)``.
         transport: Where tasks execute; in-process by default.
         event_emitter: Receives every ``RuntimeEvent`` (``async def emit(self, event)``);
-            default ``LogEventEmitter()``, which writes them through structlog.
+            default ``LogEventEmitter()``, which writes them to the application's logs
+            (structlog if configured, else the standard ``logging`` logger ``murmur.events``).
         broker: A broker URL for distributed mode (not available in this version).
 
     A runtime owns an asyncio helper loop under Trio (for pydantic-ai) and, in distributed
@@ -540,7 +541,7 @@ class _RuntimeCore(Host):
         # An emitter must never fail a run: isolate it, and say so once.
         if not self._emitter_failed:
             self._emitter_failed = True
-            murmur_log().exception(
+            log_exception(
                 "event emitter failed; later failures of it are not logged",
                 emitter=type(self._emitter).__name__,
                 event_type=str(event.type),

@@ -23,7 +23,7 @@ import anyio
 import anyio.abc
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
-from .log import murmur_log
+from .log import log_exception
 from .types import EventEmitter, EventType, RuntimeEvent, emitter_stages, wanted_types
 
 __all__ = ["BufferedEmitter"]
@@ -157,7 +157,7 @@ class BufferedEmitter:
             except Exception:
                 self.failures += 1
                 if self.failures == 1:
-                    murmur_log().exception(
+                    log_exception(
                         "buffered event emitter failed; its later failures are not logged",
                         emitter=type(emitter).__name__,
                         event_type=str(event.type),

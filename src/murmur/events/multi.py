@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
-from .log import murmur_log
+from .log import log_exception
 from .types import (
     ALL_EVENT_TYPES,
     EventEmitter,
@@ -70,7 +70,7 @@ class MultiEventEmitter:
             except Exception:
                 if index not in self._reported:
                     self._reported.add(index)
-                    murmur_log().exception(
+                    log_exception(
                         "event emitter failed; its later failures are not logged",
                         emitter=type(emitter).__name__,
                         event_type=str(event.type),
