@@ -56,11 +56,14 @@ class Executor:
         self._owned: AsyncioBridge | None = None
         #: The stages around the dispatch, as one callable on a context.
         self.pipeline: CallNext = compose(self.stages, _dispatch)
-        # Agents that never suspend (no `await` in their code) skip an innermost timeout:
-        # no cancel scope can fire inside them (see TimeoutMiddleware).
+        # Agents that never suspend (no `await` in their code) skip an innermost timeout's
+        # scope: none can fire inside them (see TimeoutMiddleware). Its other rule, that an
+        # outcome after the deadline is a timeout, is checked in their endpoint instead.
         inner = self.stages[-1:]
         if inner and isinstance(inner[0], TimeoutMiddleware):
-            self.pipeline_unsuspending: CallNext = compose(self.stages[:-1], _dispatch)
+            self.pipeline_unsuspending: CallNext = compose(
+                self.stages[:-1], _late_checked(inner[0])
+            )
         else:
             self.pipeline_unsuspending = self.pipeline
 
@@ -148,6 +151,37 @@ async def _dispatch(ctx: AgentContext) -> Any:
         raise stray from exc
     finally:
         _current.reset(token)
+
+
+def _late_checked(timeout: TimeoutMiddleware) -> CallNext:
+    """``_dispatch`` for agents that cannot suspend, under an innermost ``timeout``: an
+    outcome that arrives after the deadline is a timeout, as inside the stage's scope.
+
+    Inline rather than a stage around ``_dispatch``, whose extra layer would cost more than
+    the check (~0.3 µs an attempt). Such agents are never asyncio-only: no bridge. Timed with
+    ``perf_counter``: nothing else runs while they do, so only real time can pass.
+    """
+    limit = timeout.seconds
+
+    async def dispatch(ctx: AgentContext) -> Any:
+        ctx.attempt += 1
+        impl = ctx.impl
+        value = impl.prepare_input(ctx.task.input)
+        token = _current.set(ctx)
+        start = perf_counter()
+        try:
+            output = await impl.invoke(value, ctx)
+        except Exception:
+            if perf_counter() - start < limit:
+                raise
+            raise await timeout.timed_out(ctx)  # noqa: B904 - the late error stays its context
+        finally:
+            _current.reset(token)
+        if perf_counter() - start < limit:
+            return output
+        raise await timeout.timed_out(ctx)
+
+    return dispatch
 
 
 async def _bridged(bridge: AsyncioBridge, impl: AgentImpl, value: Any, ctx: AgentContext) -> Any:

@@ -9,6 +9,7 @@ is all such a block looks like to the loop, without the wait.
 from __future__ import annotations
 
 import asyncio
+import math
 import threading
 import time
 from collections.abc import Callable
@@ -23,6 +24,7 @@ from pydantic_ai import Agent as PydanticAgent
 from pydantic_ai.messages import ModelMessage, ModelResponse, TextPart
 from pydantic_ai.models.function import AgentInfo, FunctionModel
 
+import murmur._executor as executor_module
 from murmur import (
     AgentContext,
     AgentResult,
@@ -248,3 +250,23 @@ async def test_the_stage_called_directly_fails_a_late_outcome() -> None:
     with pytest.raises(AgentTimeoutError):
         await stage(ctx, late)  # type: ignore[arg-type]
     assert ctx.emitted == [(EventType.ATTEMPT_TIMED_OUT, {"timeout_seconds": TIMEOUT})]
+
+
+async def test_an_agent_that_never_awaits_and_ends_late_times_out(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Such an agent runs without a scope (nothing could cancel it), but the rule holds."""
+    now = [1000.0]
+    monkeypatch.setattr(executor_module, "perf_counter", lambda: now[0])
+
+    async def blocks(value: int) -> float:
+        now[0] += BLOCK
+        return anyio.current_effective_deadline()
+
+    async def quick(value: int) -> float:
+        now[0] += TIMEOUT / 2
+        return anyio.current_effective_deadline()
+
+    assert_timed_out_once(*await run_once(blocks))
+    result, _ = await run_once(quick)
+    assert result.output == math.inf  # still no scope around it
