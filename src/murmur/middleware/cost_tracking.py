@@ -17,16 +17,21 @@ which is ``<= limit`` whenever runs fit their reservations, and otherwise at mos
 ``limit`` plus one model response per concurrently running pydantic-ai task (plus any
 function-agent overshoot).
 
-Waiting, not refusing: while the unreserved remainder is too small but other tasks hold
-reservations, a new task waits for them to settle (they usually release part of what they
-reserved). It is refused with ``BudgetExceededError`` only once nothing is in flight and
-nothing is left, i.e. when the budget is really spent; when something is left but less
-than ``reserve_per_task``, the last task runs with what is left.
+Waiting, not refusing, first come first served: while the unreserved remainder is too
+small but other tasks hold reservations, a new task waits for them to settle (they usually
+release part of what they reserved). Waiting tasks form a queue: a settling task hands what
+it frees to the head of the queue at once (before any other task can run), and a task that
+asks while others wait queues behind them, even if it would fit. It is refused with
+``BudgetExceededError`` only once nothing is in flight and nothing is left, i.e. when the
+budget is really spent, and then so is everyone queued behind it; when something is left
+but less than a share, the head of the queue runs with what is left. So the tasks of one
+call start in the order they asked, and no refused task precedes one that ran.
 
 Spawned children never wait on the shared budget (their ancestors hold reservations there
-and wait for them: that would deadlock). A child takes a full ``reserve_per_task`` if one is
-free; otherwise it borrows from its parent's reservation, waiting only for siblings that
-borrowed before it, and is refused once that is spent. What borrowers use is charged with
+and wait for them: that would deadlock). A child takes a full share if one is free now,
+ahead of the queue (it finishes work already admitted); otherwise it borrows from its
+parent's reservation, waiting only for siblings that borrowed before it, and is refused
+once that is spent and the shared budget still has no share free. What borrowers use is charged with
 the parent, so in the bound above a task's ``usage`` includes its borrowing children's.
 When the parent is inside a capped pydantic-ai run (a tool spawned the children), the pool
 is that run's cap itself: each child's reservation comes off it and the unspent part goes
@@ -36,6 +41,7 @@ back, so the parent's run and its children share one allowance.
 from __future__ import annotations
 
 import threading
+from collections import deque
 from typing import TYPE_CHECKING, Any
 
 import anyio
@@ -90,7 +96,9 @@ class TokenBudget:
         self._charge_lock = threading.Lock()
         self._reserved = 0
         self._holders = 0
-        self._waiters: list[anyio.Event] = []
+        # Tasks waiting for tokens, first come first served. Never empty while nobody holds
+        # a reservation: whoever settles last serves the head, or refuses the lot once spent.
+        self._queue: deque[_Waiter] = deque()
 
     @property
     def used(self) -> int:
@@ -113,28 +121,41 @@ class TokenBudget:
         return self._used + self._charged >= self.limit
 
     def try_reserve(self) -> int | None:
-        """Reserve without waiting: the tokens granted, or ``None`` if the caller must wait.
+        """Reserve without waiting: the tokens granted, or ``None`` if the caller must wait
+        (too little is free, or others are already waiting: they come first).
 
         Raises:
             BudgetExceededError: the budget is spent.
         """
+        if self._queue:
+            return None
         share = self.reserve_per_task
         if self.limit - self._used - self._charged - self._reserved >= share:  # the common case
             self._reserved += share
             self._holders += 1
             return share
-        return self._try_reserve_slow()
+        return self._admit()
 
-    def _try_reserve_slow(self) -> int | None:
-        return self._grant(self.limit - self._used - self._charged - self._reserved)
+    def _try_reserve_now(self) -> int | None:
+        """``try_reserve`` ahead of any waiting task: for spawned children, whose ancestors
+        hold reservations and wait for them (they finish work already admitted)."""
+        return self._admit()
 
-    def _grant(self, free: int) -> int | None:
-        """Reserve out of ``free`` tokens: a full share, or what is left when nobody holds
-        any; ``None`` when the caller must wait for holders to settle."""
-        if free >= self.reserve_per_task or (free > 0 and self._holders == 0):
-            granted = min(free, self.reserve_per_task)
-            self._reserved += granted
-            self._holders += 1
+    def _free(self) -> int:
+        return self.limit - self._used - self._charged - self._reserved
+
+    def _hold(self, tokens: int) -> None:
+        self._reserved += tokens
+        self._holders += 1
+
+    def _admit(self) -> int | None:
+        """Reserve what is free now: a full share, or what is left when nobody holds any;
+        ``None`` when the caller must wait for holders to settle."""
+        free = self._free()
+        share = self.reserve_per_task
+        if free >= share or (free > 0 and self._holders == 0):
+            granted = min(free, share)
+            self._hold(granted)
             return granted
         if self._holders == 0:
             raise self._spent()
@@ -144,30 +165,61 @@ class TokenBudget:
         return BudgetExceededError(f"token budget spent: {self.used} of {self.limit} tokens used")
 
     async def reserve(self) -> int:
-        """Reserve tokens for one task, waiting while others hold what is left.
+        """Reserve tokens for one task, waiting (behind those already waiting) while others
+        hold what is left.
 
         Raises:
             BudgetExceededError: the budget is spent.
         """
-        while True:
-            granted = self.try_reserve()
-            if granted is not None:
-                return granted
-            waiter = anyio.Event()
-            self._waiters.append(waiter)
-            await waiter.wait()
+        granted = self.try_reserve()
+        if granted is not None:
+            return granted
+        waiter = _Waiter()
+        self._queue.append(waiter)
+        try:
+            await waiter.event.wait()
+        except BaseException:
+            if waiter.granted:
+                self._release(waiter.granted)  # served, but cancelled before it resumed
+            elif not waiter.refused:
+                self._queue.remove(waiter)
+                self._serve()  # those behind it may fit now
+            raise
+        if waiter.refused:
+            raise self._spent()
+        return waiter.granted
 
     def settle(self, reservation: int, used: int) -> None:
-        """Release ``reservation`` and charge ``used`` tokens; wakes waiting tasks."""
+        """Release ``reservation`` and charge ``used`` tokens; serves waiting tasks."""
         self._reserved -= reservation
         self._holders -= 1
         if used > 0:
             self._used += used
-        if not self._waiters:
-            return
-        waiters, self._waiters = self._waiters, []
-        for waiter in waiters:
-            waiter.set()
+        if self._queue:
+            self._serve()
+
+    def _release(self, reservation: int) -> None:
+        self.settle(reservation, 0)
+
+    def _serve(self) -> None:
+        """Hand what is free to the waiting tasks, in the order they came, while the first
+        can be served; refuse them all once the budget is spent and nobody holds any."""
+        queue = self._queue
+        while queue:
+            waiter = queue[0]
+            try:
+                granted = self._admit()
+            except BudgetExceededError:
+                for refused in queue:
+                    refused.refused = True
+                    refused.event.set()
+                queue.clear()
+                return
+            if granted is None:
+                return
+            queue.popleft()
+            waiter.granted = granted
+            waiter.event.set()
 
     def charge(self, tokens: int) -> None:
         """Charge tokens spent outside any task (no reservation involved); any thread."""
@@ -180,6 +232,17 @@ class TokenBudget:
             f"TokenBudget(limit={self.limit}, used={self.used}, reserved={self._reserved}, "
             f"reserve_per_task={self.reserve_per_task})"
         )
+
+
+class _Waiter:
+    """A task waiting in a budget's queue, and what it was handed."""
+
+    __slots__ = ("event", "granted", "refused")
+
+    def __init__(self) -> None:
+        self.event = anyio.Event()
+        self.granted = 0
+        self.refused = False
 
 
 class CostTrackingMiddleware:
@@ -199,17 +262,25 @@ class CostTrackingMiddleware:
         budget = self.budget
         pool = budget
         try:
-            parent = ctx._origin.parent
+            parent = ctx.parent
             if parent is None or parent.token_cap is None:
                 granted = budget.try_reserve()  # the common case: no waiting, no coroutine
                 reservation = await budget.reserve() if granted is None else granted
             else:
                 # A spawned child never waits on the shared budget: its ancestors hold
-                # reservations there while they wait for it. A full share, or borrow.
-                granted = budget.try_reserve()
+                # reservations there while they wait for it. A share if one is free now
+                # (ahead of waiting tasks: it finishes admitted work), or borrow.
+                granted = budget._try_reserve_now()
                 if granted is None:
-                    pool = self._lender(parent)
-                    granted = await pool.reserve()
+                    try:
+                        pool = self._lender(parent)
+                        granted = await pool.reserve()
+                    except BudgetExceededError:
+                        # The parent's share is spent; tokens may have come free meanwhile.
+                        pool = budget
+                        granted = budget._try_reserve_now()
+                        if granted is None:
+                            raise
                 reservation = granted
         except BudgetExceededError:
             await ctx.emit(EventType.BUDGET_EXCEEDED, data=_budget_data(budget))
@@ -275,10 +346,14 @@ class _RunPool(TokenBudget):
         self._used += used
 
     def try_reserve(self) -> int | None:
-        granted = self._grant(int(self.limits.total_tokens_limit - self._run_usage.total_tokens))
-        if granted is not None:
-            self.limits.total_tokens_limit -= granted
-        return granted
+        return None if self._queue else self._admit()
+
+    def _free(self) -> int:
+        return int(self.limits.total_tokens_limit - self._run_usage.total_tokens)
+
+    def _hold(self, tokens: int) -> None:
+        self.limits.total_tokens_limit -= tokens
+        super()._hold(tokens)
 
     def _spent(self) -> BudgetExceededError:
         return BudgetExceededError(
