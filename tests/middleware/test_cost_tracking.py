@@ -299,6 +299,80 @@ async def test_fifty_concurrent_runs_that_outgrow_their_reservations_keep_the_bo
     assert len(recorder.of(EventType.BUDGET_EXCEEDED)) == 51
 
 
+async def test_adaptive_reservations_keep_the_bound_exactly() -> None:
+    """Ten runs that never finish, reserving by the rule: a warm-up run of the same agent
+    spent 200, so each reserves max(floor 800, 1/64 of what is free) and together they take
+    all of the budget. Each is cut off one response past its reservation, and the budget
+    ends exactly at the documented bound."""
+    per_response = 100
+    budget = TokenBudget(limit=200 + 10 * 800)
+    warm = from_pydantic_ai(stepping_agent(per_response, tool_calls=1))
+    barrier = Barrier(10)
+    forever = from_pydantic_ai(stepping_agent(per_response, tool_calls=None, barrier=barrier))
+    assert warm.name == forever.name == "stepper"  # one agent, as far as the budget knows
+    caps = CapRecorder()
+    async with AgentRuntime(
+        options=RuntimeOptions(token_budget=budget), middleware=[caps]
+    ) as runtime:
+        assert (await runtime.run(warm, TaskSpec(input="warm", task_id="warm"))).is_ok()
+        specs = [TaskSpec(input=str(i), task_id=str(i)) for i in range(10)]
+        results = await runtime.gather(forever, specs, max_concurrency=10)
+    assert caps.caps["warm"] == 4096  # nothing known yet: min(limit, 4096)
+    assert barrier.arrived == 10  # all ten in flight at once
+    assert [caps.caps[s.task_id] for s in specs] == [800] * 10
+    assert all(isinstance(r.error, BudgetExceededError) for r in results)
+    overshoots = [r.usage.total_tokens - 800 for r in results]
+    assert overshoots == [per_response] * 10  # one response past the reservation, no more
+    assert budget.used == 200 + 10 * 900
+    assert budget.used == budget.limit + sum(overshoots)  # the bound, met exactly
+    assert budget.reserved == 0
+
+
+@pytest.mark.parametrize(
+    ("limit", "cap", "finished"), [(1_000_000, 4096, True), (1_200, 800, False)]
+)
+async def test_a_run_far_above_the_mean_finishes_while_the_budget_is_plentiful(
+    limit: int, cap: int, finished: bool
+) -> None:
+    """After a 200-token run, a run of 3000 tokens (15x the mean) gets the ceiling (4096)
+    from a plentiful budget and finishes; from a scarce one it gets the floor (800)."""
+    budget = TokenBudget(limit=limit)
+    caps = CapRecorder()
+    async with AgentRuntime(
+        options=RuntimeOptions(token_budget=budget), middleware=[caps]
+    ) as runtime:
+        small = from_pydantic_ai(stepping_agent(100, tool_calls=1))
+        assert (await runtime.run(small, TaskSpec(input="q"))).is_ok()
+        big = from_pydantic_ai(stepping_agent(100, tool_calls=29))
+        result = await runtime.run(big, TaskSpec(input="q", task_id="big"))
+    assert caps.caps["big"] == cap
+    assert result.is_ok() is finished
+    assert result.usage.total_tokens == (3_000 if finished else 900)
+
+
+async def test_a_task_cancelled_from_outside_does_not_resize_reservations() -> None:
+    budget = TokenBudget(limit=100_000)
+    entered = anyio.Event()
+
+    async def worker(value: int, ctx: AgentContext) -> int:
+        ctx.report_usage(output_tokens=value)
+        if value == 0:
+            entered.set()
+            await anyio.sleep_forever()
+        return value
+
+    async with AgentRuntime(options=RuntimeOptions(token_budget=budget)) as runtime:
+        await runtime.run(worker, TaskSpec(input=1_000))  # mean 1000: floor 4000
+        with anyio.CancelScope() as scope:
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(runtime.run, worker, TaskSpec(input=0))
+                await entered.wait()
+                scope.cancel()
+    assert (budget.used, budget.reserved) == (1_000, 0)
+    # 99_000 free, a 64th is 1546: the floor, still 4 x 1000, decides.
+    assert budget.try_reserve("worker") == 4_000
+
+
 # -- a run cut off by its cap -------------------------------------------------------------------
 
 

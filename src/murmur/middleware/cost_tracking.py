@@ -4,12 +4,13 @@ The guarantee
 -------------
 Each task *reserves* tokens before its first attempt and settles after its last: the
 reservation is released and the task's real usage (input + output tokens, all attempts)
-is charged. A task starts only with a reservation > 0, and never while
-``used + reserved >= limit``. A pydantic-ai run is capped (``UsageLimits.total_tokens_limit``)
-at what its task reserved, minus what earlier attempts used; a run cut off by that cap
-fails with ``BudgetExceededError``. pydantic-ai checks the cap after each model response,
-so a capped run can overshoot its reservation by at most its last response. Function
-agents report usage after the fact and cannot be capped. Hence, exactly:
+is charged. A task starts only with a reservation > 0 that is no more than what is free
+(``limit - used - reserved``), so reservations never add up to more than the limit. A
+pydantic-ai run is capped (``UsageLimits.total_tokens_limit``) at what its task reserved,
+minus what earlier attempts used; a run cut off by that cap fails with
+``BudgetExceededError``. pydantic-ai checks the cap after each model response, so a capped
+run can overshoot its reservation by at most its last response. Function agents report
+usage after the fact and cannot be capped. Hence, exactly, whatever each task reserved:
 
     budget.used <= limit + sum over tasks of max(0, usage - reservation)
 
@@ -17,25 +18,45 @@ which is ``<= limit`` whenever runs fit their reservations, and otherwise at mos
 ``limit`` plus one model response per concurrently running pydantic-ai task (plus any
 function-agent overshoot).
 
-Waiting, not refusing: while the unreserved remainder is too small but other tasks hold
-reservations, a new task waits for them to settle (they usually release part of what they
-reserved). It is refused with ``BudgetExceededError`` only once nothing is in flight and
-nothing is left, i.e. when the budget is really spent; when something is left but less
-than ``reserve_per_task``, the last task runs with what is left.
+How much a task reserves
+------------------------
+With an explicit ``reserve_per_task=R`` every task reserves ``R`` (its *floor* and *ceiling*
+are both ``R``). By default the reservation adapts to what the tasks of each agent (by name)
+really spend. Until one task of an agent has settled, the agent's floor and ceiling are both
+``reserve_per_task = min(limit, 4096)``. After that, with ``m`` the mean spend of the agent's
+settled tasks (not counting tasks cancelled from outside)::
+
+    floor   = max(1, ceil(4 * m))
+    ceiling = max(2 * floor, reserve_per_task)
+
+A task is granted ``free // 64`` clamped to ``[floor, ceiling]``, where ``free`` is what is
+neither used nor reserved: the ceiling while the budget is plentiful (``free >= 64 *
+ceiling``), shrinking toward the floor as it gets scarce. It is granted only if ``free >=
+floor``; otherwise it waits while other tasks hold reservations, and gets all of ``free``
+once none does (the last task runs with what is left).
+
+Waiting, not refusing, first come first served: waiting tasks form a queue. A settling task
+hands what it frees to the head of the queue at once (before any other task can run), and a
+task that asks while others wait queues behind them, even if it would fit. It is refused
+with ``BudgetExceededError`` only once nothing is in flight and nothing is left, i.e. when
+the budget is really spent, and then so is everyone queued behind it. So the tasks of one
+call are admitted in the order they asked, and no refused task precedes one that ran.
 
 Spawned children never wait on the shared budget (their ancestors hold reservations there
-and wait for them: that would deadlock). A child takes a full ``reserve_per_task`` if one is
-free; otherwise it borrows from its parent's reservation, waiting only for siblings that
-borrowed before it, and is refused once that is spent. What borrowers use is charged with
-the parent, so in the bound above a task's ``usage`` includes its borrowing children's.
-When the parent is inside a capped pydantic-ai run (a tool spawned the children), the pool
-is that run's cap itself: each child's reservation comes off it and the unspent part goes
-back, so the parent's run and its children share one allowance.
+and wait for them: that would deadlock). A child takes a share if one is free now, ahead of
+the queue (it finishes work already admitted); otherwise it borrows from its parent's
+reservation, waiting only for siblings that borrowed before it, and is refused once that is
+spent and the shared budget still has no share free. What borrowers use is charged with the
+parent, so in the bound above a task's ``usage`` includes its borrowing children's. When the
+parent is inside a capped pydantic-ai run (a tool spawned the children), the pool is that
+run's cap itself: each child's reservation comes off it and the unspent part goes back, so
+the parent's run and its children share one allowance.
 """
 
 from __future__ import annotations
 
 import threading
+from collections import deque
 from typing import TYPE_CHECKING, Any
 
 import anyio
@@ -50,6 +71,10 @@ if TYPE_CHECKING:
 __all__ = ["CostTrackingMiddleware", "TokenBudget"]
 
 DEFAULT_RESERVE_PER_TASK = 4096
+#: A task is granted this fraction of what is free (as a shift), between floor and ceiling.
+_FREE_SHARE_SHIFT = 6
+#: An agent's floor is this many times its mean spend (its ceiling twice that, or more).
+_FLOOR_PER_MEAN = 4
 
 
 class TokenBudget:
@@ -57,9 +82,10 @@ class TokenBudget:
 
     Args:
         limit: Total tokens (input + output) the runtime may spend.
-        reserve_per_task: Tokens set aside for each task while it runs, and the cap of its
-            pydantic-ai runs (default: ``min(limit, 4096)``). Larger values let bigger runs
-            finish; smaller ones let more tasks run at once near the end of the budget.
+        reserve_per_task: Tokens set aside for every task while it runs, and the cap of its
+            pydantic-ai runs. By default (``None``) the reservation adapts to what each
+            agent's tasks spend (see docs/policies.md), starting from ``min(limit, 4096)``,
+            the value this attribute then holds.
 
     ``used``, ``reserved`` and ``remaining`` can be read, and ``charge`` called, at any time
     from any thread. Share one budget among runtimes on the same event loop: tasks reserve
@@ -73,6 +99,7 @@ class TokenBudget:
     def __init__(self, limit: int, *, reserve_per_task: int | None = None) -> None:
         if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
             raise ValueError(f"TokenBudget limit must be an int >= 1, got {limit!r}")
+        adaptive = reserve_per_task is None
         if reserve_per_task is None:
             reserve_per_task = min(limit, DEFAULT_RESERVE_PER_TASK)
         elif (
@@ -90,7 +117,14 @@ class TokenBudget:
         self._charge_lock = threading.Lock()
         self._reserved = 0
         self._holders = 0
-        self._waiters: list[anyio.Event] = []
+        # Tasks waiting for tokens, first come first served. Never empty while nobody holds
+        # a reservation: whoever settles last serves the head, or refuses the lot once spent.
+        self._queue: deque[_Waiter] = deque()
+        # What an agent's tasks may reserve, by agent name; an agent not in it yet gets
+        # `_first`. Only an adaptive budget ever fills it (and pools share their budget's).
+        self._adaptive = adaptive
+        self._first = _Share(reserve_per_task, reserve_per_task)
+        self._shares: dict[str | None, _Share] = {}
 
     @property
     def used(self) -> int:
@@ -112,62 +146,151 @@ class TokenBudget:
         """True once nothing is left to charge."""
         return self._used + self._charged >= self.limit
 
-    def try_reserve(self) -> int | None:
-        """Reserve without waiting: the tokens granted, or ``None`` if the caller must wait.
+    def try_reserve(self, key: str | None = None) -> int | None:
+        """Reserve without waiting: the tokens granted, or ``None`` if the caller must wait
+        (too little is free, or others are already waiting: they come first).
+
+        Args:
+            key: Whose spend the reservation is sized by (the middleware passes the agent's
+                name); settle with the same key.
 
         Raises:
             BudgetExceededError: the budget is spent.
         """
-        share = self.reserve_per_task
-        if self.limit - self._used - self._charged - self._reserved >= share:  # the common case
-            self._reserved += share
-            self._holders += 1
-            return share
-        return self._try_reserve_slow()
-
-    def _try_reserve_slow(self) -> int | None:
-        return self._grant(self.limit - self._used - self._charged - self._reserved)
-
-    def _grant(self, free: int) -> int | None:
-        """Reserve out of ``free`` tokens: a full share, or what is left when nobody holds
-        any; ``None`` when the caller must wait for holders to settle."""
-        if free >= self.reserve_per_task or (free > 0 and self._holders == 0):
-            granted = min(free, self.reserve_per_task)
+        if self._queue:
+            return None
+        share = self._shares.get(key, self._first)
+        floor = share.floor
+        free = self.limit - self._used - self._charged - self._reserved
+        if free >= floor:  # the common case
+            granted = free >> _FREE_SHARE_SHIFT
+            if granted < floor:
+                granted = floor
+            elif granted > share.ceiling:
+                granted = share.ceiling
             self._reserved += granted
             self._holders += 1
             return granted
-        if self._holders == 0:
-            raise self._spent()
-        return None
+        return self._admit(key)
+
+    def _try_reserve_now(self, key: str | None) -> int | None:
+        """``try_reserve`` ahead of any waiting task: for spawned children, whose ancestors
+        hold reservations and wait for them (they finish work already admitted)."""
+        return self._admit(key)
+
+    def _free(self) -> int:
+        return self.limit - self._used - self._charged - self._reserved
+
+    def _hold(self, tokens: int) -> None:
+        self._reserved += tokens
+        self._holders += 1
+
+    def _admit(self, key: str | None) -> int | None:
+        """Reserve what the rule grants now; ``None`` when the caller must wait for holders
+        to settle."""
+        share = self._shares.get(key, self._first)
+        free = self._free()
+        if free >= share.floor:
+            granted = min(max(free >> _FREE_SHARE_SHIFT, share.floor), share.ceiling)
+        elif self._holders == 0:
+            if free <= 0:
+                raise self._spent()
+            granted = free  # nobody will release anything: the last task gets what is left
+        else:
+            return None
+        self._hold(granted)
+        return granted
 
     def _spent(self) -> BudgetExceededError:
         return BudgetExceededError(f"token budget spent: {self.used} of {self.limit} tokens used")
 
-    async def reserve(self) -> int:
-        """Reserve tokens for one task, waiting while others hold what is left.
+    async def reserve(self, key: str | None = None) -> int:
+        """Reserve tokens for one task, waiting (behind those already waiting) while others
+        hold what is left.
+
+        Args:
+            key: As for ``try_reserve``.
 
         Raises:
             BudgetExceededError: the budget is spent.
         """
-        while True:
-            granted = self.try_reserve()
-            if granted is not None:
-                return granted
-            waiter = anyio.Event()
-            self._waiters.append(waiter)
-            await waiter.wait()
+        granted = self.try_reserve(key)
+        if granted is not None:
+            return granted
+        waiter = _Waiter(key)
+        self._queue.append(waiter)
+        try:
+            await waiter.event.wait()
+        except BaseException:
+            if waiter.granted:
+                self._settle(waiter.granted, 0, key, False)  # served, then cancelled
+            elif not waiter.refused:
+                self._queue.remove(waiter)
+                self._serve()  # those behind it may fit now
+            raise
+        if waiter.refused:
+            raise self._spent()
+        return waiter.granted
 
-    def settle(self, reservation: int, used: int) -> None:
-        """Release ``reservation`` and charge ``used`` tokens; wakes waiting tasks."""
+    def settle(self, reservation: int, used: int, key: str | None = None) -> None:
+        """Release ``reservation`` and charge ``used`` tokens; serves waiting tasks.
+
+        Args:
+            reservation: What ``reserve`` or ``try_reserve`` granted.
+            used: What the task spent; it also sizes later reservations under ``key``.
+            key: As given to ``reserve``.
+        """
+        self._settle(reservation, used, key, True)
+
+    def _settle(self, reservation: int, used: int, key: str | None, learn: bool) -> None:
         self._reserved -= reservation
         self._holders -= 1
         if used > 0:
             self._used += used
-        if not self._waiters:
-            return
-        waiters, self._waiters = self._waiters, []
-        for waiter in waiters:
-            waiter.set()
+        if learn and self._adaptive:
+            # Size `key`'s next reservations by the mean spend of its settled tasks.
+            share = self._shares.get(key)
+            if share is None:
+                share = self._shares[key] = _Share(0, 0)
+            spent = share.spent + used if used > 0 else share.spent
+            settled = share.settled + 1
+            share.spent = spent
+            share.settled = settled
+            floor = (_FLOOR_PER_MEAN * spent + settled - 1) // settled  # rounded up
+            if floor < 1:
+                floor = 1
+            share.floor = floor
+            first = self._first.ceiling
+            share.ceiling = 2 * floor if 2 * floor > first else first
+        if self._queue:
+            self._serve()
+
+    def _serve(self) -> None:
+        """Hand what is free to the waiting tasks, in the order they came, while the first
+        can be served; refuse them all once the budget is spent and nobody holds any."""
+        queue = self._queue
+        while queue:
+            waiter = queue[0]
+            try:
+                granted = self._admit(waiter.key)
+            except BudgetExceededError:
+                for refused in queue:
+                    refused.refused = True
+                    refused.event.set()
+                queue.clear()
+                return
+            if granted is None:
+                return
+            queue.popleft()
+            waiter.granted = granted
+            waiter.event.set()
+
+    def _follow(self, budget: TokenBudget) -> None:
+        """Size reservations as ``budget`` does, learning into the same record (a pool that
+        lends to children of ``budget``'s tasks)."""
+        self._adaptive = budget._adaptive
+        self._first = budget._first
+        self._shares = budget._shares
 
     def charge(self, tokens: int) -> None:
         """Charge tokens spent outside any task (no reservation involved); any thread."""
@@ -180,6 +303,30 @@ class TokenBudget:
             f"TokenBudget(limit={self.limit}, used={self.used}, reserved={self._reserved}, "
             f"reserve_per_task={self.reserve_per_task})"
         )
+
+
+class _Share:
+    """What one agent's tasks may reserve, and the spend it is sized by."""
+
+    __slots__ = ("ceiling", "floor", "settled", "spent")
+
+    def __init__(self, floor: int, ceiling: int) -> None:
+        self.floor = floor
+        self.ceiling = ceiling
+        self.spent = 0
+        self.settled = 0
+
+
+class _Waiter:
+    """A task waiting in a budget's queue, and what it was handed."""
+
+    __slots__ = ("event", "granted", "key", "refused")
+
+    def __init__(self, key: str | None) -> None:
+        self.key = key
+        self.event = anyio.Event()
+        self.granted = 0
+        self.refused = False
 
 
 class CostTrackingMiddleware:
@@ -201,28 +348,43 @@ class CostTrackingMiddleware:
     async def __call__(self, ctx: AgentContext, call_next: CallNext) -> Any:
         budget = self.budget
         pool = budget
+        key = ctx.agent
         try:
-            parent = ctx._origin.parent
+            parent = ctx.parent
             if parent is None or parent.token_cap is None:
-                granted = budget.try_reserve()  # the common case: no waiting, no coroutine
-                reservation = await budget.reserve() if granted is None else granted
+                granted = budget.try_reserve(key)  # the common case: no waiting, no coroutine
+                reservation = await budget.reserve(key) if granted is None else granted
             else:
                 # A spawned child never waits on the shared budget: its ancestors hold
-                # reservations there while they wait for it. A full share, or borrow.
-                granted = budget.try_reserve()
+                # reservations there while they wait for it. A share if one is free now
+                # (ahead of waiting tasks: it finishes admitted work), or borrow.
+                granted = budget._try_reserve_now(key)
                 if granted is None:
-                    pool = self._lender(parent)
-                    granted = await pool.reserve()
+                    try:
+                        pool = self._lender(parent)
+                        granted = await pool.reserve(key)
+                    except BudgetExceededError:
+                        # The parent's share is spent; tokens may have come free meanwhile.
+                        pool = budget
+                        granted = budget._try_reserve_now(key)
+                        if granted is None:
+                            raise
                 reservation = granted
         except BudgetExceededError:
             await ctx.emit(EventType.BUDGET_EXCEEDED, data=_budget_data(budget))
             raise
         ctx.token_cap = reservation
+        ended = False  # by a result or an error, not cancelled: its spend is worth learning
         try:
-            return await call_next(ctx)
-        except BudgetExceededError:
-            await ctx.emit(EventType.BUDGET_EXCEEDED, data=_budget_data(budget))
+            output = await call_next(ctx)
+        except Exception as exc:
+            ended = True
+            if isinstance(exc, BudgetExceededError):
+                await ctx.emit(EventType.BUDGET_EXCEEDED, data=_budget_data(budget))
             raise
+        else:
+            ended = True
+            return output
         finally:
             ctx.token_cap = None
             spent = ctx._input_tokens + ctx._output_tokens  # ctx.total_tokens, inlined
@@ -230,7 +392,7 @@ class CostTrackingMiddleware:
                 lent = self._lenders.pop(ctx, None)
                 if lent is not None:
                     spent += lent.used
-            pool.settle(reservation, spent)
+            pool._settle(reservation, spent, key, ended)
             if pool is not budget and parent is not None and parent.token_cap is not None:
                 # What a borrower spent is gone from its parent's reservation for good.
                 parent.token_cap -= spent
@@ -243,7 +405,8 @@ class CostTrackingMiddleware:
             # cap is the pool, shared with its children, so together they stay within it.
             if not isinstance(lent, _RunPool) or lent.limits is not run[0]:
                 spent_before = 0 if lent is None else lent.used
-                lent = _RunPool(run[0], run[1], self.budget.reserve_per_task, parent.agent)
+                lent = _RunPool(run[0], run[1], parent.agent)
+                lent._follow(self.budget)
                 lent.carry(spent_before)
                 self._lenders[parent] = lent
             return lent
@@ -253,8 +416,8 @@ class CostTrackingMiddleware:
                 raise BudgetExceededError(
                     f"agent {parent.agent!r} has spent the tokens reserved for it and its children"
                 )
-            reserve = min(left, self.budget.reserve_per_task)
-            lent = self._lenders[parent] = TokenBudget(left, reserve_per_task=reserve)
+            lent = self._lenders[parent] = TokenBudget(left)
+            lent._follow(self.budget)
         return lent
 
 
@@ -267,8 +430,8 @@ class _RunPool(TokenBudget):
     wait for each other as in a ``TokenBudget``; ``used`` is what the children spent.
     """
 
-    def __init__(self, limits: Any, usage: Any, share: int, agent: str) -> None:
-        super().__init__(1, reserve_per_task=share)  # `limit` unused: the run's cap rules
+    def __init__(self, limits: Any, usage: Any, agent: str) -> None:
+        super().__init__(1)  # `limit` unused: the run's cap rules
         self.limits = limits
         self._run_usage = usage
         self._agent = agent
@@ -277,20 +440,24 @@ class _RunPool(TokenBudget):
         """Count what children of an earlier attempt of the parent spent."""
         self._used += used
 
-    def try_reserve(self) -> int | None:
-        granted = self._grant(int(self.limits.total_tokens_limit - self._run_usage.total_tokens))
-        if granted is not None:
-            self.limits.total_tokens_limit -= granted
-        return granted
+    def try_reserve(self, key: str | None = None) -> int | None:
+        return None if self._queue else self._admit(key)
+
+    def _free(self) -> int:
+        return int(self.limits.total_tokens_limit - self._run_usage.total_tokens)
+
+    def _hold(self, tokens: int) -> None:
+        self.limits.total_tokens_limit -= tokens
+        super()._hold(tokens)
 
     def _spent(self) -> BudgetExceededError:
         return BudgetExceededError(
             f"agent {self._agent!r} has spent the tokens reserved for it and its children"
         )
 
-    def settle(self, reservation: int, used: int) -> None:
+    def _settle(self, reservation: int, used: int, key: str | None, learn: bool) -> None:
         self.limits.total_tokens_limit += reservation - used
-        super().settle(reservation, used)
+        super()._settle(reservation, used, key, learn)
 
 
 def _budget_data(budget: TokenBudget) -> dict[str, Any]:
