@@ -10,7 +10,6 @@ import contextlib
 import dis
 import importlib.util
 import inspect
-import sys
 import threading
 import types
 import typing
@@ -31,6 +30,7 @@ from pydantic import (
     ValidationError,
 )
 
+from ._lazy import loaded_class
 from ._types import Usage
 from .errors import BudgetExceededError, InputValidationError
 
@@ -70,6 +70,25 @@ class AgentImpl(ABC):
     _input_adapter: TypeAdapter[Any] | None = None
     _input_class: type | None = None
 
+    def declared_output_type(self) -> Any:
+        """The type the agent says it returns, if it says (``None`` otherwise)."""
+        return None
+
+    def rebuild_output(self, value: Any) -> Any:
+        """An output parsed back from JSON (it crossed a transport) as the declared output
+        type, when JSON does not keep that type (a pydantic model, a dataclass, ...)."""
+        adapter = self.__dict__.get("_output_adapter", _UNSET)
+        if adapter is _UNSET:
+            adapter = self.__dict__["_output_adapter"] = _output_adapter(
+                self.declared_output_type()
+            )
+        if adapter is None:
+            return value
+        try:
+            return adapter.validate_python(value)
+        except ValidationError:
+            return value  # not what it declared: hand over what came, as is
+
     def prepare_input(self, value: Any) -> Any:
         """Validate ``value`` against the agent's input type, if it has one."""
         adapter = self._input_adapter
@@ -94,16 +113,6 @@ class AgentImpl(ABC):
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.name!r}>"
-
-
-def loaded_class(module: str, name: str) -> type | None:
-    """The class ``module.name`` if ``module`` has been imported, else None.
-
-    An object can only be an instance of a class whose module was imported, so checking
-    for a pydantic-ai type this way answers exactly without ever importing pydantic-ai.
-    """
-    found = getattr(sys.modules.get(module), name, None)
-    return found if isinstance(found, type) else None
 
 
 def _is_pydantic_ai_agent(obj: Any) -> bool:
@@ -144,6 +153,10 @@ class PydanticAIAgent(AgentImpl):
         self._deps = deps
         self._context_as_deps = pass_context_as_deps
         self._set_input_type(input_type)
+
+    def declared_output_type(self) -> Any:
+        output_type = getattr(self.agent, "output_type", None)
+        return output_type if isinstance(output_type, type) else None
 
     async def invoke(self, value: Any, ctx: AgentContext) -> Any:
         from pydantic_ai.exceptions import UsageLimitExceeded
@@ -421,6 +434,12 @@ class FunctionAgent(AgentImpl):
             adapter, input_class = _input_validator(input_type)
         self._input_adapter, self._input_class = adapter, input_class
 
+    def declared_output_type(self) -> Any:
+        try:
+            return typing.get_type_hints(self.fn).get("return")
+        except Exception:  # unresolvable annotations, or not a plain function
+            return None
+
     async def invoke(self, value: Any, ctx: AgentContext) -> Any:
         if self.takes_context:
             return await self.fn(value, ctx)
@@ -445,6 +464,21 @@ def _describe(fn: Any) -> _Description:
         with contextlib.suppress(TypeError):  # not weak-referenceable: just don't cache
             _descriptions[fn] = found
     return found
+
+
+_UNSET: Any = object()
+#: Types JSON gives back as they were: no rebuilding needed.
+_JSON_NATIVE = frozenset({str, int, float, bool, type(None), object})
+
+
+def _output_adapter(output_type: Any) -> TypeAdapter[Any] | None:
+    """A validator rebuilding ``output_type`` from JSON values, or None when not needed."""
+    if output_type is None or output_type is Any or output_type in _JSON_NATIVE:
+        return None
+    try:
+        return TypeAdapter(output_type)
+    except Exception:  # not a type pydantic can build (a bare TypeVar, a Protocol)
+        return None
 
 
 def _input_validator(input_type: Any) -> tuple[TypeAdapter[Any] | None, type | None]:

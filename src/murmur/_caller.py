@@ -16,8 +16,8 @@ from typing import TYPE_CHECKING, Any
 
 import anyio
 
-from ._cancellation import stray_cancellation
-from ._context import AgentContext, CallOrigin
+from ._cancellation import is_stray, stray_cancellation, task_marks
+from ._context import AgentContext, CallOrigin, _current
 from ._envelope import TaskEnvelope
 from ._pipeline import Stage, compose
 from ._types import AgentResult, TaskSpec
@@ -66,6 +66,9 @@ class TaskRunner:
         Cancellation is not a failure: it propagates to the caller untouched.
         """
         ctx = AgentContext(origin, impl, task)
+        ctx._task_id, ctx._cancels = task_marks()
+        ctx._outer = _current.get()
+        token = _current.set(ctx)  # current_context(), for the agent, its tools, the stages
         wants = origin.wants
         # Task events are built and handed over inline (no helper coroutines): this runs for
         # every task, and an emitter that wants everything should cost as little as possible.
@@ -75,29 +78,28 @@ class TaskRunner:
                 await origin.emit(event)
             except Exception:
                 origin.emit_failed(event)
+            except BaseException as exc:
+                if not is_stray(exc, ctx._cancels):
+                    _current.reset(token)
+                    ctx._finished = True
+                    raise
+                origin.emit_failed(event)
         start = perf_counter()
         try:
             output = await (self._call if impl.can_suspend else self._call_unsuspending)(ctx)
         except Exception as exc:
             return await self._failed(ctx, exc, start)
         except BaseException as exc:
-            stray = stray_cancellation(exc, impl.name)
+            stray = stray_cancellation(exc, impl.name, ctx._cancels)
             if stray is not None:
                 # Not sent to this task (a stage awaited something someone else cancelled).
                 return await self._failed(ctx, stray, start)
             if isinstance(exc, anyio.get_cancelled_exc_class()):
-                duration = perf_counter() - start
-                if origin.cancelled is not None:
-                    # What it spent is not lost: the caller puts it in the task's result.
-                    spent = (ctx.usage, ctx.attempt, duration)
-                    origin.cancelled.setdefault(task.task_id, []).append(spent)
-                if _CANCELLED in wants:
-                    # Report the cancellation, then let it go on: never swallowed.
-                    with anyio.CancelScope(shield=True):
-                        await ctx.emit(_CANCELLED, duration=duration, usage=ctx.usage)
+                await self._cut_off(ctx, perf_counter() - start)
             raise
         finally:
             ctx._finished = True  # however the task ended, its context spawns no more
+            _current.reset(token)
         usage = ctx.usage
         duration = perf_counter() - start
         result = AgentResult._build(
@@ -109,7 +111,22 @@ class TaskRunner:
                 await origin.emit(event)
             except Exception:
                 origin.emit_failed(event)
+            except BaseException as exc:
+                if not is_stray(exc, ctx._cancels):
+                    # Cut off while reporting its success: what it spent is not lost.
+                    _record_spend(ctx, duration)
+                    raise
+                origin.emit_failed(event)
         return result
+
+    @staticmethod
+    async def _cut_off(ctx: AgentContext, duration: float) -> None:
+        """Record what a task cancelled mid-run spent, report it, and let the caller re-raise."""
+        _record_spend(ctx, duration)
+        if _CANCELLED in ctx.origin.wants:
+            # Report the cancellation, then let it go on: never swallowed.
+            with anyio.CancelScope(shield=True):
+                await ctx.emit(_CANCELLED, duration=duration, usage=ctx.usage)
 
     @staticmethod
     async def _failed(ctx: AgentContext, exc: Exception, start: float) -> AgentResult[Any]:
@@ -119,6 +136,13 @@ class TaskRunner:
         if _FAILED in ctx.origin.wants:
             await ctx.emit(_FAILED, error=exc, duration=result.duration, usage=result.usage)
         return result
+
+
+def _record_spend(ctx: AgentContext, duration: float) -> None:
+    """Put what a cut-off task spent where its caller builds its result (``fail_fast``)."""
+    ledger = ctx.origin.cancelled
+    if ledger is not None:
+        ledger.setdefault(ctx.task.task_id, []).append((ctx.usage, ctx.attempt, duration))
 
 
 _STARTED = EventType.TASK_STARTED
@@ -155,7 +179,7 @@ class _RemoteAttempt:
         ctx.report_usage(result.usage)
         if result.error is not None:
             raise result.error
-        return result.output
+        return ctx.impl.rebuild_output(result.output)
 
 
 class _Sink:

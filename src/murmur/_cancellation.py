@@ -1,35 +1,62 @@
-"""Telling a real cancellation of the running task from a stray ``CancelledError``."""
+"""Telling a real cancellation of the running task from a stray ``CancelledError``.
+
+A cancellation is real when it was sent to the running task while the work in question
+ran: on asyncio a cancel scope, ``asyncio.timeout`` or ``task.cancel()`` marks the task
+(``Task.cancelling()`` goes up); a ``CancelledError`` the task merely caught from a future
+that someone else cancelled leaves the count as it was. So the count is noted when a task
+starts (``task_marks``) and compared when a ``CancelledError`` arrives: a count left over
+from an earlier, shielded cancellation (clean-up code running under
+``CancelScope(shield=True)``) does not make a later stray one real. On Trio only Trio's own
+machinery raises ``trio.Cancelled``: an ``asyncio.CancelledError`` there is never real.
+"""
 
 from __future__ import annotations
 
 import asyncio
-
-import anyio
+import sys
 
 from .errors import StrayCancellationError
 
-__all__ = ["is_real_cancellation", "stray_cancellation"]
+__all__ = ["is_real_cancellation", "is_stray", "stray_cancellation", "task_marks"]
+
+_running_loop = asyncio._get_running_loop
+_current_task = asyncio.current_task
 
 
-def is_real_cancellation(exc: BaseException) -> bool:
-    """True when ``exc`` is a cancellation delivered to the running task by a cancel scope.
+def task_marks() -> tuple[int, int]:
+    """The running task's id (as ``anyio.get_current_task().id``) and how many cancellation
+    requests it has pending (asyncio; 0 on Trio)."""
+    if _running_loop() is not None:
+        task = _current_task()
+        return (0, 0) if task is None else (id(task), task.cancelling())
+    trio = sys.modules.get("trio")
+    if trio is None:
+        return 0, 0
+    return id(trio.lowlevel.current_task()), 0
 
-    On asyncio a cancel scope (or ``task.cancel()``) marks the task as being cancelled
-    (``Task.cancelling()``); a ``CancelledError`` the task merely caught from a future that
-    someone else cancelled leaves that count at zero. On Trio only Trio's own machinery
-    raises ``trio.Cancelled``: an ``asyncio.CancelledError`` there is never real.
-    """
-    if not isinstance(exc, anyio.get_cancelled_exc_class()):
-        return False
+
+def is_real_cancellation(exc: BaseException, baseline: int = 0) -> bool:
+    """True when ``exc`` is a cancellation sent to the running task after it had
+    ``baseline`` pending cancellation requests (see ``task_marks``)."""
     if isinstance(exc, asyncio.CancelledError):
-        task = asyncio.current_task()
-        return task is None or task.cancelling() > 0
-    return True
+        if _running_loop() is None:
+            return False  # under Trio: raised by some library, never by Trio
+        task = _current_task()
+        return task is None or task.cancelling() > baseline
+    trio = sys.modules.get("trio")
+    return trio is not None and isinstance(exc, trio.Cancelled)
 
 
-def stray_cancellation(exc: BaseException, agent: str) -> StrayCancellationError | None:
+def is_stray(exc: BaseException, baseline: int = 0) -> bool:
+    """True when ``exc`` is an ``asyncio.CancelledError`` not sent to the running task."""
+    return isinstance(exc, asyncio.CancelledError) and not is_real_cancellation(exc, baseline)
+
+
+def stray_cancellation(
+    exc: BaseException, agent: str, baseline: int = 0
+) -> StrayCancellationError | None:
     """``exc`` as a ``StrayCancellationError`` if it is a cancellation not sent to this task."""
-    if not isinstance(exc, asyncio.CancelledError) or is_real_cancellation(exc):
+    if not is_stray(exc, baseline):
         return None
     error = StrayCancellationError(
         f"agent {agent!r} raised CancelledError although its task was not cancelled (it "

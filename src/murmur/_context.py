@@ -8,6 +8,7 @@ from functools import partial
 from time import time as _now
 from typing import TYPE_CHECKING, Any
 
+from ._cancellation import is_stray
 from ._types import ZERO_USAGE, AgentResult, TaskSpec, Usage, new_task_id
 from .events.types import EventError, EventType, RuntimeEvent, _trusted_event
 
@@ -134,6 +135,10 @@ class CallOrigin:
             await self.emit(event)
         except Exception:
             self.emit_failed(event)
+        except BaseException as exc:
+            if not is_stray(exc):
+                raise
+            self.emit_failed(event)
 
 
 _EVENT_NAMES = frozenset(str(kind) for kind in EventType)
@@ -152,13 +157,16 @@ class AgentContext:
     """
 
     __slots__ = (
+        "_cancels",
         "_capped_run",
         "_finished",
         "_input_tokens",
         "_origin",
+        "_outer",
         "_output_tokens",
         "_requests",
         "_state",
+        "_task_id",
         "_tool_calls",
         "attempt",
         "home",
@@ -188,6 +196,13 @@ class AgentContext:
         self._capped_run: tuple[Any, Any] | None = None
         #: Set once the task is over: it may spawn no more children.
         self._finished = False
+        #: The task running it and that task's pending cancellation requests when it
+        #: started (see ``_cancellation.task_marks``), set by whoever runs it.
+        self._task_id = 0
+        self._cancels = 0
+        #: The context that was current where this task was started (a task of another
+        #: runtime calling this one from inside), if any.
+        self._outer: AgentContext | None = None
 
     @property
     def agent(self) -> str:
@@ -402,7 +417,7 @@ _current: ContextVar[AgentContext | None] = ContextVar("murmur_current_context",
 
 
 def current_context() -> AgentContext:
-    """The context of the Murmur task running here (inside an agent or its tools).
+    """The context of the Murmur task running here (inside an agent, its tools, or a stage).
 
     Raises:
         LookupError: no Murmur task is running in this context.

@@ -9,6 +9,7 @@ pipeline on one ``AgentContext`` (the fast path). Elsewhere, ``Executor.execute`
 from __future__ import annotations
 
 import asyncio
+import weakref
 from collections.abc import Callable, Mapping, Sequence
 from time import perf_counter
 from time import time as _now
@@ -18,7 +19,7 @@ import anyio
 import sniffio
 
 from ._bridge import AsyncioBridge, HomePortal
-from ._cancellation import stray_cancellation
+from ._cancellation import stray_cancellation, task_marks
 from ._context import AgentContext, CallOrigin, _current
 from ._pipeline import CallNext, Stage, compose
 from ._types import ZERO_USAGE, AgentResult
@@ -68,9 +69,12 @@ class Executor:
             self.pipeline_unsuspending = self.pipeline
 
     def _own_bridge(self) -> AsyncioBridge:
-        if self._owned is None:
-            self._owned = AsyncioBridge()
-        return self._owned
+        owned = self._owned
+        if owned is None:
+            owned = self._owned = AsyncioBridge(name="murmur-executor-bridge")
+            # Without aclose(), the loop thread goes when the executor is collected.
+            weakref.finalize(self, owned.close)
+        return owned
 
     async def aclose(self) -> None:
         """Stop the asyncio bridge this executor started, if any."""
@@ -100,6 +104,8 @@ class Executor:
         ctx = AgentContext(origin, impl, task)
         ctx.attempt = envelope.attempt - 1  # the dispatch counts this attempt
         ctx.token_cap = envelope.token_cap
+        ctx._task_id, ctx._cancels = task_marks()
+        token = _current.set(ctx)
         start = perf_counter()
         output: Any = None
         error: Exception | None = None
@@ -120,12 +126,13 @@ class Executor:
         except Exception as exc:
             error, output = exc, None
         except BaseException as exc:
-            stray = stray_cancellation(exc, impl.name)
+            stray = stray_cancellation(exc, impl.name, ctx._cancels)
             if stray is None:
                 raise
             error, output = stray, None
         finally:
             ctx._finished = True
+            _current.reset(token)
         return AgentResult._build(
             output, error, ctx.usage, ctx.attempt, perf_counter() - start, task.task_id, impl.name
         )
@@ -136,7 +143,6 @@ async def _dispatch(ctx: AgentContext) -> Any:
     ctx.attempt += 1
     impl = ctx.impl
     value = impl.prepare_input(ctx.task.input)
-    token = _current.set(ctx)
     try:
         bridge = ctx.origin.bridge
         if bridge is not None and impl.asyncio_only:
@@ -145,12 +151,10 @@ async def _dispatch(ctx: AgentContext) -> Any:
     except asyncio.CancelledError as exc:
         # A stray one becomes this attempt's failure here, so every stage above (retry
         # included) sees an ordinary error; a real one goes on untouched.
-        stray = stray_cancellation(exc, impl.name)
+        stray = stray_cancellation(exc, impl.name, ctx._cancels)
         if stray is None:
             raise
         raise stray from exc
-    finally:
-        _current.reset(token)
 
 
 def _late_checked(timeout: TimeoutMiddleware) -> CallNext:
@@ -167,7 +171,6 @@ def _late_checked(timeout: TimeoutMiddleware) -> CallNext:
         ctx.attempt += 1
         impl = ctx.impl
         value = impl.prepare_input(ctx.task.input)
-        token = _current.set(ctx)
         start = perf_counter()
         try:
             output = await impl.invoke(value, ctx)
@@ -175,8 +178,6 @@ def _late_checked(timeout: TimeoutMiddleware) -> CallNext:
             if perf_counter() - start < limit:
                 raise
             raise await timeout.timed_out(ctx)  # noqa: B904 - the late error stays its context
-        finally:
-            _current.reset(token)
         if perf_counter() - start < limit:
             return output
         raise await timeout.timed_out(ctx)

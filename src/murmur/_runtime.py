@@ -15,6 +15,7 @@ from ._agents import AgentImpl, AgentLike, resolve_agent
 from ._batch import Tally, run_pool
 from ._bridge import AsyncioBridge
 from ._caller import TaskRunner
+from ._cancellation import is_stray
 from ._context import AgentContext, CallOrigin, _current
 from ._executor import Executor
 from ._host import Host
@@ -244,6 +245,9 @@ class AgentRuntime:
         """
         if parent is None:
             parent = _spawning_context(self._core)
+        if isinstance(parent, AgentContext) and parent.origin.host is self._core:
+            # As ctx.run_group: from a bridged agent's tool, the group runs back home.
+            return await parent.run_group(group, task)
         return await self._core.run_group(group, task, parent=parent)
 
     def __murmur_host__(self) -> Host:
@@ -257,7 +261,8 @@ class AgentRuntime:
 
 
 def _spawning_context(host: Host) -> AgentContext | None:
-    """The running task of ``host``'s this call is made from, if any."""
+    """The running task of ``host`` this call is made from, if any: its context is current
+    here (the task itself, its tools and stages, or a task it started) and it has not ended."""
     ctx = _current.get()
     if ctx is None or ctx._finished or ctx.origin.host is not host:
         return None
@@ -535,6 +540,10 @@ class _RuntimeCore(Host):
         try:
             await self._emitter.emit(event)
         except Exception:
+            self.emitter_failed(event)
+        except BaseException as exc:
+            if not is_stray(exc):
+                raise
             self.emitter_failed(event)
 
     def emitter_failed(self, event: RuntimeEvent) -> None:

@@ -17,6 +17,7 @@ from pydantic import (
     model_validator,
 )
 
+from . import errors as _errors
 from .errors import RemoteAgentError
 
 __all__ = ["AgentResult", "ErrorInfo", "TaskSpec", "Usage", "new_task_id"]
@@ -107,9 +108,32 @@ class ErrorInfo(BaseModel):
         tb = "".join(_traceback.format_exception(error)) if error.__traceback__ else None
         return cls(type=name, message=str(error), traceback=tb)
 
-    def to_exception(self) -> RemoteAgentError:
-        """Rebuild the failure as a ``RemoteAgentError`` carrying the original type name."""
-        return RemoteAgentError(self.type, self.message, self.traceback)
+    def to_exception(self) -> Exception:
+        """Rebuild the failure: Murmur's own task errors as themselves (so a remote timeout
+        is still an ``AgentTimeoutError``, retried as one), anything else as a
+        ``RemoteAgentError`` carrying the original type name, message and traceback."""
+        own = _REBUILT.get(self.type)
+        if own is None:
+            return RemoteAgentError(self.type, self.message, self.traceback)
+        error = own(self.message)
+        if self.traceback:
+            error.add_note(f"murmur: raised in another process:\n{self.traceback}")
+        return error
+
+
+#: Murmur's task errors that carry nothing but their message, by the name ``ErrorInfo``
+#: gives them: rebuilt as themselves when they come back from another process.
+_REBUILT: dict[str, type[Exception]] = {
+    f"{kind.__module__}.{kind.__qualname__}": kind
+    for kind in (
+        _errors.TaskCancelledError,
+        _errors.AgentTimeoutError,
+        _errors.BudgetExceededError,
+        _errors.SpawnDepthExceededError,
+        _errors.StrayCancellationError,
+        _errors.UnknownAgentError,
+    )
+}
 
 
 class AgentResult(BaseModel, Generic[OutputT]):

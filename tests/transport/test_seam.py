@@ -18,6 +18,7 @@ from murmur import (
     AgentContext,
     AgentRuntime,
     AgentTimeoutError,
+    BudgetExceededError,
     CallNext,
     EventType,
     FunctionAgent,
@@ -141,8 +142,8 @@ async def test_the_attempt_deadline_travels_in_the_envelope() -> None:
     async with runtime:
         with anyio.fail_after(30):
             result = await runtime.run(hangs, TaskSpec(input="x"))
-    assert isinstance(result.error, RemoteAgentError)
-    assert result.error.type_name == AgentTimeoutError.__module__ + ".AgentTimeoutError"
+    # Murmur's own task errors come back as themselves (so retry judges them as usual).
+    assert isinstance(result.error, AgentTimeoutError)
     # The executor's event reaches the caller's emitter.
     assert len(events.of(EventType.ATTEMPT_TIMED_OUT)) == 1
 
@@ -160,8 +161,7 @@ async def test_the_budget_is_decided_on_the_caller_side_and_capped_remotely() ->
     async with runtime:
         result = await runtime.run(agent, TaskSpec(input="a long enough prompt to pass five"))
     # The granted cap travelled in the envelope and capped the pydantic-ai run there.
-    assert isinstance(result.error, RemoteAgentError)
-    assert result.error.type_name.endswith("BudgetExceededError")
+    assert isinstance(result.error, BudgetExceededError)
     assert budget.used >= 5  # the spend came back with the result and was settled
     assert budget.reserved == 0
 

@@ -102,6 +102,8 @@ class GroupScheduler:
     ) -> None:
         host = runtime if isinstance(runtime, Host) else runtime.__murmur_host__()
         self.host = host
+        #: The public runtime whose pipeline runs the nodes.
+        self.runtime = host.runtime
         self.group = group
         self.task = task
         self.parent = parent

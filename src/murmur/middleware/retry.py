@@ -11,7 +11,8 @@ from typing import TYPE_CHECKING, Any, TypeGuard
 
 import anyio
 
-from .._agents import loaded_class
+from .._cancellation import stray_cancellation
+from .._lazy import loaded_class
 from ..errors import BudgetExceededError, InputValidationError, SpawnDepthExceededError
 from ..events.types import EventType
 
@@ -149,29 +150,37 @@ class RetryMiddleware:
         while True:
             try:
                 return await call_next(ctx)
-            except Exception as error:
-                if failures and failures[-1] is not error and error.__context__ is None:
-                    error.__context__ = failures[-1]
-                failures.append(error)
-                attempt = len(failures)
-                if attempt >= self.max_attempts or not self._retryable(error):
-                    if attempt > 1:
-                        error.add_note(
-                            f"murmur: attempt {attempt} of {self.max_attempts} failed; earlier: "
-                            + "; ".join(f"{type(e).__name__}: {e}" for e in failures[:-1])
-                        )
+            except Exception as exc:
+                error = exc
+            except BaseException as exc:
+                # A cancellation this task was not sent (a stage or a transport awaited
+                # something someone else cancelled) is this attempt's failure, judged here.
+                stray = stray_cancellation(exc, ctx.agent, ctx._cancels)
+                if stray is None:
                     raise
-                hinted = retry_after_seconds(error)
-                if hinted is not None and self.max_delay is not None and hinted > self.max_delay:
-                    # Waiting less than the server asked is futile, waiting more than the
-                    # cap is not allowed: it fails now (a day's Retry-After must not park
-                    # the task, its concurrency slot and its token reservation for a day).
+                error = stray
+            if failures and failures[-1] is not error and error.__context__ is None:
+                error.__context__ = failures[-1]
+            failures.append(error)
+            attempt = len(failures)
+            if attempt >= self.max_attempts or not self._retryable(error):
+                if attempt > 1:
                     error.add_note(
-                        f"murmur: not retried: the server asked to wait {hinted:g} s "
-                        f"(Retry-After), more than retry_max_delay={self.max_delay:g} s"
+                        f"murmur: attempt {attempt} of {self.max_attempts} failed; earlier: "
+                        + "; ".join(f"{type(e).__name__}: {e}" for e in failures[:-1])
                     )
-                    raise
-                delay = self.delay_after(attempt, error)
+                raise error
+            hinted = retry_after_seconds(error)
+            if hinted is not None and self.max_delay is not None and hinted > self.max_delay:
+                # Waiting less than the server asked is futile, waiting more than the
+                # cap is not allowed: it fails now (a day's Retry-After must not park
+                # the task, its concurrency slot and its token reservation for a day).
+                error.add_note(
+                    f"murmur: not retried: the server asked to wait {hinted:g} s "
+                    f"(Retry-After), more than retry_max_delay={self.max_delay:g} s"
+                )
+                raise error
+            delay = self.delay_after(attempt, error)
             await ctx.emit(
                 EventType.RETRY_SCHEDULED,
                 error=failures[-1],

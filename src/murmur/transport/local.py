@@ -28,3 +28,7 @@ class LocalTransport(Transport):
 
     async def submit(self, envelope: TaskEnvelope, events: EventSink) -> AgentResult[Any]:
         return await self.executor.execute(envelope, events)
+
+    async def aclose(self) -> None:
+        """Close the executor (whatever it started, such as its asyncio bridge)."""
+        await self.executor.aclose()

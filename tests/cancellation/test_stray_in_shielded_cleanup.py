@@ -1,0 +1,52 @@
+"""Stray cancellations inside a shielded clean-up are failures too.
+
+A common pattern: when a caller is cancelled, it runs one last agent call (a summary, a
+compensation) inside ``anyio.CancelScope(shield=True)``. The task is still "being
+cancelled" by the outer scope at that point (on asyncio, ``Task.cancelling()`` is 1),
+but nothing cancels the shielded call. A stray ``CancelledError`` in that call's agent is
+that task's failure, exactly as it is outside the clean-up.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+import anyio
+import pytest
+
+from murmur import AgentRuntime, StrayCancellationError, TaskSpec
+
+pytestmark = pytest.mark.anyio
+
+
+async def stray_cancellation() -> None:
+    """Receive a ``CancelledError`` the running task was not sent."""
+    if anyio.get_cancelled_exc_class() is asyncio.CancelledError:
+        future = asyncio.get_running_loop().create_future()
+        future.cancel()
+        await future
+    raise asyncio.CancelledError
+
+
+async def test_a_stray_cancellation_in_a_shielded_cleanup_run_is_a_failure_result() -> None:
+    async def cleanup(text: str) -> str:
+        await stray_cancellation()
+        return text
+
+    outcome: list[object] = []
+    async with AgentRuntime() as runtime:
+        with anyio.CancelScope() as outer:
+            outer.cancel()
+            try:
+                await anyio.sleep_forever()
+            finally:
+                with anyio.CancelScope(shield=True):
+                    try:
+                        outcome.append(await runtime.run(cleanup, TaskSpec(input="bye")))
+                    except BaseException as exc:  # what leaked out of the shielded call
+                        outcome.append(exc)
+    assert outer.cancelled_caught
+    (result,) = outcome
+    # Nothing cancelled the shielded call: its agent's stray CancelledError is its failure.
+    assert not isinstance(result, BaseException), f"run() raised {result!r}"
+    assert isinstance(result.error, StrayCancellationError)  # type: ignore[attr-defined]
