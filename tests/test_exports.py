@@ -130,3 +130,58 @@ def test_error_constructors() -> None:
         "Traceback ...",
     )
     assert str(remote) == "pkg.Error: boom"
+
+
+def test_murmur_raises_no_bare_builtin_exception() -> None:
+    """Every ``raise`` of Murmur's own is a MurmurError (with the builtin as a second base).
+
+    Allowed: Python's protocol errors (``AttributeError`` from ``__setattr__``, ``KeyError``
+    from ``__getitem__``) and the demo's simulated model, which plays user code.
+    """
+    import ast
+    import builtins
+    from pathlib import Path
+
+    root = Path(murmur.__file__).parent
+    builtin_errors = {
+        name
+        for name, value in vars(builtins).items()
+        if isinstance(value, type) and issubclass(value, BaseException)
+    }
+    allowed = {("__setattr__", "AttributeError"), ("__getitem__", "KeyError")}
+    offenders: list[str] = []
+    for path in sorted(root.rglob("*.py")):
+        if path.name == "_demo.py":
+            continue
+        tree = ast.parse(path.read_text())
+        functions = [
+            n for n in ast.walk(tree) if isinstance(n, ast.FunctionDef | ast.AsyncFunctionDef)
+        ]
+        for func in functions:
+            for node in ast.walk(func):
+                if not isinstance(node, ast.Raise) or not isinstance(node.exc, ast.Call):
+                    continue
+                called = node.exc.func
+                name = called.id if isinstance(called, ast.Name) else None
+                if name in builtin_errors and (func.name, name) not in allowed:
+                    offenders.append(f"{path.relative_to(root)}:{node.lineno} {name}")
+    assert offenders == []
+
+
+async def shout(text: str) -> str:
+    return text.upper()
+
+
+def test_the_builtin_bases_of_murmurs_own_misuse_errors() -> None:
+    assert issubclass(murmur.InvalidValueError, ValueError)
+    assert issubclass(murmur.InvalidTypeError, TypeError)
+    assert issubclass(murmur.InvalidStateError, RuntimeError)
+    assert issubclass(murmur.NoTaskContextError, LookupError)
+    assert issubclass(murmur.MissingDependencyError, ModuleNotFoundError)
+    assert issubclass(murmur.NotAvailableError, NotImplementedError)
+    assert issubclass(RuntimeClosedError, murmur.InvalidStateError)
+    assert issubclass(TopologyError, murmur.InvalidValueError)
+    with pytest.raises(murmur.InvalidValueError, match="max_concurrency"):
+        murmur.AgentRuntime().gather_sync(shout, [], max_concurrency=0)
+    with pytest.raises(murmur.NoTaskContextError):
+        murmur.current_context()

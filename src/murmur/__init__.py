@@ -19,7 +19,13 @@ from .errors import AgentError as AgentError
 from .errors import AgentTimeoutError as AgentTimeoutError
 from .errors import BudgetExceededError as BudgetExceededError
 from .errors import InputValidationError as InputValidationError
+from .errors import InvalidStateError as InvalidStateError
+from .errors import InvalidTypeError as InvalidTypeError
+from .errors import InvalidValueError as InvalidValueError
+from .errors import MissingDependencyError as MissingDependencyError
 from .errors import MurmurError as MurmurError
+from .errors import NoTaskContextError as NoTaskContextError
+from .errors import NotAvailableError as NotAvailableError
 from .errors import RemoteAgentError as RemoteAgentError
 from .errors import RuntimeClosedError as RuntimeClosedError
 from .errors import SpawnDepthExceededError as SpawnDepthExceededError
@@ -27,6 +33,7 @@ from .errors import StrayCancellationError as StrayCancellationError
 from .errors import TaskCancelledError as TaskCancelledError
 from .errors import TopologyError as TopologyError
 from .errors import UnknownAgentError as UnknownAgentError
+from .errors import UnknownNodeError as UnknownNodeError
 from .events.buffered import BufferedEmitter as BufferedEmitter
 from .events.log import LogEventEmitter as LogEventEmitter
 from .events.multi import MultiEventEmitter as MultiEventEmitter
@@ -60,9 +67,15 @@ __all__ = [
     "FunctionAgent",
     "GroupResult",
     "InputValidationError",
+    "InvalidStateError",
+    "InvalidTypeError",
+    "InvalidValueError",
     "LogEventEmitter",
+    "MissingDependencyError",
     "MultiEventEmitter",
     "MurmurError",
+    "NoTaskContextError",
+    "NotAvailableError",
     "OpenTelemetryEmitter",
     "PydanticAIAgent",
     "RemoteAgentError",
@@ -78,6 +91,7 @@ __all__ = [
     "TokenBudget",
     "TopologyError",
     "UnknownAgentError",
+    "UnknownNodeError",
     "Usage",
     "__version__",
     "current_context",

@@ -32,7 +32,13 @@ from pydantic import (
 
 from ._lazy import loaded_class
 from ._types import Usage
-from .errors import BudgetExceededError, InputValidationError
+from .errors import (
+    BudgetExceededError,
+    InputValidationError,
+    InvalidTypeError,
+    InvalidValueError,
+    MissingDependencyError,
+)
 
 # pydantic-ai (and all it pulls in) is imported only once a pydantic-ai agent is built or
 # run, never by ``import murmur``: type checkers see its names, the code imports them late.
@@ -144,7 +150,7 @@ class PydanticAIAgent(AgentImpl):
         pass_context_as_deps: bool = False,
     ) -> None:
         if not _is_pydantic_ai_agent(agent):
-            raise TypeError(
+            raise InvalidTypeError(
                 f"from_pydantic_ai() expects a pydantic_ai.Agent, got {type(agent).__name__}"
             )
         resolved = name if name is not None else (agent.name or "pydantic_ai_agent")
@@ -254,16 +260,16 @@ def _installed(module: str) -> bool:
         return True
 
 
-def _missing_provider_error(agent: str, model: str, cause: str | None) -> ModuleNotFoundError:
+def _missing_provider_error(agent: str, model: str, cause: str | None) -> MissingDependencyError:
     """The error for a model string whose provider's client package is not installed."""
     found = PROVIDER_EXTRAS.get(model.partition(":")[0])
     if found is None:
-        return ModuleNotFoundError(
+        return MissingDependencyError(
             f"murmur.Agent {agent!r}: model {model!r} needs a package that is not installed: "
             f"{cause}"
         )
     extra, package, module = found
-    return ModuleNotFoundError(
+    return MissingDependencyError(
         f"murmur.Agent {agent!r}: model {model!r} needs the {package!r} package, which is "
         f"not installed; install it with: pip install 'murmur-agents[{extra}]'",
         name=module,
@@ -274,12 +280,14 @@ def _check_model(value: Any) -> Any:
     """``Agent.model`` is a model string or a pydantic-ai ``Model`` instance, nothing else."""
     if isinstance(value, str):
         if not value.strip():
-            raise ValueError("model must be a non-empty model string such as 'openai:gpt-4o'")
+            raise InvalidValueError(
+                "model must be a non-empty model string such as 'openai:gpt-4o'"
+            )
         return value
     model_class = loaded_class("pydantic_ai.models", "Model")
     if model_class is not None and isinstance(value, model_class):
         return value
-    raise ValueError(
+    raise InvalidValueError(
         "model must be a pydantic-ai model string such as 'openai:gpt-4o' or a "
         "pydantic_ai.models.Model instance such as TestModel(); "
         f"got {type(value).__name__}: {value!r}"
@@ -423,7 +431,7 @@ class FunctionAgent(AgentImpl):
         input_type: Any = None,
     ) -> None:
         if not _is_async_callable(fn):
-            raise TypeError(
+            raise InvalidTypeError(
                 "a function agent must be an async function, `async def f(input)` or "
                 f"`async def f(input, ctx)`; got {fn!r}"
             )
@@ -498,7 +506,7 @@ def resolve_agent(agent: AgentLike) -> AgentImpl:
         return PydanticAIAgent(agent)
     if callable(agent) and _is_async_callable(agent):
         return FunctionAgent(agent)
-    raise TypeError(
+    raise InvalidTypeError(
         "agent must be a murmur.Agent, a pydantic_ai.Agent, the result of "
         "from_pydantic_ai(), or an async function `async def f(input)` / "
         f"`async def f(input, ctx)`; got {type(agent).__name__}: {agent!r}"
@@ -543,7 +551,7 @@ def _callable_name(fn: Any) -> str:
 
 def _check_name(name: Any, field: str) -> str:
     if not isinstance(name, str) or not name.strip():
-        raise ValueError(f"agent {field} must be a non-empty string, got {name!r}")
+        raise InvalidValueError(f"agent {field} must be a non-empty string, got {name!r}")
     return name
 
 
@@ -560,12 +568,12 @@ def _inspect_parameters(fn: Any) -> tuple[Any, bool]:
     ]
     varargs = any(p.kind is p.VAR_POSITIONAL for p in signature.parameters.values())
     if not positional and not varargs:
-        raise TypeError(
+        raise InvalidTypeError(
             f"a function agent takes the task input as its first parameter; {fn!r} takes none"
         )
     required = [p for p in positional if p.default is p.empty]
     if len(required) > 2:
-        raise TypeError(
+        raise InvalidTypeError(
             f"a function agent takes (input) or (input, ctx); {fn!r} requires {len(required)} "
             "positional arguments"
         )

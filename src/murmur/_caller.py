@@ -21,6 +21,7 @@ from ._context import AgentContext, CallOrigin, _current
 from ._envelope import TaskEnvelope
 from ._pipeline import Stage, compose
 from ._types import AgentResult, TaskSpec
+from .errors import InvalidValueError
 from .events.types import EventType
 
 if TYPE_CHECKING:
@@ -56,7 +57,7 @@ class TaskRunner:
             self._call_unsuspending = compose(self.stages, executor.pipeline_unsuspending)
         else:
             if transport is None:
-                raise ValueError("a TaskRunner needs an executor or a transport")
+                raise InvalidValueError("a TaskRunner needs an executor or a transport")
             attempt = _RemoteAttempt(transport, attempt_timeout)
             self._call = self._call_unsuspending = compose(self.stages, attempt)
 

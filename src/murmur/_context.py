@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 from ._cancellation import is_stray
 from ._types import ZERO_USAGE, AgentResult, TaskSpec, Usage, new_task_id
+from .errors import InvalidStateError, InvalidValueError, NoTaskContextError
 from .events.types import EventError, EventType, RuntimeEvent, _trusted_event
 
 if TYPE_CHECKING:
@@ -289,7 +290,7 @@ class AgentContext:
             requests += usage.requests
             tool_calls += usage.tool_calls
         if min(input_tokens, output_tokens, requests, tool_calls) < 0:
-            raise ValueError("report_usage() counts must be >= 0")
+            raise InvalidValueError("report_usage() counts must be >= 0")
         self._input_tokens += input_tokens
         self._output_tokens += output_tokens
         self._requests += requests
@@ -386,7 +387,7 @@ class AgentContext:
     def _host(self) -> Host:
         host = self._origin.host
         if host is None:
-            raise RuntimeError(
+            raise InvalidStateError(
                 f"the task {self.task.task_id!r} of agent {self.agent!r} runs on an executor "
                 "that received it from another process: it has no runtime to spawn "
                 "children (run, gather, run_group) on"
@@ -395,7 +396,7 @@ class AgentContext:
 
     def _check_running(self) -> None:
         if self._finished:
-            raise RuntimeError(
+            raise InvalidStateError(
                 f"the task {self.task.task_id!r} of agent {self.agent!r} is over: a context "
                 "spawns children (run, gather, run_group) only while its task runs, so that "
                 "nothing outlives it (a background task the agent left behind cannot)"
@@ -424,5 +425,7 @@ def current_context() -> AgentContext:
     """
     ctx = _current.get()
     if ctx is None:
-        raise LookupError("no Murmur task is running here: current_context() works inside agents")
+        raise NoTaskContextError(
+            "no Murmur task is running here: current_context() works inside agents"
+        )
     return ctx

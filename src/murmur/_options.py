@@ -7,6 +7,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from .errors import InvalidValueError
 from .middleware.cost_tracking import TokenBudget
 
 __all__ = ["DEFAULT_MAX_CONCURRENCY", "RuntimeOptions"]
@@ -55,5 +56,5 @@ class RuntimeOptions(BaseModel):
         if isinstance(value, tuple):
             bad = [v for v in value if not (isinstance(v, type) and issubclass(v, BaseException))]
             if bad:
-                raise ValueError(f"retry_on must hold exception types, got {bad!r}")
+                raise InvalidValueError(f"retry_on must hold exception types, got {bad!r}")
         return value

@@ -18,6 +18,8 @@ from collections.abc import Awaitable, Callable, Sequence
 from types import FunctionType
 from typing import TYPE_CHECKING, Any, Literal, Protocol, runtime_checkable
 
+from .errors import InvalidValueError
+
 if TYPE_CHECKING:
     from ._context import AgentContext
 
@@ -55,7 +57,9 @@ def split_by_side(stages: Sequence[Any], field: str) -> tuple[list[Stage], list[
     for index, stage in enumerate(stages):
         side = getattr(stage, "side", "executor")
         if side not in _SIDES:
-            raise ValueError(f"{field}[{index}].side must be 'caller' or 'executor', got {side!r}")
+            raise InvalidValueError(
+                f"{field}[{index}].side must be 'caller' or 'executor', got {side!r}"
+            )
         (caller if side == "caller" else executor).append(stage)
     return caller, executor
 

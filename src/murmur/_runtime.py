@@ -22,7 +22,13 @@ from ._host import Host
 from ._options import RuntimeOptions
 from ._pipeline import Stage, split_by_side
 from ._types import AgentResult, TaskSpec, Usage, new_task_id
-from .errors import RuntimeClosedError
+from .errors import (
+    InvalidStateError,
+    InvalidTypeError,
+    InvalidValueError,
+    NotAvailableError,
+    RuntimeClosedError,
+)
 from .events.log import LogEventEmitter, log_exception
 from .events.types import (
     ALL_EVENT_TYPES,
@@ -77,23 +83,23 @@ class AgentRuntime:
         if options is None:
             options = RuntimeOptions()
         elif not isinstance(options, RuntimeOptions):
-            raise TypeError(
+            raise InvalidTypeError(
                 f"options must be a murmur.RuntimeOptions, got {type(options).__name__}"
             )
         if broker is not None:
-            raise NotImplementedError(
+            raise NotAvailableError(
                 "distributed mode (AgentRuntime(broker=...)) is not available in this version; "
                 "omit broker= to run in-process"
             )
         stages = _checked_stages(middleware, "middleware")
         if transport is not None and not isinstance(transport, Transport):
-            raise TypeError(
+            raise InvalidTypeError(
                 f"transport must be a murmur.transport.Transport, got {type(transport).__name__}"
             )
         if event_emitter is None:
             event_emitter = LogEventEmitter()
         elif not callable(getattr(event_emitter, "emit", None)):
-            raise TypeError(
+            raise InvalidTypeError(
                 "event_emitter must have `async def emit(self, event)`, "
                 f"got {type(event_emitter).__name__}"
             )
@@ -103,7 +109,7 @@ class AgentRuntime:
         caller_user, executor_user = split_by_side(stages, "middleware")
         if transport is not None and executor_user:
             index = stages.index(executor_user[0])
-            raise ValueError(
+            raise InvalidValueError(
                 f"middleware[{index}] runs on the executor side, but this runtime's attempts "
                 "run elsewhere (transport=...): give it to the Executor that runs them, or "
                 "mark it `side = 'caller'`"
@@ -173,7 +179,7 @@ class AgentRuntime:
             RuntimeClosedError: the runtime was closed.
         """
         if isinstance(tasks, TaskSpec):
-            raise TypeError(
+            raise InvalidTypeError(
                 "gather() takes an iterable of TaskSpec, got a single TaskSpec: run one task "
                 "with `await runtime.run(agent, task)`, or pass a list: "
                 "`runtime.gather(agent, [task])`"
@@ -274,7 +280,7 @@ def _check_no_running_loop(name: str, instead: str) -> None:
         library = sniffio.current_async_library()
     except sniffio.AsyncLibraryNotFoundError:
         return
-    raise RuntimeError(
+    raise InvalidStateError(
         f"{name}() starts its own event loop, but one ({library}) is already running in this "
         f"thread (in Jupyter, or inside async code): use `await runtime.{instead}(...)` "
         "instead"
@@ -286,7 +292,7 @@ def _checked_stages(stages: Iterable[Any], field: str) -> list[Stage]:
     checked = list(stages)
     for index, stage in enumerate(checked):
         if not callable(stage):
-            raise TypeError(
+            raise InvalidTypeError(
                 f"{field}[{index}] must be a stage with "
                 f"`async def __call__(self, ctx, call_next)`, got {stage!r}"
             )
@@ -397,7 +403,7 @@ class _RuntimeCore(Host):
     ) -> AgentResult[Any]:
         impl = resolve_agent(agent)
         if not isinstance(task, TaskSpec):
-            raise TypeError(
+            raise InvalidTypeError(
                 f"task must be a murmur.TaskSpec, got {type(task).__name__}; "
                 "wrap the input as TaskSpec(input=...)"
             )
@@ -425,15 +431,15 @@ class _RuntimeCore(Host):
         impl = resolve_agent(agent)
         limit = self._options.max_concurrency if max_concurrency is None else max_concurrency
         if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
-            raise ValueError(f"max_concurrency must be an int >= 1, got {max_concurrency!r}")
+            raise InvalidValueError(f"max_concurrency must be an int >= 1, got {max_concurrency!r}")
         if isinstance(tasks, (str, bytes, TaskSpec)) or not isinstance(tasks, Iterable):
-            raise TypeError(
+            raise InvalidTypeError(
                 f"tasks must be an iterable of murmur.TaskSpec, got {type(tasks).__name__}"
             )
         specs = list(tasks)
         for index, spec in enumerate(specs):
             if not isinstance(spec, TaskSpec):
-                raise TypeError(
+                raise InvalidTypeError(
                     f"tasks[{index}] must be a murmur.TaskSpec, got {type(spec).__name__}; "
                     "wrap each input as TaskSpec(input=...)"
                 )

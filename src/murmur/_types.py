@@ -18,7 +18,7 @@ from pydantic import (
 )
 
 from . import errors as _errors
-from .errors import RemoteAgentError
+from .errors import InvalidValueError, RemoteAgentError
 
 __all__ = ["AgentResult", "ErrorInfo", "TaskSpec", "Usage", "new_task_id"]
 
@@ -206,7 +206,7 @@ class AgentResult(BaseModel, Generic[OutputT]):
     @model_validator(mode="after")
     def _output_xor_error(self) -> Self:
         if self.error is not None and self.output is not None:
-            raise ValueError("an AgentResult has an output or an error, never both")
+            raise InvalidValueError("an AgentResult has an output or an error, never both")
         return self
 
 

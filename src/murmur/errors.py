@@ -12,8 +12,21 @@ The whole hierarchy::
     │   ├── StrayCancellationError ─── the agent got a cancellation its own task was not sent
     │   ├── UnknownAgentError ──────── an executor was asked for an agent it does not serve
     │   └── RemoteAgentError ───────── a failure that happened in another process
-    ├── RuntimeClosedError ─────────── the runtime was used after ``aclose()``
-    └── TopologyError ──────────────── an ``AgentGroup`` topology is invalid
+    ├── InvalidValueError ──────────── an argument's value is not accepted (a ``ValueError``)
+    │   └── TopologyError ──────────── an ``AgentGroup`` topology is invalid
+    ├── UnknownNodeError ───────────── an ``AgentGroup`` has no node of that name (``KeyError``)
+    ├── InvalidTypeError ───────────── an argument is of the wrong type (a ``TypeError``)
+    ├── InvalidStateError ──────────── not allowed in this state (a ``RuntimeError``)
+    │   └── RuntimeClosedError ─────── the runtime was used after ``aclose()``
+    ├── NoTaskContextError ─────────── ``current_context()`` outside a task (a ``LookupError``)
+    ├── MissingDependencyError ─────── an optional package is missing (``ModuleNotFoundError``)
+    └── NotAvailableError ──────────── not in this version (a ``NotImplementedError``)
+
+Every exception Murmur raises is a ``MurmurError``, and also the builtin a Python
+programmer would expect (``except ValueError`` still catches a bad argument). The
+exceptions: pydantic's ``ValidationError`` from the models' own validation
+(``RuntimeOptions(...)``, ``TaskSpec(...)``), raised as pydantic raises it, and Python's
+protocol errors (``AttributeError`` on an immutable ``Edge``, ``KeyError`` from a mapping).
 
 Failures of the user's own agent code are not wrapped: ``AgentResult.error`` holds the
 exception the agent raised. Murmur's own refusals and the runtime's failures are the
@@ -29,7 +42,13 @@ __all__ = [
     "AgentTimeoutError",
     "BudgetExceededError",
     "InputValidationError",
+    "InvalidStateError",
+    "InvalidTypeError",
+    "InvalidValueError",
+    "MissingDependencyError",
     "MurmurError",
+    "NoTaskContextError",
+    "NotAvailableError",
     "RemoteAgentError",
     "RuntimeClosedError",
     "SpawnDepthExceededError",
@@ -37,11 +56,13 @@ __all__ = [
     "TaskCancelledError",
     "TopologyError",
     "UnknownAgentError",
+    "UnknownNodeError",
 ]
 
 
 class MurmurError(Exception):
-    """Root of every exception Murmur raises."""
+    """Root of every exception Murmur raises (see the module docstring for the two kinds
+    of exceptions that are not Murmur's own)."""
 
 
 class AgentError(MurmurError):
@@ -97,11 +118,39 @@ class RemoteAgentError(AgentError):
         super().__init__(f"{type_name}: {message}")
 
 
-class RuntimeClosedError(MurmurError, RuntimeError):
+class InvalidValueError(MurmurError, ValueError):
+    """An argument's value is not accepted; the message names the argument and what is."""
+
+
+class InvalidTypeError(MurmurError, TypeError):
+    """An argument is of the wrong type; the message names the argument and what is."""
+
+
+class InvalidStateError(MurmurError, RuntimeError):
+    """The call is not allowed in this state (a finished task spawning, a closed emitter)."""
+
+
+class UnknownNodeError(MurmurError, KeyError):
+    """An ``AgentGroup`` has no node of that name."""
+
+
+class NoTaskContextError(MurmurError, LookupError):
+    """``current_context()`` was called where no Murmur task is running."""
+
+
+class MissingDependencyError(MurmurError, ModuleNotFoundError):
+    """An optional package is not installed; the message names the extra to install."""
+
+
+class NotAvailableError(MurmurError, NotImplementedError):
+    """A feature this version does not have yet."""
+
+
+class RuntimeClosedError(InvalidStateError):
     """The runtime was used after ``aclose()``."""
 
 
-class TopologyError(MurmurError, ValueError):
+class TopologyError(InvalidValueError):
     """An ``AgentGroup`` topology is invalid; the message names the offending nodes."""
 
 

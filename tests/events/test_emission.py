@@ -146,7 +146,7 @@ async def test_a_spawn_refused_for_bad_input_is_not_reported_as_a_spawn() -> Non
             try:
                 await attempt()
             except (TypeError, ValueError) as exc:
-                refusals.append(type(exc).__name__)
+                refusals.append("TypeError" if isinstance(exc, TypeError) else "ValueError")
         await ctx.gather(echo, [TaskSpec(input=x), TaskSpec(input=x)])
         return x
 

@@ -23,6 +23,7 @@ import anyio
 import anyio.abc
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
+from ..errors import InvalidStateError, InvalidTypeError, InvalidValueError
 from .log import log_exception
 from .types import EventEmitter, EventType, RuntimeEvent, emitter_stages, wanted_types
 
@@ -60,15 +61,15 @@ class BufferedEmitter:
         drain_timeout: float | None = 5.0,
     ) -> None:
         if not callable(getattr(emitter, "emit", None)):
-            raise TypeError(
+            raise InvalidTypeError(
                 f"emitter must have `async def emit(self, event)`, got {type(emitter).__name__}"
             )
         if isinstance(max_buffer, bool) or not isinstance(max_buffer, int) or max_buffer < 1:
-            raise ValueError(f"max_buffer must be an int >= 1, got {max_buffer!r}")
+            raise InvalidValueError(f"max_buffer must be an int >= 1, got {max_buffer!r}")
         if drain_timeout is not None and not (
             isinstance(drain_timeout, (int, float)) and 0 <= drain_timeout < math.inf
         ):
-            raise ValueError(
+            raise InvalidValueError(
                 f"drain_timeout must be a number of seconds >= 0, or None, got {drain_timeout!r}"
             )
         self.emitter = emitter
@@ -104,7 +105,7 @@ class BufferedEmitter:
         """
         send = self._send
         if send is None:
-            raise RuntimeError(
+            raise InvalidStateError(
                 "BufferedEmitter is not running: use it inside `async with BufferedEmitter(...)`"
             )
         try:
@@ -114,7 +115,7 @@ class BufferedEmitter:
 
     async def __aenter__(self) -> Self:
         if self._used:
-            raise RuntimeError("a BufferedEmitter can be entered only once")
+            raise InvalidStateError("a BufferedEmitter can be entered only once")
         self._used = True
         send, receive = anyio.create_memory_object_stream[RuntimeEvent](self.max_buffer)
         task_group = anyio.create_task_group()
@@ -132,7 +133,7 @@ class BufferedEmitter:
         task_group = self._task_group
         send = self._send
         if task_group is None or send is None:
-            raise RuntimeError("BufferedEmitter.__aexit__ without __aenter__")
+            raise InvalidStateError("BufferedEmitter.__aexit__ without __aenter__")
         self._send = None  # emit() refuses from now on
         send.close()  # the delivery task ends once the queue is empty
         if exc_type is not None:

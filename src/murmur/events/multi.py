@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
+from ..errors import InvalidTypeError
 from .log import log_exception
 from .types import (
     ALL_EVENT_TYPES,
@@ -34,7 +35,7 @@ class MultiEventEmitter:
         self.emitters = tuple(emitters)
         for index, emitter in enumerate(self.emitters):
             if not callable(getattr(emitter, "emit", None)):
-                raise TypeError(
+                raise InvalidTypeError(
                     f"emitters[{index}] must have `async def emit(self, event)`, "
                     f"got {type(emitter).__name__}"
                 )

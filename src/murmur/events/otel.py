@@ -33,6 +33,7 @@ from collections import OrderedDict
 from typing import TYPE_CHECKING, Any, Final
 
 from .._version import __version__
+from ..errors import InvalidValueError, MissingDependencyError
 from .types import EventType, RuntimeEvent
 
 if TYPE_CHECKING:
@@ -180,11 +181,11 @@ class OpenTelemetryEmitter:
         try:
             from opentelemetry import metrics, trace
         except ImportError as error:
-            raise ImportError(
+            raise MissingDependencyError(
                 "OpenTelemetryEmitter needs OpenTelemetry: pip install 'murmur-agents[otel]'"
             ) from error
         if max_open_spans < 1:
-            raise ValueError("max_open_spans must be >= 1")
+            raise InvalidValueError("max_open_spans must be >= 1")
         self.max_open_spans = max_open_spans
         #: Spans ended early: past ``max_open_spans``, or displaced by a task id seen again.
         self.evicted = 0

@@ -29,6 +29,7 @@ from urllib.parse import parse_qs
 import anyio
 import anyio.lowlevel
 
+from ..errors import InvalidStateError, InvalidValueError
 from .types import EventType, RuntimeEvent
 
 __all__ = ["SSEApp", "SSEEventEmitter", "SSESubscription"]
@@ -143,7 +144,7 @@ def _parse_types(
                 try:
                     types.add(EventType[name.upper()])
                 except KeyError:
-                    raise ValueError(f"unknown event type {name!r}") from None
+                    raise InvalidValueError(f"unknown event type {name!r}") from None
     return frozenset(types)
 
 
@@ -322,13 +323,13 @@ class SSEEventEmitter:
         keepalive: float | None = 15.0,
     ) -> None:
         if replay < 0:
-            raise ValueError("replay must be >= 0")
+            raise InvalidValueError("replay must be >= 0")
         if client_buffer < 1:
-            raise ValueError("client_buffer must be >= 1")
+            raise InvalidValueError("client_buffer must be >= 1")
         if keepalive is not None and keepalive <= 0:
-            raise ValueError("keepalive must be > 0 or None")
+            raise InvalidValueError("keepalive must be > 0 or None")
         if path is not None and not path.startswith("/"):
-            raise ValueError("path must start with '/'")
+            raise InvalidValueError("path must start with '/'")
         self.replay = replay
         self.client_buffer = client_buffer
         self.path = path
@@ -443,7 +444,7 @@ class SSEEventEmitter:
         """
         limit = self.client_buffer if buffer is None else buffer
         if limit < 1:
-            raise ValueError("buffer must be >= 1")
+            raise InvalidValueError("buffer must be >= 1")
         sub = SSESubscription(
             self,
             types=_parse_types(types),
@@ -453,7 +454,7 @@ class SSEEventEmitter:
         )
         with self._lock:
             if self._closed:
-                raise RuntimeError("this SSEEventEmitter is closed")
+                raise InvalidStateError("this SSEEventEmitter is closed")
             if last_event_id is None:
                 sub.last_event_id = self._last_id
             else:

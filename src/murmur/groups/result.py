@@ -7,6 +7,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_serializer
 
 from .._types import ZERO_USAGE, AgentResult, ErrorInfo, Usage
+from ..errors import InvalidValueError
 
 __all__ = ["GroupResult", "NodeStatus"]
 
@@ -72,7 +73,7 @@ class GroupResult(BaseModel):
         if not self.outputs:
             return None
         if len(self.outputs) > 1:
-            raise ValueError(
+            raise InvalidValueError(
                 f"group {self.group!r} reached several terminals "
                 f"({', '.join(map(repr, self.outputs))}); read GroupResult.outputs"
             )

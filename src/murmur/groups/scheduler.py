@@ -28,7 +28,13 @@ from .._batch import Tally, single_exception
 from .._context import AgentContext
 from .._host import Host
 from .._types import ZERO_USAGE, AgentResult, TaskSpec, Usage, new_task_id
-from ..errors import AgentError, TaskCancelledError
+from ..errors import (
+    AgentError,
+    InvalidStateError,
+    InvalidTypeError,
+    InvalidValueError,
+    TaskCancelledError,
+)
 from ..events.types import EventType
 from .result import GroupResult, NodeStatus
 from .topology import AgentGroup, Edge, _Node, fan_out_items
@@ -50,14 +56,14 @@ async def run_group(
 ) -> GroupResult:
     """Run ``group`` on ``task`` with ``host``; the body of ``AgentRuntime.run_group``."""
     if not isinstance(group, AgentGroup):
-        raise TypeError(f"group must be a murmur.AgentGroup, got {type(group).__name__}")
+        raise InvalidTypeError(f"group must be a murmur.AgentGroup, got {type(group).__name__}")
     if not isinstance(task, TaskSpec):
-        raise TypeError(
+        raise InvalidTypeError(
             f"task must be a murmur.TaskSpec, got {type(task).__name__}; "
             "wrap the input as TaskSpec(input=...)"
         )
     if parent is not None and not isinstance(parent, AgentContext):
-        raise TypeError(f"parent must be a murmur.AgentContext, got {type(parent).__name__}")
+        raise InvalidTypeError(f"parent must be a murmur.AgentContext, got {type(parent).__name__}")
     host.check_open()
     return await GroupScheduler(host, group, task, parent=parent).run()
 
@@ -200,7 +206,7 @@ class GroupScheduler:
         never turned into a result.
         """
         if self._task_group is not None:
-            raise RuntimeError("a GroupScheduler runs once; create one per run")
+            raise InvalidStateError("a GroupScheduler runs once; create one per run")
         start = perf_counter()
         await self._on_group_started()
         with single_exception():
@@ -266,7 +272,7 @@ class GroupScheduler:
         delivered = [pred for pred in node.predecessors if pred in inputs]
         fanned = [pred for pred in delivered if inputs[pred].fanned]
         if len(fanned) > 1:
-            raise ValueError(
+            raise InvalidValueError(
                 f"node {node.name!r} receives a fan-out from several predecessors "
                 f"({', '.join(map(repr, fanned))}); only one may fan out into a node"
             )
@@ -367,7 +373,7 @@ class GroupScheduler:
             return TaskSpec(input=value, metadata=dict(self.task.metadata))
         spec = edge.mapper(value)
         if not isinstance(spec, TaskSpec):
-            raise TypeError(
+            raise InvalidTypeError(
                 f"the mapper of edge {source!r} -> {target!r} must return a murmur.TaskSpec, "
                 f"got {type(spec).__name__}"
             )

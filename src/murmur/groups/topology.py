@@ -17,7 +17,7 @@ from pydantic import BaseModel
 
 from .._agents import AgentImpl, AgentLike, resolve_agent
 from .._types import TaskSpec
-from ..errors import TopologyError
+from ..errors import InvalidTypeError, InvalidValueError, TopologyError, UnknownNodeError
 
 __all__ = ["AgentGroup", "Edge", "FanOut", "Mapper", "Predicate"]
 
@@ -70,13 +70,13 @@ def fan_out_items(output: Any) -> list[Any] | None:
     if not marked:
         return None
     if len(marked) > 1:
-        raise TypeError(
+        raise InvalidTypeError(
             f"{type(output).__name__} marks several fields as FanOut "
             f"({', '.join(map(repr, marked))}); a node's output may fan out over one field"
         )
     value = getattr(output, marked[0])
     if isinstance(value, (str, bytes)) or not isinstance(value, Sequence):
-        raise TypeError(
+        raise InvalidTypeError(
             f"FanOut field {type(output).__name__}.{marked[0]} must hold a list, "
             f"got {type(value).__name__}"
         )
@@ -133,14 +133,14 @@ class Edge:
         fan_out: bool = True,
     ) -> None:
         if not isinstance(to, (tuple, list)):
-            raise TypeError(
+            raise InvalidTypeError(
                 f"Edge(to=...) takes a tuple of agents, e.g. Edge(to=(reviewer,)); "
                 f"got {type(to).__name__}: {to!r}"
             )
         if when is not None and not callable(when):
-            raise TypeError(f"Edge(when=...) must be a callable predicate, got {when!r}")
+            raise InvalidTypeError(f"Edge(when=...) must be a callable predicate, got {when!r}")
         if mapper is not None and not callable(mapper):
-            raise TypeError(
+            raise InvalidTypeError(
                 f"Edge(mapper=...) must be a callable output -> TaskSpec, got {mapper!r}"
             )
         _check_limit(max_concurrency, "Edge(max_concurrency=...)")
@@ -252,9 +252,9 @@ class AgentGroup:
         fail_fast: bool = True,
     ) -> None:
         if not isinstance(name, str) or not name.strip():
-            raise ValueError(f"AgentGroup name must be a non-empty string, got {name!r}")
+            raise InvalidValueError(f"AgentGroup name must be a non-empty string, got {name!r}")
         if not isinstance(topology, Mapping):
-            raise TypeError(
+            raise InvalidTypeError(
                 "AgentGroup topology must be a mapping {agent: Edge(...)}, "
                 f"got {type(topology).__name__}"
             )
@@ -328,7 +328,7 @@ class AgentGroup:
         try:
             return self._nodes[node]
         except KeyError:
-            raise KeyError(f"group {self._name!r} has no node {node!r}") from None
+            raise UnknownNodeError(f"group {self._name!r} has no node {node!r}") from None
 
     def __repr__(self) -> str:
         return f"<AgentGroup {self._name!r} nodes={list(self._nodes)}>"
@@ -540,12 +540,12 @@ def _check_terminals(group: str, nodes: dict[str, _Node], terminals: tuple[str, 
 
 def _check_limit(value: Any, what: str) -> None:
     if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
-        raise ValueError(f"{what} must be None or an int >= 1, got {value!r}")
+        raise InvalidValueError(f"{what} must be None or an int >= 1, got {value!r}")
 
 
 def _check_flag(value: Any, what: str) -> None:
     if not isinstance(value, bool):
-        raise TypeError(f"{what} must be a bool, got {value!r}")
+        raise InvalidTypeError(f"{what} must be a bool, got {value!r}")
 
 
 def _label(agent: Any) -> str:

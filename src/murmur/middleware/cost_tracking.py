@@ -61,7 +61,7 @@ from typing import TYPE_CHECKING, Any
 
 import anyio
 
-from ..errors import BudgetExceededError
+from ..errors import BudgetExceededError, InvalidTypeError, InvalidValueError
 from ..events.types import EventType
 
 if TYPE_CHECKING:
@@ -98,7 +98,7 @@ class TokenBudget:
 
     def __init__(self, limit: int, *, reserve_per_task: int | None = None) -> None:
         if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
-            raise ValueError(f"TokenBudget limit must be an int >= 1, got {limit!r}")
+            raise InvalidValueError(f"TokenBudget limit must be an int >= 1, got {limit!r}")
         adaptive = reserve_per_task is None
         if reserve_per_task is None:
             reserve_per_task = min(limit, DEFAULT_RESERVE_PER_TASK)
@@ -107,7 +107,7 @@ class TokenBudget:
             or not isinstance(reserve_per_task, int)
             or reserve_per_task < 1
         ):
-            raise ValueError(
+            raise InvalidValueError(
                 f"TokenBudget reserve_per_task must be an int >= 1, got {reserve_per_task!r}"
             )
         self.limit = limit
@@ -340,7 +340,7 @@ class CostTrackingMiddleware:
 
     def __init__(self, budget: TokenBudget) -> None:
         if not isinstance(budget, TokenBudget):
-            raise TypeError(f"budget must be a TokenBudget, got {type(budget).__name__}")
+            raise InvalidTypeError(f"budget must be a TokenBudget, got {type(budget).__name__}")
         self.budget = budget
         # Per running parent: the pool its borrowing children reserve from.
         self._lenders: dict[AgentContext, TokenBudget] = {}

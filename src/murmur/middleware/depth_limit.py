@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from ..errors import SpawnDepthExceededError
+from ..errors import InvalidValueError, SpawnDepthExceededError
 from ..events.types import EventType
 
 if TYPE_CHECKING:
@@ -26,7 +26,7 @@ class DepthLimitMiddleware:
 
     def __init__(self, max_depth: int) -> None:
         if isinstance(max_depth, bool) or not isinstance(max_depth, int) or max_depth < 0:
-            raise ValueError(f"max_depth must be an int >= 0, got {max_depth!r}")
+            raise InvalidValueError(f"max_depth must be an int >= 0, got {max_depth!r}")
         self.max_depth = max_depth
 
     async def __call__(self, ctx: AgentContext, call_next: CallNext) -> Any:

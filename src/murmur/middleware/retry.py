@@ -13,7 +13,12 @@ import anyio
 
 from .._cancellation import stray_cancellation
 from .._lazy import loaded_class
-from ..errors import BudgetExceededError, InputValidationError, SpawnDepthExceededError
+from ..errors import (
+    BudgetExceededError,
+    InputValidationError,
+    InvalidValueError,
+    SpawnDepthExceededError,
+)
 from ..events.types import EventType
 
 if TYPE_CHECKING:
@@ -107,15 +112,15 @@ class RetryMiddleware:
         rand: Callable[[], float] = random.random,
     ) -> None:
         if isinstance(max_attempts, bool) or not isinstance(max_attempts, int) or max_attempts < 1:
-            raise ValueError(f"max_attempts must be an int >= 1, got {max_attempts!r}")
+            raise InvalidValueError(f"max_attempts must be an int >= 1, got {max_attempts!r}")
         if not initial_delay >= 0:  # NaN too
-            raise ValueError(f"initial_delay must be >= 0, got {initial_delay!r}")
+            raise InvalidValueError(f"initial_delay must be >= 0, got {initial_delay!r}")
         if backoff_factor < 0:
-            raise ValueError(f"backoff_factor must be >= 0, got {backoff_factor!r}")
+            raise InvalidValueError(f"backoff_factor must be >= 0, got {backoff_factor!r}")
         if max_delay is not None and max_delay < 0:
-            raise ValueError(f"max_delay must be >= 0 or None, got {max_delay!r}")
+            raise InvalidValueError(f"max_delay must be >= 0 or None, got {max_delay!r}")
         if not 0 <= jitter <= 1:
-            raise ValueError(f"jitter must be between 0 and 1, got {jitter!r}")
+            raise InvalidValueError(f"jitter must be between 0 and 1, got {jitter!r}")
         self.max_attempts = max_attempts
         self.initial_delay = initial_delay
         self.backoff_factor = backoff_factor

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 import anyio
 import sniffio
 
-from ..errors import AgentTimeoutError
+from ..errors import AgentTimeoutError, InvalidValueError
 from ..events.types import EventType
 
 if TYPE_CHECKING:
@@ -43,7 +43,7 @@ class TimeoutMiddleware:
 
     def __init__(self, seconds: float) -> None:
         if not seconds > 0:
-            raise ValueError(f"timeout seconds must be > 0, got {seconds!r}")
+            raise InvalidValueError(f"timeout seconds must be > 0, got {seconds!r}")
         self.seconds = seconds
 
     async def __call__(self, ctx: AgentContext, call_next: CallNext) -> Any:
