@@ -641,3 +641,28 @@ async def test_gather_sync_inside_a_running_loop_says_to_await_gather() -> None:
     with pytest.raises(RuntimeError, match=r"already running.*await runtime\.run\(\.\.\.\)"):
         runtime.run_sync(agent, TaskSpec(input="x"))
     await runtime.aclose()
+
+
+async def test_an_input_a_pydantic_ai_agent_cannot_send_is_refused_at_the_call() -> None:
+    from pydantic_ai.models.test import TestModel
+
+    class Opaque:
+        """Not JSON: no model could be sent this."""
+
+    agent = murmur.Agent(name="model", model=TestModel())
+    ran: list[str] = []
+
+    async def tally(value: object) -> str:
+        ran.append(type(value).__name__)
+        return "ran"
+
+    async with AgentRuntime() as runtime:
+        tasks = [TaskSpec(input="fine"), TaskSpec(input={"ok": 1}), TaskSpec(input=Opaque())]
+        with pytest.raises(TypeError, match=r"tasks\[2\]\.input for agent 'model'.*Opaque"):
+            await runtime.gather(agent, tasks)
+        with pytest.raises(murmur.InvalidTypeError, match=r"task\.input for agent 'model'"):
+            await runtime.run(agent, TaskSpec(input=Opaque()))
+        # Nothing ran; valid inputs still go through afterwards; function agents take any.
+        results = await runtime.gather(agent, tasks[:2])
+        assert [r.is_ok() for r in results] == [True, True]
+        assert (await runtime.run(tally, TaskSpec(input=Opaque()))).is_ok()

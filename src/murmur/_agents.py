@@ -76,6 +76,13 @@ class AgentImpl(ABC):
     _input_adapter: TypeAdapter[Any] | None = None
     _input_class: type | None = None
 
+    #: True when ``input_problem`` can find a problem with an input before the task runs.
+    checks_input: bool = False
+
+    def input_problem(self, value: Any) -> str | None:
+        """What makes ``value`` impossible to hand to this agent, found without running it."""
+        return None
+
     def declared_output_type(self) -> Any:
         """The type the agent says it returns, if it says (``None`` otherwise)."""
         return None
@@ -159,6 +166,22 @@ class PydanticAIAgent(AgentImpl):
         self._deps = deps
         self._context_as_deps = pass_context_as_deps
         self._set_input_type(input_type)
+
+    checks_input = True
+
+    def input_problem(self, value: Any) -> str | None:
+        try:
+            prepared = self.prepare_input(value)
+        except InputValidationError:
+            return None  # reported in the task's result, as for any agent
+        try:
+            render_prompt(prepared)
+        except (TypeError, ValueError) as exc:
+            return (
+                f"a {type(prepared).__name__} cannot be sent to the model as JSON ({exc}); "
+                "pass a str, JSON-like values or a pydantic model"
+            )
+        return None
 
     def declared_output_type(self) -> Any:
         output_type = getattr(self.agent, "output_type", None)

@@ -275,6 +275,13 @@ def _spawning_context(host: Host) -> AgentContext | None:
     return ctx
 
 
+def _check_input(impl: AgentImpl, task: TaskSpec, field: str) -> None:
+    """Refuse, before anything runs, an input the agent could never be handed."""
+    problem = impl.input_problem(task.input)
+    if problem is not None:
+        raise InvalidTypeError(f"{field}.input for agent {impl.name!r}: {problem}")
+
+
 def _check_no_running_loop(name: str, instead: str) -> None:
     try:
         library = sniffio.current_async_library()
@@ -407,6 +414,8 @@ class _RuntimeCore(Host):
                 f"task must be a murmur.TaskSpec, got {type(task).__name__}; "
                 "wrap the input as TaskSpec(input=...)"
             )
+        if impl.checks_input:
+            _check_input(impl, task, "task")
         if announce and parent is not None:
             self.check_open()  # a spawn refused by a closed runtime is no spawn either
             await parent._spawned(impl.name, 1)
@@ -443,6 +452,8 @@ class _RuntimeCore(Host):
                     f"tasks[{index}] must be a murmur.TaskSpec, got {type(spec).__name__}; "
                     "wrap each input as TaskSpec(input=...)"
                 )
+            if impl.checks_input:
+                _check_input(impl, spec, f"tasks[{index}]")
         if announce and parent is not None:
             self.check_open()
             await parent._spawned(impl.name, len(specs))
