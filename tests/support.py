@@ -71,3 +71,18 @@ async def cancel_when_ready(
             scope.cancel()
     outcome.cancelled_caught = scope.cancelled_caught
     return outcome
+
+
+async def stray_cancellation() -> None:
+    """Receive a ``CancelledError`` the running task was not sent.
+
+    On asyncio: await a future that "someone else" cancelled. On Trio: raise asyncio's
+    cancellation, as a library doing its own asyncio work would.
+    """
+    import asyncio
+
+    if anyio.get_cancelled_exc_class() is asyncio.CancelledError:
+        future = asyncio.get_running_loop().create_future()
+        future.cancel()  # by someone else: the awaiting task is not cancelled
+        await future
+    raise asyncio.CancelledError

@@ -28,20 +28,11 @@ from murmur import (
     TaskSpec,
     from_pydantic_ai,
 )
-from support import Recorder, cancel_when_ready
+from support import Recorder, cancel_when_ready, stray_cancellation
 
 pytestmark = pytest.mark.anyio
 
 HANG_GUARD = 30
-
-
-async def stray_cancellation() -> None:
-    """Receive a ``CancelledError`` the running task was not sent."""
-    if anyio.get_cancelled_exc_class() is asyncio.CancelledError:
-        future = asyncio.get_running_loop().create_future()
-        future.cancel()  # by "someone else": the awaiting task is not cancelled
-        await future
-    raise asyncio.CancelledError  # on Trio: a library raising asyncio's cancellation
 
 
 async def test_a_stray_cancellation_fails_one_slot_and_the_batch_goes_on() -> None:

@@ -8,25 +8,15 @@ cancellation of the batch.
 
 from __future__ import annotations
 
-import asyncio
-
 import anyio
 import pytest
 
 from murmur import AgentRuntime, EventType, RuntimeEvent, TaskSpec
+from support import stray_cancellation
 
 pytestmark = pytest.mark.anyio
 
 HANG_GUARD = 30
-
-
-async def stray_cancellation() -> None:
-    """Receive a ``CancelledError`` the running task was not sent."""
-    if anyio.get_cancelled_exc_class() is asyncio.CancelledError:
-        future = asyncio.get_running_loop().create_future()
-        future.cancel()
-        await future
-    raise asyncio.CancelledError
 
 
 class FlakyFlushEmitter:

@@ -9,23 +9,13 @@ that task's failure, exactly as it is outside the clean-up.
 
 from __future__ import annotations
 
-import asyncio
-
 import anyio
 import pytest
 
 from murmur import AgentRuntime, StrayCancellationError, TaskSpec
+from support import stray_cancellation
 
 pytestmark = pytest.mark.anyio
-
-
-async def stray_cancellation() -> None:
-    """Receive a ``CancelledError`` the running task was not sent."""
-    if anyio.get_cancelled_exc_class() is asyncio.CancelledError:
-        future = asyncio.get_running_loop().create_future()
-        future.cancel()
-        await future
-    raise asyncio.CancelledError
 
 
 async def test_a_stray_cancellation_in_a_shielded_cleanup_run_is_a_failure_result() -> None:

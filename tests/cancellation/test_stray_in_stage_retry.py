@@ -8,10 +8,8 @@ stages) run per attempt, inside retry: a stray one raised there is the same fail
 
 from __future__ import annotations
 
-import asyncio
 from typing import Any
 
-import anyio
 import pytest
 
 from murmur import (
@@ -22,17 +20,9 @@ from murmur import (
     StrayCancellationError,
     TaskSpec,
 )
+from support import stray_cancellation
 
 pytestmark = pytest.mark.anyio
-
-
-async def stray_cancellation() -> None:
-    """Receive a ``CancelledError`` the running task was not sent."""
-    if anyio.get_cancelled_exc_class() is asyncio.CancelledError:
-        future = asyncio.get_running_loop().create_future()
-        future.cancel()
-        await future
-    raise asyncio.CancelledError
 
 
 async def test_a_stray_cancellation_in_an_executor_stage_is_retried_when_asked() -> None:
