@@ -291,6 +291,12 @@ async def test_an_unclosed_runtime_works_and_its_thread_goes_when_collected() ->
     assert isinstance((await runtime.run(failing, TaskSpec(input="4"))).error, ValueError)
     (thread,) = set(threads)
     assert thread.is_alive()
+    # The loop thread wakes the caller from a call's done callback, and may still hold
+    # that callback (and the call's context) for a moment: let it finish its turn first.
+    loop = runtime._core._bridge.loop  # type: ignore[union-attr]
+    await anyio.to_thread.run_sync(
+        lambda: asyncio.run_coroutine_threadsafe(asyncio.sleep(0), loop).result(HANG_GUARD)
+    )
 
     collected = weakref.ref(runtime)
     del runtime, results

@@ -185,6 +185,19 @@ def _late_checked(timeout: TimeoutMiddleware) -> CallNext:
     return dispatch
 
 
+async def _invoke_on_bridge(impl: AgentImpl, value: Any, ctx: AgentContext) -> Any:
+    """``impl.invoke`` in the bridge task, which forgets the context once done.
+
+    The bridge task runs in a copy of the caller's context, ``current_context()``
+    included; the loop may keep that copy a moment after the call (its done callbacks run
+    in it), and it must not pin the task's context, and through it the runtime, meanwhile.
+    """
+    try:
+        return await impl.invoke(value, ctx)
+    finally:
+        _current.set(None)
+
+
 async def _bridged(bridge: AsyncioBridge, impl: AgentImpl, value: Any, ctx: AgentContext) -> Any:
     """Run an asyncio-only agent on the bridge; children it spawns come back home to run."""
     error: BaseException | None = None
@@ -192,7 +205,7 @@ async def _bridged(bridge: AsyncioBridge, impl: AgentImpl, value: Any, ctx: Agen
     async with anyio.create_task_group() as task_group:
         ctx.home = HomePortal(task_group)
         try:
-            output = await bridge.run(impl.invoke, value, ctx)
+            output = await bridge.run(_invoke_on_bridge, impl, value, ctx)
         except BaseException as exc:
             if isinstance(exc, anyio.get_cancelled_exc_class()):
                 raise
