@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import dis
+import functools
 import importlib.util
 import inspect
 import sys
@@ -39,6 +40,7 @@ from .errors import BudgetExceededError, InputValidationError
 if TYPE_CHECKING:
     from pydantic_ai import Agent as _PydanticAIAgent
     from pydantic_ai.models import Model
+    from pydantic_ai.usage import UsageLimits
 
     from ._context import AgentContext
 
@@ -149,6 +151,8 @@ class PydanticAIAgent(AgentImpl):
         from pydantic_ai.exceptions import UsageLimitExceeded
         from pydantic_ai.usage import RunUsage, UsageLimits
 
+        from .middleware.cost_tracking import run_growth
+
         # pydantic-ai adds to the RunUsage it is given as it goes, so even a run that fails
         # part-way reports what it spent.
         usage = RunUsage()
@@ -160,7 +164,11 @@ class PydanticAIAgent(AgentImpl):
                 raise BudgetExceededError(
                     f"agent {self.name!r} has used the {cap} tokens reserved for its task"
                 )
-            limits = UsageLimits(total_tokens_limit=left)
+            grow = run_growth(ctx)
+            if grow is None:
+                limits = UsageLimits(total_tokens_limit=left)
+            else:
+                limits = _growing_usage_limits()(left, grow)
             ctx._capped_run = (limits, usage)
         try:
             result = await self.agent.run(
@@ -171,14 +179,52 @@ class PydanticAIAgent(AgentImpl):
             )
         except UsageLimitExceeded as exc:
             if limits is not None and "total_tokens_limit" in str(exc):
+                reserved = ctx.token_cap  # grown, if the run grew
                 raise BudgetExceededError(
-                    f"agent {self.name!r} was cut off at the {cap} tokens reserved for its task"
+                    f"agent {self.name!r} was cut off at the {reserved} tokens reserved for "
+                    "its task"
                 ) from exc
             raise
         finally:
             ctx._capped_run = None
             ctx.report_usage(Usage.from_pydantic_ai(usage))
         return result.output
+
+
+@functools.cache
+def _growing_usage_limits() -> Callable[[int, Callable[[Any, int], None]], UsageLimits]:
+    """``UsageLimits(total_tokens_limit=...)`` whose cap, when a run passes it, first asks
+    the task's budget for more (``grow``) and only then lets pydantic-ai raise; the class is
+    built on first use, so that ``import murmur`` does not import pydantic-ai."""
+    from pydantic_ai.usage import RunUsage, UsageLimits
+
+    class GrowingUsageLimits(UsageLimits):
+        # pydantic-ai checks the token limits after each model response (`check_tokens`,
+        # and `_check_token_limits` directly while streaming) and before each request
+        # (`check_before_request`), always on the object it was given, reading the limit
+        # anew each time: a limit raised here holds for the rest of the run.
+        def __init__(self, total_tokens_limit: int, grow: Callable[[Any, int], None]) -> None:
+            super().__init__(total_tokens_limit=total_tokens_limit)
+            self.grow = grow
+
+        def _fit(self, spent: int) -> None:
+            limit = self.total_tokens_limit
+            if limit is not None and spent > limit:
+                self.grow(self, spent)
+
+        def check_before_request(self, usage: RunUsage) -> None:
+            self._fit(usage.total_tokens)
+            super().check_before_request(usage)
+
+        def check_tokens(self, usage: RunUsage) -> None:
+            self._fit(usage.total_tokens)
+            super().check_tokens(usage)
+
+        def _check_token_limits(self, usage: RunUsage) -> None:
+            self._fit(usage.total_tokens)
+            super()._check_token_limits(usage)
+
+    return GrowingUsageLimits
 
 
 #: Providers of pydantic-ai model strings, by what they need: the ``murmur-agents`` extra
