@@ -165,7 +165,7 @@ class PydanticAIAgent(AgentImpl):
                     f"agent {self.name!r} has used the {cap} tokens reserved for its task"
                 )
             grow = run_growth(ctx)
-            if grow is None:
+            if grow is None:  # a fixed reservation: a hard cap, checked by pydantic-ai
                 limits = UsageLimits(total_tokens_limit=left)
             else:
                 limits = _growing_usage_limits()(left, grow)
@@ -193,36 +193,56 @@ class PydanticAIAgent(AgentImpl):
 
 @functools.cache
 def _growing_usage_limits() -> Callable[[int, Callable[[Any, int], None]], UsageLimits]:
-    """``UsageLimits(total_tokens_limit=...)`` whose cap, when a run passes it, first asks
-    the task's budget for more (``grow``) and only then lets pydantic-ai raise; the class is
-    built on first use, so that ``import murmur`` does not import pydantic-ai."""
+    """``UsageLimits(total_tokens_limit=...)`` for an adaptive reservation, which grows: a
+    run is stopped before a request it cannot pay for, never after an answer already paid.
+
+    Past the limit, the limit is first raised by ``grow`` (the budget, if it grants more);
+    if that is not enough, the response that went over may still finish the run, and the
+    run is cut off (pydantic-ai raises) at its next check, which comes before its next
+    request at the latest. So a run ends at most one response past its reservation, and an
+    answer that crossed it is kept. The class is built on first use, so that ``import
+    murmur`` does not import pydantic-ai.
+    """
     from pydantic_ai.usage import RunUsage, UsageLimits
 
     class GrowingUsageLimits(UsageLimits):
-        # pydantic-ai checks the token limits after each model response (`check_tokens`,
-        # and `_check_token_limits` directly while streaming) and before each request
-        # (`check_before_request`), always on the object it was given, reading the limit
-        # anew each time: a limit raised here holds for the rest of the run.
+        # pydantic-ai reads the limit anew at each check, on the object it was given:
+        # `check_tokens` after each model response (in older versions the check itself,
+        # in newer ones via `_check_token_limits`, also called while streaming), and
+        # `check_before_request` before each request.
         def __init__(self, total_tokens_limit: int, grow: Callable[[Any, int], None]) -> None:
             super().__init__(total_tokens_limit=total_tokens_limit)
             self.grow = grow
+            self.owing = False  # past the limit since a response: no further request
 
-        def _fit(self, spent: int) -> None:
+        def _covered(self, spent: int) -> bool:
             limit = self.total_tokens_limit
             if limit is not None and spent > limit:
                 self.grow(self, spent)
+                limit = self.total_tokens_limit
+            if limit is not None and spent > limit:
+                return False
+            self.owing = False
+            return True
 
-        def check_before_request(self, usage: RunUsage) -> None:
-            self._fit(usage.total_tokens)
-            super().check_before_request(usage)
+        def _may_check(self, spent: int) -> bool:
+            """After a response: whether pydantic-ai may check (and so raise) now."""
+            if self._covered(spent) or self.owing:
+                return True
+            self.owing = True  # let this response finish the run, if it is the answer
+            return False
 
         def check_tokens(self, usage: RunUsage) -> None:
-            self._fit(usage.total_tokens)
-            super().check_tokens(usage)
+            if self._may_check(usage.total_tokens):
+                super().check_tokens(usage)
 
         def _check_token_limits(self, usage: RunUsage) -> None:
-            self._fit(usage.total_tokens)
-            super()._check_token_limits(usage)
+            if self._may_check(usage.total_tokens):
+                super()._check_token_limits(usage)
+
+        def check_before_request(self, usage: RunUsage) -> None:
+            self._covered(usage.total_tokens)
+            super().check_before_request(usage)
 
     return GrowingUsageLimits
 

@@ -147,11 +147,9 @@ async def test_a_cold_batch_of_pydantic_ai_runs_with_ten_times_what_it_needs_run
     assert barrier.arrived == 100  # and all 100 were inside pydantic-ai at once
     assert all(r.is_ok() for r in results)
     shares = [stage.caps[str(i)] or 0 for i in range(100)]
-    assert shares[0] == 4096  # the first of a quiet budget: min(limit, 4096)
-    # The rest shared what was free with those in flight, less and less; the last got 555,
-    # still more than a run spends, so none needed to grow.
-    assert shares == sorted(shares, reverse=True)
-    assert shares[-1] == 555
+    # The first, alone, reserved min(limit, 4096); those beside it half that, more than a
+    # run spends: none needed to grow.
+    assert shares == [4096] + [2048] * 99
     assert all(caps_of(agent)[i] in shares for i in range(200))
     assert (budget.used, budget.reserved) == (100 * 300, 0)
 
@@ -161,7 +159,7 @@ async def test_a_cold_batch_of_pydantic_ai_runs_with_ten_times_what_it_needs_run
 
 async def test_a_run_past_its_first_share_grows_while_tokens_are_free() -> None:
     """A 10_000-token run (ten responses of 1000) starts on 4096. Past it, it takes what it
-    spent over (904) plus a new task's share (4096), twice, and finishes."""
+    spent over (904, then 952) plus a new task's share (2048), twice, and finishes."""
     budget = TokenBudget(limit=100_000)
     agent = stepper(1_000, steps=9)
     async with AgentRuntime(options=RuntimeOptions(token_budget=budget)) as runtime:
@@ -169,15 +167,15 @@ async def test_a_run_past_its_first_share_grows_while_tokens_are_free() -> None:
     assert result.output == "answered after 9 steps"
     assert result.usage.total_tokens == 10_000
     # What the run's tool saw after each of its first nine responses.
-    assert caps_of(agent) == [4096] * 4 + [9096] * 5
+    assert caps_of(agent) == [4096] * 4 + [7048] * 3 + [10_048] * 2
     assert (budget.used, budget.reserved) == (10_000, 0)
 
 
 async def test_a_run_past_its_share_is_cut_once_nothing_is_free_and_meets_the_bound() -> None:
-    """The same run under limit 6000: it grows to 5512 (904 over, plus 512, the floor of a
-    new task's share), then to 6000 (488 over: all that is left), and is cut off by its
-    seventh response. The budget ends exactly at the documented bound:
-    used == limit + (usage - final reservation)."""
+    """The same run under limit 6000: it grows by what it spent over, to 5000 then 6000 (a
+    new task's share, 2048, is never free besides), and its seventh response cannot be
+    covered: its tool still runs, and the run is cut off before its next request. The
+    budget ends exactly at the documented bound: used == limit + (usage - reservation)."""
     budget = TokenBudget(limit=6_000)
     agent = stepper(1_000, steps=9)
     async with AgentRuntime(options=RuntimeOptions(token_budget=budget)) as runtime:
@@ -185,7 +183,7 @@ async def test_a_run_past_its_share_is_cut_once_nothing_is_free_and_meets_the_bo
     assert isinstance(result.error, BudgetExceededError)
     assert isinstance(result.error.__cause__, UsageLimitExceeded)
     assert "6000 tokens reserved" in str(result.error)
-    assert caps_of(agent) == [4096] * 4 + [5512, 6000]
+    assert caps_of(agent) == [4096] * 4 + [5000, 6000, 6000]
     assert result.usage.total_tokens == 7_000
     final_reservation = 6_000
     assert budget.used == 7_000
@@ -201,6 +199,25 @@ async def test_an_explicit_reserve_per_task_never_grows() -> None:
     assert isinstance(result.error, BudgetExceededError)
     assert caps_of(agent) == [4096] * 4
     assert result.usage.total_tokens == 5_000  # cut by the response that crossed 4096
+
+
+async def test_an_answer_past_the_reservation_is_kept() -> None:
+    """A run whose answer (one response of 1200) crosses its reservation (1000, all of the
+    budget), with nothing free to grow into: its tokens are spent either way, so the answer
+    is kept, one response past the reservation: exactly the documented bound. (With an
+    explicit ``reserve_per_task``, a hard cap, it is cut off instead.)"""
+    budget = TokenBudget(limit=1_000)
+    agent = stepper(1_200, steps=0)
+    async with AgentRuntime(options=RuntimeOptions(token_budget=budget)) as runtime:
+        result = await runtime.run(agent, TaskSpec(input="go"))
+        assert result.output == "answered after 0 steps"
+        assert budget.used == 1_200
+        assert budget.used == budget.limit + (1_200 - 1_000)
+    fixed = TokenBudget(limit=1_000, reserve_per_task=1_000)
+    async with AgentRuntime(options=RuntimeOptions(token_budget=fixed)) as runtime:
+        cut = await runtime.run(agent, TaskSpec(input="go"))
+    assert isinstance(cut.error, BudgetExceededError)
+    assert (fixed.used, fixed.reserved, budget.reserved) == (1_200, 0, 0)
 
 
 async def test_a_retry_keeps_what_the_first_attempt_grew() -> None:
@@ -225,7 +242,7 @@ async def test_a_retry_keeps_what_the_first_attempt_grew() -> None:
     options = RuntimeOptions(token_budget=budget, retry_max_attempts=2, retry_backoff_factor=0)
     async with AgentRuntime(options=options) as runtime:
         result = await runtime.run(agent, TaskSpec(input="go"))
-    # 5000 in the first attempt (grown to 9096), 3000 in the second: no cut-off.
+    # 5000 in the first attempt (grown to 7048), 3000 in the second: no cut-off.
     assert result.attempts == 2
     assert result.output == "done"
     assert result.usage.total_tokens == 8_000
@@ -278,7 +295,7 @@ async def test_a_growing_run_takes_only_what_it_spent_while_a_task_waits() -> No
             stage.let_go()
             await run_done.wait()
             # Past 4096 it took 904, then 1000 twice: 0 left, so the next response cut it.
-            assert caps_of(runner) == [4096] * 4 + [5000, 6000, 7000]
+            assert caps_of(runner) == [4096] * 4 + [5000, 6000, 7000, 7000]
             assert isinstance(results["run"].error, BudgetExceededError)
             assert results["run"].usage.total_tokens == 8_000
             assert "e" not in stage.caps  # still waiting: nothing is free (1000 over)
@@ -290,6 +307,7 @@ async def test_a_growing_run_takes_only_what_it_spent_while_a_task_waits() -> No
             assert stage.caps["e"] == 4000  # 5000 free: served at once
             for name in ("d", "e"):
                 gates[name].set()
+                await anyio.wait_all_tasks_blocked()
     assert order == ["warm", "b", "c", "d", "e"]
     assert all(results[n].is_ok() for n in ("b", "c", "d", "e"))
     assert (budget.used, budget.reserved) == (1_000 + 8_000 + 4 * 1_000, 0)

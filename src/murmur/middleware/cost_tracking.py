@@ -8,12 +8,14 @@ is charged. A task starts only with a reservation > 0 that is no more than what 
 (``limit - used - reserved``), and a reservation grows (below) only by what is free, so
 reservations never add up to more than the limit. A pydantic-ai run is capped
 (``UsageLimits.total_tokens_limit``) at what its task reserved, minus what earlier attempts
-used. pydantic-ai checks the cap after each model response (and before each request); with
-an adaptive budget, a run past its cap first *grows* its task's reservation, and is cut off,
-with ``BudgetExceededError``, only when the tokens it spent past it are not free. So a
-capped run overshoots its final reservation by at most its last response. Function agents
-report usage after the fact and cannot be capped: their reservation only admits them.
-Hence, exactly, with ``reservation`` each task's final (grown) reservation:
+used. pydantic-ai checks the cap after each model response and before each request. With an
+adaptive budget, a run past its cap first *grows* its task's reservation from what is free.
+A response that still does not fit ends the run normally if it is the answer (its tokens
+are spent either way); otherwise the run is cut off, with ``BudgetExceededError``, before
+its next request. So a capped run overshoots its final reservation by at most its last
+response. Function agents report usage after the fact and cannot be capped: their
+reservation only admits them. Hence, exactly, with ``reservation`` each task's final (grown)
+reservation:
 
     budget.used <= limit + sum over tasks of max(0, usage - reservation)
 
@@ -26,24 +28,27 @@ How much a task reserves
 With an explicit ``reserve_per_task=R`` every task reserves ``R`` (its *floor* and *ceiling*
 are both ``R``) and its runs never grow: ``R`` is a per-run cap. By default the reservation
 adapts to what the tasks of each agent (by name) really spend. Until one task of an agent
-has settled, nothing is known: with ``C = reserve_per_task = min(limit, 4096)``, the agent's
-floor is ``C // 8`` and its ceiling ``C``, and a task is granted what is free shared among
-the tasks holding reservations and itself, ``free // (holders + 1)``. After that, with ``m``
-the mean spend of the agent's settled tasks (not counting tasks cancelled from outside)::
+has settled, nothing is known, and with ``C = reserve_per_task = min(limit, 4096)`` its
+tasks reserve ``C // 2`` each (floor and ceiling), or ``C`` when no task holds a reservation
+(alone, nothing is gained by reserving less). After that, with ``m`` the mean spend of the
+agent's settled tasks (not counting tasks cancelled from outside)::
 
     floor   = max(1, ceil(4 * m))
     ceiling = max(2 * floor, reserve_per_task)
 
-and a task is granted ``free // 64``. Either way the grant is clamped to ``[floor,
-ceiling]``: the ceiling while the budget is plentiful, shrinking toward the floor as it gets
-scarce. It is granted only if ``free >= floor``; otherwise it waits while other tasks hold
-reservations, and gets all of ``free`` once none does (the last task runs with what is left).
+A task is granted ``free // 64`` clamped to ``[floor, ceiling]``, where ``free`` is what is
+neither used nor reserved: the ceiling while the budget is plentiful (``free >= 64 *
+ceiling``), shrinking toward the floor as it gets scarce. It is granted only if ``free >=
+floor``; otherwise it waits while other tasks hold reservations, and gets all of ``free``
+once none does (the last task runs with what is left).
 
 A capped pydantic-ai run past its cap (with an adaptive budget) grows its task's reservation
-by what it spent past it, which is taken whenever it is free, waiters or not: those tokens
-are spent already, and refusing them would only throw the run away. When nobody waits it
-also takes, if it fits, the share a new task of its agent would be granted now, so it need
-not ask again at once. It never waits, and never takes a share ahead of waiting tasks.
+by what it spent past it, taken whenever that is free, waiters or not: those tokens are
+spent already, and refusing them would only throw the run away. When nobody waits it also
+takes, if it fits, the share a new task of its agent would be granted now, so that it need
+not ask again at once. It never waits, and never takes a share ahead of waiting tasks. A
+response that cannot be covered still ends the run if it is the answer; otherwise the run is
+cut off before its next request.
 
 Waiting, not refusing, first come first served: waiting tasks form a queue. A settling task
 hands what it frees to the head of the queue at once (before any other task can run), and a
@@ -89,8 +94,8 @@ DEFAULT_RESERVE_PER_TASK = 4096
 _FREE_SHARE_SHIFT = 6
 #: An agent's floor is this many times its mean spend (its ceiling twice that, or more).
 _FLOOR_PER_MEAN = 4
-#: Until an agent's spend is known, its floor is this fraction of ``reserve_per_task``.
-_COLD_FLOOR_DIVISOR = 8
+#: Until an agent's spend is known, its tasks reserve this fraction of ``reserve_per_task``.
+_COLD_SHARE_DIVISOR = 2
 
 
 class TokenBudget:
@@ -137,11 +142,15 @@ class TokenBudget:
         # Tasks waiting for tokens, first come first served. Never empty while nobody holds
         # a reservation: whoever settles last serves the head, or refuses the lot once spent.
         self._queue: deque[_Waiter] = deque()
-        # What an agent's tasks may reserve, by agent name; an agent not in it yet gets
-        # `_first`. Only an adaptive budget ever fills it (and pools share their budget's).
+        # What an agent's tasks may reserve, by agent name. An agent not in it yet (nothing
+        # known) gets `_first`, or `_lone` while no task holds a reservation: then nothing
+        # is gained by reserving less. Only an adaptive budget ever fills it (and pools share
+        # their budget's).
         self._adaptive = adaptive
-        cold_floor = max(1, reserve_per_task // _COLD_FLOOR_DIVISOR) if adaptive else None
-        self._first = _Share(cold_floor or reserve_per_task, reserve_per_task)
+        self._lone = _Share(reserve_per_task, reserve_per_task)
+        first = max(1, reserve_per_task // _COLD_SHARE_DIVISOR) if adaptive else reserve_per_task
+        self._first = _Share(first, first)
+        self._least_ceiling = reserve_per_task  # a known agent's ceiling is never below it
         self._shares: dict[str | None, _Share] = {}
 
     @property
@@ -177,13 +186,11 @@ class TokenBudget:
         """
         if self._queue:
             return None
-        first = self._first
-        share = self._shares.get(key, first)
+        share = self._shares.get(key, self._first if self._holders else self._lone)
         floor = share.floor
         free = self.limit - self._used - self._charged - self._reserved
         if free >= floor:  # the common case
-            # Nothing known yet: share what is free with those in flight; else a 64th of it.
-            granted = free // (self._holders + 1) if share is first else free >> _FREE_SHARE_SHIFT
+            granted = free >> _FREE_SHARE_SHIFT
             if granted < floor:
                 granted = floor
             elif granted > share.ceiling:
@@ -205,19 +212,20 @@ class TokenBudget:
         self._reserved += tokens
         self._holders += 1
 
-    def _grant(self, share: _Share, free: int, holders: int) -> int:
-        """What the rule grants a task of ``share``'s agent from ``free`` tokens, with
-        ``holders`` tasks holding reservations; 0 below the agent's floor."""
+    @staticmethod
+    def _grant(share: _Share, free: int) -> int:
+        """What the rule grants a task of ``share``'s agent from ``free`` tokens; 0 below
+        the agent's floor."""
         if free < share.floor:
             return 0
-        granted = free // (holders + 1) if share is self._first else free >> _FREE_SHARE_SHIFT
-        return min(max(granted, share.floor), share.ceiling)
+        return min(max(free >> _FREE_SHARE_SHIFT, share.floor), share.ceiling)
 
     def _admit(self, key: str | None) -> int | None:
         """Reserve what the rule grants now; ``None`` when the caller must wait for holders
         to settle."""
         free = self._free()
-        granted = self._grant(self._shares.get(key, self._first), free, self._holders)
+        share = self._shares.get(key, self._first if self._holders else self._lone)
+        granted = self._grant(share, free)
         if not granted:
             if self._holders:
                 return None
@@ -236,7 +244,7 @@ class TokenBudget:
         extra = need
         if not self._queue:  # a share more, unless that would go ahead of waiting tasks
             share = self._shares.get(key, self._first)
-            extra += self._grant(share, free - need, self._holders)
+            extra += self._grant(share, free - need)
         self._extend(extra)
         return extra
 
@@ -302,8 +310,8 @@ class TokenBudget:
             if floor < 1:
                 floor = 1
             share.floor = floor
-            first = self._first.ceiling
-            share.ceiling = 2 * floor if 2 * floor > first else first
+            least = self._least_ceiling
+            share.ceiling = 2 * floor if 2 * floor > least else least
         if self._queue:
             self._serve()
 
@@ -332,6 +340,8 @@ class TokenBudget:
         lends to children of ``budget``'s tasks)."""
         self._adaptive = budget._adaptive
         self._first = budget._first
+        self._lone = budget._lone
+        self._least_ceiling = budget._least_ceiling
         self._shares = budget._shares
 
     def charge(self, tokens: int) -> None:
