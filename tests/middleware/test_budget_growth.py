@@ -56,11 +56,11 @@ class Barrier:
 
 def stepper(
     per_response: int, steps: int | None, *, barrier: Barrier | None = None
-) -> murmur.Agent:
+) -> tuple[murmur.Agent, list[int | None]]:
     """A pydantic-ai agent (murmur.Agent: its tools get the AgentContext as deps) that calls
     its ``step`` tool ``steps`` times (None: forever) and then answers; every model response
-    costs ``per_response`` tokens. The tool records the task's reservation as it goes in
-    ``caps`` (the function's attribute), and the answer lists them."""
+    costs ``per_response`` tokens. Also returns the list in which the tool records the
+    task's reservation each time it runs."""
     caps: list[int | None] = []
 
     async def model(messages: list[ModelMessage], info: AgentInfo) -> ModelResponse:
@@ -78,14 +78,7 @@ def stepper(
         caps.append(ctx.deps.token_cap)
         return "stepped"
 
-    agent = murmur.Agent(name="stepper", model=FunctionModel(model), tools=(step,))
-    agent.__dict__["caps"] = caps
-    return agent
-
-
-def caps_of(agent: murmur.Agent) -> list[int | None]:
-    caps: list[int | None] = agent.__dict__["caps"]
-    return caps
+    return murmur.Agent(name="stepper", model=FunctionModel(model), tools=(step,)), caps
 
 
 class HoldAfterReserving:
@@ -126,7 +119,7 @@ async def test_a_cold_batch_of_pydantic_ai_runs_with_ten_times_what_it_needs_run
     every run finishes on its first share."""
     budget = TokenBudget(limit=300_000)
     barrier = Barrier(100)
-    agent = stepper(100, steps=2, barrier=barrier)
+    agent, caps = stepper(100, steps=2, barrier=barrier)
     stage = HoldAfterReserving()
     results: list[AgentResult[Any]] = []
     options = RuntimeOptions(token_budget=budget)
@@ -150,7 +143,7 @@ async def test_a_cold_batch_of_pydantic_ai_runs_with_ten_times_what_it_needs_run
     # The first, alone, reserved min(limit, 4096); those beside it half that, more than a
     # run spends: none needed to grow.
     assert shares == [4096] + [2048] * 99
-    assert all(caps_of(agent)[i] in shares for i in range(200))
+    assert sorted(caps) == [2048] * 198 + [4096] * 2  # two steps each, never grown
     assert (budget.used, budget.reserved) == (100 * 300, 0)
 
 
@@ -161,13 +154,13 @@ async def test_a_run_past_its_first_share_grows_while_tokens_are_free() -> None:
     """A 10_000-token run (ten responses of 1000) starts on 4096. Past it, it takes what it
     spent over (904, then 952) plus a new task's share (2048), twice, and finishes."""
     budget = TokenBudget(limit=100_000)
-    agent = stepper(1_000, steps=9)
+    agent, caps = stepper(1_000, steps=9)
     async with AgentRuntime(options=RuntimeOptions(token_budget=budget)) as runtime:
         result = await runtime.run(agent, TaskSpec(input="go"))
     assert result.output == "answered after 9 steps"
     assert result.usage.total_tokens == 10_000
     # What the run's tool saw after each of its first nine responses.
-    assert caps_of(agent) == [4096] * 4 + [7048] * 3 + [10_048] * 2
+    assert caps == [4096] * 4 + [7048] * 3 + [10_048] * 2
     assert (budget.used, budget.reserved) == (10_000, 0)
 
 
@@ -177,13 +170,13 @@ async def test_a_run_past_its_share_is_cut_once_nothing_is_free_and_meets_the_bo
     covered: its tool still runs, and the run is cut off before its next request. The
     budget ends exactly at the documented bound: used == limit + (usage - reservation)."""
     budget = TokenBudget(limit=6_000)
-    agent = stepper(1_000, steps=9)
+    agent, caps = stepper(1_000, steps=9)
     async with AgentRuntime(options=RuntimeOptions(token_budget=budget)) as runtime:
         result = await runtime.run(agent, TaskSpec(input="go"))
     assert isinstance(result.error, BudgetExceededError)
     assert isinstance(result.error.__cause__, UsageLimitExceeded)
     assert "6000 tokens reserved" in str(result.error)
-    assert caps_of(agent) == [4096] * 4 + [5000, 6000, 6000]
+    assert caps == [4096] * 4 + [5000, 6000, 6000]
     assert result.usage.total_tokens == 7_000
     final_reservation = 6_000
     assert budget.used == 7_000
@@ -193,11 +186,11 @@ async def test_a_run_past_its_share_is_cut_once_nothing_is_free_and_meets_the_bo
 
 async def test_an_explicit_reserve_per_task_never_grows() -> None:
     budget = TokenBudget(limit=100_000, reserve_per_task=4096)
-    agent = stepper(1_000, steps=9)
+    agent, caps = stepper(1_000, steps=9)
     async with AgentRuntime(options=RuntimeOptions(token_budget=budget)) as runtime:
         result = await runtime.run(agent, TaskSpec(input="go"))
     assert isinstance(result.error, BudgetExceededError)
-    assert caps_of(agent) == [4096] * 4
+    assert caps == [4096] * 4
     assert result.usage.total_tokens == 5_000  # cut by the response that crossed 4096
 
 
@@ -207,7 +200,7 @@ async def test_an_answer_past_the_reservation_is_kept() -> None:
     is kept, one response past the reservation: exactly the documented bound. (With an
     explicit ``reserve_per_task``, a hard cap, it is cut off instead.)"""
     budget = TokenBudget(limit=1_000)
-    agent = stepper(1_200, steps=0)
+    agent, _ = stepper(1_200, steps=0)
     async with AgentRuntime(options=RuntimeOptions(token_budget=budget)) as runtime:
         result = await runtime.run(agent, TaskSpec(input="go"))
         assert result.output == "answered after 0 steps"
@@ -268,7 +261,7 @@ async def test_a_growing_run_takes_only_what_it_spent_while_a_task_waits() -> No
         ctx.report_usage(output_tokens=1_000)
         return name
 
-    runner = stepper(1_000, steps=None)
+    runner, runner_caps = stepper(1_000, steps=None)
     results: dict[str, AgentResult[Any]] = {}
     run_done = anyio.Event()
     async with AgentRuntime(
@@ -295,7 +288,7 @@ async def test_a_growing_run_takes_only_what_it_spent_while_a_task_waits() -> No
             stage.let_go()
             await run_done.wait()
             # Past 4096 it took 904, then 1000 twice: 0 left, so the next response cut it.
-            assert caps_of(runner) == [4096] * 4 + [5000, 6000, 7000, 7000]
+            assert runner_caps == [4096] * 4 + [5000, 6000, 7000, 7000]
             assert isinstance(results["run"].error, BudgetExceededError)
             assert results["run"].usage.total_tokens == 8_000
             assert "e" not in stage.caps  # still waiting: nothing is free (1000 over)
@@ -347,3 +340,39 @@ async def test_a_parents_run_grows_from_the_budget_after_its_borrowing_child() -
     assert result.output == "child said 42"
     assert result.usage.total_tokens == 1_300
     assert (budget.used, budget.reserved) == (1_300 + 3_000, 0)
+
+
+async def test_borrowing_children_grow_from_what_their_parents_run_has_left() -> None:
+    """A known parent (it spent 5000 before: it reserves its floor of 20_000) leaves the
+    budget 1000 free, less than a child's share, so the two children its tool spawns borrow
+    from its run: 4096 for the first (alone there), 2048 for the second. Each child spends
+    5000 and grows from what the parent's run has left, not from the budget."""
+    budget = TokenBudget(limit=26_000)
+    child, child_caps = stepper(1_000, steps=4)
+
+    async def delegate(ctx: RunContext[AgentContext]) -> str:
+        results = await ctx.deps.gather(
+            child, [TaskSpec(input="a", task_id="a"), TaskSpec(input="b", task_id="b")]
+        )
+        return ", ".join(str(r.unwrap()) for r in results)
+
+    async def model(messages: list[ModelMessage], info: AgentInfo) -> ModelResponse:
+        first = messages[0].parts[-1]
+        last = messages[-1].parts[-1]
+        if first.part_kind == "user-prompt" and first.content == "warm":
+            return ModelResponse(parts=[TextPart("warm")], usage=tokens(5_000))
+        if last.part_kind == "tool-return":
+            return ModelResponse(parts=[TextPart(str(last.content))], usage=tokens(500))
+        return ModelResponse(parts=[ToolCallPart("delegate", {})], usage=tokens(1_000))
+
+    parent = murmur.Agent(name="parent", model=FunctionModel(model), tools=(delegate,))
+    stage = HoldAfterReserving(hold=set())
+    options = RuntimeOptions(token_budget=budget)
+    async with AgentRuntime(options=options, middleware=[stage]) as runtime:
+        assert (await runtime.run(parent, TaskSpec(input="warm"))).is_ok()
+        result = await runtime.run(parent, TaskSpec(input="go", task_id="go"))
+    assert result.output == "answered after 4 steps, answered after 4 steps"
+    assert (stage.caps["go"], stage.caps["a"], stage.caps["b"]) == (20_000, 4096, 2048)
+    # "b" grew past 2048 at its third response (952 over, plus a share of 2048).
+    assert sorted(child_caps) == [2048] * 2 + [4096] * 4 + [5048] * 2
+    assert (budget.used, budget.reserved) == (5_000 + 1_500 + 2 * 5_000, 0)

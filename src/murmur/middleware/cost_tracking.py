@@ -239,7 +239,7 @@ class TokenBudget:
         """Add at least ``need`` tokens (what a running task's run spent past its
         reservation) to its reservation, if that many are free: the tokens added, else 0."""
         free = self._free()
-        if need > free or not self._adaptive:
+        if need > free:
             return 0
         extra = need
         if not self._queue:  # a share more, unless that would go ahead of waiting tasks
