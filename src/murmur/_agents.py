@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import dis
+import functools
 import importlib.util
 import inspect
 import threading
@@ -45,6 +46,7 @@ from .errors import (
 if TYPE_CHECKING:
     from pydantic_ai import Agent as _PydanticAIAgent
     from pydantic_ai.models import Model
+    from pydantic_ai.usage import UsageLimits
 
     from ._context import AgentContext
 
@@ -191,6 +193,8 @@ class PydanticAIAgent(AgentImpl):
         from pydantic_ai.exceptions import UsageLimitExceeded
         from pydantic_ai.usage import RunUsage, UsageLimits
 
+        from .middleware.cost_tracking import run_growth
+
         # pydantic-ai adds to the RunUsage it is given as it goes, so even a run that fails
         # part-way reports what it spent.
         usage = RunUsage()
@@ -202,7 +206,11 @@ class PydanticAIAgent(AgentImpl):
                 raise BudgetExceededError(
                     f"agent {self.name!r} has used the {cap} tokens reserved for its task"
                 )
-            limits = UsageLimits(total_tokens_limit=left)
+            grow = run_growth(ctx)
+            if grow is None:  # a fixed reservation: a hard cap, checked by pydantic-ai
+                limits = UsageLimits(total_tokens_limit=left)
+            else:
+                limits = _growing_usage_limits()(left, grow)
             ctx._capped_run = (limits, usage)
         try:
             result = await self.agent.run(
@@ -213,14 +221,72 @@ class PydanticAIAgent(AgentImpl):
             )
         except UsageLimitExceeded as exc:
             if limits is not None and "total_tokens_limit" in str(exc):
+                reserved = ctx.token_cap  # grown, if the run grew
                 raise BudgetExceededError(
-                    f"agent {self.name!r} was cut off at the {cap} tokens reserved for its task"
+                    f"agent {self.name!r} was cut off at the {reserved} tokens reserved for "
+                    "its task"
                 ) from exc
             raise
         finally:
             ctx._capped_run = None
             ctx.report_usage(Usage.from_pydantic_ai(usage))
         return result.output
+
+
+@functools.cache
+def _growing_usage_limits() -> Callable[[int, Callable[[Any, int], None]], UsageLimits]:
+    """``UsageLimits(total_tokens_limit=...)`` for an adaptive reservation, which grows: a
+    run is stopped before a request it cannot pay for, never after an answer already paid.
+
+    Past the limit, the limit is first raised by ``grow`` (the budget, if it grants more);
+    if that is not enough, the response that went over may still finish the run, and the
+    run is cut off (pydantic-ai raises) at its next check, which comes before its next
+    request at the latest. So a run ends at most one response past its reservation, and an
+    answer that crossed it is kept. The class is built on first use, so that ``import
+    murmur`` does not import pydantic-ai.
+    """
+    from pydantic_ai.usage import RunUsage, UsageLimits
+
+    class GrowingUsageLimits(UsageLimits):
+        # pydantic-ai reads the limit anew at each check, on the object it was given:
+        # `check_tokens` after each model response (in older versions the check itself,
+        # in newer ones via `_check_token_limits`, also called while streaming), and
+        # `check_before_request` before each request.
+        def __init__(self, total_tokens_limit: int, grow: Callable[[Any, int], None]) -> None:
+            super().__init__(total_tokens_limit=total_tokens_limit)
+            self.grow = grow
+            self.owing = False  # past the limit since a response: no further request
+
+        def _covered(self, spent: int) -> bool:
+            limit = self.total_tokens_limit
+            if limit is not None and spent > limit:
+                self.grow(self, spent)
+                limit = self.total_tokens_limit
+            if limit is not None and spent > limit:
+                return False
+            self.owing = False
+            return True
+
+        def _may_check(self, spent: int) -> bool:
+            """After a response: whether pydantic-ai may check (and so raise) now."""
+            if self._covered(spent) or self.owing:
+                return True
+            self.owing = True  # let this response finish the run, if it is the answer
+            return False
+
+        def check_tokens(self, usage: RunUsage) -> None:
+            if self._may_check(usage.total_tokens):
+                super().check_tokens(usage)
+
+        def _check_token_limits(self, usage: RunUsage) -> None:
+            if self._may_check(usage.total_tokens):
+                super()._check_token_limits(usage)
+
+        def check_before_request(self, usage: RunUsage) -> None:
+            self._covered(usage.total_tokens)
+            super().check_before_request(usage)
+
+    return GrowingUsageLimits
 
 
 #: Providers of pydantic-ai model strings, by what they need: the ``murmur-agents`` extra

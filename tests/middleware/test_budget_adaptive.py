@@ -85,16 +85,30 @@ async def run_batch(
 
 async def test_the_readmes_budget_runs_at_the_concurrency_cap() -> None:
     """``TokenBudget(limit=200_000)``, tasks of 300 tokens, cap 100: the old fixed 4096 per
-    task ran 48 at a time for the whole run. The first 48 still start on the 4096 guess, but
-    once they have settled the batch runs 100 at a time."""
+    task ran 48 at a time for the whole run. Now the first wave reserves half of that (96 in
+    flight), and once tasks have settled the batch runs 100 at a time."""
     budget = TokenBudget(limit=200_000)
     agent = Gated(spend=300)
     results, first_wave, after = await run_batch(budget, agent, tasks=300, cap=100)
-    assert first_wave == 48  # nothing known yet: 200_000 // 4096
-    assert after == 100  # the cap, not the budget, is the limit now
+    assert first_wave == 96  # nothing known yet: 4096 for the first, 2048 for the others
+    assert after == 100
     assert agent.peak == 100
     assert all(r.is_ok() for r in results)
     assert (budget.used, budget.reserved) == (300 * 300, 0)
+
+
+async def test_a_cold_batch_with_ten_times_what_it_needs_reaches_the_cap() -> None:
+    """The issue's case: 100 tasks of 300 tokens, ``limit=300_000`` (ten times their
+    30_000), cap 100, nothing known about the agent: the fixed first guess of 4096 admitted
+    73. Now the first task reserves 4096 and the others, which start while it holds its
+    reservation, half of that: all 100 run at once."""
+    budget = TokenBudget(limit=300_000)
+    agent = Gated(spend=300)
+    results, first_wave, _ = await run_batch(budget, agent, tasks=100, cap=100)
+    assert first_wave == 100
+    assert agent.caps == [4096] + [2048] * 99
+    assert all(r.is_ok() for r in results)
+    assert (budget.used, budget.reserved) == (100 * 300, 0)
 
 
 async def test_a_budget_ten_times_what_the_batch_needs_reaches_the_cap() -> None:
@@ -125,11 +139,25 @@ async def test_a_small_budget_runs_several_tasks_at_once() -> None:
 # -- the rule, exactly ------------------------------------------------------------------------
 
 
-def test_an_agent_nobody_has_seen_reserves_the_default() -> None:
+def test_an_agent_nobody_has_seen_reserves_the_default_alone() -> None:
     budget = TokenBudget(limit=1_000_000)
     assert budget.reserve_per_task == 4096
     assert budget.try_reserve("new") == 4096
     assert TokenBudget(limit=1_000).try_reserve("new") == 1_000
+
+
+def test_an_agent_nobody_has_seen_reserves_half_the_default_beside_others() -> None:
+    """Until an agent's spend is known, a task that starts while others hold reservations
+    reserves ``reserve_per_task // 2``, and waits if that much is not free."""
+    budget = TokenBudget(limit=10_000)
+    grants = [budget.try_reserve("new") for _ in range(3)]
+    assert grants == [4096, 2048, 2048]
+    assert budget.try_reserve("new") is None  # 1808 free: wait
+    # An agent whose spend is known gets a 64th of what is free instead.
+    known = TokenBudget(limit=100_000)
+    known.settle(known.try_reserve("k") or 0, 100, "k")  # floor 400, ceiling 4096
+    assert known.try_reserve("k") == 99_900 >> 6  # 1560
+    assert known.try_reserve("new") == 2048
 
 
 def test_the_share_is_a_64th_of_what_is_free_between_floor_and_ceiling() -> None:
@@ -139,8 +167,8 @@ def test_the_share_is_a_64th_of_what_is_free_between_floor_and_ceiling() -> None
     budget.settle(first, 300, "a")  # mean 300: floor 1200, ceiling max(2400, 4096)
     # Plentiful: 999_700 free, a 64th is 15_620: capped at the ceiling.
     assert budget.try_reserve("a") == 4096
-    # Another agent is sized by its own spend: still the default.
-    assert budget.try_reserve("b") == 4096
+    # Another agent is sized by its own spend: nothing known, and a task holds a share.
+    assert budget.try_reserve("b") == 2048
     scarce = TokenBudget(limit=100_300)
     scarce.settle(scarce.try_reserve("a") or 0, 300, "a")
     assert scarce.try_reserve("a") == 100_000 // 64  # 1562, between 1200 and 4096

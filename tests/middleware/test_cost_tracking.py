@@ -329,13 +329,15 @@ async def test_adaptive_reservations_keep_the_bound_exactly() -> None:
 
 
 @pytest.mark.parametrize(
-    ("limit", "cap", "finished"), [(1_000_000, 4096, True), (1_200, 800, False)]
+    ("limit", "cap", "used"), [(1_000_000, 4096, 3_000), (1_200, 800, 1_100), (4_200, 800, 3_000)]
 )
-async def test_a_run_far_above_the_mean_finishes_while_the_budget_is_plentiful(
-    limit: int, cap: int, finished: bool
+async def test_a_run_far_above_the_mean_grows_while_tokens_are_free(
+    limit: int, cap: int, used: int
 ) -> None:
     """After a 200-token run, a run of 3000 tokens (15x the mean) gets the ceiling (4096)
-    from a plentiful budget and finishes; from a scarce one it gets the floor (800)."""
+    from a plentiful budget and finishes. From a scarce one it gets the floor (800) and
+    grows while tokens are free: with 1000 left it is cut off one response past them, with
+    4000 left it finishes."""
     budget = TokenBudget(limit=limit)
     caps = CapRecorder()
     async with AgentRuntime(
@@ -346,8 +348,14 @@ async def test_a_run_far_above_the_mean_finishes_while_the_budget_is_plentiful(
         big = from_pydantic_ai(stepping_agent(100, tool_calls=29))
         result = await runtime.run(big, TaskSpec(input="q", task_id="big"))
     assert caps.caps["big"] == cap
-    assert result.is_ok() is finished
-    assert result.usage.total_tokens == (3_000 if finished else 900)
+    assert result.usage.total_tokens == used
+    if used == 3_000:
+        assert result.is_ok()
+    else:
+        assert isinstance(result.error, BudgetExceededError)
+        assert "1000 tokens reserved" in str(result.error)  # grown from 800 to all of it
+        assert budget.used == budget.limit + 100  # one response past its final reservation
+    assert budget.reserved == 0
 
 
 async def test_a_task_cancelled_from_outside_does_not_resize_reservations() -> None:

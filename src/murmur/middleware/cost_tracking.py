@@ -5,12 +5,17 @@ The guarantee
 Each task *reserves* tokens before its first attempt and settles after its last: the
 reservation is released and the task's real usage (input + output tokens, all attempts)
 is charged. A task starts only with a reservation > 0 that is no more than what is free
-(``limit - used - reserved``), so reservations never add up to more than the limit. A
-pydantic-ai run is capped (``UsageLimits.total_tokens_limit``) at what its task reserved,
-minus what earlier attempts used; a run cut off by that cap fails with
-``BudgetExceededError``. pydantic-ai checks the cap after each model response, so a capped
-run can overshoot its reservation by at most its last response. Function agents report
-usage after the fact and cannot be capped. Hence, exactly, whatever each task reserved:
+(``limit - used - reserved``), and a reservation grows (below) only by what is free, so
+reservations never add up to more than the limit. A pydantic-ai run is capped
+(``UsageLimits.total_tokens_limit``) at what its task reserved, minus what earlier attempts
+used. pydantic-ai checks the cap after each model response and before each request. With an
+adaptive budget, a run past its cap first *grows* its task's reservation from what is free.
+A response that still does not fit ends the run normally if it is the answer (its tokens
+are spent either way); otherwise the run is cut off, with ``BudgetExceededError``, before
+its next request. So a capped run overshoots its final reservation by at most its last
+response. Function agents report usage after the fact and cannot be capped: their
+reservation only admits them. Hence, exactly, with ``reservation`` each task's final (grown)
+reservation:
 
     budget.used <= limit + sum over tasks of max(0, usage - reservation)
 
@@ -21,10 +26,12 @@ function-agent overshoot).
 How much a task reserves
 ------------------------
 With an explicit ``reserve_per_task=R`` every task reserves ``R`` (its *floor* and *ceiling*
-are both ``R``). By default the reservation adapts to what the tasks of each agent (by name)
-really spend. Until one task of an agent has settled, the agent's floor and ceiling are both
-``reserve_per_task = min(limit, 4096)``. After that, with ``m`` the mean spend of the agent's
-settled tasks (not counting tasks cancelled from outside)::
+are both ``R``) and its runs never grow: ``R`` is a per-run cap. By default the reservation
+adapts to what the tasks of each agent (by name) really spend. Until one task of an agent
+has settled, nothing is known, and with ``C = reserve_per_task = min(limit, 4096)`` its
+tasks reserve ``C // 2`` each (floor and ceiling), or ``C`` when no task holds a reservation
+(alone, nothing is gained by reserving less). After that, with ``m`` the mean spend of the
+agent's settled tasks (not counting tasks cancelled from outside)::
 
     floor   = max(1, ceil(4 * m))
     ceiling = max(2 * floor, reserve_per_task)
@@ -34,6 +41,14 @@ neither used nor reserved: the ceiling while the budget is plentiful (``free >= 
 ceiling``), shrinking toward the floor as it gets scarce. It is granted only if ``free >=
 floor``; otherwise it waits while other tasks hold reservations, and gets all of ``free``
 once none does (the last task runs with what is left).
+
+A capped pydantic-ai run past its cap (with an adaptive budget) grows its task's reservation
+by what it spent past it, taken whenever that is free, waiters or not: those tokens are
+spent already, and refusing them would only throw the run away. When nobody waits it also
+takes, if it fits, the share a new task of its agent would be granted now, so that it need
+not ask again at once. It never waits, and never takes a share ahead of waiting tasks. A
+response that cannot be covered still ends the run if it is the answer; otherwise the run is
+cut off before its next request.
 
 Waiting, not refusing, first come first served: waiting tasks form a queue. A settling task
 hands what it frees to the head of the queue at once (before any other task can run), and a
@@ -50,13 +65,17 @@ spent and the shared budget still has no share free. What borrowers use is charg
 parent, so in the bound above a task's ``usage`` includes its borrowing children's. When the
 parent is inside a capped pydantic-ai run (a tool spawned the children), the pool is that
 run's cap itself: each child's reservation comes off it and the unspent part goes back, so
-the parent's run and its children share one allowance.
+the parent's run and its children share one allowance. A child's run grows from the pool it
+reserved from (a borrower from what its parent has left), and a parent's run grows from the
+budget, which also lets its borrowing children have more.
 """
 
 from __future__ import annotations
 
+import contextlib
 import threading
 from collections import deque
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import anyio
@@ -71,10 +90,12 @@ if TYPE_CHECKING:
 __all__ = ["CostTrackingMiddleware", "TokenBudget"]
 
 DEFAULT_RESERVE_PER_TASK = 4096
-#: A task is granted this fraction of what is free (as a shift), between floor and ceiling.
+#: A task of a known agent is granted this fraction of what is free (as a shift).
 _FREE_SHARE_SHIFT = 6
 #: An agent's floor is this many times its mean spend (its ceiling twice that, or more).
 _FLOOR_PER_MEAN = 4
+#: Until an agent's spend is known, its tasks reserve this fraction of ``reserve_per_task``.
+_COLD_SHARE_DIVISOR = 2
 
 
 class TokenBudget:
@@ -82,10 +103,11 @@ class TokenBudget:
 
     Args:
         limit: Total tokens (input + output) the runtime may spend.
-        reserve_per_task: Tokens set aside for every task while it runs, and the cap of its
-            pydantic-ai runs. By default (``None``) the reservation adapts to what each
-            agent's tasks spend (see docs/policies.md), starting from ``min(limit, 4096)``,
-            the value this attribute then holds.
+        reserve_per_task: Tokens set aside for every task while it runs, and the fixed cap
+            of its pydantic-ai runs. By default (``None``) the reservation adapts to what
+            each agent's tasks spend and a capped run may grow it while tokens are free (see
+            docs/policies.md); this attribute then holds ``min(limit, 4096)``, the most a
+            task of an agent whose spend is not known yet is granted.
 
     ``used``, ``reserved`` and ``remaining`` can be read, and ``charge`` called, at any time
     from any thread. Share one budget among runtimes on the same event loop: tasks reserve
@@ -120,10 +142,15 @@ class TokenBudget:
         # Tasks waiting for tokens, first come first served. Never empty while nobody holds
         # a reservation: whoever settles last serves the head, or refuses the lot once spent.
         self._queue: deque[_Waiter] = deque()
-        # What an agent's tasks may reserve, by agent name; an agent not in it yet gets
-        # `_first`. Only an adaptive budget ever fills it (and pools share their budget's).
+        # What an agent's tasks may reserve, by agent name. An agent not in it yet (nothing
+        # known) gets `_first`, or `_lone` while no task holds a reservation: then nothing
+        # is gained by reserving less. Only an adaptive budget ever fills it (and pools share
+        # their budget's).
         self._adaptive = adaptive
-        self._first = _Share(reserve_per_task, reserve_per_task)
+        self._lone = _Share(reserve_per_task, reserve_per_task)
+        first = max(1, reserve_per_task // _COLD_SHARE_DIVISOR) if adaptive else reserve_per_task
+        self._first = _Share(first, first)
+        self._least_ceiling = reserve_per_task  # a known agent's ceiling is never below it
         self._shares: dict[str | None, _Share] = {}
 
     @property
@@ -159,7 +186,7 @@ class TokenBudget:
         """
         if self._queue:
             return None
-        share = self._shares.get(key, self._first)
+        share = self._shares.get(key, self._first if self._holders else self._lone)
         floor = share.floor
         free = self.limit - self._used - self._charged - self._reserved
         if free >= floor:  # the common case
@@ -185,21 +212,44 @@ class TokenBudget:
         self._reserved += tokens
         self._holders += 1
 
+    @staticmethod
+    def _grant(share: _Share, free: int) -> int:
+        """What the rule grants a task of ``share``'s agent from ``free`` tokens; 0 below
+        the agent's floor."""
+        if free < share.floor:
+            return 0
+        return min(max(free >> _FREE_SHARE_SHIFT, share.floor), share.ceiling)
+
     def _admit(self, key: str | None) -> int | None:
         """Reserve what the rule grants now; ``None`` when the caller must wait for holders
         to settle."""
-        share = self._shares.get(key, self._first)
         free = self._free()
-        if free >= share.floor:
-            granted = min(max(free >> _FREE_SHARE_SHIFT, share.floor), share.ceiling)
-        elif self._holders == 0:
+        share = self._shares.get(key, self._first if self._holders else self._lone)
+        granted = self._grant(share, free)
+        if not granted:
+            if self._holders:
+                return None
             if free <= 0:
                 raise self._spent()
             granted = free  # nobody will release anything: the last task gets what is left
-        else:
-            return None
         self._hold(granted)
         return granted
+
+    def _grow(self, key: str | None, need: int) -> int:
+        """Add at least ``need`` tokens (what a running task's run spent past its
+        reservation) to its reservation, if that many are free: the tokens added, else 0."""
+        free = self._free()
+        if need > free:
+            return 0
+        extra = need
+        if not self._queue:  # a share more, unless that would go ahead of waiting tasks
+            share = self._shares.get(key, self._first)
+            extra += self._grant(share, free - need)
+        self._extend(extra)
+        return extra
+
+    def _extend(self, tokens: int) -> None:
+        self._reserved += tokens
 
     def _spent(self) -> BudgetExceededError:
         return BudgetExceededError(f"token budget spent: {self.used} of {self.limit} tokens used")
@@ -260,8 +310,8 @@ class TokenBudget:
             if floor < 1:
                 floor = 1
             share.floor = floor
-            first = self._first.ceiling
-            share.ceiling = 2 * floor if 2 * floor > first else first
+            least = self._least_ceiling
+            share.ceiling = 2 * floor if 2 * floor > least else least
         if self._queue:
             self._serve()
 
@@ -290,6 +340,8 @@ class TokenBudget:
         lends to children of ``budget``'s tasks)."""
         self._adaptive = budget._adaptive
         self._first = budget._first
+        self._lone = budget._lone
+        self._least_ceiling = budget._least_ceiling
         self._shares = budget._shares
 
     def charge(self, tokens: int) -> None:
@@ -374,6 +426,10 @@ class CostTrackingMiddleware:
             await ctx.emit(EventType.BUDGET_EXCEEDED, data=_budget_data(budget))
             raise
         ctx.token_cap = reservation
+        growth = None
+        if ctx.impl.asyncio_only and pool._adaptive:
+            # A pydantic-ai run, which may grow the reservation as it goes (`run_growth`).
+            growth = _growing[ctx] = _Growth(ctx, pool, key)
         ended = False  # by a result or an error, not cancelled: its spend is worth learning
         try:
             output = await call_next(ctx)
@@ -387,6 +443,10 @@ class CostTrackingMiddleware:
             return output
         finally:
             ctx.token_cap = None
+            if growth is not None:
+                del _growing[ctx]
+                growth.pool = None  # grows no more
+                reservation += growth.grown
             spent = ctx._input_tokens + ctx._output_tokens  # ctx.total_tokens, inlined
             if self._lenders:
                 lent = self._lenders.pop(ctx, None)
@@ -450,6 +510,10 @@ class _RunPool(TokenBudget):
         self.limits.total_tokens_limit -= tokens
         super()._hold(tokens)
 
+    def _extend(self, tokens: int) -> None:
+        self.limits.total_tokens_limit -= tokens
+        super()._extend(tokens)
+
     def _spent(self) -> BudgetExceededError:
         return BudgetExceededError(
             f"agent {self._agent!r} has spent the tokens reserved for it and its children"
@@ -458,6 +522,65 @@ class _RunPool(TokenBudget):
     def _settle(self, reservation: int, used: int, key: str | None, learn: bool) -> None:
         self.limits.total_tokens_limit += reservation - used
         super()._settle(reservation, used, key, learn)
+
+
+class _Growth:
+    """A running pydantic-ai task's way to grow its reservation, and how much it grew."""
+
+    __slots__ = ("ctx", "grown", "key", "pool")
+
+    def __init__(self, ctx: AgentContext, pool: TokenBudget, key: str | None) -> None:
+        self.ctx = ctx
+        self.pool: TokenBudget | None = pool
+        self.key = key
+        self.grown = 0
+
+    def grow(self, limits: Any, spent: int) -> None:
+        """Raise ``limits.total_tokens_limit`` to at least ``spent`` if the pool grants the
+        tokens; on the budget's thread."""
+        need = spent - limits.total_tokens_limit
+        pool = self.pool
+        if need <= 0 or pool is None:
+            return
+        extra = pool._grow(self.key, need)
+        if extra:
+            self.grown += extra
+            limits.total_tokens_limit += extra
+            cap = self.ctx.token_cap
+            if cap is not None:
+                self.ctx.token_cap = cap + extra
+
+
+#: The running tasks whose pydantic-ai runs may grow their reservations.
+_growing: dict[AgentContext, _Growth] = {}
+
+
+def run_growth(ctx: AgentContext) -> Callable[[Any, int], None] | None:
+    """How a capped pydantic-ai run of ``ctx``'s task asks for more tokens, or ``None`` when
+    its reservation is fixed (or the task was sent from elsewhere).
+
+    The function takes the run's ``UsageLimits`` and the tokens the run has spent, and
+    raises ``total_tokens_limit`` to cover them (and more) if the budget grants it; called
+    from the thread the run is on, it never waits for tokens.
+    """
+    growth = _growing.get(ctx)
+    if growth is None:
+        return None
+    home = ctx.home
+    if home is None or not home.is_away():
+        return growth.grow
+    grow = growth.grow
+    token = home._token
+
+    def grow_at_home(limits: Any, spent: int) -> None:
+        # Under Trio the run is on the asyncio bridge thread, while the budget is touched only
+        # on the runtime's: grow there, this thread waiting the moment that takes.
+        import trio
+
+        with contextlib.suppress(trio.RunFinishedError):  # over: nothing grows any more
+            trio.from_thread.run_sync(grow, limits, spent, trio_token=token)
+
+    return grow_at_home
 
 
 def _budget_data(budget: TokenBudget) -> dict[str, Any]:
