@@ -194,6 +194,13 @@ async def _invoke_on_bridge(impl: AgentImpl, value: Any, ctx: AgentContext) -> A
     """
     try:
         return await impl.invoke(value, ctx)
+    except asyncio.CancelledError as exc:
+        # The bridge task is fresh: any cancellation it was sent (by the bridge, because
+        # the caller was cancelled) shows in its count; anything else is stray.
+        stray = stray_cancellation(exc, impl.name)
+        if stray is None:
+            raise
+        raise stray from exc
     finally:
         _current.set(None)
 
