@@ -152,6 +152,14 @@ class TokenBudget:
         self._first = _Share(first, first)
         self._least_ceiling = reserve_per_task  # a known agent's ceiling is never below it
         self._shares: dict[str | None, _Share] = {}
+        #: Per running task holding a reservation here: the pool its borrowing children
+        #: reserve from (shared by every CostTrackingMiddleware of this budget, so a task of
+        #: one runtime can lend to a call it makes into another runtime sharing the budget).
+        self._lenders: dict[AgentContext, TokenBudget] = {}
+        #: Set on a lender once the task that lent is over: what borrowers still running
+        #: spend from then on is charged there directly (it can no longer be counted with
+        #: the lender's task).
+        self._closed_into: TokenBudget | None = None
 
     @property
     def used(self) -> int:
@@ -297,6 +305,8 @@ class TokenBudget:
         self._holders -= 1
         if used > 0:
             self._used += used
+            if self._closed_into is not None:
+                self._closed_into.charge(used)
         if learn and self._adaptive:
             # Size `key`'s next reservations by the mean spend of its settled tasks.
             share = self._shares.get(key)
@@ -394,8 +404,7 @@ class CostTrackingMiddleware:
         if not isinstance(budget, TokenBudget):
             raise InvalidTypeError(f"budget must be a TokenBudget, got {type(budget).__name__}")
         self.budget = budget
-        # Per running parent: the pool its borrowing children reserve from.
-        self._lenders: dict[AgentContext, TokenBudget] = {}
+        self._lenders = budget._lenders
 
     async def __call__(self, ctx: AgentContext, call_next: CallNext) -> Any:
         budget = self.budget
@@ -403,6 +412,8 @@ class CostTrackingMiddleware:
         key = ctx.agent
         try:
             parent = ctx.parent
+            if parent is None:
+                parent = _outer_holder(ctx, budget)
             if parent is None or parent.token_cap is None:
                 granted = budget.try_reserve(key)  # the common case: no waiting, no coroutine
                 reservation = await budget.reserve(key) if granted is None else granted
@@ -452,6 +463,9 @@ class CostTrackingMiddleware:
                 lent = self._lenders.pop(ctx, None)
                 if lent is not None:
                     spent += lent.used
+                    # Borrowers still running (a job the task handed elsewhere) are
+                    # charged to the budget directly when they settle.
+                    lent._closed_into = budget
             pool._settle(reservation, spent, key, ended)
             if pool is not budget and parent is not None and parent.token_cap is not None:
                 # What a borrower spent is gone from its parent's reservation for good.
@@ -479,6 +493,19 @@ class CostTrackingMiddleware:
             lent = self._lenders[parent] = TokenBudget(left)
             lent._follow(self.budget)
         return lent
+
+
+def _outer_holder(ctx: AgentContext, budget: TokenBudget) -> AgentContext | None:
+    """The running task, of another runtime sharing ``budget``, that this top-level call was
+    made from, if it holds a reservation on it: the call borrows from it as a child would
+    (waiting on the shared budget would wait for that very task)."""
+    outer = ctx._outer
+    if outer is None or outer._finished or outer.token_cap is None:
+        return None
+    host = outer.origin.host
+    if host is None or host.options.token_budget is not budget:
+        return None
+    return outer
 
 
 class _RunPool(TokenBudget):
