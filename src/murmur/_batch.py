@@ -21,7 +21,8 @@ from .errors import TaskCancelledError
 
 __all__ = ["Tally", "run_pool", "single_exception"]
 
-Submit = Callable[[TaskSpec], Awaitable[AgentResult[Any]]]
+#: Runs one task of the batch: ``submit(impl, spec, origin)``.
+Submit = Callable[[Any, TaskSpec, Any], Awaitable[AgentResult[Any]]]
 
 
 class Tally:
@@ -61,6 +62,8 @@ _NOTHING_SPENT: tuple[Usage, int, float] = (ZERO_USAGE, 0, 0.0)
 async def run_pool(
     specs: Sequence[TaskSpec],
     submit: Submit,
+    impl: Any,
+    origin: Any,
     *,
     agent: str,
     limit: int,
@@ -68,7 +71,8 @@ async def run_pool(
     start_whole: bool,
     tally: Tally,
 ) -> list[AgentResult[Any]]:
-    """Run ``submit`` on every spec, at most ``limit`` at a time; one result per spec.
+    """Run ``submit(impl, spec, origin)`` for every spec, at most ``limit`` at a time; one
+    result per spec.
 
     ``start_whole``: start all ``limit`` workers at once (agents that always suspend);
     otherwise the pool grows by one each time work suspends. Cancellation of the caller
@@ -108,7 +112,7 @@ async def run_pool(
                         return  # fail_fast fired: also stops workers whose agents never yield
                     if not spawn_pending and workers < max_workers:
                         grow()
-                    result = await submit(specs[i])
+                    result = await submit(impl, specs[i], origin)
                     results[i] = result
                     if fail_fast and result.error is not None and not first_failure:
                         first_failure.append(result)

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 import anyio
 
-from ._cancellation import is_stray, stray_cancellation, task_marks
+from ._cancellation import is_stray, stray_cancellation
 from ._context import AgentContext, CallOrigin, _current
 from ._envelope import TaskEnvelope
 from ._pipeline import Stage, compose
@@ -67,8 +67,6 @@ class TaskRunner:
         Cancellation is not a failure: it propagates to the caller untouched.
         """
         ctx = AgentContext(origin, impl, task)
-        ctx._task_id, ctx._cancels = task_marks()
-        ctx._outer = _current.get()
         token = _current.set(ctx)  # current_context(), for the agent, its tools, the stages
         wants = origin.wants
         # Task events are built and handed over inline (no helper coroutines): this runs for
@@ -80,7 +78,7 @@ class TaskRunner:
             except Exception:
                 origin.emit_failed(event)
             except BaseException as exc:
-                if not is_stray(exc, ctx._cancels):
+                if not is_stray(exc, origin.cancels):
                     _current.reset(token)
                     ctx._finished = True
                     raise
@@ -91,7 +89,7 @@ class TaskRunner:
         except Exception as exc:
             return await self._failed(ctx, exc, start)
         except BaseException as exc:
-            stray = stray_cancellation(exc, impl.name, ctx._cancels)
+            stray = stray_cancellation(exc, impl.name, origin.cancels)
             if stray is not None:
                 # Not sent to this task (a stage awaited something someone else cancelled).
                 return await self._failed(ctx, stray, start)
@@ -113,7 +111,7 @@ class TaskRunner:
             except Exception:
                 origin.emit_failed(event)
             except BaseException as exc:
-                if not is_stray(exc, ctx._cancels):
+                if not is_stray(exc, origin.cancels):
                     # Cut off while reporting its success: what it spent is not lost.
                     _record_spend(ctx, duration)
                     raise

@@ -3,9 +3,9 @@
 A cancellation is real when it was sent to the running task while the work in question
 ran: on asyncio a cancel scope, ``asyncio.timeout`` or ``task.cancel()`` marks the task
 (``Task.cancelling()`` goes up); a ``CancelledError`` the task merely caught from a future
-that someone else cancelled leaves the count as it was. So the count is noted when a task
-starts (``task_marks``) and compared when a ``CancelledError`` arrives: a count left over
-from an earlier, shielded cancellation (clean-up code running under
+that someone else cancelled leaves the count as it was. So the count is noted when a call
+starts (``pending_cancellations``) and compared when a ``CancelledError`` arrives: a count
+left over from an earlier, shielded cancellation (clean-up code running under
 ``CancelScope(shield=True)``) does not make a later stray one real. On Trio only Trio's own
 machinery raises ``trio.Cancelled``: an ``asyncio.CancelledError`` there is never real.
 """
@@ -17,27 +17,23 @@ import sys
 
 from .errors import StrayCancellationError
 
-__all__ = ["is_real_cancellation", "is_stray", "stray_cancellation", "task_marks"]
+__all__ = ["is_real_cancellation", "is_stray", "pending_cancellations", "stray_cancellation"]
 
 _running_loop = asyncio._get_running_loop
 _current_task = asyncio.current_task
 
 
-def task_marks() -> tuple[int, int]:
-    """The running task's id (as ``anyio.get_current_task().id``) and how many cancellation
-    requests it has pending (asyncio; 0 on Trio)."""
-    if _running_loop() is not None:
-        task = _current_task()
-        return (0, 0) if task is None else (id(task), task.cancelling())
-    trio = sys.modules.get("trio")
-    if trio is None:
-        return 0, 0
-    return id(trio.lowlevel.current_task()), 0
+def pending_cancellations() -> int:
+    """How many cancellation requests the running task has pending (asyncio; 0 on Trio)."""
+    if _running_loop() is None:
+        return 0
+    task = _current_task()
+    return 0 if task is None else task.cancelling()
 
 
 def is_real_cancellation(exc: BaseException, baseline: int = 0) -> bool:
     """True when ``exc`` is a cancellation sent to the running task after it had
-    ``baseline`` pending cancellation requests (see ``task_marks``)."""
+    ``baseline`` pending cancellation requests (see ``pending_cancellations``)."""
     if isinstance(exc, asyncio.CancelledError):
         if _running_loop() is None:
             return False  # under Trio: raised by some library, never by Trio

@@ -40,11 +40,13 @@ class CallOrigin:
         "bridge",
         "call_id",
         "cancelled",
+        "cancels",
         "depth",
         "emit",
         "emit_failed",
         "event_template",
         "host",
+        "outer",
         "parent",
         "parent_call_id",
         "parent_task_id",
@@ -83,6 +85,12 @@ class CallOrigin:
         #: and the enclosing call's (a group's, for the calls running its nodes).
         self.call_id = call_id if call_id is not None else (new_task_id() if wants else None)
         self.parent_call_id = parent_call_id
+        #: Cancellation requests the task running this call's tasks had pending when they
+        #: started (asyncio; see ``_cancellation``): only later ones were sent to them.
+        self.cancels = 0
+        #: The context that was current where the call was made (a task of another runtime
+        #: calling this one from inside), if any.
+        self.outer: AgentContext | None = None
         #: Set by a caller that builds results for tasks cancelled mid-run (``fail_fast``):
         #: the executor records what each spent there, by task id (usage, attempts, seconds).
         self.cancelled: Ledger | None = None
@@ -158,7 +166,6 @@ class AgentContext:
     """
 
     __slots__ = (
-        "_cancels",
         "_capped_run",
         "_finished",
         "_input_tokens",
@@ -197,13 +204,6 @@ class AgentContext:
         self._capped_run: tuple[Any, Any] | None = None
         #: Set once the task is over: it may spawn no more children.
         self._finished = False
-        #: The task running it and that task's pending cancellation requests when it
-        #: started (see ``_cancellation.task_marks``), set by whoever runs it.
-        self._task_id = 0
-        self._cancels = 0
-        #: The context that was current where this task was started (a task of another
-        #: runtime calling this one from inside), if any.
-        self._outer: AgentContext | None = None
 
     @property
     def agent(self) -> str:

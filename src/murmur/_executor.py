@@ -19,7 +19,7 @@ import anyio
 import sniffio
 
 from ._bridge import AsyncioBridge, HomePortal
-from ._cancellation import stray_cancellation, task_marks
+from ._cancellation import pending_cancellations, stray_cancellation
 from ._context import AgentContext, CallOrigin, _current
 from ._pipeline import CallNext, Stage, compose
 from ._types import ZERO_USAGE, AgentResult
@@ -104,7 +104,7 @@ class Executor:
         ctx = AgentContext(origin, impl, task)
         ctx.attempt = envelope.attempt - 1  # the dispatch counts this attempt
         ctx.token_cap = envelope.token_cap
-        ctx._task_id, ctx._cancels = task_marks()
+        origin.cancels = pending_cancellations()
         token = _current.set(ctx)
         start = perf_counter()
         output: Any = None
@@ -126,7 +126,7 @@ class Executor:
         except Exception as exc:
             error, output = exc, None
         except BaseException as exc:
-            stray = stray_cancellation(exc, impl.name, ctx._cancels)
+            stray = stray_cancellation(exc, impl.name, ctx._origin.cancels)
             if stray is None:
                 raise
             error, output = stray, None
@@ -151,7 +151,7 @@ async def _dispatch(ctx: AgentContext) -> Any:
     except asyncio.CancelledError as exc:
         # A stray one becomes this attempt's failure here, so every stage above (retry
         # included) sees an ordinary error; a real one goes on untouched.
-        stray = stray_cancellation(exc, impl.name, ctx._cancels)
+        stray = stray_cancellation(exc, impl.name, ctx._origin.cancels)
         if stray is None:
             raise
         raise stray from exc

@@ -15,7 +15,7 @@ from ._agents import AgentImpl, AgentLike, resolve_agent
 from ._batch import Tally, run_pool
 from ._bridge import AsyncioBridge
 from ._caller import TaskRunner
-from ._cancellation import is_stray
+from ._cancellation import is_stray, pending_cancellations
 from ._context import AgentContext, CallOrigin, _current
 from ._executor import Executor
 from ._host import Host
@@ -420,6 +420,8 @@ class _RuntimeCore(Host):
             self.check_open()  # a spawn refused by a closed runtime is no spawn either
             await parent._spawned(impl.name, 1)
         origin = self.open_call(impl, parent, trace_id=trace_id, parent_call_id=parent_call_id)
+        # The task runs in this very task: cancellations pending here are not for it.
+        origin.cancels = pending_cancellations()
         if tally is not None:
             origin.cancelled = tally.ledger
         return await self._runner.run(impl, task, origin)
@@ -473,15 +475,12 @@ class _RuntimeCore(Host):
             impl.name,
             {"size": count, "max_concurrency": limit, "fail_fast": fail_fast},
         )
-        run = self._runner.run
-
-        def submit(spec: TaskSpec) -> Any:
-            return run(impl, spec, origin)
-
         # pydantic-ai agents always suspend: their pool may as well start whole.
         results = await run_pool(
             specs,
-            submit,
+            self._runner.run,
+            impl,
+            origin,
             agent=impl.name,
             limit=limit,
             fail_fast=fail_fast,
@@ -520,7 +519,7 @@ class _RuntimeCore(Host):
             bridge = self._asyncio_bridge()
         if parent is None:
             wanted = wanted_types(self._emitter)
-            return CallOrigin(
+            origin = CallOrigin(
                 self,
                 trace_id=trace_id or new_task_id(),
                 depth=0,
@@ -531,6 +530,8 @@ class _RuntimeCore(Host):
                 emit_failed=self.emitter_failed,
                 parent_call_id=parent_call_id,
             )
+            origin.outer = _current.get()
+            return origin
         return CallOrigin(
             self,
             trace_id=parent.trace_id,

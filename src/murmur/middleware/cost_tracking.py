@@ -499,7 +499,7 @@ def _outer_holder(ctx: AgentContext, budget: TokenBudget) -> AgentContext | None
     """The running task, of another runtime sharing ``budget``, that this top-level call was
     made from, if it holds a reservation on it: the call borrows from it as a child would
     (waiting on the shared budget would wait for that very task)."""
-    outer = ctx._outer
+    outer = ctx.origin.outer
     if outer is None or outer._finished or outer.token_cap is None:
         return None
     host = outer.origin.host

@@ -160,7 +160,7 @@ class RetryMiddleware:
             except BaseException as exc:
                 # A cancellation this task was not sent (a stage or a transport awaited
                 # something someone else cancelled) is this attempt's failure, judged here.
-                stray = stray_cancellation(exc, ctx.agent, ctx._cancels)
+                stray = stray_cancellation(exc, ctx.agent, ctx.origin.cancels)
                 if stray is None:
                     raise
                 error = stray
