@@ -17,10 +17,21 @@ import sys
 
 from .errors import StrayCancellationError
 
-__all__ = ["is_real_cancellation", "is_stray", "pending_cancellations", "stray_cancellation"]
+__all__ = [
+    "is_real_cancellation",
+    "is_stray",
+    "pending_cancellations",
+    "running_task",
+    "stray_cancellation",
+]
 
 _running_loop = asyncio._get_running_loop
 _current_task = asyncio.current_task
+
+
+def running_task() -> object | None:
+    """The running asyncio task (``None`` on Trio, where only Trio raises cancellations)."""
+    return _current_task() if _running_loop() is not None else None
 
 
 def pending_cancellations() -> int:

@@ -8,7 +8,7 @@ from functools import partial
 from time import time as _now
 from typing import TYPE_CHECKING, Any
 
-from ._cancellation import is_stray
+from ._cancellation import is_stray, running_task
 from ._types import ZERO_USAGE, AgentResult, TaskSpec, Usage, new_task_id
 from .errors import InvalidStateError, InvalidValueError, NoTaskContextError
 from .events.types import EventError, EventType, RuntimeEvent, _trusted_event
@@ -39,6 +39,8 @@ class CallOrigin:
     __slots__ = (
         "bridge",
         "call_id",
+        "caller_cancels",
+        "caller_task",
         "cancelled",
         "cancels",
         "depth",
@@ -88,6 +90,10 @@ class CallOrigin:
         #: Cancellation requests the task running this call's tasks had pending when they
         #: started (asyncio; see ``_cancellation``): only later ones were sent to them.
         self.cancels = 0
+        #: The task that made the call (asyncio) and its pending cancellation requests then:
+        #: the baseline for what the call itself does there (its batch and group events).
+        self.caller_task: object | None = None
+        self.caller_cancels = 0
         #: The context that was current where the call was made (a task of another runtime
         #: calling this one from inside), if any.
         self.outer: AgentContext | None = None
@@ -145,7 +151,8 @@ class CallOrigin:
         except Exception:
             self.emit_failed(event)
         except BaseException as exc:
-            if not is_stray(exc):
+            caller = self.caller_task is not None and self.caller_task is running_task()
+            if not is_stray(exc, self.caller_cancels if caller else self.cancels):
                 raise
             self.emit_failed(event)
 
@@ -166,6 +173,7 @@ class AgentContext:
     """
 
     __slots__ = (
+        "_budget",
         "_capped_run",
         "_finished",
         "_input_tokens",
@@ -192,6 +200,8 @@ class AgentContext:
         #: Tokens this task may still spend, set while a ``TokenBudget`` reservation is held;
         #: pydantic-ai runs are capped at what is left of it.
         self.token_cap: int | None = None
+        #: The ``TokenBudget`` that reservation comes from, directly or lent (while held).
+        self._budget: Any = None
         #: Set while the agent runs on the asyncio bridge under Trio: the way back home.
         self.home: HomePortal | None = None
         self._input_tokens = 0

@@ -15,7 +15,7 @@ from ._agents import AgentImpl, AgentLike, resolve_agent
 from ._batch import Tally, run_pool
 from ._bridge import AsyncioBridge
 from ._caller import TaskRunner
-from ._cancellation import is_stray, pending_cancellations
+from ._cancellation import is_stray, pending_cancellations, running_task
 from ._context import AgentContext, CallOrigin, _current
 from ._executor import Executor
 from ._host import Host
@@ -460,6 +460,10 @@ class _RuntimeCore(Host):
             self.check_open()
             await parent._spawned(impl.name, len(specs))
         origin = self.open_call(impl, parent, trace_id=trace_id, parent_call_id=parent_call_id)
+        # The tasks run in fresh worker tasks (baseline 0); the batch's own events are
+        # emitted here, in the caller's task.
+        origin.caller_task = running_task()
+        origin.caller_cancels = pending_cancellations()
         if tally is None:
             tally = Tally()
         # Tasks cut off mid-run record what they spent there (fail_fast builds their results).
@@ -588,7 +592,7 @@ class _RuntimeCore(Host):
     ) -> None:
         if type not in origin.wants:
             return
-        await self.emit(
+        await origin.emit_isolated(
             RuntimeEvent._build(
                 type,
                 origin.trace_id,

@@ -25,6 +25,7 @@ import anyio.abc
 import anyio.lowlevel
 
 from .._batch import Tally, single_exception
+from .._cancellation import pending_cancellations, running_task
 from .._context import AgentContext
 from .._host import Host
 from .._types import ZERO_USAGE, AgentResult, TaskSpec, Usage, new_task_id
@@ -129,6 +130,9 @@ class GroupScheduler:
         self._task_group: anyio.abc.TaskGroup | None = None
         # One trace for the whole run: every node's tasks and the group events share it.
         self._origin = host.open_call(None, parent)
+        # Group and node events are emitted from the caller's task and the node tasks.
+        self._origin.caller_task = running_task()
+        self._origin.caller_cancels = pending_cancellations()
         self.trace_id = self._origin.trace_id
 
     # -- lifecycle hooks: the group and node events ----------------------------------------

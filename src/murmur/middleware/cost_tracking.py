@@ -305,8 +305,11 @@ class TokenBudget:
         self._holders -= 1
         if used > 0:
             self._used += used
-            if self._closed_into is not None:
-                self._closed_into.charge(used)
+        closed_into = self._closed_into
+        if closed_into is not None:
+            # A lender whose task is over: the borrower's loan and spend go back to where
+            # the loan was kept (held there as one more holder while any is out).
+            closed_into._release_orphan(reservation, used, last=self._reserved == 0)
         if learn and self._adaptive:
             # Size `key`'s next reservations by the mean spend of its settled tasks.
             share = self._shares.get(key)
@@ -344,6 +347,17 @@ class TokenBudget:
             queue.popleft()
             waiter.granted = granted
             waiter.event.set()
+
+    def _release_orphan(self, reservation: int, used: int, *, last: bool) -> None:
+        """Settle a loan kept here for a borrower that outlived its lender's task; ``last``:
+        no loan of that lender is out any more."""
+        self._reserved -= reservation
+        if last:
+            self._holders -= 1
+        if used > 0:
+            self.charge(used)
+        if self._queue:
+            self._serve()
 
     def _follow(self, budget: TokenBudget) -> None:
         """Size reservations as ``budget`` does, learning into the same record (a pool that
@@ -437,6 +451,7 @@ class CostTrackingMiddleware:
             await ctx.emit(EventType.BUDGET_EXCEEDED, data=_budget_data(budget))
             raise
         ctx.token_cap = reservation
+        ctx._budget = budget
         growth = None
         if ctx.impl.asyncio_only and pool._adaptive:
             # A pydantic-ai run, which may grow the reservation as it goes (`run_growth`).
@@ -454,19 +469,28 @@ class CostTrackingMiddleware:
             return output
         finally:
             ctx.token_cap = None
+            ctx._budget = None
             if growth is not None:
                 del _growing[ctx]
                 growth.pool = None  # grows no more
                 reservation += growth.grown
             spent = ctx._input_tokens + ctx._output_tokens  # ctx.total_tokens, inlined
+            kept = 0
             if self._lenders:
                 lent = self._lenders.pop(ctx, None)
                 if lent is not None:
                     spent += lent.used
-                    # Borrowers still running (a job the task handed elsewhere) are
-                    # charged to the budget directly when they settle.
-                    lent._closed_into = budget
-            pool._settle(reservation, spent, key, ended)
+                    # Borrowers still running (a job the task handed elsewhere) keep what
+                    # they borrowed reserved where this task's reservation came from, and
+                    # are charged there directly when they settle.
+                    kept = lent._reserved
+                    lent._closed_into = pool
+            # What is still out on loan stays reserved here, held by one holder until the
+            # last borrower settles (newcomers wait for it: it is neither granted nor
+            # counted as spent).
+            pool._settle(reservation - kept, spent, key, ended)
+            if kept:
+                pool._holders += 1
             if pool is not budget and parent is not None and parent.token_cap is not None:
                 # What a borrower spent is gone from its parent's reservation for good.
                 parent.token_cap -= spent
@@ -496,16 +520,21 @@ class CostTrackingMiddleware:
 
 
 def _outer_holder(ctx: AgentContext, budget: TokenBudget) -> AgentContext | None:
-    """The running task, of another runtime sharing ``budget``, that this top-level call was
-    made from, if it holds a reservation on it: the call borrows from it as a child would
-    (waiting on the shared budget would wait for that very task)."""
-    outer = ctx.origin.outer
-    if outer is None or outer._finished or outer.token_cap is None:
-        return None
-    host = outer.origin.host
-    if host is None or host.options.token_budget is not budget:
-        return None
-    return outer
+    """The nearest running task up the chain of calls this top-level task was made from
+    (through other runtimes) that holds a reservation drawn from ``budget``, if any: the
+    call borrows from it as a child would (waiting on the shared budget would wait for that
+    very task)."""
+    candidate = ctx.origin.outer
+    while candidate is not None:
+        if (
+            not candidate._finished
+            and candidate.token_cap is not None
+            and candidate._budget is budget
+        ):
+            return candidate
+        parent = candidate.parent
+        candidate = parent if parent is not None else candidate.origin.outer
+    return None
 
 
 class _RunPool(TokenBudget):
