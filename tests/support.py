@@ -86,3 +86,42 @@ async def stray_cancellation() -> None:
         future.cancel()  # by someone else: the awaiting task is not cancelled
         await future
     raise asyncio.CancelledError
+
+
+async def in_shielded_cleanup(call: Callable[[], Awaitable[Any]]) -> Any:
+    """What ``call()`` returns, or the exception that leaked out of it, when it runs as
+    clean-up code of a cancelled task (under ``CancelScope(shield=True)``, while the task
+    is still being cancelled: on asyncio its ``Task.cancelling()`` is 1)."""
+    outcome: list[Any] = []
+    with anyio.CancelScope() as outer:
+        outer.cancel()
+        try:
+            await anyio.sleep_forever()
+        finally:
+            with anyio.CancelScope(shield=True):
+                try:
+                    outcome.append(await call())
+                except BaseException as exc:  # what leaked out of the shielded call
+                    outcome.append(exc)
+    assert outer.cancelled_caught
+    return outcome[0]
+
+
+class Barrier:
+    """Holds the first request of each run until ``parties`` runs are in flight at once.
+
+    Created lazily in the loop the model runs in (the bridge loop under Trio).
+    """
+
+    def __init__(self, parties: int) -> None:
+        self.parties = parties
+        self.arrived = 0
+        self._event: anyio.Event | None = None
+
+    async def wait(self) -> None:
+        if self._event is None:
+            self._event = anyio.Event()
+        self.arrived += 1
+        if self.arrived >= self.parties:
+            self._event.set()
+        await self._event.wait()

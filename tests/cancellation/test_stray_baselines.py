@@ -7,7 +7,7 @@ import anyio
 import pytest
 
 from murmur import AgentRuntime, EventType, RuntimeEvent, TaskSpec
-from support import stray_cancellation
+from support import in_shielded_cleanup, stray_cancellation
 
 pytestmark = pytest.mark.anyio
 
@@ -33,26 +33,10 @@ async def fine(text: str) -> str:
     return text
 
 
-async def _in_shielded_cleanup(call: object) -> list[object]:
-    outcome: list[object] = []
-    with anyio.CancelScope() as outer:
-        outer.cancel()
-        try:
-            await anyio.sleep_forever()
-        finally:
-            with anyio.CancelScope(shield=True):
-                try:
-                    outcome.append(await call())  # type: ignore[operator]
-                except BaseException as exc:  # what leaked out of the shielded call
-                    outcome.append(exc)
-    assert outer.cancelled_caught
-    return outcome
-
-
 async def test_an_emitter_stray_on_task_failed_in_a_shielded_cleanup_run_is_isolated() -> None:
-    # TASK_FAILED goes through CallOrigin.emit_isolated, which judges with baseline 0.
+    # TASK_FAILED goes through CallOrigin.emit_isolated, judged against the call's baseline.
     async with AgentRuntime(event_emitter=StrayOn(EventType.TASK_FAILED)) as runtime:
-        (result,) = await _in_shielded_cleanup(lambda: runtime.run(failing, TaskSpec(input="x")))
+        result = await in_shielded_cleanup(lambda: runtime.run(failing, TaskSpec(input="x")))
     assert not isinstance(result, BaseException), f"run() raised {result!r}"
     assert isinstance(result.error, ValueError)  # type: ignore[attr-defined]
 
@@ -60,7 +44,7 @@ async def test_an_emitter_stray_on_task_failed_in_a_shielded_cleanup_run_is_isol
 async def test_an_emitter_stray_on_batch_started_in_a_shielded_cleanup_gather_is_isolated() -> None:
     # BATCH_STARTED goes through _RuntimeCore.emit, which judges with baseline 0.
     async with AgentRuntime(event_emitter=StrayOn(EventType.BATCH_STARTED)) as runtime:
-        (results,) = await _in_shielded_cleanup(
+        results = await in_shielded_cleanup(
             lambda: runtime.gather(fine, [TaskSpec(input="a"), TaskSpec(input="b")])
         )
     assert not isinstance(results, BaseException), f"gather() raised {results!r}"

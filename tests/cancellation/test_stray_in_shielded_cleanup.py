@@ -9,11 +9,10 @@ that task's failure, exactly as it is outside the clean-up.
 
 from __future__ import annotations
 
-import anyio
 import pytest
 
 from murmur import AgentRuntime, StrayCancellationError, TaskSpec
-from support import stray_cancellation
+from support import in_shielded_cleanup, stray_cancellation
 
 pytestmark = pytest.mark.anyio
 
@@ -23,20 +22,8 @@ async def test_a_stray_cancellation_in_a_shielded_cleanup_run_is_a_failure_resul
         await stray_cancellation()
         return text
 
-    outcome: list[object] = []
     async with AgentRuntime() as runtime:
-        with anyio.CancelScope() as outer:
-            outer.cancel()
-            try:
-                await anyio.sleep_forever()
-            finally:
-                with anyio.CancelScope(shield=True):
-                    try:
-                        outcome.append(await runtime.run(cleanup, TaskSpec(input="bye")))
-                    except BaseException as exc:  # what leaked out of the shielded call
-                        outcome.append(exc)
-    assert outer.cancelled_caught
-    (result,) = outcome
+        result = await in_shielded_cleanup(lambda: runtime.run(cleanup, TaskSpec(input="bye")))
     # Nothing cancelled the shielded call: its agent's stray CancelledError is its failure.
     assert not isinstance(result, BaseException), f"run() raised {result!r}"
     assert isinstance(result.error, StrayCancellationError)  # type: ignore[attr-defined]

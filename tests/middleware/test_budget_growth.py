@@ -27,6 +27,7 @@ from murmur import (
     from_pydantic_ai,
 )
 from murmur.events import MultiEventEmitter
+from support import Barrier
 
 pytestmark = pytest.mark.anyio
 
@@ -34,24 +35,6 @@ pytestmark = pytest.mark.anyio
 def tokens(n: int) -> RequestUsage:
     """A response's usage of ``n`` tokens, split into input and output."""
     return RequestUsage(input_tokens=n - n // 4, output_tokens=n // 4)
-
-
-class Barrier:
-    """Holds the first request of each run until ``parties`` runs are in flight at once;
-    its event is made in the loop the model runs in (the bridge loop under Trio)."""
-
-    def __init__(self, parties: int) -> None:
-        self.parties = parties
-        self.arrived = 0
-        self._event: anyio.Event | None = None
-
-    async def wait(self) -> None:
-        if self._event is None:
-            self._event = anyio.Event()
-        self.arrived += 1
-        if self.arrived >= self.parties:
-            self._event.set()
-        await self._event.wait()
 
 
 def stepper(

@@ -27,7 +27,7 @@ from murmur import (
     TokenBudget,
     from_pydantic_ai,
 )
-from support import Recorder
+from support import Barrier, Recorder
 
 pytestmark = pytest.mark.anyio
 
@@ -41,26 +41,6 @@ class CapRecorder:
     async def __call__(self, ctx: AgentContext, call_next: CallNext) -> Any:
         self.caps.setdefault(ctx.task.task_id, ctx.token_cap)
         return await call_next(ctx)
-
-
-class Barrier:
-    """Holds the first request of each run until ``parties`` runs are in flight at once.
-
-    Created lazily in the loop the model runs in (the bridge loop under Trio).
-    """
-
-    def __init__(self, parties: int) -> None:
-        self.parties = parties
-        self.arrived = 0
-        self._event: anyio.Event | None = None
-
-    async def wait(self) -> None:
-        if self._event is None:
-            self._event = anyio.Event()
-        self.arrived += 1
-        if self.arrived >= self.parties:
-            self._event.set()
-        await self._event.wait()
 
 
 def tokens(n: int) -> RequestUsage:
