@@ -7,6 +7,7 @@ the executor starts its own asyncio bridge under Trio; collecting the runtime st
 
 from __future__ import annotations
 
+import asyncio
 import gc
 import threading
 import weakref
@@ -31,17 +32,27 @@ async def test_an_unclosed_runtime_with_a_loopback_transport_stops_its_bridge_wh
 ):
     before = bridge_threads()
     agent = from_pydantic_ai(PydanticAgent(TestModel()), name="model")
-    runtime = AgentRuntime(transport=LoopbackTransport(Executor(agents={"model": agent})))
+    executor = Executor(agents={"model": agent})
+    runtime = AgentRuntime(transport=LoopbackTransport(executor))
     assert (await runtime.run(agent, TaskSpec(input="hi"))).is_ok()
     started = bridge_threads() - before
+    bridge = executor._owned
+    if bridge is not None:  # under Trio: the executor started its own bridge
+        # The loop thread wakes the caller from a call's done callback and may still hold
+        # that callback (and the call's context) a moment: let it finish its turn first.
+        loop = bridge.loop
+        assert loop is not None
+        await anyio.to_thread.run_sync(
+            lambda: asyncio.run_coroutine_threadsafe(asyncio.sleep(0), loop).result(30)
+        )
+
+    # Tasks pydantic-ai started on this loop (asyncio) finish their turn too.
+    await anyio.wait_all_tasks_blocked()
 
     collected = weakref.ref(runtime)
-    del runtime
-    # The last references go once the bridge thread has finished the call: wait for that.
-    with anyio.fail_after(30):
-        while collected() is not None:
-            await anyio.sleep(0.01)
-            gc.collect()
+    del runtime, executor, bridge
+    gc.collect()
+    assert collected() is None
     for thread in started:
         await anyio.to_thread.run_sync(thread.join, 5)
     assert [t for t in started if t.is_alive()] == []
