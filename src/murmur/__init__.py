@@ -4,6 +4,7 @@ from ._agents import Agent as Agent
 from ._agents import FunctionAgent as FunctionAgent
 from ._agents import PydanticAIAgent as PydanticAIAgent
 from ._agents import from_pydantic_ai as from_pydantic_ai
+from ._agents import register as register
 from ._context import AgentContext as AgentContext
 from ._context import current_context as current_context
 from ._options import RuntimeOptions as RuntimeOptions
@@ -96,4 +97,5 @@ __all__ = [
     "__version__",
     "current_context",
     "from_pydantic_ai",
+    "register",
 ]

@@ -11,6 +11,7 @@ import dis
 import functools
 import importlib.util
 import inspect
+import sys
 import threading
 import types
 import typing
@@ -57,6 +58,8 @@ __all__ = [
     "FunctionAgent",
     "PydanticAIAgent",
     "from_pydantic_ai",
+    "register",
+    "registered",
     "resolve_agent",
 ]
 
@@ -583,6 +586,26 @@ def _input_validator(input_type: Any) -> tuple[TypeAdapter[Any] | None, type | N
     if input_type is None or input_type is Any or input_type is object:
         return None, None
     return TypeAdapter(input_type), input_type if isinstance(input_type, type) else None
+
+
+#: Agents declared with ``register``, in order, with the module that declared each.
+registered: list[tuple[Any, str]] = []
+
+
+def register(agent: Any) -> Any:
+    """Declare an agent a worker of this app serves, beside the app's module-level agents.
+
+    Use as ``register(agent)`` or as a decorator on an ``async def``; returns the agent.
+    It is served under its own name (``murmur.Agent(name=...)``,
+    ``from_pydantic_ai(..., name=...)``, ``FunctionAgent(fn, name=...)``, a function's name).
+
+    Raises:
+        InvalidTypeError: ``agent`` is not something ``run`` accepts.
+    """
+    resolve_agent(agent)  # refuses a non-agent here, at import, not in the worker
+    caller = sys._getframe(1).f_globals.get("__name__", "")
+    registered.append((agent, str(caller)))
+    return agent
 
 
 def resolve_agent(agent: AgentLike) -> AgentImpl:
