@@ -1,0 +1,113 @@
+"""The wire format: versioned JSON messages between callers and workers (no pickle).
+
+Three messages, told apart by ``kind``: a ``TaskMessage`` (one attempt, as the core's
+``TaskEnvelope``, plus where to reply and the id to reply with), and on the way back a
+``ResultMessage`` (the attempt's ``AgentResult``) and ``EventMessage``s (the events the
+attempt reported), each carrying the same correlation id and the worker's identity.
+Replies go to a per-caller reply address, matched by correlation id: no broker's RPC is
+relied on (Kafka has none). A message of another version is refused, naming both.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
+
+from .._envelope import TaskEnvelope
+from .._types import AgentResult
+from ..errors import InvalidValueError
+from ..events.types import RuntimeEvent
+
+__all__ = [
+    "WIRE_VERSION",
+    "EventMessage",
+    "ResultMessage",
+    "TaskMessage",
+    "WireFormatError",
+    "WireVersionError",
+    "decode",
+    "encode",
+]
+
+#: Bumped on any change an older peer could misread.
+WIRE_VERSION = 1
+
+
+class WireFormatError(InvalidValueError):
+    """A message is not a Murmur wire message (not JSON, or missing or malformed fields)."""
+
+
+class WireVersionError(WireFormatError):
+    """A message of a wire version this process does not speak."""
+
+
+class _Message(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    version: int = WIRE_VERSION
+    #: Matches a reply to the attempt it answers.
+    correlation_id: str = Field(min_length=1)
+
+
+class TaskMessage(_Message):
+    """One attempt to run, and where its replies go."""
+
+    kind: Literal["task"] = "task"
+    envelope: TaskEnvelope
+    reply_to: str = Field(min_length=1)
+
+
+class ResultMessage(_Message):
+    """The outcome of one attempt, from the worker that ran it."""
+
+    model_config = ConfigDict(frozen=True, arbitrary_types_allowed=True)
+
+    kind: Literal["result"] = "result"
+    result: AgentResult[Any]
+    worker: str = ""
+
+
+class EventMessage(_Message):
+    """An event an attempt reported, from the worker that ran it."""
+
+    kind: Literal["event"] = "event"
+    event: RuntimeEvent
+    worker: str = ""
+
+
+Message = Annotated[TaskMessage | ResultMessage | EventMessage, Field(discriminator="kind")]
+_messages: TypeAdapter[Message] = TypeAdapter(Message)
+_version_only: TypeAdapter[dict[str, Any]] = TypeAdapter(dict[str, Any])
+
+
+def encode(message: TaskMessage | ResultMessage | EventMessage) -> bytes:
+    """The message as UTF-8 JSON."""
+    return message.model_dump_json().encode()
+
+
+def decode(data: bytes | str) -> TaskMessage | ResultMessage | EventMessage:
+    """Parse a wire message.
+
+    Raises:
+        WireVersionError: it is of another wire version.
+        WireFormatError: it is not a Murmur wire message.
+    """
+    try:
+        fields = _version_only.validate_json(data)
+    except ValidationError as exc:
+        raise WireFormatError(f"not a Murmur wire message (not a JSON object): {exc}") from None
+    version = fields.get("version")
+    if version != WIRE_VERSION:
+        raise WireVersionError(
+            f"a Murmur wire message of version {version!r}; this process speaks version "
+            f"{WIRE_VERSION}: run callers and workers of compatible Murmur versions"
+        )
+    try:
+        return _messages.validate_python(fields)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(map(str, e['loc'])) or '<message>'}: {e['msg']}"
+            for e in exc.errors(include_url=False)[:3]
+        )
+        raise WireFormatError(f"a malformed Murmur wire message: {problems}") from None

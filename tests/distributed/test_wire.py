@@ -1,0 +1,116 @@
+"""The wire format: versioned JSON messages that round-trip, and clear refusals."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from murmur import (
+    AgentResult,
+    AgentTimeoutError,
+    EventType,
+    RemoteAgentError,
+    RuntimeEvent,
+    TaskSpec,
+    Usage,
+)
+from murmur.distributed._wire import (
+    WIRE_VERSION,
+    EventMessage,
+    ResultMessage,
+    TaskMessage,
+    WireFormatError,
+    WireVersionError,
+    decode,
+    encode,
+)
+from murmur.transport import TaskEnvelope
+
+
+def task_message() -> TaskMessage:
+    envelope = TaskEnvelope(
+        agent="researcher",
+        task=TaskSpec(input={"q": "why"}, task_id="t1", metadata={"k": 1}),
+        attempt=2,
+        trace_id="trace",
+        call_id="call",
+        depth=1,
+        deadline=1_700_000_000.5,
+        token_cap=4096,
+        wants=frozenset({"task.failed", "task.succeeded"}),
+    )
+    return TaskMessage(correlation_id="c1", envelope=envelope, reply_to="replies.caller-1")
+
+
+def test_a_task_message_round_trips_as_versioned_json() -> None:
+    message = task_message()
+    data = encode(message)
+    assert json.loads(data)["version"] == WIRE_VERSION
+    assert json.loads(data)["kind"] == "task"
+    assert decode(data) == message
+
+
+def test_a_result_round_trips_with_its_output_and_usage() -> None:
+    result = AgentResult[object]._build(
+        {"answer": 42}, None, Usage(input_tokens=3, output_tokens=4), 2, 0.5, "t1", "researcher"
+    )
+    back = decode(encode(ResultMessage(correlation_id="c1", result=result, worker="w-1")))
+    assert isinstance(back, ResultMessage)
+    assert (back.result.output, back.result.usage.total_tokens, back.result.attempts) == (
+        {"answer": 42},
+        7,
+        2,
+    )
+    assert back.worker == "w-1"
+
+
+def test_errors_cross_as_their_type_or_as_a_remote_error_naming_it() -> None:
+    def crossed(error: Exception) -> Exception | None:
+        result = AgentResult[object]._build(None, error, Usage(), 1, 0.1, "t1", "a")
+        back = decode(encode(ResultMessage(correlation_id="c", result=result)))
+        assert isinstance(back, ResultMessage)
+        return back.result.error
+
+    timeout = crossed(AgentTimeoutError("attempt 1 timed out"))
+    assert isinstance(timeout, AgentTimeoutError)  # retried as a timeout on the caller
+    assert "attempt 1 timed out" in str(timeout)
+    mine = crossed(KeyError("missing"))
+    assert isinstance(mine, RemoteAgentError)
+    assert mine.type_name == "KeyError"
+    assert "missing" in mine.message
+
+
+def test_an_event_round_trips() -> None:
+    event = RuntimeEvent(
+        type=EventType.TASK_FAILED,
+        trace_id="trace",
+        task_id="t1",
+        agent="researcher",
+        attempt=1,
+        data={"worker": "w-1"},
+    )
+    back = decode(encode(EventMessage(correlation_id="c1", event=event, worker="w-1")))
+    assert isinstance(back, EventMessage)
+    assert back.event == event
+
+
+def test_another_version_is_refused_naming_both_versions() -> None:
+    data = json.loads(encode(task_message()))
+    data["version"] = WIRE_VERSION + 1
+    with pytest.raises(WireVersionError, match=rf"version {WIRE_VERSION + 1}.*speaks version 1"):
+        decode(json.dumps(data))
+
+
+@pytest.mark.parametrize(
+    ("data", "says"),
+    [
+        (b"not json", "not a JSON object"),
+        (b"[1, 2]", "not a JSON object"),
+        (json.dumps({"version": WIRE_VERSION, "kind": "task"}), "correlation_id"),
+        (json.dumps({"version": WIRE_VERSION, "kind": "gossip", "correlation_id": "c"}), "kind"),
+    ],
+)
+def test_a_malformed_message_is_refused_saying_what_is_wrong(data: bytes | str, says: str) -> None:
+    with pytest.raises(WireFormatError, match=says):
+        decode(data)
