@@ -300,9 +300,9 @@ class HomePortal:
 
 
 def _stray(exc: asyncio.CancelledError, fn: Any) -> BaseException:
-    owner = getattr(fn, "__self__", None)
-    agent = getattr(owner, "name", None) or getattr(fn, "__qualname__", "agent")
-    error = stray_cancellation(exc, str(agent))
+    """A stray cancellation of a bridged call, named after the function called (agents are
+    named by the executor, which converts their strays before they reach here)."""
+    error = stray_cancellation(exc, str(getattr(fn, "__qualname__", fn)))
     return exc if error is None else error
 
 

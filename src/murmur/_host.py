@@ -55,10 +55,6 @@ class Host(ABC):
         """What the tasks of one new call share (its trace, depth, ids, event types)."""
 
     @abstractmethod
-    async def emit(self, event: RuntimeEvent) -> None:
-        """Hand ``event`` to the runtime's emitter; a failing emitter never fails a run."""
-
-    @abstractmethod
     def emitter_failed(self, event: RuntimeEvent) -> None:
         """Report that the emitter raised on ``event`` (called from the ``except``)."""
 

@@ -15,7 +15,7 @@ from ._agents import AgentImpl, AgentLike, resolve_agent
 from ._batch import Tally, run_pool
 from ._bridge import AsyncioBridge
 from ._caller import TaskRunner
-from ._cancellation import is_stray, pending_cancellations, running_task
+from ._cancellation import pending_cancellations, running_task
 from ._context import AgentContext, CallOrigin, _current
 from ._executor import Executor
 from ._host import Host
@@ -557,16 +557,6 @@ class _RuntimeCore(Host):
         return bridge
 
     # -- events ------------------------------------------------------------------------
-
-    async def emit(self, event: RuntimeEvent) -> None:
-        try:
-            await self._emitter.emit(event)
-        except Exception:
-            self.emitter_failed(event)
-        except BaseException as exc:
-            if not is_stray(exc):
-                raise
-            self.emitter_failed(event)
 
     def emitter_failed(self, event: RuntimeEvent) -> None:
         # An emitter must never fail a run: isolate it, and say so once.
