@@ -125,3 +125,31 @@ class Barrier:
         if self.arrived >= self.parties:
             self._event.set()
         await self._event.wait()
+
+
+def tokens(n: int) -> Any:
+    """A model response's usage of ``n`` tokens, split into input and output."""
+    from pydantic_ai.usage import RequestUsage
+
+    return RequestUsage(input_tokens=n - n // 4, output_tokens=n // 4)
+
+
+def stepping_model(per_response: int, steps: int | None, barrier: Barrier | None = None) -> Any:
+    """A pydantic-ai ``FunctionModel`` that calls the tool ``step`` ``steps`` times (None:
+    forever) and then answers; every response costs ``per_response`` tokens. With a
+    ``barrier``, each run's first request waits there."""
+    from pydantic_ai.messages import ModelMessage, ModelResponse, TextPart, ToolCallPart
+    from pydantic_ai.models.function import AgentInfo, FunctionModel
+
+    async def model(messages: list[ModelMessage], info: AgentInfo) -> ModelResponse:
+        done = sum(1 for m in messages for p in m.parts if p.part_kind == "tool-return")
+        if done == 0 and barrier is not None:
+            await barrier.wait()
+        if steps is not None and done >= steps:
+            response = ModelResponse(parts=[TextPart(f"answered after {done} steps")])
+        else:
+            response = ModelResponse(parts=[ToolCallPart("step", {})])
+        response.usage = tokens(per_response)
+        return response
+
+    return FunctionModel(model)

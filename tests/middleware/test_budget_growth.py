@@ -12,7 +12,6 @@ from pydantic_ai import RunContext
 from pydantic_ai.exceptions import UsageLimitExceeded
 from pydantic_ai.messages import ModelMessage, ModelResponse, TextPart, ToolCallPart
 from pydantic_ai.models.function import AgentInfo, FunctionModel
-from pydantic_ai.usage import RequestUsage
 
 import murmur
 from murmur import (
@@ -27,14 +26,9 @@ from murmur import (
     from_pydantic_ai,
 )
 from murmur.events import MultiEventEmitter
-from support import Barrier
+from support import Barrier, stepping_model, tokens
 
 pytestmark = pytest.mark.anyio
-
-
-def tokens(n: int) -> RequestUsage:
-    """A response's usage of ``n`` tokens, split into input and output."""
-    return RequestUsage(input_tokens=n - n // 4, output_tokens=n // 4)
 
 
 def stepper(
@@ -46,22 +40,12 @@ def stepper(
     task's reservation each time it runs."""
     caps: list[int | None] = []
 
-    async def model(messages: list[ModelMessage], info: AgentInfo) -> ModelResponse:
-        done = sum(1 for m in messages for p in m.parts if p.part_kind == "tool-return")
-        if done == 0 and barrier is not None:
-            await barrier.wait()
-        if steps is not None and done >= steps:
-            response = ModelResponse(parts=[TextPart(f"answered after {done} steps")])
-        else:
-            response = ModelResponse(parts=[ToolCallPart("step", {})])
-        response.usage = tokens(per_response)
-        return response
-
     def step(ctx: RunContext[AgentContext]) -> str:
         caps.append(ctx.deps.token_cap)
         return "stepped"
 
-    return murmur.Agent(name="stepper", model=FunctionModel(model), tools=(step,)), caps
+    model = stepping_model(per_response, steps, barrier)
+    return murmur.Agent(name="stepper", model=model, tools=(step,)), caps
 
 
 class HoldAfterReserving:

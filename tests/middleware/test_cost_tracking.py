@@ -12,7 +12,6 @@ from pydantic_ai import RunContext
 from pydantic_ai.exceptions import UsageLimitExceeded
 from pydantic_ai.messages import ModelMessage, ModelResponse, TextPart, ToolCallPart
 from pydantic_ai.models.function import AgentInfo, FunctionModel
-from pydantic_ai.usage import RequestUsage
 
 import murmur
 from murmur import (
@@ -27,7 +26,7 @@ from murmur import (
     TokenBudget,
     from_pydantic_ai,
 )
-from support import Barrier, Recorder
+from support import Barrier, Recorder, stepping_model, tokens
 
 pytestmark = pytest.mark.anyio
 
@@ -43,29 +42,14 @@ class CapRecorder:
         return await call_next(ctx)
 
 
-def tokens(n: int) -> RequestUsage:
-    """A response's usage of ``n`` tokens, split into input and output."""
-    return RequestUsage(input_tokens=n - n // 4, output_tokens=n // 4)
-
-
 def stepping_agent(
     per_response: int, tool_calls: int | None, barrier: Barrier | None = None
 ) -> PydanticAgent[None, str]:
     """A real pydantic-ai agent whose run makes ``tool_calls`` tool calls (None: forever)
     and then answers; every model response costs ``per_response`` tokens."""
 
-    async def model(messages: list[ModelMessage], info: AgentInfo) -> ModelResponse:
-        done = sum(1 for m in messages for p in m.parts if p.part_kind == "tool-return")
-        if done == 0 and barrier is not None:
-            await barrier.wait()
-        if tool_calls is not None and done >= tool_calls:
-            response = ModelResponse(parts=[TextPart(f"answered after {done} steps")])
-        else:
-            response = ModelResponse(parts=[ToolCallPart("step", {})])
-        response.usage = tokens(per_response)
-        return response
-
-    agent: PydanticAgent[None, str] = PydanticAgent(FunctionModel(model), name="stepper")
+    model = stepping_model(per_response, tool_calls, barrier)
+    agent: PydanticAgent[None, str] = PydanticAgent(model, name="stepper")
 
     @agent.tool_plain
     def step() -> str:
