@@ -532,21 +532,12 @@ async def test_step5_log_and_sse_emitters_both_see_the_run() -> None:
     assert logs[1]["task_id"] == "question 4"
 
 
-# -- "Going distributed": not implemented yet --------------------------------------------------
+# -- "Going distributed": the constructor only (a worker round trip is tests/distributed) --------
 
 
-@pytest.mark.parametrize(
-    "url", ["kafka://kafka.prod:9092", "redis://localhost:6379", "nats://localhost:4222"]
-)
-async def test_broker_mode_is_refused_clearly(url: str) -> None:
-    with pytest.raises(NotImplementedError) as raised:
-        AgentRuntime(broker=url)
-    message = str(raised.value)
-    assert "distributed mode" in message
-    assert "broker=" in message
-    assert "not available" in message
-
-
-async def test_the_pages_broker_snippet_raises_not_implemented() -> None:
-    with pytest.raises(NotImplementedError, match=r"distributed mode .* not available"):
-        await exec_snippet(DISTRIBUTED, {"AgentRuntime": AgentRuntime})
+@pytest.mark.parametrize("url", ["redis://localhost:6379", "memory://"])
+async def test_broker_mode_constructs_without_connecting(url: str) -> None:
+    # Construction checks the URL and the installed extra; the connection opens at first use.
+    runtime = AgentRuntime(broker=url)
+    assert runtime.__murmur_host__().transport.url.redacted == url  # type: ignore[attr-defined]
+    await runtime.aclose()

@@ -18,6 +18,7 @@ from ._types import Usage as Usage
 from ._version import __version__ as __version__
 from .errors import AgentError as AgentError
 from .errors import AgentTimeoutError as AgentTimeoutError
+from .errors import BrokerUnavailableError as BrokerUnavailableError
 from .errors import BudgetExceededError as BudgetExceededError
 from .errors import InputValidationError as InputValidationError
 from .errors import InvalidStateError as InvalidStateError
@@ -57,6 +58,7 @@ __all__ = [
     "AgentResult",
     "AgentRuntime",
     "AgentTimeoutError",
+    "BrokerUnavailableError",
     "BudgetExceededError",
     "BufferedEmitter",
     "CallNext",

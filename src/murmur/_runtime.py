@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import weakref
 from collections.abc import Iterable, Sequence
 from functools import partial
@@ -26,7 +27,6 @@ from .errors import (
     InvalidStateError,
     InvalidTypeError,
     InvalidValueError,
-    NotAvailableError,
     RuntimeClosedError,
 )
 from .events.log import LogEventEmitter, log_exception
@@ -63,7 +63,9 @@ class AgentRuntime:
         event_emitter: Receives every ``RuntimeEvent`` (``async def emit(self, event)``);
             default ``LogEventEmitter()``, which writes them to the application's logs
             (structlog if configured, else the standard ``logging`` logger ``murmur.events``).
-        broker: A broker URL for distributed mode (not available in this version).
+        broker: A broker URL for distributed mode (``redis://``, ``rediss://``, ``nats://``,
+            ``amqp://``, ``amqps://``, ``kafka://``, or ``memory://`` in-process): tasks are
+            published there and run by ``murmur worker`` processes serving the agents.
 
     A runtime owns an asyncio helper loop under Trio (for pydantic-ai) and, in distributed
     mode, broker connections. Release them with ``async with AgentRuntime() as runtime:``
@@ -87,10 +89,11 @@ class AgentRuntime:
                 f"options must be a murmur.RuntimeOptions, got {type(options).__name__}"
             )
         if broker is not None:
-            raise NotAvailableError(
-                "distributed mode (AgentRuntime(broker=...)) is not available in this version; "
-                "omit broker= to run in-process"
-            )
+            if transport is not None:
+                raise InvalidValueError(
+                    "give broker= (a URL) or transport=, not both: broker= builds the transport"
+                )
+            transport = _broker_transport(broker)
         stages = _checked_stages(middleware, "middleware")
         if transport is not None and not isinstance(transport, Transport):
             raise InvalidTypeError(
@@ -264,6 +267,17 @@ class AgentRuntime:
     def _stages(self) -> tuple[Stage, ...]:
         """Every stage of the in-process pipeline, outermost first (for tests and tools)."""
         return self._core.stages
+
+
+def _broker_transport(broker: object) -> Transport:
+    """The transport for ``broker=URL``: the distributed layer, looked up by name.
+
+    The core never imports ``murmur.distributed`` (the layers contract); this is the one
+    place it is named, late, so ``import murmur`` loads none of it.
+    """
+    module = importlib.import_module("murmur.distributed._transport")
+    transport: Transport = module.BrokerTransport(broker)
+    return transport
 
 
 def _spawning_context(host: Host) -> AgentContext | None:

@@ -132,6 +132,7 @@ _REBUILT: dict[str, type[Exception]] = {
         _errors.SpawnDepthExceededError,
         _errors.StrayCancellationError,
         _errors.UnknownAgentError,
+        _errors.BrokerUnavailableError,
     )
 }
 

@@ -40,6 +40,7 @@ from typing import Any
 __all__ = [
     "AgentError",
     "AgentTimeoutError",
+    "BrokerUnavailableError",
     "BudgetExceededError",
     "InputValidationError",
     "InvalidStateError",
@@ -144,6 +145,10 @@ class MissingDependencyError(MurmurError, ModuleNotFoundError):
 
 class NotAvailableError(MurmurError, NotImplementedError):
     """A feature this version does not have yet."""
+
+
+class BrokerUnavailableError(MurmurError, ConnectionError):
+    """The broker cannot be reached (or a publish to it failed); the URL shown has no password."""
 
 
 class RuntimeClosedError(InvalidStateError):

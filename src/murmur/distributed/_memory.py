@@ -1,0 +1,173 @@
+"""``memory://``: an in-process broker, for demos and tests.
+
+Callers and workers in one process share a hub per URL (``memory://`` and
+``memory://name`` are different hubs). They may run on different event loops (a Trio
+caller's helper loop, a worker's): deliveries cross loops with ``call_soon_threadsafe``.
+Nothing survives the process; a task taken by a worker that stops without settling it is
+queued again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import threading
+from collections import deque
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from ._adapter import BrokerAdapter, ReplyHandler, TaskHandler
+
+__all__ = ["MemoryAdapter"]
+
+
+@dataclass(eq=False)
+class _Consumer:
+    loop: asyncio.AbstractEventLoop
+    queue: asyncio.Queue[tuple[str, bytes]]
+    unsettled: dict[int, tuple[str, bytes]] = field(default_factory=dict)
+
+
+class _Hub:
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.backlog: dict[str, deque[bytes]] = {}
+        self.consumers: dict[str, list[_Consumer]] = {}
+        self.turn = itertools.count()
+        self.replies: dict[str, tuple[asyncio.AbstractEventLoop, ReplyHandler]] = {}
+
+    def put(self, channel: str, data: bytes, *, front: bool = False) -> None:
+        with self.lock:
+            consumers = self.consumers.get(channel)
+            if consumers:
+                consumer = consumers[next(self.turn) % len(consumers)]
+                consumer.loop.call_soon_threadsafe(consumer.queue.put_nowait, (channel, data))
+                return
+            backlog = self.backlog.setdefault(channel, deque())
+            if front:
+                backlog.appendleft(data)
+            else:
+                backlog.append(data)
+
+    def attach(self, channels: Sequence[str], consumer: _Consumer) -> None:
+        with self.lock:
+            for channel in channels:
+                self.consumers.setdefault(channel, []).append(consumer)
+                backlog = self.backlog.pop(channel, deque())
+                while backlog:
+                    consumer.queue.put_nowait((channel, backlog.popleft()))
+
+    def detach(self, consumer: _Consumer) -> list[tuple[str, bytes]]:
+        with self.lock:
+            for consumers in self.consumers.values():
+                if consumer in consumers:
+                    consumers.remove(consumer)
+        left: list[tuple[str, bytes]] = []
+        while not consumer.queue.empty():
+            left.append(consumer.queue.get_nowait())
+        return left
+
+
+_hubs: dict[str, _Hub] = {}
+_hubs_lock = threading.Lock()
+
+
+def _hub(name: str) -> _Hub:
+    with _hubs_lock:
+        hub = _hubs.get(name)
+        if hub is None:
+            hub = _hubs[name] = _Hub()
+        return hub
+
+
+class _MemoryDelivery:
+    __slots__ = ("_adapter", "_channel", "_data", "_settled")
+
+    def __init__(self, adapter: MemoryAdapter, channel: str, data: bytes) -> None:
+        self._adapter = adapter
+        self._channel = channel
+        self._data = data
+        self._settled = False
+
+    async def ack(self) -> None:
+        self._settled = True
+        self._adapter._unsettled.discard(self)
+
+    async def nack(self) -> None:
+        if not self._settled:
+            self._settled = True
+            self._adapter._unsettled.discard(self)
+            self._adapter._hub.put(self._channel, self._data, front=True)
+
+
+class MemoryAdapter(BrokerAdapter):
+    """The in-process hub named by the URL's host part."""
+
+    def __init__(self, *args: object, **kwargs: object) -> None:
+        super().__init__(*args, **kwargs)  # type: ignore[arg-type]
+        self._hub = _hub(f"{self.url.redacted.partition('://')[2]}|{self.namespace}")
+        self._consumer: _Consumer | None = None
+        self._pump: asyncio.Task[None] | None = None
+        self._reply_address: str | None = None
+        self._unsettled: set[_MemoryDelivery] = set()
+
+    async def connect(self) -> None:
+        return None
+
+    async def aclose(self) -> None:
+        await self.stop_consuming()
+        for delivery in list(self._unsettled):
+            await delivery.nack()
+        if self._reply_address is not None:
+            with self._hub.lock:
+                self._hub.replies.pop(self._reply_address, None)
+            self._reply_address = None
+
+    async def publish_task(self, agent: str, data: bytes) -> None:
+        self._hub.put(self.task_channel(agent), data)
+
+    async def open_replies(self, caller: str, handler: ReplyHandler) -> str:
+        address = self.reply_channel(caller)
+        with self._hub.lock:
+            self._hub.replies[address] = (asyncio.get_running_loop(), handler)
+        self._reply_address = address
+        return address
+
+    async def publish_reply(self, address: str, data: bytes) -> None:
+        with self._hub.lock:
+            target = self._hub.replies.get(address)
+        if target is None:
+            return  # the caller is gone: nobody to tell (as a broker would keep it unread)
+        loop, handler = target
+        if loop is asyncio.get_running_loop():
+            handler(data)
+        else:
+            loop.call_soon_threadsafe(handler, data)
+
+    async def consume(
+        self, agents: Sequence[str], handler: TaskHandler, *, prefetch: int, consumer: str
+    ) -> None:
+        queue: asyncio.Queue[tuple[str, bytes]] = asyncio.Queue()
+        self._consumer = _Consumer(asyncio.get_running_loop(), queue)
+        self._hub.attach([self.task_channel(agent) for agent in agents], self._consumer)
+
+        async def pump() -> None:
+            while True:
+                channel, data = await queue.get()
+                delivery = _MemoryDelivery(self, channel, data)
+                self._unsettled.add(delivery)
+                await handler(data, delivery)
+
+        # The pump is the adapter's own consumer loop, as FastStream's subscribers have:
+        # stopped (cancelled and awaited) in stop_consuming.
+        self._pump = asyncio.get_running_loop().create_task(pump())
+
+    async def stop_consuming(self) -> None:
+        pump, self._pump = self._pump, None
+        if pump is not None:
+            pump.cancel()
+            await asyncio.wait([pump])  # its cancellation stays its own; ours propagates
+        consumer, self._consumer = self._consumer, None
+        if consumer is not None:
+            for channel, data in self._hub.detach(consumer):
+                self._hub.put(channel, data, front=True)

@@ -1,0 +1,136 @@
+"""``redis://`` / ``rediss://``: Redis Streams through FastStream's ``RedisBroker``.
+
+* Tasks: one stream per agent (``<namespace>.tasks.<agent>``), read by the consumer group
+  ``<namespace>-workers``; each worker is a consumer of the group (competing consumers).
+  The group is created at the start of the stream (id 0) by whichever side comes first,
+  so tasks published before any worker started are not skipped. An entry is acknowledged
+  (XACK) only once its result is published; until then it stays in the group's pending
+  list.
+* Replies: one stream per caller (``<namespace>.reply.<caller>``), read with XREAD from its
+  start, deleted when the caller closes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from faststream import AckPolicy, Context
+from faststream.redis import RedisBroker, StreamSub
+from redis.exceptions import ResponseError
+
+from ._adapter import NO_LOGGER, BrokerAdapter, ReplyHandler, TaskHandler
+
+__all__ = ["RedisAdapter"]
+
+#: FastStream's parameter that hands a handler the received message object.
+_MESSAGE = Context("message")
+
+
+async def _raw_body(message: Any, original: Any = None) -> bytes:
+    """FastStream's decoder, replaced: the handler gets the message's bytes untouched."""
+    body: bytes = message.body
+    return body
+
+
+class _RedisDelivery:
+    __slots__ = ("_message",)
+
+    def __init__(self, message: Any) -> None:
+        self._message = message
+
+    async def ack(self) -> None:
+        await self._message.ack()
+
+    async def nack(self) -> None:
+        # Stays in the group's pending list, for a live worker to claim.
+        await self._message.nack()
+
+
+class RedisAdapter(BrokerAdapter):
+    """Redis Streams with a consumer group per namespace."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._broker = RedisBroker(self.url.secret, logger=NO_LOGGER)
+        self._client: Any = None
+        self._groups: set[str] = set()
+        self._subscribers: list[Any] = []
+        self._replies: Any = None
+        self._reply_stream: str | None = None
+
+    @property
+    def group(self) -> str:
+        return f"{self.namespace}-workers"
+
+    async def connect(self) -> None:
+        await self._broker.start()
+        self._client = await self._broker.connect()
+
+    async def aclose(self) -> None:
+        try:
+            await self.stop_consuming()
+            replies, self._replies = self._replies, None
+            if replies is not None:
+                await replies.stop()
+            stream, self._reply_stream = self._reply_stream, None
+            if stream is not None and self._client is not None:
+                await self._client.delete(stream)
+        finally:
+            await self._broker.stop()
+
+    async def _ensure_group(self, stream: str) -> None:
+        if stream in self._groups:
+            return
+        try:
+            await self._client.xgroup_create(stream, self.group, id="0", mkstream=True)
+        except ResponseError as exc:
+            if "BUSYGROUP" not in str(exc):
+                raise
+        self._groups.add(stream)
+
+    async def publish_task(self, agent: str, data: bytes) -> None:
+        stream = self.task_channel(agent)
+        await self._ensure_group(stream)
+        await self._broker.publish(data, stream=stream)
+
+    async def open_replies(self, caller: str, handler: ReplyHandler) -> str:
+        stream = self.reply_channel(caller)
+
+        async def on_reply(body: Any) -> None:
+            handler(body)
+
+        subscriber = self._broker.subscriber(
+            stream=StreamSub(stream, last_id="0-0"), no_reply=True, decoder=_raw_body
+        )
+        subscriber(on_reply)
+        await subscriber.start()
+        self._replies, self._reply_stream = subscriber, stream
+        return stream
+
+    async def publish_reply(self, address: str, data: bytes) -> None:
+        await self._broker.publish(data, stream=address)
+
+    async def consume(
+        self, agents: Sequence[str], handler: TaskHandler, *, prefetch: int, consumer: str
+    ) -> None:
+        async def on_task(body: Any, message: Any = _MESSAGE) -> None:
+            await handler(body, _RedisDelivery(message))
+
+        for agent in agents:
+            stream = self.task_channel(agent)
+            await self._ensure_group(stream)
+            subscriber = self._broker.subscriber(
+                stream=StreamSub(stream, group=self.group, consumer=consumer, max_records=prefetch),
+                ack_policy=AckPolicy.MANUAL,
+                no_reply=True,
+                decoder=_raw_body,
+            )
+            subscriber(on_task)
+            await subscriber.start()
+            self._subscribers.append(subscriber)
+
+    async def stop_consuming(self) -> None:
+        subscribers, self._subscribers = self._subscribers, []
+        for subscriber in subscribers:
+            await subscriber.stop()

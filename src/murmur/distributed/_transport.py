@@ -1,0 +1,279 @@
+"""The caller side of distributed mode: attempts published to a broker, results awaited.
+
+``AgentRuntime(broker=URL)`` runs its caller-side stages (spawn depth, budget admission,
+retry) here and sends each attempt to whichever worker serves the agent. Replies (the
+attempt's events, then its result) come back on this caller's reply channel and are
+matched to the waiting attempt by correlation id; a reply nobody waits for (a duplicate,
+or one that arrived after its attempt gave up) is dropped.
+
+Broker I/O (FastStream is asyncio-only) runs on the caller's own asyncio loop, or under
+Trio on the runtime's helper loop, cancellation crossing both ways.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import os
+import time
+import uuid
+import weakref
+from typing import TYPE_CHECKING, Any
+
+import anyio
+import sniffio
+
+from .._bridge import AsyncioBridge, HomePortal
+from .._types import ZERO_USAGE, AgentResult
+from ..errors import AgentTimeoutError, BrokerUnavailableError, InvalidStateError
+from ..transport.base import Transport
+from ._adapter import DEFAULT_NAMESPACE, BrokerAdapter, load_adapter
+from ._url import BrokerURL, parse_broker_url
+from ._wire import EventMessage, ResultMessage, TaskMessage, WireFormatError, decode, encode
+
+if TYPE_CHECKING:
+    from anyio.streams.memory import MemoryObjectSendStream
+
+    from .._envelope import EventSink, TaskEnvelope
+
+__all__ = ["DEFAULT_REPLY_GRACE", "BrokerTransport"]
+
+_log = logging.getLogger("murmur.distributed")
+
+#: Seconds a caller waits for a result past an attempt's deadline (queueing on the way
+#: back, clock skew between machines) before it calls the attempt lost.
+DEFAULT_REPLY_GRACE = 5.0
+#: Seconds to reach the broker before a call fails with ``BrokerUnavailableError``.
+DEFAULT_CONNECT_TIMEOUT = 10.0
+
+
+def namespace_from_env() -> str:
+    """``MURMUR_NAMESPACE`` if set (callers and workers of one app must agree), else the
+    default ``murmur``."""
+    return os.environ.get("MURMUR_NAMESPACE") or DEFAULT_NAMESPACE
+
+
+class BrokerTransport(Transport):
+    """Sends attempts to workers through a broker; ``AgentRuntime(broker=URL)`` builds one.
+
+    Args:
+        broker: The broker URL (``redis://``, ``rediss://``, ``nats://``, ``amqp://``,
+            ``amqps://``, ``kafka://`` or ``memory://``).
+        namespace: Prefix of the channels; callers and workers must use the same. Default:
+            ``MURMUR_NAMESPACE``, else ``murmur``.
+        reply_grace: Seconds waited for a result past an attempt's deadline before the
+            attempt is reported lost (``AgentTimeoutError``).
+        connect_timeout: Seconds to reach the broker.
+
+    Raises:
+        ValueError: the URL is malformed or of an unknown scheme.
+        ImportError: the broker's FastStream extra is not installed.
+    """
+
+    def __init__(
+        self,
+        broker: str,
+        *,
+        namespace: str | None = None,
+        reply_grace: float = DEFAULT_REPLY_GRACE,
+        connect_timeout: float = DEFAULT_CONNECT_TIMEOUT,
+    ) -> None:
+        self.url: BrokerURL = parse_broker_url(broker)
+        self._adapter_class = load_adapter(self.url)
+        self.namespace = namespace or namespace_from_env()
+        self.reply_grace = reply_grace
+        self.connect_timeout = connect_timeout
+        #: This caller's identity on the broker (its reply channel is named after it).
+        self.caller_id = uuid.uuid4().hex[:16]
+        self._adapter: BrokerAdapter | None = None
+        self._home: asyncio.AbstractEventLoop | None = None
+        self._connecting: asyncio.Lock | None = None
+        self._reply_to = ""
+        self._pending: dict[str, MemoryObjectSendStream[ResultMessage | EventMessage]] = {}
+        self._bridge: AsyncioBridge | None = None
+        self._closed = False
+
+    def __repr__(self) -> str:
+        return f"BrokerTransport({self.url.redacted!r}, namespace={self.namespace!r})"
+
+    # -- submit ------------------------------------------------------------------------
+
+    async def submit(self, envelope: TaskEnvelope, events: EventSink) -> AgentResult[Any]:
+        if self._closed:
+            raise InvalidStateError("this broker transport was closed")
+        if sniffio.current_async_library() == "asyncio":
+            return await self._submit_home(envelope, events)
+        # Trio: broker I/O runs on the helper loop; events come back here to be emitted.
+        bridge = self._helper_bridge()
+        async with anyio.create_task_group() as task_group:
+            sink = _HomeSink(HomePortal(task_group), events)
+            try:
+                result = await bridge.run(self._submit_home, envelope, sink)
+            finally:
+                task_group.cancel_scope.cancel()
+        return result
+
+    async def _submit_home(self, envelope: TaskEnvelope, events: EventSink) -> AgentResult[Any]:
+        adapter = await self._connected()
+        correlation_id = uuid.uuid4().hex
+        send, receive = anyio.create_memory_object_stream[ResultMessage | EventMessage](math.inf)
+        self._pending[correlation_id] = send
+        try:
+            message = TaskMessage(
+                envelope=envelope, reply_to=self._reply_to, correlation_id=correlation_id
+            )
+            try:
+                await adapter.publish_task(envelope.agent, encode(message))
+            except Exception as exc:
+                raise self._unavailable("publishing a task failed", exc) from None
+            wait = math.inf
+            if envelope.deadline is not None:
+                wait = envelope.deadline + self.reply_grace - time.time()
+            with anyio.move_on_after(wait):
+                async with receive:
+                    async for reply in receive:
+                        if isinstance(reply, ResultMessage):
+                            return reply.result
+                        await events.emit(_with_worker(reply))
+                # The stream ended: this transport was closed under the attempt.
+                raise InvalidStateError("the runtime was closed while the task was running")
+            return _lost(envelope, wait, self.reply_grace)
+        finally:
+            del self._pending[correlation_id]
+            send.close()
+
+    def _on_reply(self, data: bytes) -> None:
+        """Route one reply to the attempt awaiting it (runs on the home loop, never blocks)."""
+        try:
+            message = decode(data)
+        except WireFormatError as exc:
+            _log.warning("dropped a reply that is not a Murmur message: %s", exc)
+            return
+        if isinstance(message, TaskMessage):
+            _log.warning("dropped a task message sent to a reply channel")
+            return
+        send = self._pending.get(message.correlation_id)
+        if send is None:
+            # A duplicate (the task was delivered twice) or a late reply: already answered.
+            return
+        send.send_nowait(message)
+
+    # -- connection --------------------------------------------------------------------
+
+    async def _connected(self) -> BrokerAdapter:
+        loop = asyncio.get_running_loop()
+        adapter = self._adapter
+        if adapter is not None and self._home is loop:
+            return adapter
+        if self._home is not None and self._home is not loop and not self._home.is_closed():
+            raise InvalidStateError(
+                "this runtime's broker connection lives on another running event loop; "
+                "use one runtime per event loop"
+            )
+        if self._connecting is None or self._home is not loop:
+            self._connecting = asyncio.Lock()
+            self._home = loop
+            self._adapter = None
+        async with self._connecting:
+            if self._adapter is not None:
+                return self._adapter
+            adapter = self._adapter_class(self.url, namespace=self.namespace)
+            try:
+                with anyio.fail_after(self.connect_timeout):
+                    await adapter.connect()
+                    self._reply_to = await adapter.open_replies(self.caller_id, self._on_reply)
+            except Exception as exc:
+                with anyio.CancelScope(shield=True):
+                    await _close_quietly(adapter)
+                raise self._unavailable("cannot connect", exc) from None
+            self._adapter = adapter
+            return adapter
+
+    def _unavailable(self, what: str, exc: BaseException) -> BrokerUnavailableError:
+        return BrokerUnavailableError(
+            f"broker {self.url.redacted}: {what}: {type(exc).__name__}: {scrub(str(exc), self.url)}"
+        )
+
+    def _helper_bridge(self) -> AsyncioBridge:
+        bridge = self._bridge
+        if bridge is None:
+            bridge = self._bridge = AsyncioBridge(name="murmur-broker-bridge")
+            weakref.finalize(self, bridge.close)
+        return bridge
+
+    async def aclose(self) -> None:
+        """Delete this caller's reply channel and close the broker connection."""
+        if self._closed:
+            return
+        self._closed = True
+        for send in list(self._pending.values()):
+            send.close()
+        adapter, self._adapter = self._adapter, None
+        bridge, self._bridge = self._bridge, None
+        try:
+            if adapter is not None:
+                if bridge is not None and sniffio.current_async_library() != "asyncio":
+                    await bridge.run(_close_quietly, adapter)
+                elif self._home is asyncio.get_running_loop():
+                    await _close_quietly(adapter)
+                # else: its loop is gone, and with it the connection.
+        finally:
+            if bridge is not None:
+                await bridge.aclose()
+
+
+async def _close_quietly(adapter: BrokerAdapter) -> None:
+    try:
+        await adapter.aclose()
+    except Exception:
+        _log.warning("closing the broker connection failed", exc_info=True)
+
+
+def scrub(text: str, url: BrokerURL) -> str:
+    """``text`` with the URL's password (and the URL itself) replaced by their redacted form."""
+    text = text.replace(url.secret, url.redacted)
+    authority = url.secret.partition("://")[2].partition("/")[0]
+    userinfo = authority.rpartition("@")[0]
+    password = userinfo.partition(":")[2]
+    if password:
+        text = text.replace(password, "***")
+    return text
+
+
+def _with_worker(message: EventMessage) -> Any:
+    event = message.event
+    if message.worker and "worker" not in event.data:
+        event = event.model_copy(update={"data": {**event.data, "worker": message.worker}})
+    return event
+
+
+def _lost(envelope: TaskEnvelope, waited: float, grace: float) -> AgentResult[Any]:
+    error = AgentTimeoutError(
+        f"no result for agent {envelope.agent!r} (task {envelope.task.task_id}, attempt "
+        f"{envelope.attempt}) by its deadline plus {grace:g}s of grace: no worker serves "
+        "this agent, the worker died, or the broker lost the message"
+    )
+    return AgentResult._build(
+        None,
+        error,
+        ZERO_USAGE,
+        envelope.attempt,
+        max(0.0, waited),
+        envelope.task.task_id,
+        envelope.agent,
+    )
+
+
+class _HomeSink:
+    """Events of an attempt whose broker I/O runs on the helper loop, emitted back home."""
+
+    __slots__ = ("_events", "_home")
+
+    def __init__(self, home: HomePortal, events: EventSink) -> None:
+        self._home = home
+        self._events = events
+
+    async def emit(self, event: Any) -> None:
+        events = self._events
+        await self._home.run(lambda: events.emit(event))

@@ -1,0 +1,425 @@
+"""The worker: the server side of the envelope a broker transport sends.
+
+A ``Worker`` takes task messages for the agents it serves from the broker, runs each on
+an ``Executor`` (at most ``concurrency`` at a time), sends the attempt's events and then
+its result to the caller's reply address, and only then acknowledges the message. A
+message can only run an agent the worker registered: the name is looked up in its
+registry, nothing is imported.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import socket
+import time
+import uuid
+from collections import Counter
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import anyio
+import anyio.abc
+import sniffio
+
+from .._agents import AgentLike
+from .._bridge import AsyncioBridge, HomePortal
+from .._executor import Executor
+from .._pipeline import Stage
+from .._types import ZERO_USAGE, AgentResult
+from ..errors import AgentTimeoutError, InvalidStateError, InvalidTypeError, InvalidValueError
+from ..events.log import LogEventEmitter
+from ..events.types import EventEmitter, EventType, RuntimeEvent
+from ._adapter import BrokerAdapter, Delivery, load_adapter
+from ._registry import AgentRegistry
+from ._transport import DEFAULT_CONNECT_TIMEOUT, namespace_from_env, scrub
+from ._url import parse_broker_url
+from ._wire import EventMessage, ResultMessage, TaskMessage, WireFormatError, decode, encode
+
+if TYPE_CHECKING:
+    from .._envelope import TaskEnvelope
+
+__all__ = ["Worker", "WorkerStats"]
+
+_log = logging.getLogger("murmur.worker")
+
+
+@dataclass
+class WorkerStats:
+    """What a worker has done so far (read it live: the CLI's status line does)."""
+
+    processed: int = 0
+    failed: int = 0
+    in_flight: int = 0
+    started_at: float = field(default_factory=time.monotonic)
+    #: Tasks finished, by agent name.
+    per_agent: Counter[str] = field(default_factory=Counter)
+    #: Messages that were not Murmur task messages (dropped, logged).
+    rejected: int = 0
+
+    def rate(self) -> float:
+        """Tasks finished per second since the worker started."""
+        elapsed = time.monotonic() - self.started_at
+        return (self.processed + self.failed) / elapsed if elapsed > 0 else 0.0
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "processed": self.processed,
+            "failed": self.failed,
+            "in_flight": self.in_flight,
+            "rejected": self.rejected,
+            "per_agent": dict(self.per_agent),
+        }
+
+
+def default_worker_name() -> str:
+    """``host-pid-xxxxxx``: unique per worker process, readable in logs and events."""
+    return f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+
+
+class Worker:
+    """Serves agents from a broker: ``async with Worker(broker, agents): ...``.
+
+    Args:
+        broker: The broker URL callers use (``AgentRuntime(broker=...)``).
+        agents: What it serves: an ``AgentRegistry`` (``AgentRegistry.from_module(app)``),
+            or agents (a list, or a mapping of name to agent).
+        concurrency: Tasks run at once, at most.
+        name: The worker's identity in events and logs (default ``host-pid-xxxxxx``).
+        namespace: Prefix of the broker channels; as the callers' (``MURMUR_NAMESPACE``).
+        middleware: Executor-side stages around every attempt run here.
+        event_emitter: Receives the worker's own events (``worker.started``,
+            ``worker.heartbeat``, ``worker.stopped``); default ``LogEventEmitter()``.
+            Task events go back to the caller that sent the task.
+        heartbeat_seconds: Interval of ``worker.heartbeat`` events.
+        grace_seconds: On stop, how long in-flight tasks may take to finish; those still
+            running then are cancelled and left on the broker to be delivered again.
+
+    The worker runs on asyncio; under Trio its broker I/O and its tasks run on a helper
+    asyncio loop.
+    """
+
+    def __init__(
+        self,
+        broker: str,
+        agents: AgentRegistry | Mapping[str, AgentLike] | Iterable[AgentLike],
+        *,
+        concurrency: int = 20,
+        name: str | None = None,
+        namespace: str | None = None,
+        middleware: Sequence[Stage] = (),
+        event_emitter: EventEmitter | None = None,
+        heartbeat_seconds: float = 10.0,
+        grace_seconds: float = 30.0,
+    ) -> None:
+        self.url = parse_broker_url(broker)
+        self._adapter_class = load_adapter(self.url)
+        if isinstance(concurrency, bool) or not isinstance(concurrency, int) or concurrency < 1:
+            raise InvalidValueError(f"concurrency must be an int >= 1, got {concurrency!r}")
+        for label, value in (
+            ("heartbeat_seconds", heartbeat_seconds),
+            ("grace_seconds", grace_seconds),
+        ):
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
+                raise InvalidValueError(f"{label} must be a number >= 0, got {value!r}")
+        self.registry = _as_registry(agents)
+        if not len(self.registry):
+            raise InvalidValueError("agents is empty: a worker must serve at least one agent")
+        self.concurrency = concurrency
+        self.name = name or default_worker_name()
+        self.namespace = namespace or namespace_from_env()
+        self.heartbeat_seconds = float(heartbeat_seconds)
+        self.grace_seconds = float(grace_seconds)
+        self.stats = WorkerStats()
+        self._emitter = event_emitter if event_emitter is not None else LogEventEmitter()
+        self._executor = Executor(list(middleware), agents=self.registry.as_mapping())
+        self._task_group: anyio.abc.TaskGroup | None = None
+        self._stop_requested: asyncio.Event | None = None
+        self._home: asyncio.AbstractEventLoop | None = None
+        self._bridge: AsyncioBridge | None = None
+        self._state = "new"
+
+    def __repr__(self) -> str:
+        return (
+            f"Worker({self.url.redacted!r}, agents={self.registry.names()!r}, "
+            f"concurrency={self.concurrency}, name={self.name!r})"
+        )
+
+    # -- lifecycle ---------------------------------------------------------------------
+
+    async def __aenter__(self) -> Worker:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.stop()
+
+    async def start(self) -> None:
+        """Connect and start taking tasks; returns once the worker is consuming.
+
+        Raises:
+            BrokerUnavailableError: the broker cannot be reached.
+        """
+        if self._state != "new":
+            raise InvalidStateError(f"this Worker is {self._state}; create a new one")
+        self._state = "starting"
+        task_group = anyio.create_task_group()
+        await task_group.__aenter__()
+        try:
+            await task_group.start(self._run)
+        except BaseException:
+            self._state = "stopped"
+            task_group.cancel_scope.cancel()
+            await task_group.__aexit__(None, None, None)
+            raise
+        self._task_group = task_group
+        self._state = "running"
+
+    def request_stop(self) -> None:
+        """Stop taking tasks and let in-flight ones finish (thread-safe; ``stop`` waits)."""
+        event, home = self._stop_requested, self._home
+        if event is None or home is None:
+            return
+        try:
+            running = asyncio.get_running_loop()
+        except RuntimeError:
+            running = None
+        if running is home:
+            event.set()
+        elif not home.is_closed():
+            home.call_soon_threadsafe(event.set)
+
+    async def stop(self, *, now: bool = False) -> None:
+        """Drain and stop: no new tasks, in-flight ones finish within ``grace_seconds``
+        (``now=True``: cancelled at once), results published, then disconnect."""
+        task_group, self._task_group = self._task_group, None
+        if task_group is None:
+            return
+        self._state = "stopping"
+        if now:
+            task_group.cancel_scope.cancel()
+        else:
+            self.request_stop()
+        await self._finish(task_group)
+
+    async def wait_stopped(self) -> None:
+        """Wait until the worker stops (``request_stop``, a signal, or ``stop``)."""
+        task_group, self._task_group = self._task_group, None
+        if task_group is None:
+            return
+        await self._finish(task_group)
+
+    async def _finish(self, task_group: anyio.abc.TaskGroup) -> None:
+        try:
+            await task_group.__aexit__(None, None, None)
+        finally:
+            self._state = "stopped"
+            bridge, self._bridge = self._bridge, None
+            if bridge is not None:
+                await bridge.aclose()
+            await self._executor.aclose()
+
+    async def _run(self, *, task_status: anyio.abc.TaskStatus[None]) -> None:
+        if sniffio.current_async_library() == "asyncio":
+            await self._serve(_started(task_status))
+            return
+        bridge = self._bridge = AsyncioBridge(name="murmur-worker-loop")
+        async with anyio.create_task_group() as task_group:
+            home = HomePortal(task_group)
+
+            async def started() -> None:
+                await home.run(_started(task_status))
+
+            await bridge.run(self._serve, started)
+            task_group.cancel_scope.cancel()
+
+    # -- serving (on the worker's asyncio loop) ----------------------------------------
+
+    async def _serve(self, started: Callable[[], Awaitable[None]]) -> None:
+        self._home = asyncio.get_running_loop()
+        self._stop_requested = asyncio.Event()
+        adapter = self._adapter_class(self.url, namespace=self.namespace)
+        try:
+            with anyio.fail_after(DEFAULT_CONNECT_TIMEOUT):
+                await adapter.connect()
+        except Exception as exc:
+            from ..errors import BrokerUnavailableError
+
+            with anyio.CancelScope(shield=True):
+                await _quietly(adapter.aclose())
+            raise BrokerUnavailableError(
+                f"worker {self.name}: cannot connect to broker {self.url.redacted}: "
+                f"{type(exc).__name__}: {scrub(str(exc), self.url)}"
+            ) from None
+        try:
+            await self._consume(adapter, started)
+        finally:
+            with anyio.CancelScope(shield=True):
+                await _quietly(adapter.aclose())
+                await self._emit(EventType.WORKER_STOPPED, self.stats.as_dict())
+
+    async def _consume(
+        self, adapter: BrokerAdapter, started: Callable[[], Awaitable[None]]
+    ) -> None:
+        send, receive = anyio.create_memory_object_stream[tuple[bytes, Delivery]](0)
+
+        async def take(data: bytes, delivery: Delivery) -> None:
+            try:
+                await send.send((data, delivery))
+            except (anyio.ClosedResourceError, anyio.BrokenResourceError):
+                await delivery.nack()  # stopping: leave it for another worker
+
+        assert self._stop_requested is not None
+        async with anyio.create_task_group() as slots:
+            for _ in range(self.concurrency):
+                slots.start_soon(self._slot, adapter, receive.clone())
+            receive.close()
+            await adapter.consume(
+                self.registry.names(), take, prefetch=self.concurrency, consumer=self.name
+            )
+            await self._emit(
+                EventType.WORKER_STARTED,
+                {"agents": self.registry.names(), "concurrency": self.concurrency},
+            )
+            async with anyio.create_task_group() as beat:
+                beat.start_soon(self._heartbeat)
+                await started()
+                await self._stop_requested.wait()
+                beat.cancel_scope.cancel()
+            await adapter.stop_consuming()
+            send.close()  # the slots finish what they hold, then end
+            slots.cancel_scope.deadline = anyio.current_time() + self.grace_seconds
+
+    async def _slot(self, adapter: BrokerAdapter, receive: Any) -> None:
+        async with receive:
+            async for data, delivery in receive:
+                await self._handle(adapter, data, delivery)
+
+    async def _handle(self, adapter: BrokerAdapter, data: bytes, delivery: Delivery) -> None:
+        try:
+            message = decode(data)
+        except WireFormatError as exc:
+            self.stats.rejected += 1
+            _log.error("worker %s: rejected a message: %s", self.name, exc)
+            await delivery.ack()
+            return
+        if not isinstance(message, TaskMessage):
+            self.stats.rejected += 1
+            _log.error(
+                "worker %s: rejected a %s message on a task channel", self.name, message.kind
+            )
+            await delivery.ack()
+            return
+        envelope = message.envelope
+        stats = self.stats
+        stats.in_flight += 1
+        try:
+            sink = _ReplySink(adapter, message, self.name)
+            if envelope.deadline is not None and time.time() >= envelope.deadline:
+                result = _expired(envelope)  # never start a paid call nobody waits for
+            else:
+                result = await self._executor.execute(envelope, sink)
+            reply = ResultMessage(
+                result=result, worker=self.name, correlation_id=message.correlation_id
+            )
+            await adapter.publish_reply(message.reply_to, encode(reply))
+        except BaseException:
+            # Cancelled (stopped past the grace) or the reply could not be sent: not acked,
+            # so the broker delivers it again.
+            stats.in_flight -= 1
+            with anyio.CancelScope(shield=True):
+                await _quietly(delivery.nack())
+            raise
+        stats.in_flight -= 1
+        if result.error is None:
+            stats.processed += 1
+        else:
+            stats.failed += 1
+        stats.per_agent[envelope.agent] += 1
+        await delivery.ack()
+
+    async def _heartbeat(self) -> None:
+        if self.heartbeat_seconds <= 0:
+            return
+        while True:
+            await anyio.sleep(self.heartbeat_seconds)
+            await self._emit(
+                EventType.WORKER_HEARTBEAT, {**self.stats.as_dict(), "rate": self.stats.rate()}
+            )
+
+    async def _emit(self, kind: EventType, data: dict[str, Any]) -> None:
+        event = RuntimeEvent(type=kind, data={"worker": self.name, **data})
+        try:
+            await self._emitter.emit(event)
+        except Exception:
+            _log.warning("worker %s: event emitter failed on %s", self.name, kind, exc_info=True)
+
+
+class _ReplySink:
+    """An attempt's events, sent to its caller's reply address as they happen."""
+
+    __slots__ = ("_adapter", "_message", "_worker")
+
+    def __init__(self, adapter: BrokerAdapter, message: TaskMessage, worker: str) -> None:
+        self._adapter = adapter
+        self._message = message
+        self._worker = worker
+
+    async def emit(self, event: Any) -> None:
+        message = self._message
+        reply = EventMessage(
+            event=event, worker=self._worker, correlation_id=message.correlation_id
+        )
+        try:
+            await self._adapter.publish_reply(message.reply_to, encode(reply))
+        except Exception:
+            _log.warning("could not send an event to %s", message.reply_to, exc_info=True)
+
+
+def _expired(envelope: TaskEnvelope) -> AgentResult[Any]:
+    error = AgentTimeoutError(
+        f"agent {envelope.agent!r} attempt {envelope.attempt} reached the worker after its "
+        "deadline; not started"
+    )
+    return AgentResult._build(
+        None, error, ZERO_USAGE, envelope.attempt, 0.0, envelope.task.task_id, envelope.agent
+    )
+
+
+def _started(task_status: anyio.abc.TaskStatus[None]) -> Callable[[], Awaitable[None]]:
+    async def started() -> None:
+        task_status.started()
+
+    return started
+
+
+async def _quietly(awaitable: Awaitable[Any]) -> None:
+    try:
+        await awaitable
+    except Exception:
+        _log.warning("worker cleanup step failed", exc_info=True)
+
+
+def _as_registry(agents: Any) -> AgentRegistry:
+    if isinstance(agents, AgentRegistry):
+        return agents
+    registry = AgentRegistry()
+    if isinstance(agents, Mapping):
+        for name, agent in agents.items():
+            impl = registry.add(agent, origin=f"agents[{name!r}]")
+            if impl.name != name:
+                raise InvalidValueError(
+                    f"agents[{name!r}] is named {impl.name!r}: callers address agents by "
+                    "their own name; key the mapping by it"
+                )
+        return registry
+    if isinstance(agents, (str, bytes)) or not isinstance(agents, Iterable):
+        raise InvalidTypeError(
+            "agents must be an AgentRegistry, a list of agents or a mapping of name to agent, "
+            f"got {type(agents).__name__}"
+        )
+    for index, agent in enumerate(agents):
+        registry.add(agent, origin=f"agents[{index}]")
+    return registry
