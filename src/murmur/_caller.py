@@ -41,6 +41,8 @@ class TaskRunner:
             through ``transport``.
         transport: Where attempts go when there is no in-process executor.
         attempt_timeout: Seconds each attempt may run (sent as a deadline in the envelope).
+        max_spawn_depth: The spawn depth limit sent in the envelope (children spawned where
+            the attempt runs are held to it there).
     """
 
     def __init__(
@@ -50,6 +52,7 @@ class TaskRunner:
         executor: Executor | None,
         transport: Transport | None = None,
         attempt_timeout: float | None = None,
+        max_spawn_depth: int | None = None,
     ) -> None:
         self.stages = tuple(stages)
         if executor is not None:
@@ -58,7 +61,7 @@ class TaskRunner:
         else:
             if transport is None:
                 raise InvalidValueError("a TaskRunner needs an executor or a transport")
-            attempt = _RemoteAttempt(transport, attempt_timeout)
+            attempt = _RemoteAttempt(transport, attempt_timeout, max_spawn_depth)
             self._call = self._call_unsuspending = compose(self.stages, attempt)
 
     async def run(self, impl: AgentImpl, task: TaskSpec, origin: CallOrigin) -> AgentResult[Any]:
@@ -153,9 +156,12 @@ _CANCELLED = EventType.TASK_CANCELLED
 class _RemoteAttempt:
     """The innermost caller-side step when attempts run elsewhere: envelope out, result in."""
 
-    def __init__(self, transport: Transport, attempt_timeout: float | None) -> None:
+    def __init__(
+        self, transport: Transport, attempt_timeout: float | None, max_spawn_depth: int | None
+    ) -> None:
         self._transport = transport
         self._timeout = attempt_timeout
+        self._max_depth = max_spawn_depth
 
     async def __call__(self, ctx: AgentContext) -> Any:
         ctx.attempt += 1
@@ -173,6 +179,9 @@ class _RemoteAttempt:
             deadline=None if self._timeout is None else _now() + self._timeout,
             token_cap=None if cap is None else max(0, cap - ctx.total_tokens),
             wants=frozenset(str(kind) for kind in origin.wants),
+            max_spawn_depth=(
+                self._max_depth if origin.max_spawn_depth is None else origin.max_spawn_depth
+            ),
         )
         result = await self._transport.submit(envelope, _Sink(origin))
         ctx.report_usage(result.usage)

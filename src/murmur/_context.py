@@ -32,7 +32,8 @@ class CallOrigin:
     """What the tasks of one ``run``/``gather`` call share: host, trace, depth, parent.
 
     In-process, ``host`` is the runtime that made the call. An executor running a task
-    envelope from elsewhere builds one with ``from_envelope``: no host (its tasks cannot
+    envelope from elsewhere builds one with ``from_envelope``: no host unless the executor
+    has one for spawns (else its tasks cannot
     spawn children), and events go to the envelope's sink.
     """
 
@@ -48,6 +49,7 @@ class CallOrigin:
         "emit_failed",
         "event_template",
         "host",
+        "max_spawn_depth",
         "outer",
         "parent",
         "parent_call_id",
@@ -100,6 +102,10 @@ class CallOrigin:
         #: Set by a caller that builds results for tasks cancelled mid-run (``fail_fast``):
         #: the executor records what each spent there, by task id (usage, attempts, seconds).
         self.cancelled: Ledger | None = None
+        #: The spawn depth limit this call's tasks inherited from an envelope (a task that
+        #: arrived from another process, and the children it spawns here); ``None`` when
+        #: the runtime's own ``DepthLimitMiddleware`` (or none) applies.
+        self.max_spawn_depth: int | None = None
         #: Every field of this call's task events in order, the shared ones filled in: a task
         #: event is a copy of it with the per-event fields set (cheaper than building anew).
         #: Empty when the emitter wants no events: then none is ever built.
@@ -126,12 +132,17 @@ class CallOrigin:
 
     @classmethod
     def from_envelope(
-        cls, envelope: TaskEnvelope, sink: EventSink, bridge: AsyncioBridge | None
+        cls,
+        envelope: TaskEnvelope,
+        sink: EventSink,
+        bridge: AsyncioBridge | None,
+        host: Host | None = None,
     ) -> CallOrigin:
-        """The origin of an attempt that arrived as an envelope, its events going to ``sink``."""
+        """The origin of an attempt that arrived as an envelope, its events going to ``sink``;
+        ``host`` runs the children it spawns (none without)."""
         wants = frozenset(EventType(name) for name in envelope.wants if name in _EVENT_NAMES)
-        return cls(
-            None,
+        origin = cls(
+            host,
             trace_id=envelope.trace_id,
             depth=envelope.depth,
             parent=None,
@@ -143,6 +154,8 @@ class CallOrigin:
             call_id=envelope.call_id,
             parent_task_id=envelope.parent_task_id,
         )
+        origin.max_spawn_depth = envelope.max_spawn_depth
+        return origin
 
     async def emit_isolated(self, event: RuntimeEvent) -> None:
         """Hand ``event`` over; a failure of the emitter is reported, never raised."""

@@ -42,6 +42,9 @@ class TaskEnvelope(BaseModel):
     depth: int = Field(default=0, ge=0)
     deadline: float | None = None
     token_cap: int | None = None
+    #: The caller's ``max_spawn_depth``: children this attempt spawns where it runs are
+    #: held to it there.
+    max_spawn_depth: int | None = None
     wants: frozenset[str] = frozenset()
 
 

@@ -30,6 +30,7 @@ from .middleware.timeout import TimeoutMiddleware
 if TYPE_CHECKING:
     from ._agents import AgentImpl
     from ._envelope import EventSink, TaskEnvelope
+    from ._host import Host
 
 __all__ = ["Executor"]
 
@@ -42,6 +43,8 @@ class Executor:
         agents: The agents it serves by name, for ``execute`` (envelopes name their agent).
         bridge: Returns the asyncio bridge to run asyncio-only agents on under Trio;
             by default the executor starts its own when first needed (``aclose`` ends it).
+        host: Runs the children that tasks arriving as envelopes spawn (``ctx.run``, ...);
+            without one they cannot spawn.
     """
 
     def __init__(
@@ -50,8 +53,10 @@ class Executor:
         *,
         agents: Mapping[str, AgentImpl] | None = None,
         bridge: Callable[[], AsyncioBridge] | None = None,
+        host: Host | None = None,
     ) -> None:
         self.stages = tuple(stages)
+        self.host = host
         self.agents: dict[str, AgentImpl] = dict(agents or {})
         self._bridge = bridge if bridge is not None else self._own_bridge
         self._owned: AsyncioBridge | None = None
@@ -100,7 +105,7 @@ class Executor:
         bridge = None
         if impl.asyncio_only and sniffio.current_async_library() != "asyncio":
             bridge = self._bridge()
-        origin = CallOrigin.from_envelope(envelope, sink, bridge)
+        origin = CallOrigin.from_envelope(envelope, sink, bridge, self.host)
         ctx = AgentContext(origin, impl, task)
         ctx.attempt = envelope.attempt - 1  # the dispatch counts this attempt
         ctx.token_cap = envelope.token_cap

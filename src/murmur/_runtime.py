@@ -384,6 +384,7 @@ class _RuntimeCore(Host):
                 executor=None,
                 transport=transport,
                 attempt_timeout=options.timeout_seconds,
+                max_spawn_depth=options.max_spawn_depth,
             )
 
     @property
@@ -550,17 +551,22 @@ class _RuntimeCore(Host):
             )
             origin.outer = _current.get()
             return origin
-        return CallOrigin(
+        above = parent.origin
+        # Children report where their parent does: here, this runtime's emitter; for a task
+        # that arrived from another process (a worker's), back to its caller.
+        origin = CallOrigin(
             self,
             trace_id=parent.trace_id,
             depth=parent.depth + 1,
             parent=parent,
             bridge=bridge,
-            wants=parent.origin.wants,
-            emit=self._emitter.emit,
-            emit_failed=self.emitter_failed,
+            wants=above.wants,
+            emit=above.emit,
+            emit_failed=above.emit_failed,
             parent_call_id=parent_call_id,
         )
+        origin.max_spawn_depth = above.max_spawn_depth
+        return origin
 
     def _asyncio_bridge(self) -> AsyncioBridge:
         bridge = self._bridge

@@ -28,13 +28,15 @@ from .._agents import AgentLike
 from .._bridge import AsyncioBridge, HomePortal
 from .._executor import Executor
 from .._pipeline import Stage
+from .._runtime import AgentRuntime
 from .._types import ZERO_USAGE, AgentResult
 from ..errors import AgentTimeoutError, InvalidStateError, InvalidTypeError, InvalidValueError
 from ..events.log import LogEventEmitter
 from ..events.types import EventEmitter, EventType, RuntimeEvent
 from ._adapter import BrokerAdapter, Delivery, load_adapter
 from ._registry import AgentRegistry
-from ._transport import DEFAULT_CONNECT_TIMEOUT, namespace_from_env, scrub
+from ._spawns import InheritedLimits
+from ._transport import DEFAULT_CONNECT_TIMEOUT, BrokerTransport, namespace_from_env, scrub
 from ._url import parse_broker_url
 from ._wire import EventMessage, ResultMessage, TaskMessage, WireFormatError, decode, encode
 
@@ -253,10 +255,20 @@ class Worker:
                 f"worker {self.name}: cannot connect to broker {self.url.redacted}: "
                 f"{type(exc).__name__}: {scrub(str(exc), self.url)}"
             ) from None
+        # Children that tasks spawn here go back through the broker, within the limits
+        # their caller set (see _spawns).
+        spawner = AgentRuntime(
+            transport=BrokerTransport(self.url.secret, namespace=self.namespace),
+            middleware=[InheritedLimits()],
+            event_emitter=self._emitter,
+        )
+        self._executor.host = spawner.__murmur_host__()
         try:
             await self._consume(adapter, started)
         finally:
             with anyio.CancelScope(shield=True):
+                self._executor.host = None
+                await _quietly(spawner.aclose())
                 await _quietly(adapter.aclose())
                 await self._emit(EventType.WORKER_STOPPED, self.stats.as_dict())
 
