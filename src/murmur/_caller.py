@@ -18,7 +18,7 @@ import anyio
 
 from ._cancellation import is_stray, stray_cancellation
 from ._context import AgentContext, CallOrigin, _current
-from ._envelope import TaskEnvelope
+from ._envelope import TaskEnvelope, current_trace_context
 from ._pipeline import Stage, compose
 from ._types import AgentResult, TaskSpec
 from .errors import InvalidValueError
@@ -182,6 +182,7 @@ class _RemoteAttempt:
             max_spawn_depth=(
                 self._max_depth if origin.max_spawn_depth is None else origin.max_spawn_depth
             ),
+            trace_context=current_trace_context(),
         )
         result = await self._transport.submit(envelope, _Sink(origin))
         ctx.report_usage(result.usage)

@@ -8,13 +8,14 @@ than the in-process fast path.
 
 from __future__ import annotations
 
+import sys
 from typing import Any, Protocol
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from ._types import TaskSpec
 
-__all__ = ["ENVELOPE_VERSION", "EventSink", "TaskEnvelope"]
+__all__ = ["ENVELOPE_VERSION", "EventSink", "TaskEnvelope", "current_trace_context"]
 
 #: Bumped on any change a receiver of an older version could misread.
 ENVELOPE_VERSION = 1
@@ -45,6 +46,10 @@ class TaskEnvelope(BaseModel):
     #: The caller's ``max_spawn_depth``: children this attempt spawns where it runs are
     #: held to it there.
     max_spawn_depth: int | None = None
+    #: The caller's OpenTelemetry context (W3C ``traceparent`` / ``tracestate``), when
+    #: OpenTelemetry is in use: spans made where the attempt runs are children of the
+    #: task's span.
+    trace_context: dict[str, str] = Field(default_factory=dict)
     wants: frozenset[str] = frozenset()
 
 
@@ -54,3 +59,14 @@ class EventSink(Protocol):
     async def emit(self, event: Any) -> None:
         """Take one ``RuntimeEvent``; must not raise."""
         ...
+
+
+def current_trace_context() -> dict[str, str]:
+    """The current OpenTelemetry context as W3C headers, if OpenTelemetry is in use (its
+    propagation module loaded, as ``OpenTelemetryEmitter`` does); else empty, at no cost."""
+    propagate = sys.modules.get("opentelemetry.propagate")
+    if propagate is None:
+        return {}
+    carrier: dict[str, str] = {}
+    propagate.inject(carrier)
+    return carrier

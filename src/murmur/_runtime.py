@@ -118,6 +118,10 @@ class AgentRuntime:
                 "mark it `side = 'caller'`"
             )
         caller_stages, executor_stages = _policy_stages(options, caller_user, executor_user)
+        if transport is not None:
+            # Attempts run elsewhere: an emitter's stages (OpenTelemetry's current task span)
+            # enclose the sending of each attempt here, whose envelope carries that context.
+            caller_stages, own = [*caller_stages, *own], []
         self._core = _RuntimeCore(
             self,
             options,

@@ -13,10 +13,12 @@ import asyncio
 import logging
 import os
 import socket
+import sys
 import time
 import uuid
 from collections import Counter
-from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -141,6 +143,9 @@ class Worker:
         self._stop_requested: asyncio.Event | None = None
         self._home: asyncio.AbstractEventLoop | None = None
         self._bridge: AsyncioBridge | None = None
+        #: Under Trio, the way from the worker's loop back to the Trio task that started it
+        #: (the emitter is called there, as the application expects).
+        self._portal: HomePortal | None = None
         self._state = "new"
 
     def __repr__(self) -> str:
@@ -229,13 +234,16 @@ class Worker:
             return
         bridge = self._bridge = AsyncioBridge(name="murmur-worker-loop")
         async with anyio.create_task_group() as task_group:
-            home = HomePortal(task_group)
+            home = self._portal = HomePortal(task_group)
 
             async def started() -> None:
                 await home.run(_started(task_status))
 
-            await bridge.run(self._serve, started)
-            task_group.cancel_scope.cancel()
+            try:
+                await bridge.run(self._serve, started)
+            finally:
+                self._portal = None
+                task_group.cancel_scope.cancel()
 
     # -- serving (on the worker's asyncio loop) ----------------------------------------
 
@@ -260,7 +268,7 @@ class Worker:
         spawner = AgentRuntime(
             transport=BrokerTransport(self.url.secret, namespace=self.namespace),
             middleware=[InheritedLimits()],
-            event_emitter=self._emitter,
+            event_emitter=_HomeEmitter(self),
         )
         self._executor.host = spawner.__murmur_host__()
         try:
@@ -332,7 +340,8 @@ class Worker:
             if envelope.deadline is not None and time.time() >= envelope.deadline:
                 result = _expired(envelope)  # never start a paid call nobody waits for
             else:
-                result = await self._executor.execute(envelope, sink)
+                with _trace_context(envelope.trace_context):
+                    result = await self._executor.execute(envelope, sink)
             reply = ResultMessage(
                 result=result, worker=self.name, correlation_id=message.correlation_id
             )
@@ -362,11 +371,31 @@ class Worker:
             )
 
     async def _emit(self, kind: EventType, data: dict[str, Any]) -> None:
-        event = RuntimeEvent(type=kind, data={"worker": self.name, **data})
+        await self._emit_event(RuntimeEvent(type=kind, data={"worker": self.name, **data}))
+
+    async def _emit_event(self, event: RuntimeEvent) -> None:
+        emitter, portal = self._emitter, self._portal
         try:
-            await self._emitter.emit(event)
+            if portal is None:
+                await emitter.emit(event)
+            else:
+                await portal.run(lambda: emitter.emit(event))
         except Exception:
-            _log.warning("worker %s: event emitter failed on %s", self.name, kind, exc_info=True)
+            _log.warning(
+                "worker %s: event emitter failed on %s", self.name, event.type, exc_info=True
+            )
+
+
+class _HomeEmitter:
+    """The worker's emitter, reached from its loop (back home under Trio)."""
+
+    __slots__ = ("_worker",)
+
+    def __init__(self, worker: Worker) -> None:
+        self._worker = worker
+
+    async def emit(self, event: RuntimeEvent) -> None:
+        await self._worker._emit_event(event)
 
 
 class _ReplySink:
@@ -398,6 +427,22 @@ def _expired(envelope: TaskEnvelope) -> AgentResult[Any]:
     return AgentResult._build(
         None, error, ZERO_USAGE, envelope.attempt, 0.0, envelope.task.task_id, envelope.agent
     )
+
+
+@contextmanager
+def _trace_context(carrier: dict[str, str]) -> Iterator[None]:
+    """The caller's OpenTelemetry context, current while the attempt runs, if this process
+    uses OpenTelemetry: spans made by the agent are children of the caller's task span."""
+    if not carrier or "opentelemetry.trace" not in sys.modules:
+        yield
+        return
+    from opentelemetry import context, propagate
+
+    token = context.attach(propagate.extract(carrier))
+    try:
+        yield
+    finally:
+        context.detach(token)
 
 
 def _started(task_status: anyio.abc.TaskStatus[None]) -> Callable[[], Awaitable[None]]:

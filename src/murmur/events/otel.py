@@ -179,7 +179,8 @@ class OpenTelemetryEmitter:
         max_open_spans: int = 10_000,
     ) -> None:
         try:
-            from opentelemetry import metrics, trace
+            # propagate: broker transports send the current context with each task.
+            from opentelemetry import metrics, propagate, trace  # noqa: F401
         except ImportError as error:
             raise MissingDependencyError(
                 "OpenTelemetryEmitter needs OpenTelemetry: pip install 'murmur-agents[otel]'"
