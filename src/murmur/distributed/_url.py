@@ -100,7 +100,7 @@ def _check_host(host: str) -> None:
     if not name and port:  # no colon at all: rpartition put everything in port
         name, port = port, ""
     if not name:
-        raise ValueError(f"empty host in {host!r}")
+        raise InvalidValueError(f"empty host in {host!r}")
     if port and (not port.isdigit() or not 0 < int(port) < 65536):
         raise InvalidValueError(f"port {port!r} is not a number from 1 to 65535")
 
