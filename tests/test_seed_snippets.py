@@ -535,9 +535,23 @@ async def test_step5_log_and_sse_emitters_both_see_the_run() -> None:
 # -- "Going distributed": the constructor only (a worker round trip is tests/distributed) --------
 
 
-@pytest.mark.parametrize("url", ["redis://localhost:6379", "memory://"])
+@pytest.mark.parametrize(
+    "url",
+    [
+        "redis://localhost:6379",
+        "rediss://localhost:6380",
+        "nats://localhost:4222",
+        "tls://localhost:4222",
+        "amqp://localhost:5672",
+        "amqps://localhost:5671",
+        DISTRIBUTED.split('"')[1],  # the page's kafka://kafka.prod:9092 (no such host here)
+        "memory://",
+    ],
+)
 async def test_broker_mode_constructs_without_connecting(url: str) -> None:
     # Construction checks the URL and the installed extra; the connection opens at first use.
     runtime = AgentRuntime(broker=url)
-    assert runtime.__murmur_host__().transport.url.redacted == url  # type: ignore[attr-defined]
+    transport = runtime.__murmur_host__().transport  # type: ignore[attr-defined]
+    assert transport.url.redacted == url
+    assert transport._adapter is None  # nothing connected
     await runtime.aclose()

@@ -15,22 +15,15 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from faststream import AckPolicy, Context
+from faststream import AckPolicy
 from faststream.redis import RedisBroker, StreamSub
 from redis.exceptions import ResponseError
 
 from ._adapter import NO_LOGGER, BrokerAdapter, ReplyHandler, TaskHandler
+from ._faststream import MESSAGE as _MESSAGE
+from ._faststream import raw_body as _raw_body
 
 __all__ = ["RedisAdapter"]
-
-#: FastStream's parameter that hands a handler the received message object.
-_MESSAGE = Context("message")
-
-
-async def _raw_body(message: Any, original: Any = None) -> bytes:
-    """FastStream's decoder, replaced: the handler gets the message's bytes untouched."""
-    body: bytes = message.body
-    return body
 
 
 class _RedisDelivery:
