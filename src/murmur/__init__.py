@@ -1,5 +1,7 @@
 """Murmur: structured concurrency for fleets of LLM agent calls, on asyncio or Trio."""
 
+from typing import TYPE_CHECKING
+
 from ._agents import Agent as Agent
 from ._agents import FunctionAgent as FunctionAgent
 from ._agents import PydanticAIAgent as PydanticAIAgent
@@ -50,6 +52,9 @@ from .groups import FanOut as FanOut
 from .groups import GroupResult as GroupResult
 from .middleware.cost_tracking import TokenBudget as TokenBudget
 
+if TYPE_CHECKING:
+    from .distributed import Worker as Worker
+
 __all__ = [
     "Agent",
     "AgentContext",
@@ -96,8 +101,19 @@ __all__ = [
     "UnknownAgentError",
     "UnknownNodeError",
     "Usage",
+    "Worker",
     "__version__",
     "current_context",
     "from_pydantic_ai",
     "register",
 ]
+
+
+def __getattr__(name: str) -> object:
+    # ``murmur.Worker``: the distributed layer, imported on first use (``import murmur``
+    # stays light for in-process users).
+    if name == "Worker":
+        from .distributed import Worker
+
+        return Worker
+    raise AttributeError(f"module 'murmur' has no attribute {name!r}")
