@@ -1,10 +1,11 @@
-"""The ``murmur`` command line: ``murmur demo``, ``murmur version``, ``murmur --version``.
+"""The ``murmur`` command line: ``murmur demo``, ``murmur worker start``, ``murmur version``,
+``murmur --version``.
 
 ``app`` is the Typer application and ``main`` the console-script entry point
 (``murmur = "murmur.cli:main"``). Each command lives in its own module and is registered
-here; command groups (``murmur worker ...``, for distributed workers) will be added the
-same way, as sub-apps with ``app.add_typer(worker_app, name="worker")``. A command imports
-what it needs when it runs, so ``murmur --help`` stays fast.
+here; command groups (``murmur worker ...``, for distributed workers) are sub-apps added
+with ``app.add_typer``. A command imports what it needs when it runs, so ``murmur --help``
+stays fast.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import typer
 
 from .._version import __version__
 from ._demo_command import DEMO_HELP, demo
+from ._worker_command import WORKER_HELP, worker_app
 
 __all__ = ["app", "main"]
 
@@ -69,6 +71,14 @@ app.command(
     help=DEMO_HELP,
     short_help="Fan out agent calls over an offline model, with live progress.",
 )(demo)
+
+
+app.add_typer(
+    worker_app,
+    name="worker",
+    help=WORKER_HELP,
+    short_help="Run workers that serve an app's agents from a broker.",
+)
 
 
 @app.command("version")

@@ -140,6 +140,8 @@ class Worker:
         self._emitter = event_emitter if event_emitter is not None else LogEventEmitter()
         self._executor = Executor(list(middleware), agents=self.registry.as_mapping())
         self._task_group: anyio.abc.TaskGroup | None = None
+        #: The task group being drained by a pending ``stop``/``wait_stopped``.
+        self._draining: anyio.abc.TaskGroup | None = None
         self._stop_requested: asyncio.Event | None = None
         self._home: asyncio.AbstractEventLoop | None = None
         self._bridge: AsyncioBridge | None = None
@@ -200,9 +202,16 @@ class Worker:
 
     async def stop(self, *, now: bool = False) -> None:
         """Drain and stop: no new tasks, in-flight ones finish within ``grace_seconds``
-        (``now=True``: cancelled at once), results published, then disconnect."""
+        (``now=True``: cancelled at once), results published, then disconnect.
+
+        ``stop(now=True)`` while another task is already draining the worker (in ``stop()``
+        or ``wait_stopped()``) cuts that drain short and returns; that task returns once
+        the worker has stopped.
+        """
         task_group, self._task_group = self._task_group, None
         if task_group is None:
+            if now and self._draining is not None:
+                self._draining.cancel_scope.cancel()
             return
         self._state = "stopping"
         if now:
@@ -219,9 +228,11 @@ class Worker:
         await self._finish(task_group)
 
     async def _finish(self, task_group: anyio.abc.TaskGroup) -> None:
+        self._draining = task_group
         try:
             await task_group.__aexit__(None, None, None)
         finally:
+            self._draining = None
             self._state = "stopped"
             bridge, self._bridge = self._bridge, None
             if bridge is not None:
