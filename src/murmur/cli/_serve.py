@@ -16,6 +16,7 @@ import os
 import signal
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TextIO
 
@@ -156,9 +157,8 @@ def _write(stream: TextIO, line: str) -> None:
 
 
 async def _serve(worker: Worker, reporter: _Reporter) -> int:
-    """Start ``worker``, stop it on signals; the exit code."""
+    """Serve with ``worker``, stopping it on signals; the exit code."""
     exit_code = 0
-    started = False
     stop_requested = False
     with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
         async with anyio.create_task_group() as task_group:
@@ -169,29 +169,22 @@ async def _serve(worker: Worker, reporter: _Reporter) -> int:
                     if not stop_requested:
                         stop_requested = True
                         reporter.stop_requested(worker, signum, now=False)
-                        worker.request_stop()  # before start() returns: done after it
+                        worker.request_stop()  # before it consumes: it stops once it does
                         continue
                     reporter.stop_requested(worker, signum, now=True)
                     exit_code = 128 + signum
-                    if started:
-                        await worker.stop(now=True)
-                    else:
-                        task_group.cancel_scope.cancel()
+                    worker.stop_now()
+                    task_group.cancel_scope.cancel()  # also while still connecting
                     return
 
             task_group.start_soon(on_signals)
             try:
-                await worker.start()
+                await worker.serve(
+                    task_status=_OnStarted(lambda: reporter.running(worker, task_group))
+                )
             except BrokerUnavailableError as exc:
-                task_group.cancel_scope.cancel()
                 reporter.close()
                 return _error(str(exc), FAILED)
-            started = True
-            if stop_requested:
-                worker.request_stop()
-            reporter.running(worker, task_group)
-            try:
-                await worker.wait_stopped()
             except Exception as exc:
                 reporter.close()
                 return _error(f"worker {worker.name} failed: {_describe(exc)}", FAILED)
@@ -199,6 +192,16 @@ async def _serve(worker: Worker, reporter: _Reporter) -> int:
                 task_group.cancel_scope.cancel()
             reporter.close()
     return exit_code
+
+
+class _OnStarted(anyio.abc.TaskStatus[None]):
+    """``Worker.serve``'s start notification, as a callback: the worker runs in this task."""
+
+    def __init__(self, callback: Callable[[], None]) -> None:
+        self._callback = callback
+
+    def started(self, value: None = None) -> None:
+        self._callback()
 
 
 def _describe(exc: BaseException) -> str:

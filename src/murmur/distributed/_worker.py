@@ -20,6 +20,7 @@ from collections import Counter
 from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
 import anyio
@@ -62,6 +63,9 @@ class WorkerStats:
     per_agent: Counter[str] = field(default_factory=Counter)
     #: Messages that were not Murmur task messages (dropped, logged).
     rejected: int = 0
+    #: Tasks taken but not finished (the worker stopped past its grace, or their result
+    #: could not be sent): left unacknowledged for the broker to deliver again.
+    returned: int = 0
 
     def rate(self) -> float:
         """Tasks finished per second since the worker started."""
@@ -74,6 +78,7 @@ class WorkerStats:
             "failed": self.failed,
             "in_flight": self.in_flight,
             "rejected": self.rejected,
+            "returned": self.returned,
             "per_agent": dict(self.per_agent),
         }
 
@@ -139,9 +144,10 @@ class Worker:
         self.stats = WorkerStats()
         self._emitter = event_emitter if event_emitter is not None else LogEventEmitter()
         self._executor = Executor(list(middleware), agents=self.registry.as_mapping())
-        self._task_group: anyio.abc.TaskGroup | None = None
+        self._group: anyio.abc.TaskGroup | None = None
+        self._scope: anyio.CancelScope | None = None
+        self._stop_flag = False
         #: The task group being drained by a pending ``stop``/``wait_stopped``.
-        self._draining: anyio.abc.TaskGroup | None = None
         self._stop_requested: asyncio.Event | None = None
         self._home: asyncio.AbstractEventLoop | None = None
         self._bridge: AsyncioBridge | None = None
@@ -159,35 +165,68 @@ class Worker:
     # -- lifecycle ---------------------------------------------------------------------
 
     async def __aenter__(self) -> Worker:
-        await self.start()
-        return self
-
-    async def __aexit__(self, *exc_info: object) -> None:
-        await self.stop()
-
-    async def start(self) -> None:
-        """Connect and start taking tasks; returns once the worker is consuming.
+        """Start serving in the background; returns once the worker is consuming.
 
         Raises:
             BrokerUnavailableError: the broker cannot be reached.
         """
+        group = anyio.create_task_group()
+        await group.__aenter__()
+        try:
+            await group.start(self.serve)
+        except BaseException:
+            group.cancel_scope.cancel()
+            await group.__aexit__(None, None, None)
+            raise
+        self._group = group
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> bool:
+        """Drain (as on SIGTERM) and stop; if the block raised, stop at once instead."""
+        group, self._group = self._group, None
+        if group is None:
+            return False
+        self.request_stop()
+        return bool(await group.__aexit__(exc_type, exc, tb))
+
+    async def serve(
+        self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED
+    ) -> None:
+        """Serve until stopped (``request_stop``, ``stop_now``, or cancellation).
+
+        ``await task_group.start(worker.serve)`` returns once the worker is consuming.
+
+        Raises:
+            BrokerUnavailableError: the broker cannot be reached.
+            InvalidStateError: the worker was already started (a worker serves once).
+        """
         if self._state != "new":
             raise InvalidStateError(f"this Worker is {self._state}; create a new one")
-        self._state = "starting"
-        task_group = anyio.create_task_group()
-        await task_group.__aenter__()
-        try:
-            await task_group.start(self._run)
-        except BaseException:
-            self._state = "stopped"
-            task_group.cancel_scope.cancel()
-            await task_group.__aexit__(None, None, None)
-            raise
-        self._task_group = task_group
         self._state = "running"
+        try:
+            async with anyio.create_task_group() as group:
+                self._scope = group.cancel_scope
+                await group.start(self._run)
+                task_status.started()
+        finally:
+            self._scope = None
+            self._state = "stopped"
+            bridge, self._bridge = self._bridge, None
+            with anyio.CancelScope(shield=True):
+                if bridge is not None:
+                    await bridge.aclose()
+                await self._executor.aclose()
 
     def request_stop(self) -> None:
-        """Stop taking tasks and let in-flight ones finish (thread-safe; ``stop`` waits)."""
+        """Drain: take no more tasks, let in-flight ones finish within ``grace_seconds``,
+        then stop. Thread-safe; ``serve`` (or the ``async with`` block's end) returns when
+        it is done. Before the worker consumes, it stops as soon as it starts."""
+        self._stop_flag = True
         event, home = self._stop_requested, self._home
         if event is None or home is None:
             return
@@ -200,44 +239,13 @@ class Worker:
         elif not home.is_closed():
             home.call_soon_threadsafe(event.set)
 
-    async def stop(self, *, now: bool = False) -> None:
-        """Drain and stop: no new tasks, in-flight ones finish within ``grace_seconds``
-        (``now=True``: cancelled at once), results published, then disconnect.
-
-        ``stop(now=True)`` while another task is already draining the worker (in ``stop()``
-        or ``wait_stopped()``) cuts that drain short and returns; that task returns once
-        the worker has stopped.
-        """
-        task_group, self._task_group = self._task_group, None
-        if task_group is None:
-            if now and self._draining is not None:
-                self._draining.cancel_scope.cancel()
-            return
-        self._state = "stopping"
-        if now:
-            task_group.cancel_scope.cancel()
-        else:
-            self.request_stop()
-        await self._finish(task_group)
-
-    async def wait_stopped(self) -> None:
-        """Wait until the worker stops (``request_stop``, a signal, or ``stop``)."""
-        task_group, self._task_group = self._task_group, None
-        if task_group is None:
-            return
-        await self._finish(task_group)
-
-    async def _finish(self, task_group: anyio.abc.TaskGroup) -> None:
-        self._draining = task_group
-        try:
-            await task_group.__aexit__(None, None, None)
-        finally:
-            self._draining = None
-            self._state = "stopped"
-            bridge, self._bridge = self._bridge, None
-            if bridge is not None:
-                await bridge.aclose()
-            await self._executor.aclose()
+    def stop_now(self) -> None:
+        """Stop at once: in-flight tasks are cancelled and left on the broker, unacknowledged,
+        to be delivered again. Call it from the thread (event loop) that runs ``serve``."""
+        self._stop_flag = True
+        scope = self._scope
+        if scope is not None:
+            scope.cancel()
 
     async def _run(self, *, task_status: anyio.abc.TaskStatus[None]) -> None:
         if sniffio.current_async_library() == "asyncio":
@@ -261,6 +269,8 @@ class Worker:
     async def _serve(self, started: Callable[[], Awaitable[None]]) -> None:
         self._home = asyncio.get_running_loop()
         self._stop_requested = asyncio.Event()
+        if self._stop_flag:  # asked before this point (request_stop reads the event after)
+            self._stop_requested.set()
         adapter = self._adapter_class(self.url, namespace=self.namespace)
         try:
             with anyio.fail_after(DEFAULT_CONNECT_TIMEOUT):
@@ -357,10 +367,21 @@ class Worker:
                 result=result, worker=self.name, correlation_id=message.correlation_id
             )
             await adapter.publish_reply(message.reply_to, encode(reply))
-        except BaseException:
+        except BaseException as exc:
             # Cancelled (stopped past the grace) or the reply could not be sent: not acked,
             # so the broker delivers it again.
             stats.in_flight -= 1
+            stats.returned += 1
+            _log.warning(
+                "worker %s: task %s of agent %r not finished (%s): left on the broker to be "
+                "delivered again",
+                self.name,
+                envelope.task.task_id,
+                envelope.agent,
+                "stopped"
+                if isinstance(exc, anyio.get_cancelled_exc_class())
+                else type(exc).__name__,
+            )
             with anyio.CancelScope(shield=True):
                 await _quietly(delivery.nack())
             raise

@@ -1,0 +1,90 @@
+"""A worker's stop: in-flight tasks finish within the grace, and what cannot is left on the
+broker, unacknowledged, for another worker to run.
+
+Under Trio an embedded worker runs its agents on its asyncio helper loop, so the agents
+here signal the test through thread-safe events.
+"""
+
+from __future__ import annotations
+
+import threading
+import uuid
+
+import anyio
+import pytest
+
+from murmur import AgentRuntime, RuntimeOptions, TaskSpec
+from murmur.distributed import BrokerTransport, Worker
+
+pytestmark = pytest.mark.anyio
+
+URL = "memory://lifecycle"
+
+
+async def test_a_task_not_finished_within_the_grace_is_run_by_another_worker() -> None:
+    namespace = f"t-{uuid.uuid4().hex[:8]}"
+    started = threading.Event()
+    calls = 0
+
+    async def stubborn(text: str) -> str:
+        nonlocal calls
+        calls += 1
+        if calls == 1:  # the first delivery never finishes by itself
+            started.set()
+            await anyio.sleep_forever()
+        return f"done on call {calls}"
+
+    first = Worker(URL, [stubborn], namespace=namespace, grace_seconds=0, heartbeat_seconds=0)
+    second = Worker(URL, [stubborn], namespace=namespace, heartbeat_seconds=0)
+    results: list[str] = []
+    answered = anyio.Event()
+    async with AgentRuntime(
+        transport=BrokerTransport(URL, namespace=namespace),
+        options=RuntimeOptions(timeout_seconds=60),
+    ) as runtime:
+
+        async def call() -> None:
+            results.append((await runtime.run(stubborn, TaskSpec(input="x"))).unwrap())
+            answered.set()
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(call)
+            async with anyio.create_task_group() as serving:
+                await serving.start(first.serve)
+                await anyio.to_thread.run_sync(started.wait)
+                first.request_stop()  # grace 0: the running task is cut, not acknowledged
+            assert first.stats.returned == 1
+            assert first.stats.processed == 0
+            async with second:
+                await answered.wait()
+    assert results == ["done on call 2"]
+    assert second.stats.processed == 1
+
+
+async def test_stop_waits_for_in_flight_tasks_within_the_grace() -> None:
+    namespace = f"t-{uuid.uuid4().hex[:8]}"
+    started, release = threading.Event(), threading.Event()
+
+    async def slow(text: str) -> str:
+        started.set()
+        await anyio.to_thread.run_sync(release.wait, abandon_on_cancel=True)
+        return text.upper()
+
+    worker = Worker(URL, [slow], namespace=namespace, grace_seconds=60, heartbeat_seconds=0)
+    results: list[str] = []
+    async with AgentRuntime(transport=BrokerTransport(URL, namespace=namespace)) as runtime:
+
+        async def call() -> None:
+            results.append((await runtime.run(slow, TaskSpec(input="x"))).unwrap())
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(call)
+            async with anyio.create_task_group() as serving:
+                await serving.start(worker.serve)
+                await anyio.to_thread.run_sync(started.wait)
+                worker.request_stop()  # no new tasks; the one in flight goes on
+                assert worker.stats.in_flight == 1
+                release.set()
+    assert results == ["X"]
+    assert worker.stats.processed == 1
+    assert worker.stats.returned == 0
