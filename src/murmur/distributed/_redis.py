@@ -66,6 +66,7 @@ class RedisAdapter(BrokerAdapter):
     async def connect(self) -> None:
         await self._broker.start()
         self._client = await self._broker.connect()
+        await self._client.ping()  # the client connects lazily: fail here, not mid-consume
 
     async def aclose(self) -> None:
         try:
