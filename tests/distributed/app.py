@@ -192,3 +192,17 @@ async def disconnects(text: str, ctx: AgentContext) -> str:
     if ctx.attempt < 2:
         raise ConnectionError(f"connection lost on attempt {ctx.attempt}")
     return f"{text} on attempt {ctx.attempt}"
+
+
+_stalled: set[str] = set()
+
+
+async def stall(text: str, ctx: AgentContext) -> str:
+    """Reports an event, then hangs the first time this process runs the task; answers
+    when the task is delivered here again."""
+    first = ctx.task.task_id not in _stalled
+    _stalled.add(ctx.task.task_id)
+    await ctx.emit(EventType.CHILD_SPAWNED, data={"redelivered": not first})
+    if first:
+        await anyio.sleep_forever()
+    return text

@@ -53,6 +53,8 @@ from support import Recorder
 WORKER_CONCURRENCY = 8
 #: A generous bound on every call: a broken transport fails a test instead of hanging it.
 HANG = 20.0
+#: Seconds a task left by a stopped worker may take to reach another.
+REDELIVERY = 3.0
 ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -74,20 +76,24 @@ async def unserved(text: str) -> str:
     return text
 
 
-@asynccontextmanager
-async def in_process_workers(url: str, namespace: str) -> AsyncIterator[Workers]:
-    """One ``Worker`` serving the app in this process, on the test's event loop."""
-    worker = Worker(
+def app_worker(url: str, namespace: str, *, concurrency: int = WORKER_CONCURRENCY) -> Worker:
+    """A ``Worker`` serving the app in this process (on the loop that starts it)."""
+    return Worker(
         url,
         AgentRegistry.from_module(app),
-        concurrency=WORKER_CONCURRENCY,
+        concurrency=concurrency,
         name=f"contract-{uuid.uuid4().hex[:6]}",
         namespace=namespace,
         event_emitter=Recorder(),
         heartbeat_seconds=0,
         grace_seconds=5,
     )
-    async with worker:
+
+
+@asynccontextmanager
+async def in_process_workers(url: str, namespace: str) -> AsyncIterator[Workers]:
+    """One ``Worker`` serving the app in this process, on the test's event loop."""
+    async with app_worker(url, namespace) as worker:
         yield Workers(frozenset({worker.name}))
 
 
@@ -292,6 +298,40 @@ class BrokerContract:
             async with self.caller(broker_url, namespace, options=options) as runtime:
                 result = await runtime.run(app.disconnects, TaskSpec(input="x"))
         assert result.unwrap() == "x on attempt 2"
+
+    async def test_a_task_a_stopped_worker_left_runs_on_another(self, broker_url: str) -> None:
+        namespace = f"contract-{uuid.uuid4().hex[:10]}"  # no other worker may take it
+        running, done = anyio.Event(), anyio.Event()
+        results: list[Any] = []
+
+        class Watch(Recorder):
+            async def emit(self, event: RuntimeEvent) -> None:
+                await super().emit(event)
+                if event.type is EventType.CHILD_SPAWNED:
+                    running.set()
+
+        async def call(runtime: AgentRuntime) -> None:
+            results.append(await runtime.run(app.stall, TaskSpec(input="again")))
+            done.set()
+
+        first = app_worker(broker_url, namespace, concurrency=1)
+        try:
+            async with (
+                self.caller(broker_url, namespace, events=Watch()) as runtime,
+                anyio.create_task_group() as task_group,
+            ):
+                await first.start()
+                task_group.start_soon(call, runtime)
+                with anyio.fail_after(HANG):
+                    await running.wait()
+                await first.stop(now=True)  # the task is cut off, not settled
+                async with in_process_workers(broker_url, namespace):
+                    with anyio.fail_after(REDELIVERY):
+                        await done.wait()
+        finally:
+            self.cleanup(broker_url, namespace)
+        (result,) = results
+        assert result.unwrap() == "again"
 
     async def test_a_password_is_never_shown(self) -> None:
         url = self.unreachable_url
