@@ -16,7 +16,8 @@ import os
 import signal
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TextIO
 
@@ -65,14 +66,17 @@ class StartOptions:
 def run_worker(options: StartOptions) -> int:
     """Serve until stopped; returns the process's exit code."""
     reporter = _reporter(options.log_format)
-    try:
-        worker = _build_worker(options, reporter)
-    except (InvalidValueError, MissingDependencyError) as exc:
-        return _error(str(exc), USAGE)
-    try:
-        return anyio.run(_serve, worker, reporter)
-    except KeyboardInterrupt:  # Ctrl-C after the signal handlers were restored
-        return 128 + signal.SIGINT
+    # The murmur loggers report through the reporter while the command runs, and are put
+    # back as they were after (the command may run inside a process that goes on).
+    with reporter.capturing_logs():
+        try:
+            worker = _build_worker(options, reporter)
+        except (InvalidValueError, MissingDependencyError) as exc:
+            return _error(str(exc), USAGE)
+        try:
+            return anyio.run(_serve, worker, reporter)
+        except KeyboardInterrupt:  # Ctrl-C after the signal handlers were restored
+            return 128 + signal.SIGINT
 
 
 def _build_worker(options: StartOptions, reporter: _Reporter) -> Worker:
@@ -220,7 +224,6 @@ def _reporter(log_format: str) -> _Reporter:
         reporter = _Reporter(sys.stderr)
     else:
         reporter = _LiveReporter()
-    reporter.capture_logs()
     return reporter
 
 
@@ -262,13 +265,21 @@ class _Reporter:
     def close(self) -> None:
         """The worker has stopped."""
 
-    def capture_logs(self) -> None:
+    @contextmanager
+    def capturing_logs(self) -> Iterator[None]:
         handler = _LogHandler(self)
         logger = logging.getLogger("murmur")
+        level, propagate = logger.level, logger.propagate
         logger.addHandler(handler)
         if logger.getEffectiveLevel() > logging.INFO:
             logger.setLevel(logging.INFO)
         logger.propagate = False
+        try:
+            yield
+        finally:
+            logger.removeHandler(handler)
+            logger.setLevel(level)
+            logger.propagate = propagate
 
 
 class _LogHandler(logging.Handler):

@@ -12,6 +12,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Sequence
 from typing import Any
 
@@ -25,15 +26,22 @@ from ._faststream import raw_body as _raw_body
 
 __all__ = ["RedisAdapter"]
 
+#: Commands (publish, ack) one adapter sends at once. redis-py's pool fails a command
+#: outright (MaxConnectionsError) rather than wait for a connection, so the adapter waits
+#: here instead; each subscriber's blocking read holds one more connection.
+COMMAND_SLOTS = 64
+_MAX_CONNECTIONS = 2**16
 
 class _RedisDelivery:
-    __slots__ = ("_message",)
+    __slots__ = ("_message", "_slots")
 
-    def __init__(self, message: Any) -> None:
+    def __init__(self, message: Any, slots: asyncio.Semaphore) -> None:
         self._message = message
+        self._slots = slots
 
     async def ack(self) -> None:
-        await self._message.ack()
+        async with self._slots:
+            await self._message.ack()
 
     async def nack(self) -> None:
         # Stays in the group's pending list, for a live worker to claim.
@@ -45,7 +53,10 @@ class RedisAdapter(BrokerAdapter):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self._broker = RedisBroker(self.url.secret, logger=NO_LOGGER)
+        self._broker = RedisBroker(
+            self.url.secret, logger=NO_LOGGER, max_connections=_MAX_CONNECTIONS
+        )
+        self._slots = asyncio.Semaphore(COMMAND_SLOTS)
         self._client: Any = None
         self._groups: set[str] = set()
         self._subscribers: list[Any] = []
@@ -85,8 +96,9 @@ class RedisAdapter(BrokerAdapter):
 
     async def publish_task(self, agent: str, data: bytes) -> None:
         stream = self.task_channel(agent)
-        await self._ensure_group(stream)
-        await self._broker.publish(data, stream=stream)
+        async with self._slots:
+            await self._ensure_group(stream)
+            await self._broker.publish(data, stream=stream)
 
     async def open_replies(self, caller: str, handler: ReplyHandler) -> str:
         stream = self.reply_channel(caller)
@@ -103,13 +115,14 @@ class RedisAdapter(BrokerAdapter):
         return stream
 
     async def publish_reply(self, address: str, data: bytes) -> None:
-        await self._broker.publish(data, stream=address)
+        async with self._slots:
+            await self._broker.publish(data, stream=address)
 
     async def consume(
         self, agents: Sequence[str], handler: TaskHandler, *, prefetch: int, consumer: str
     ) -> None:
         async def on_task(body: Any, message: Any = _MESSAGE) -> None:
-            await handler(body, _RedisDelivery(message))
+            await handler(body, _RedisDelivery(message, self._slots))
 
         for agent in agents:
             stream = self.task_channel(agent)

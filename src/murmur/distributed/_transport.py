@@ -106,12 +106,17 @@ class BrokerTransport(Transport):
             return await self._submit_home(envelope, events)
         # Trio: broker I/O runs on the helper loop; events come back here to be emitted.
         bridge = self._helper_bridge()
+        failure: Exception | None = None
         async with anyio.create_task_group() as task_group:
             sink = _HomeSink(HomePortal(task_group), events)
             try:
                 result = await bridge.run(self._submit_home, envelope, sink)
+            except Exception as exc:
+                failure = exc  # raised below, not wrapped in the task group's ExceptionGroup
             finally:
                 task_group.cancel_scope.cancel()
+        if failure is not None:
+            raise failure
         return result
 
     async def _submit_home(self, envelope: TaskEnvelope, events: EventSink) -> AgentResult[Any]:
