@@ -26,7 +26,12 @@ import sniffio
 
 from .._bridge import AsyncioBridge, HomePortal
 from .._types import ZERO_USAGE, AgentResult
-from ..errors import AgentTimeoutError, BrokerUnavailableError, InvalidStateError
+from ..errors import (
+    AgentTimeoutError,
+    BrokerUnavailableError,
+    InvalidStateError,
+    InvalidValueError,
+)
 from ..transport.base import Transport
 from ._adapter import DEFAULT_NAMESPACE, BrokerAdapter, load_adapter
 from ._url import BrokerURL, parse_broker_url
@@ -106,12 +111,17 @@ class BrokerTransport(Transport):
             return await self._submit_home(envelope, events)
         # Trio: broker I/O runs on the helper loop; events come back here to be emitted.
         bridge = self._helper_bridge()
+        error: Exception | None = None
         async with anyio.create_task_group() as task_group:
             sink = _HomeSink(HomePortal(task_group), events)
             try:
                 result = await bridge.run(self._submit_home, envelope, sink)
+            except Exception as exc:
+                error = exc  # raised outside the task group: not wrapped in a group
             finally:
                 task_group.cancel_scope.cancel()
+        if error is not None:
+            raise error
         return result
 
     async def _submit_home(self, envelope: TaskEnvelope, events: EventSink) -> AgentResult[Any]:
@@ -124,7 +134,14 @@ class BrokerTransport(Transport):
                 envelope=envelope, reply_to=self._reply_to, correlation_id=correlation_id
             )
             try:
-                await adapter.publish_task(envelope.agent, encode(message))
+                data = encode(message)
+            except Exception as exc:
+                raise InvalidValueError(
+                    f"task {envelope.task.task_id} for agent {envelope.agent!r} cannot be sent "
+                    f"to a worker: its input or metadata is not JSON-serialisable: {exc}"
+                ) from None
+            try:
+                await adapter.publish_task(envelope.agent, data)
             except Exception as exc:
                 raise self._unavailable("publishing a task failed", exc) from None
             wait = math.inf

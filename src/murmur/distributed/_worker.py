@@ -177,9 +177,11 @@ class Worker:
         try:
             await task_group.start(self._run)
         except BaseException:
-            self._state = "stopped"
             task_group.cancel_scope.cancel()
-            await task_group.__aexit__(None, None, None)
+            try:
+                await task_group.__aexit__(None, None, None)
+            finally:
+                await self._release()  # the helper loop of a Trio worker too
             raise
         self._task_group = task_group
         self._state = "running"
@@ -222,17 +224,21 @@ class Worker:
         try:
             await task_group.__aexit__(None, None, None)
         finally:
-            self._state = "stopped"
-            bridge, self._bridge = self._bridge, None
-            if bridge is not None:
-                await bridge.aclose()
-            await self._executor.aclose()
+            await self._release()
+
+    async def _release(self) -> None:
+        self._state = "stopped"
+        bridge, self._bridge = self._bridge, None
+        if bridge is not None:
+            await bridge.aclose()
+        await self._executor.aclose()
 
     async def _run(self, *, task_status: anyio.abc.TaskStatus[None]) -> None:
         if sniffio.current_async_library() == "asyncio":
             await self._serve(_started(task_status))
             return
         bridge = self._bridge = AsyncioBridge(name="murmur-worker-loop")
+        error: Exception | None = None
         async with anyio.create_task_group() as task_group:
             home = self._portal = HomePortal(task_group)
 
@@ -241,9 +247,13 @@ class Worker:
 
             try:
                 await bridge.run(self._serve, started)
+            except Exception as exc:
+                error = exc  # raised outside the task group: not wrapped in a group
             finally:
                 self._portal = None
                 task_group.cancel_scope.cancel()
+        if error is not None:
+            raise error
 
     # -- serving (on the worker's asyncio loop) ----------------------------------------
 
@@ -342,10 +352,8 @@ class Worker:
             else:
                 with _trace_context(envelope.trace_context):
                     result = await self._executor.execute(envelope, sink)
-            reply = ResultMessage(
-                result=result, worker=self.name, correlation_id=message.correlation_id
-            )
-            await adapter.publish_reply(message.reply_to, encode(reply))
+            data, result = _encoded_result(result, message.correlation_id, self.name)
+            await adapter.publish_reply(message.reply_to, data)
         except BaseException:
             # Cancelled (stopped past the grace) or the reply could not be sent: not acked,
             # so the broker delivers it again.
@@ -417,6 +425,27 @@ class _ReplySink:
             await self._adapter.publish_reply(message.reply_to, encode(reply))
         except Exception:
             _log.warning("could not send an event to %s", message.reply_to, exc_info=True)
+
+
+def _encoded_result(
+    result: AgentResult[Any], correlation_id: str, worker: str
+) -> tuple[bytes, AgentResult[Any]]:
+    """The result's reply, and the result it carries: an output that cannot travel as JSON
+    becomes the attempt's error (what it spent is kept), rather than a failure of the
+    worker that would leave the task to be delivered again, and fail the next one too."""
+    try:
+        reply = ResultMessage(result=result, worker=worker, correlation_id=correlation_id)
+        return encode(reply), result
+    except Exception as exc:
+        error = InvalidValueError(
+            f"agent {result.agent!r} returned an output of type {type(result.output).__name__} "
+            f"that cannot be sent back to its caller as JSON: {exc}"
+        )
+    unsendable = AgentResult._build(
+        None, error, result.usage, result.attempts, result.duration, result.task_id, result.agent
+    )
+    reply = ResultMessage(result=unsendable, worker=worker, correlation_id=correlation_id)
+    return encode(reply), unsendable
 
 
 def _expired(envelope: TaskEnvelope) -> AgentResult[Any]:
