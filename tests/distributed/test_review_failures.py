@@ -64,7 +64,7 @@ async def test_an_input_that_cannot_travel_is_a_value_error_not_retried() -> Non
 
 
 async def test_an_unreachable_broker_is_a_broker_error_on_the_caller() -> None:
-    broker = BrokerTransport("redis://user:s3cret@127.0.0.1:1", connect_timeout=5)
+    broker = BrokerTransport("redis://user:s3cret@127.0.0.1:1", connect_timeout=1)
     async with AgentRuntime(transport=broker) as runtime:
         result = await runtime.run(shout, TaskSpec(input="a"))
     assert type(result.error) is BrokerUnavailableError  # not an exception group (Trio)

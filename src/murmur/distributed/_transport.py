@@ -34,7 +34,7 @@ from ..errors import (
 )
 from ..transport.base import Transport
 from ._adapter import DEFAULT_NAMESPACE, BrokerAdapter, load_adapter
-from ._url import BrokerURL, parse_broker_url
+from ._url import BrokerURL, parse_broker_url, query_secrets
 from ._wire import EventMessage, ResultMessage, TaskMessage, WireFormatError, decode, encode
 
 if TYPE_CHECKING:
@@ -255,6 +255,8 @@ def scrub(text: str, url: BrokerURL) -> str:
     password = userinfo.partition(":")[2]
     if password:
         text = text.replace(password, "***")
+    for secret in query_secrets(url):
+        text = text.replace(secret, "***")
     return text
 
 
