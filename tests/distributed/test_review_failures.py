@@ -3,15 +3,20 @@ both backends, and never take a worker (or other work) down with them."""
 
 from __future__ import annotations
 
+import asyncio
+import threading
 import uuid
+from typing import Any, ClassVar
 
 import anyio
 import pytest
 
 from murmur import AgentRuntime, RuntimeOptions, TaskSpec
+from murmur.distributed._memory import MemoryAdapter
 from murmur.distributed._transport import BrokerTransport
 from murmur.distributed._worker import Worker
 from murmur.errors import BrokerUnavailableError, InvalidValueError
+from support import cancel_when_ready
 
 pytestmark = pytest.mark.anyio
 
@@ -77,3 +82,88 @@ async def test_an_unreachable_broker_fails_worker_start_and_leaves_nothing() -> 
     with pytest.raises(BrokerUnavailableError) as caught:  # not an exception group (Trio)
         await worker.start()
     assert "s3cret" not in str(caught.value)
+
+
+async def test_a_batch_on_an_unreachable_broker_waits_for_one_connection_attempt() -> None:
+    # Each task used to try (and wait connect_timeout) in turn: N tasks, N timeouts. The
+    # tasks that waited for the failing attempt now share its answer.
+    broker = BrokerTransport("redis://127.0.0.1:1", connect_timeout=0.5)
+    async with AgentRuntime(transport=broker) as runtime:
+        with anyio.fail_after(20 * 0.5 - 1):
+            results = await runtime.gather(shout, [TaskSpec(input="a") for _ in range(20)])
+    assert {type(r.error) for r in results} == {BrokerUnavailableError}
+
+
+class _StuckConnecting(MemoryAdapter):
+    """Connects forever; remembers being closed."""
+
+    connecting = threading.Event()
+    closed: ClassVar[list[object]] = []
+
+    async def connect(self) -> None:
+        type(self).connecting.set()
+        await asyncio.Event().wait()
+
+    async def aclose(self) -> None:
+        type(self).closed.append(self)
+        await super().aclose()
+
+
+async def _until(flag: threading.Event) -> None:
+    # Set on another thread under Trio (the helper loop's).
+    await anyio.to_thread.run_sync(flag.wait)
+
+
+async def test_a_caller_cancelled_while_connecting_closes_the_half_open_connection() -> None:
+    _StuckConnecting.connecting.clear()
+    _StuckConnecting.closed.clear()
+    broker = transport(f"t-{uuid.uuid4().hex[:8]}")
+    broker._adapter_class = _StuckConnecting
+    async with AgentRuntime(transport=broker) as runtime:
+        outcome = await cancel_when_ready(
+            lambda: runtime.run(shout, TaskSpec(input="a")),
+            lambda: _until(_StuckConnecting.connecting),
+        )
+    assert outcome.propagated
+    assert not outcome.returned
+    assert len(_StuckConnecting.closed) == 1
+
+
+async def test_a_worker_cancelled_while_connecting_closes_the_half_open_connection() -> None:
+    _StuckConnecting.connecting.clear()
+    _StuckConnecting.closed.clear()
+    worker = Worker(URL, [shout], heartbeat_seconds=0)
+    worker._adapter_class = _StuckConnecting
+    outcome = await cancel_when_ready(worker.start, lambda: _until(_StuckConnecting.connecting))
+    assert outcome.propagated
+    assert not outcome.returned
+    assert len(_StuckConnecting.closed) == 1
+
+
+async def test_a_worker_left_by_a_cancellation_ends_its_helper_thread() -> None:
+    # Trio: the helper loop's thread outlived `async with Worker` (the suite's fixture
+    # fails the test if it does).
+    with anyio.CancelScope() as scope:
+        async with Worker(URL, [shout], namespace=f"t-{uuid.uuid4().hex[:8]}"):
+            scope.cancel()
+            await anyio.sleep_forever()
+
+
+async def test_a_runtime_left_by_a_cancellation_closes_its_connection() -> None:
+    namespace = f"t-{uuid.uuid4().hex[:8]}"
+    broker = transport(namespace)
+    async with Worker(URL, [shout], namespace=namespace, heartbeat_seconds=0):
+        with anyio.CancelScope() as scope:
+            async with AgentRuntime(transport=broker) as runtime:
+                assert (await runtime.run(shout, TaskSpec(input="a"))).output == "A"
+                scope.cancel()
+                await anyio.sleep_forever()
+    # Its reply address is gone from the hub (Trio: its helper thread too).
+    assert broker._reply_to
+    assert broker._reply_to not in _hub_of(namespace).replies
+
+
+def _hub_of(namespace: str) -> Any:
+    from murmur.distributed import _memory
+
+    return _memory._hub(f"{URL.partition('://')[2]}|{namespace}")

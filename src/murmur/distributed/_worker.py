@@ -229,9 +229,12 @@ class Worker:
     async def _release(self) -> None:
         self._state = "stopped"
         bridge, self._bridge = self._bridge, None
-        if bridge is not None:
-            await bridge.aclose()
-        await self._executor.aclose()
+        # Shielded: a worker stopped by a cancellation (its `async with` cancelled from
+        # outside) still ends its helper loop's thread.
+        with anyio.CancelScope(shield=True):
+            if bridge is not None:
+                await bridge.aclose()
+            await self._executor.aclose()
 
     async def _run(self, *, task_status: anyio.abc.TaskStatus[None]) -> None:
         if sniffio.current_async_library() == "asyncio":
@@ -264,11 +267,14 @@ class Worker:
         try:
             with anyio.fail_after(DEFAULT_CONNECT_TIMEOUT):
                 await adapter.connect()
-        except Exception as exc:
+        except BaseException as exc:
             from ..errors import BrokerUnavailableError
 
+            # Cancelled midway too: what was opened is closed.
             with anyio.CancelScope(shield=True):
                 await _quietly(adapter.aclose())
+            if not isinstance(exc, Exception):
+                raise
             raise BrokerUnavailableError(
                 f"worker {self.name}: cannot connect to broker {self.url.redacted}: "
                 f"{type(exc).__name__}: {scrub(str(exc), self.url)}"
