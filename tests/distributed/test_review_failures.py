@@ -11,11 +11,11 @@ from typing import Any, ClassVar
 import anyio
 import pytest
 
-from murmur import AgentRuntime, RuntimeOptions, TaskSpec
+from murmur import AgentContext, AgentRuntime, RuntimeOptions, TaskSpec
 from murmur.distributed._memory import MemoryAdapter
 from murmur.distributed._transport import BrokerTransport
 from murmur.distributed._worker import Worker
-from murmur.errors import BrokerUnavailableError, InvalidValueError
+from murmur.errors import AgentTimeoutError, BrokerUnavailableError, InvalidValueError
 from support import cancel_when_ready
 
 pytestmark = pytest.mark.anyio
@@ -167,3 +167,31 @@ def _hub_of(namespace: str) -> Any:
     from murmur.distributed import _memory
 
     return _memory._hub(f"{URL.partition('://')[2]}|{namespace}")
+
+
+async def sleeps(text: str) -> str:
+    await anyio.sleep_forever()
+    return text
+
+
+async def waits_for_a_sleeping_child(text: str, ctx: AgentContext) -> str:
+    result = await ctx.run(sleeps, TaskSpec(input=text))
+    return str(result.output)
+
+
+async def test_a_child_spawned_on_a_worker_ends_with_its_parents_deadline() -> None:
+    # The children a worker's task spawned had no deadline: once their parent timed out
+    # they held their worker's slots for good, and the next tasks were lost.
+    namespace = f"t-{uuid.uuid4().hex[:8]}"
+    agents = [waits_for_a_sleeping_child, sleeps]
+    worker = Worker(
+        URL, agents, concurrency=2, namespace=namespace, heartbeat_seconds=0, grace_seconds=0
+    )
+    broker = BrokerTransport(URL, namespace=namespace, reply_grace=1)
+    options = RuntimeOptions(timeout_seconds=0.3)
+    async with worker, AgentRuntime(transport=broker, options=options) as runtime:
+        for key in "abc":
+            result = await runtime.run(waits_for_a_sleeping_child, TaskSpec(input=key))
+            # Run by the worker and cut off there, not lost for want of a free slot.
+            assert isinstance(result.error, AgentTimeoutError)
+            assert "passed its deadline" in str(result.error)
