@@ -167,6 +167,10 @@ class _RemoteAttempt:
         ctx.attempt += 1
         origin = ctx.origin
         cap = ctx.token_cap
+        deadline = None if self._timeout is None else _now() + self._timeout
+        if origin.deadline is not None and (deadline is None or origin.deadline < deadline):
+            # A child of an attempt that arrived with a deadline: not past its parent's.
+            deadline = origin.deadline
         envelope = TaskEnvelope(
             agent=ctx.agent,
             task=ctx.task,
@@ -176,7 +180,7 @@ class _RemoteAttempt:
             parent_call_id=origin.parent_call_id,
             parent_task_id=origin.parent_task_id,
             depth=origin.depth,
-            deadline=None if self._timeout is None else _now() + self._timeout,
+            deadline=deadline,
             token_cap=None if cap is None else max(0, cap - ctx.total_tokens),
             wants=frozenset(str(kind) for kind in origin.wants),
             max_spawn_depth=(

@@ -44,6 +44,7 @@ class CallOrigin:
         "caller_task",
         "cancelled",
         "cancels",
+        "deadline",
         "depth",
         "emit",
         "emit_failed",
@@ -106,6 +107,9 @@ class CallOrigin:
         #: arrived from another process, and the children it spawns here); ``None`` when
         #: the runtime's own ``DepthLimitMiddleware`` (or none) applies.
         self.max_spawn_depth: int | None = None
+        #: The absolute deadline (``time.time()``) inherited from an envelope, likewise: the
+        #: children spawned here must not outlive the attempt that spawned them.
+        self.deadline: float | None = None
         #: Every field of this call's task events in order, the shared ones filled in: a task
         #: event is a copy of it with the per-event fields set (cheaper than building anew).
         #: Empty when the emitter wants no events: then none is ever built.
@@ -155,6 +159,7 @@ class CallOrigin:
             parent_task_id=envelope.parent_task_id,
         )
         origin.max_spawn_depth = envelope.max_spawn_depth
+        origin.deadline = envelope.deadline
         return origin
 
     async def emit_isolated(self, event: RuntimeEvent) -> None:

@@ -570,6 +570,7 @@ class _RuntimeCore(Host):
             parent_call_id=parent_call_id,
         )
         origin.max_spawn_depth = above.max_spawn_depth
+        origin.deadline = above.deadline
         return origin
 
     def _asyncio_bridge(self) -> AsyncioBridge:

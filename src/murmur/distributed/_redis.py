@@ -32,6 +32,7 @@ __all__ = ["RedisAdapter"]
 COMMAND_SLOTS = 64
 _MAX_CONNECTIONS = 2**16
 
+
 class _RedisDelivery:
     __slots__ = ("_message", "_slots")
 

@@ -26,10 +26,15 @@ import sniffio
 
 from .._bridge import AsyncioBridge, HomePortal
 from .._types import ZERO_USAGE, AgentResult
-from ..errors import AgentTimeoutError, BrokerUnavailableError, InvalidStateError
+from ..errors import (
+    AgentTimeoutError,
+    BrokerUnavailableError,
+    InvalidStateError,
+    InvalidValueError,
+)
 from ..transport.base import Transport
 from ._adapter import DEFAULT_NAMESPACE, BrokerAdapter, load_adapter
-from ._url import BrokerURL, parse_broker_url
+from ._url import BrokerURL, parse_broker_url, query_secrets
 from ._wire import EventMessage, ResultMessage, TaskMessage, WireFormatError, decode, encode
 
 if TYPE_CHECKING:
@@ -89,6 +94,8 @@ class BrokerTransport(Transport):
         self._adapter: BrokerAdapter | None = None
         self._home: asyncio.AbstractEventLoop | None = None
         self._connecting: asyncio.Lock | None = None
+        #: When the last connection attempt failed, and why.
+        self._connect_failed: tuple[float, str] | None = None
         self._reply_to = ""
         self._pending: dict[str, MemoryObjectSendStream[ResultMessage | EventMessage]] = {}
         self._bridge: AsyncioBridge | None = None
@@ -129,7 +136,14 @@ class BrokerTransport(Transport):
                 envelope=envelope, reply_to=self._reply_to, correlation_id=correlation_id
             )
             try:
-                await adapter.publish_task(envelope.agent, encode(message))
+                data = encode(message)
+            except Exception as exc:
+                raise InvalidValueError(
+                    f"task {envelope.task.task_id} for agent {envelope.agent!r} cannot be sent "
+                    f"to a worker: its input or metadata is not JSON-serialisable: {exc}"
+                ) from None
+            try:
+                await adapter.publish_task(envelope.agent, data)
             except Exception as exc:
                 raise self._unavailable("publishing a task failed", exc) from None
             wait = math.inf
@@ -180,18 +194,29 @@ class BrokerTransport(Transport):
             self._connecting = asyncio.Lock()
             self._home = loop
             self._adapter = None
+        asked = time.monotonic()
         async with self._connecting:
             if self._adapter is not None:
                 return self._adapter
+            failed = self._connect_failed
+            if failed is not None and failed[0] >= asked:
+                # The connection this call waited for failed: the same answer, at once (not
+                # one connect_timeout more for each task of a batch, one after the other).
+                raise BrokerUnavailableError(failed[1])
             adapter = self._adapter_class(self.url, namespace=self.namespace)
             try:
                 with anyio.fail_after(self.connect_timeout):
                     await adapter.connect()
                     self._reply_to = await adapter.open_replies(self.caller_id, self._on_reply)
-            except Exception as exc:
+            except BaseException as exc:
+                # Cancelled midway too: what was opened (a subscriber's task) is closed.
                 with anyio.CancelScope(shield=True):
                     await _close_quietly(adapter)
-                raise self._unavailable("cannot connect", exc) from None
+                if not isinstance(exc, Exception):
+                    raise
+                error = self._unavailable("cannot connect", exc)
+                self._connect_failed = (time.monotonic(), str(error))
+                raise error from None
             self._adapter = adapter
             return adapter
 
@@ -216,16 +241,19 @@ class BrokerTransport(Transport):
             send.close()
         adapter, self._adapter = self._adapter, None
         bridge, self._bridge = self._bridge, None
-        try:
-            if adapter is not None:
-                if bridge is not None and sniffio.current_async_library() != "asyncio":
-                    await bridge.run(_close_quietly, adapter)
-                elif self._home is asyncio.get_running_loop():
-                    await _close_quietly(adapter)
-                # else: its loop is gone, and with it the connection.
-        finally:
-            if bridge is not None:
-                await bridge.aclose()
+        # Shielded: a runtime closed by a cancellation (its `async with` cancelled from
+        # outside) still deletes its reply channel and ends its connection and thread.
+        with anyio.CancelScope(shield=True):
+            try:
+                if adapter is not None:
+                    if bridge is not None and sniffio.current_async_library() != "asyncio":
+                        await bridge.run(_close_quietly, adapter)
+                    elif self._home is asyncio.get_running_loop():
+                        await _close_quietly(adapter)
+                    # else: its loop is gone, and with it the connection.
+            finally:
+                if bridge is not None:
+                    await bridge.aclose()
 
 
 async def _close_quietly(adapter: BrokerAdapter) -> None:
@@ -243,6 +271,8 @@ def scrub(text: str, url: BrokerURL) -> str:
     password = userinfo.partition(":")[2]
     if password:
         text = text.replace(password, "***")
+    for secret in query_secrets(url):
+        text = text.replace(secret, "***")
     return text
 
 

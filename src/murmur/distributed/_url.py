@@ -72,6 +72,11 @@ def parse_broker_url(url: object) -> BrokerURL:
     kind = SCHEMES[scheme]
     try:
         parts = urlsplit(url.strip())
+        if "@" in parts.path + parts.query + parts.fragment:
+            raise InvalidValueError(
+                "an '@' after the host: a password holding '/', '?' or '#' must be "
+                "percent-encoded (%2F, %3F, %23)"
+            )
         netloc = parts.netloc
         userinfo, _, hostpart = netloc.rpartition("@")
         hosts = tuple(h for h in hostpart.split(",") if h)
@@ -90,7 +95,7 @@ def parse_broker_url(url: object) -> BrokerURL:
     if userinfo:
         user, colon, _password = userinfo.partition(":")
         redacted_netloc = f"{user}{':***' if colon else ''}@{hostpart}"
-    query = f"?{parts.query}" if parts.query else ""
+    query = f"?{_redact_query(parts.query)}" if parts.query else ""
     redacted = f"{scheme}://{redacted_netloc}{parts.path}{query}"
     return BrokerURL(scheme, kind, url.strip(), redacted, hosts)
 
@@ -105,13 +110,39 @@ def _check_host(host: str) -> None:
         raise InvalidValueError(f"port {port!r} is not a number from 1 to 65535")
 
 
+#: Query parameters whose value is a credential (``redis://host?password=...``).
+_SECRET_PARAMS = ("pass", "secret", "token")
+
+
+def _redact_query(query: str) -> str:
+    """``query`` with the values of credential-like parameters replaced by ``***``."""
+    fields = []
+    for field_ in query.split("&"):
+        key, eq, _value = field_.partition("=")
+        if eq and any(word in key.lower() for word in _SECRET_PARAMS):
+            field_ = f"{key}=***"
+        fields.append(field_)
+    return "&".join(fields)
+
+
+def query_secrets(url: BrokerURL) -> list[str]:
+    """The credential values in the URL's query (hidden in ``redacted``)."""
+    query = urlsplit(url.secret).query
+    return [
+        value
+        for key, eq, value in (field_.partition("=") for field_ in query.split("&"))
+        if eq and value and any(word in key.lower() for word in _SECRET_PARAMS)
+    ]
+
+
 def _redact_raw(url: str) -> str:
-    """``url`` with whatever sits between ``://`` and the last ``@`` of its authority hidden."""
+    """``url`` with whatever sits between ``://`` and its last ``@`` hidden (an unencoded
+    ``/``, ``?`` or ``#`` in a password must not reveal the rest of it)."""
     head, sep, rest = url.partition("://")
     if not sep:
         return url if "@" not in url else "***@" + url.rpartition("@")[2]
-    authority, slash, tail = rest.partition("/")
-    if "@" in authority:
-        user = authority.rpartition("@")[0].partition(":")[0]
-        authority = f"{user}:***@{authority.rpartition('@')[2]}"
-    return f"{head}{sep}{authority}{slash}{tail}"
+    if "@" in rest:
+        user = rest.partition("@")[0].partition(":")[0].partition("/")[0]
+        rest = f"{user}:***@{rest.rpartition('@')[2]}"
+    before, mark, query = rest.partition("?")
+    return f"{head}{sep}{before}{mark}{_redact_query(query)}"

@@ -147,7 +147,6 @@ class Worker:
         self._group: anyio.abc.TaskGroup | None = None
         self._scope: anyio.CancelScope | None = None
         self._stop_flag = False
-        #: The task group being drained by a pending ``stop``/``wait_stopped``.
         self._stop_requested: asyncio.Event | None = None
         self._home: asyncio.AbstractEventLoop | None = None
         self._bridge: AsyncioBridge | None = None
@@ -209,10 +208,9 @@ class Worker:
             raise InvalidStateError(f"this Worker is {self._state}; create a new one")
         self._state = "running"
         try:
-            async with anyio.create_task_group() as group:
-                self._scope = group.cancel_scope
-                await group.start(self._run)
-                task_status.started()
+            with anyio.CancelScope() as scope:
+                self._scope = scope
+                await self._run(task_status=task_status)
         finally:
             self._scope = None
             self._state = "stopped"
@@ -252,6 +250,7 @@ class Worker:
             await self._serve(_started(task_status))
             return
         bridge = self._bridge = AsyncioBridge(name="murmur-worker-loop")
+        error: Exception | None = None
         async with anyio.create_task_group() as task_group:
             home = self._portal = HomePortal(task_group)
 
@@ -260,9 +259,13 @@ class Worker:
 
             try:
                 await bridge.run(self._serve, started)
+            except Exception as exc:
+                error = exc  # raised outside the task group: not wrapped in a group
             finally:
                 self._portal = None
                 task_group.cancel_scope.cancel()
+        if error is not None:
+            raise error
 
     # -- serving (on the worker's asyncio loop) ----------------------------------------
 
@@ -275,11 +278,14 @@ class Worker:
         try:
             with anyio.fail_after(DEFAULT_CONNECT_TIMEOUT):
                 await adapter.connect()
-        except Exception as exc:
+        except BaseException as exc:
             from ..errors import BrokerUnavailableError
 
+            # Cancelled midway too: what was opened is closed.
             with anyio.CancelScope(shield=True):
                 await _quietly(adapter.aclose())
+            if not isinstance(exc, Exception):
+                raise
             raise BrokerUnavailableError(
                 f"worker {self.name}: cannot connect to broker {self.url.redacted}: "
                 f"{type(exc).__name__}: {scrub(str(exc), self.url)}"
@@ -363,10 +369,8 @@ class Worker:
             else:
                 with _trace_context(envelope.trace_context):
                     result = await self._executor.execute(envelope, sink)
-            reply = ResultMessage(
-                result=result, worker=self.name, correlation_id=message.correlation_id
-            )
-            await adapter.publish_reply(message.reply_to, encode(reply))
+            data, result = _encoded_result(result, message.correlation_id, self.name)
+            await adapter.publish_reply(message.reply_to, data)
         except BaseException as exc:
             # Cancelled (stopped past the grace) or the reply could not be sent: not acked,
             # so the broker delivers it again.
@@ -449,6 +453,27 @@ class _ReplySink:
             await self._adapter.publish_reply(message.reply_to, encode(reply))
         except Exception:
             _log.warning("could not send an event to %s", message.reply_to, exc_info=True)
+
+
+def _encoded_result(
+    result: AgentResult[Any], correlation_id: str, worker: str
+) -> tuple[bytes, AgentResult[Any]]:
+    """The result's reply, and the result it carries: an output that cannot travel as JSON
+    becomes the attempt's error (what it spent is kept), rather than a failure of the
+    worker that would leave the task to be delivered again, and fail the next one too."""
+    try:
+        reply = ResultMessage(result=result, worker=worker, correlation_id=correlation_id)
+        return encode(reply), result
+    except Exception as exc:
+        error = InvalidValueError(
+            f"agent {result.agent!r} returned an output of type {type(result.output).__name__} "
+            f"that cannot be sent back to its caller as JSON: {exc}"
+        )
+    unsendable = AgentResult._build(
+        None, error, result.usage, result.attempts, result.duration, result.task_id, result.agent
+    )
+    reply = ResultMessage(result=unsendable, worker=worker, correlation_id=correlation_id)
+    return encode(reply), unsendable
 
 
 def _expired(envelope: TaskEnvelope) -> AgentResult[Any]:
