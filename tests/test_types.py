@@ -142,7 +142,14 @@ def test_result_json_form_of_an_error_is_type_message_traceback() -> None:
     result: AgentResult[str] = AgentResult(error=ValueError("bad value"), task_id="t1", agent="a")
     data = result.model_dump(mode="json")
     assert data["output"] is None
-    assert data["error"] == {"type": "ValueError", "message": "bad value", "traceback": None}
+    assert data["error"] == {
+        "type": "ValueError",
+        "message": "bad value",
+        "traceback": None,
+        # Its classes and HTTP status: what retry rules judge a remote failure by.
+        "kinds": ["builtins.ValueError"],
+        "status_code": None,
+    }
 
 
 def test_error_of_a_non_builtin_type_is_named_with_its_module() -> None:

@@ -91,13 +91,22 @@ class ErrorInfo(BaseModel):
     type: str
     message: str
     traceback: str | None = None
+    #: The exception's classes, most derived first (``module.QualName``, up to but not
+    #: including ``Exception``): what ``retry_on`` matches a remote failure by.
+    kinds: tuple[str, ...] = ()
+    #: The HTTP status the exception carried (a provider's 429 or 503), if any.
+    status_code: int | None = None
 
     @classmethod
     def from_exception(cls, error: BaseException) -> ErrorInfo:
         """Describe ``error``; a ``RemoteAgentError`` keeps the remote type and traceback."""
         if isinstance(error, RemoteAgentError):
             return cls(
-                type=error.type_name, message=error.message, traceback=error.remote_traceback
+                type=error.type_name,
+                message=error.message,
+                traceback=error.remote_traceback,
+                kinds=error.kinds,
+                status_code=error.status_code,
             )
         kind = type(error)
         name = (
@@ -106,7 +115,19 @@ class ErrorInfo(BaseModel):
             else (f"{kind.__module__}.{kind.__qualname__}")
         )
         tb = "".join(_traceback.format_exception(error)) if error.__traceback__ else None
-        return cls(type=name, message=str(error), traceback=tb)
+        kinds = tuple(
+            _errors.qualified_name(base)
+            for base in kind.__mro__
+            if issubclass(base, BaseException) and base not in _ROOTS
+        )
+        status = getattr(error, "status_code", None)
+        return cls(
+            type=name,
+            message=str(error),
+            traceback=tb,
+            kinds=kinds,
+            status_code=status if isinstance(status, int) else None,
+        )
 
     def to_exception(self) -> Exception:
         """Rebuild the failure: Murmur's own task errors as themselves (so a remote timeout
@@ -114,12 +135,20 @@ class ErrorInfo(BaseModel):
         ``RemoteAgentError`` carrying the original type name, message and traceback."""
         own = _REBUILT.get(self.type)
         if own is None:
-            return RemoteAgentError(self.type, self.message, self.traceback)
+            return RemoteAgentError(
+                self.type,
+                self.message,
+                self.traceback,
+                kinds=self.kinds,
+                status_code=self.status_code,
+            )
         error = own(self.message)
         if self.traceback:
             error.add_note(f"murmur: raised in another process:\n{self.traceback}")
         return error
 
+
+_ROOTS = frozenset({BaseException, Exception})
 
 #: Murmur's task errors that carry nothing but their message, by the name ``ErrorInfo``
 #: gives them: rebuilt as themselves when they come back from another process.

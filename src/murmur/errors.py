@@ -110,13 +110,37 @@ class UnknownAgentError(AgentError, LookupError):
 
 
 class RemoteAgentError(AgentError):
-    """A failure that happened in another process, rebuilt from its type, message and traceback."""
+    """A failure that happened in another process, rebuilt from its type, message and traceback.
 
-    def __init__(self, type_name: str, message: str, traceback: str | None = None) -> None:
+    ``kinds`` names the original exception's classes (``"builtins.ConnectionError"``,
+    ``"builtins.OSError"``, ...), so that ``retry_on`` and the default retry rule judge it
+    as they would the original; ``status_code`` is the HTTP status it carried, if any.
+    """
+
+    def __init__(
+        self,
+        type_name: str,
+        message: str,
+        traceback: str | None = None,
+        *,
+        kinds: tuple[str, ...] = (),
+        status_code: int | None = None,
+    ) -> None:
         self.type_name = type_name
         self.message = message
         self.remote_traceback = traceback
+        self.kinds = kinds
+        self.status_code = status_code
         super().__init__(f"{type_name}: {message}")
+
+    def is_a(self, kind: type[BaseException]) -> bool:
+        """Whether the original exception was an instance of ``kind`` (by class name)."""
+        return qualified_name(kind) in self.kinds
+
+
+def qualified_name(kind: type[BaseException]) -> str:
+    """``module.QualName`` of an exception class (``builtins.`` included)."""
+    return f"{kind.__module__}.{kind.__qualname__}"
 
 
 class InvalidValueError(MurmurError, ValueError):

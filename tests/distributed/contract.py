@@ -285,11 +285,6 @@ class BrokerContract:
         assert result.usage == app.FLAKY_USAGE + app.FLAKY_USAGE
         assert len(events.of(EventType.RETRY_SCHEDULED)) == 1
 
-    @pytest.mark.xfail(
-        reason="a failure from a worker comes back as RemoteAgentError, which the default "
-        "retry_on (is_retryable) does not recognise as the transient ConnectionError it was",
-        strict=True,
-    )
     async def test_a_transient_failure_is_retried_as_it_is_in_process(
         self, broker_url: str, namespace: str, workers: Workers
     ) -> None:

@@ -14,7 +14,10 @@ import anyio
 import pytest
 
 from murmur import AgentRuntime, RuntimeOptions, TaskSpec
-from murmur.distributed import BrokerTransport, Worker
+from murmur.distributed import BrokerTransport, Worker, parse_broker_url
+from murmur.distributed._memory import MemoryAdapter
+from murmur.distributed._wire import TaskMessage, encode
+from murmur.transport import TaskEnvelope
 
 pytestmark = pytest.mark.anyio
 
@@ -87,4 +90,40 @@ async def test_stop_waits_for_in_flight_tasks_within_the_grace() -> None:
                 release.set()
     assert results == ["X"]
     assert worker.stats.processed == 1
+    assert worker.stats.returned == 0
+
+
+class _UnreachableReplies(MemoryAdapter):
+    """Replies to the address ``poisoned`` fail, as a reply to a key of the wrong type does
+    on Redis."""
+
+    async def publish_reply(self, address: str, data: bytes) -> None:
+        if address.endswith("poisoned"):
+            raise ConnectionError("WRONGTYPE Operation against a key holding the wrong kind")
+        await super().publish_reply(address, data)
+
+
+async def test_a_result_that_cannot_be_sent_does_not_stop_the_worker() -> None:
+    namespace = f"t-{uuid.uuid4().hex[:8]}"
+
+    async def echo(text: str) -> str:
+        return text
+
+    worker = Worker(URL, [echo], namespace=namespace, heartbeat_seconds=0)
+    worker._adapter_class = _UnreachableReplies
+    async with worker:
+        poisoned = TaskMessage(
+            envelope=TaskEnvelope(agent="echo", task=TaskSpec(input="lost"), trace_id="t"),
+            reply_to=f"{namespace}.reply.poisoned",
+            correlation_id="c-1",
+        )
+        await _UnreachableReplies(parse_broker_url(URL), namespace=namespace).publish_task(
+            "echo", encode(poisoned)
+        )
+        async with AgentRuntime(transport=BrokerTransport(URL, namespace=namespace)) as runtime:
+            # Tasks are taken in order: once this one is answered, the poisoned one was run.
+            result = await runtime.run(echo, TaskSpec(input="after"))
+    assert result.output == "after"
+    assert worker.stats.processed == 1
+    assert worker.stats.failed == 1  # the poisoned one: run, its result undeliverable
     assert worker.stats.returned == 0

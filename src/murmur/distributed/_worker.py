@@ -370,32 +370,44 @@ class Worker:
                 with _trace_context(envelope.trace_context):
                     result = await self._executor.execute(envelope, sink)
             data, result = _encoded_result(result, message.correlation_id, self.name)
-            await adapter.publish_reply(message.reply_to, data)
-        except BaseException as exc:
-            # Cancelled (stopped past the grace) or the reply could not be sent: not acked,
-            # so the broker delivers it again.
+        except BaseException:
+            # Cancelled (stopped past the grace): not acknowledged, so the broker delivers
+            # it again.
             stats.in_flight -= 1
             stats.returned += 1
             _log.warning(
-                "worker %s: task %s of agent %r not finished (%s): left on the broker to be "
-                "delivered again",
+                "worker %s: task %s of agent %r not finished (stopped): left on the broker "
+                "to be delivered again",
                 self.name,
                 envelope.task.task_id,
                 envelope.agent,
-                "stopped"
-                if isinstance(exc, anyio.get_cancelled_exc_class())
-                else type(exc).__name__,
             )
             with anyio.CancelScope(shield=True):
                 await _quietly(delivery.nack())
             raise
         stats.in_flight -= 1
-        if result.error is None:
-            stats.processed += 1
-        else:
-            stats.failed += 1
         stats.per_agent[envelope.agent] += 1
-        await delivery.ack()
+        try:
+            await adapter.publish_reply(message.reply_to, data)
+        except Exception:
+            # The attempt ran (and was paid for); running it again would not make its reply
+            # deliverable. Its caller's deadline reports it lost; the worker goes on.
+            stats.failed += 1
+            _log.exception(
+                "worker %s: the result of task %s of agent %r could not be sent to %s",
+                self.name,
+                envelope.task.task_id,
+                envelope.agent,
+                message.reply_to,
+            )
+        else:
+            if result.error is None:
+                stats.processed += 1
+            else:
+                stats.failed += 1
+        # Not acknowledged if the broker's connection fails here: the task comes again,
+        # and its caller drops the second result.
+        await _quietly(delivery.ack())
 
     async def _heartbeat(self) -> None:
         if self.heartbeat_seconds <= 0:

@@ -17,6 +17,7 @@ from ..errors import (
     BudgetExceededError,
     InputValidationError,
     InvalidValueError,
+    RemoteAgentError,
     SpawnDepthExceededError,
 )
 from ..events.types import EventType
@@ -42,16 +43,34 @@ def is_retryable(error: BaseException) -> bool:
     other ``OSError``, pydantic-ai ``ModelHTTPError`` with status 408, 429 or 5xx, and
     pydantic-ai ``ModelAPIError`` without a status (transport failures). Not retried:
     budget and depth refusals, input validation errors, anything else (bugs in user code,
-    output validation failures, 4xx responses).
+    output validation failures, 4xx responses). A failure from a worker
+    (``RemoteAgentError``) is judged by its original classes and status code, the same way.
     """
-    if isinstance(error, (BudgetExceededError, SpawnDepthExceededError, InputValidationError)):
+    if isinstance(error, _NEVER_RETRIED):
         return False
+    if isinstance(error, RemoteAgentError):
+        return _remote_is_retryable(error)
     if _is_model_http_error(error):
         return error.status_code in _RETRYABLE_STATUS or 500 <= error.status_code <= 599
     if isinstance(error, OSError):
         return True
     api_error = loaded_class("pydantic_ai.exceptions", "ModelAPIError")
     return api_error is not None and isinstance(error, api_error)
+
+
+def _remote_is_retryable(error: RemoteAgentError) -> bool:
+    """``is_retryable`` for a failure from another process, judged by its original classes
+    (and status code): a worker's ``ConnectionError`` is retried as it is in-process."""
+    kinds = error.kinds
+    if any(error.is_a(kind) for kind in _NEVER_RETRIED):
+        return False
+    if "pydantic_ai.exceptions.ModelHTTPError" in kinds and error.status_code is not None:
+        status = error.status_code
+        return status in _RETRYABLE_STATUS or 500 <= status <= 599
+    return "builtins.OSError" in kinds or "pydantic_ai.exceptions.ModelAPIError" in kinds
+
+
+_NEVER_RETRIED = (BudgetExceededError, SpawnDepthExceededError, InputValidationError)
 
 
 def _is_model_http_error(error: BaseException) -> TypeGuard[ModelHTTPError]:
@@ -201,7 +220,10 @@ def _as_predicate(retry_on: RetryOn | None) -> Callable[[BaseException], bool]:
         types = retry_on
 
         def matches(error: BaseException) -> bool:
-            return isinstance(error, types)
+            if isinstance(error, types):
+                return True
+            # A failure from another process matches by its original classes' names.
+            return isinstance(error, RemoteAgentError) and any(map(error.is_a, types))
 
         return matches
     return retry_on
