@@ -30,6 +30,10 @@ __all__ = ["RedisAdapter"]
 #: outright (MaxConnectionsError) rather than wait for a connection, so the adapter waits
 #: here instead; each subscriber's blocking read holds one more connection.
 COMMAND_SLOTS = 64
+#: A reply stream keeps at most this many entries (approximately; its caller reads them as
+#: they come) and goes this long after its last reply.
+REPLY_MAXLEN = 100_000
+REPLY_TTL_SECONDS = 3600
 _MAX_CONNECTIONS = 2**16
 
 
@@ -116,8 +120,13 @@ class RedisAdapter(BrokerAdapter):
         return stream
 
     async def publish_reply(self, address: str, data: bytes) -> None:
-        async with self._slots:
-            await self._broker.publish(data, stream=address)
+        async with self._slots, self._client.pipeline(transaction=False) as pipe:
+            # One round trip: the reply, a cap on the stream's length, and an expiry, so a
+            # reply that arrives after its caller closed (and deleted the stream) does not
+            # leave the stream behind for good.
+            await self._broker.publish(data, stream=address, maxlen=REPLY_MAXLEN, pipeline=pipe)
+            pipe.expire(address, REPLY_TTL_SECONDS)
+            await pipe.execute()
 
     async def consume(
         self, agents: Sequence[str], handler: TaskHandler, *, prefetch: int, consumer: str

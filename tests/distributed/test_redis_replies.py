@@ -1,0 +1,40 @@
+"""Redis reply streams: a reply that arrives after its caller closed does not leave the
+caller's reply stream behind for good (it expires)."""
+
+from __future__ import annotations
+
+import uuid
+
+import pytest
+import redis.asyncio as aioredis
+
+from murmur.distributed import parse_broker_url
+from murmur.distributed._redis import REPLY_TTL_SECONDS, RedisAdapter
+
+# Adapters are the asyncio side of the broker layer (FastStream is asyncio-only; under
+# Trio they run on the helper loop): tested on asyncio directly.
+pytestmark = [pytest.mark.anyio, pytest.mark.parametrize("anyio_backend", ["asyncio"])]
+
+URL = "redis://127.0.0.1:6379"
+
+
+async def test_a_late_reply_recreates_the_stream_only_with_an_expiry() -> None:
+    namespace = f"t-{uuid.uuid4().hex[:8]}"
+    caller = RedisAdapter(parse_broker_url(URL), namespace=namespace)
+    worker = RedisAdapter(parse_broker_url(URL), namespace=namespace)
+    client = aioredis.Redis.from_url(URL)
+    await caller.connect()
+    await worker.connect()
+    try:
+        address = await caller.open_replies("c1", lambda data: None)
+        await caller.aclose()  # deletes its reply stream
+        assert await client.exists(address) == 0
+        await worker.publish_reply(address, b"late")  # a worker answering a closed caller
+        assert await client.exists(address) == 1
+        assert 0 < await client.ttl(address) <= REPLY_TTL_SECONDS
+    finally:
+        await worker.aclose()
+        keys = [key async for key in client.scan_iter(match=f"{namespace}.*")]
+        if keys:
+            await client.delete(*keys)
+        await client.aclose()
