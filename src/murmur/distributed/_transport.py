@@ -237,23 +237,28 @@ class BrokerTransport(Transport):
         if self._closed:
             return
         self._closed = True
-        for send in list(self._pending.values()):
-            send.close()
         adapter, self._adapter = self._adapter, None
         bridge, self._bridge = self._bridge, None
         # Shielded: a runtime closed by a cancellation (its `async with` cancelled from
         # outside) still deletes its reply channel and ends its connection and thread.
         with anyio.CancelScope(shield=True):
             try:
-                if adapter is not None:
-                    if bridge is not None and sniffio.current_async_library() != "asyncio":
-                        await bridge.run(_close_quietly, adapter)
-                    elif self._home is asyncio.get_running_loop():
-                        await _close_quietly(adapter)
-                    # else: its loop is gone, and with it the connection.
+                if bridge is not None and sniffio.current_async_library() != "asyncio":
+                    await bridge.run(self._shut, adapter)  # on the loop the streams live on
+                elif self._home is None or self._home is asyncio.get_running_loop():
+                    await self._shut(adapter)
+                # else: its loop is gone, and with it the connection and the waiters.
             finally:
                 if bridge is not None:
                     await bridge.aclose()
+
+    async def _shut(self, adapter: BrokerAdapter | None) -> None:
+        """On the home loop: end the attempts still waiting (their results come back as
+        errors), then close the connection."""
+        for send in list(self._pending.values()):
+            send.close()
+        if adapter is not None:
+            await _close_quietly(adapter)
 
 
 async def _close_quietly(adapter: BrokerAdapter) -> None:
