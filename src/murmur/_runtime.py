@@ -407,12 +407,15 @@ class _RuntimeCore(Host):
         if self._closed:
             return
         self._closed = True
-        try:
-            await self.transport.aclose()
-        finally:
-            bridge, self._bridge = self._bridge, None
-            if bridge is not None:
-                await bridge.aclose()
+        # Shielded: a runtime left by a cancellation (its `async with` cancelled from
+        # outside) still ends its connections and its helper thread.
+        with anyio.CancelScope(shield=True):
+            try:
+                await self.transport.aclose()
+            finally:
+                bridge, self._bridge = self._bridge, None
+                if bridge is not None:
+                    await bridge.aclose()
 
     # -- calls -------------------------------------------------------------------------
 

@@ -195,3 +195,19 @@ async def test_a_child_spawned_on_a_worker_ends_with_its_parents_deadline() -> N
             # Run by the worker and cut off there, not lost for want of a free slot.
             assert isinstance(result.error, AgentTimeoutError)
             assert "passed its deadline" in str(result.error)
+
+
+async def test_an_in_process_runtime_left_by_a_cancellation_ends_its_helper_thread() -> None:
+    # Trio: the runtime's own asyncio bridge (started for a pydantic-ai agent) must not
+    # outlive `async with AgentRuntime()` left by a cancellation (the suite's fixture
+    # fails the test if its thread survives).
+    from pydantic_ai.models.test import TestModel
+
+    import murmur
+
+    agent = murmur.Agent(name="model", model=TestModel())
+    with anyio.CancelScope() as scope:
+        async with AgentRuntime() as runtime:
+            await runtime.run(agent, TaskSpec(input="x"))
+            scope.cancel()
+            await anyio.sleep_forever()
