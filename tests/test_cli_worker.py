@@ -8,13 +8,10 @@ with signals. The one-line start errors run the command too, with nothing to con
 
 from __future__ import annotations
 
-import json
 import os
-import queue
 import signal
 import subprocess
 import sys
-import threading
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -25,105 +22,24 @@ import pytest
 from typer.testing import CliRunner
 
 from distributed.app import explode, hold, shout
+from distributed.brokers import REDIS_URL as REDIS
+from distributed.brokers import delete_redis_keys, require
 from murmur import AgentRuntime, RemoteAgentError, TaskSpec
 from murmur.cli import app
 from murmur.cli._serve import _console_line
+from workers import REPO, STEP_SECONDS, WorkerProcess, command_env
 
-REPO = Path(__file__).resolve().parents[1]
-REDIS = "redis://127.0.0.1:6379"
 APP = "tests.distributed.app"
-#: How long any one step may take before the test fails (a bound, never a sleep).
-STEP_SECONDS = 15.0
-
-
-def _redis_client() -> Any:
-    import redis
-
-    client = redis.Redis.from_url(REDIS)
-    try:
-        client.ping()
-    except redis.exceptions.ConnectionError:
-        pytest.skip(f"no Redis at {REDIS}")
-    return client
 
 
 @pytest.fixture
 def namespace() -> Iterator[str]:
-    """A namespace of this test's own; its streams are deleted afterwards."""
-    client = _redis_client()
+    """A namespace of this test's own; its streams are deleted afterwards (a test that
+    needs Redis fails when it is not running)."""
+    require("redis")
     ns = f"test-cli-{uuid.uuid4().hex[:10]}"
     yield ns
-    keys = [*client.scan_iter(f"{ns}.tasks.*"), *client.scan_iter(f"{ns}.reply.*")]
-    if keys:
-        client.delete(*keys)
-    client.close()
-
-
-def command_env(**extra: str) -> dict[str, str]:
-    env = {
-        key: value
-        for key, value in os.environ.items()
-        if key not in {"MURMUR_APP", "MURMUR_BROKER", "MURMUR_NAMESPACE", "PYTHONPATH"}
-    }
-    return {**env, "PYTHONPATH": str(REPO / "src"), "COLUMNS": "100", **extra}
-
-
-class WorkerProcess:
-    """``murmur worker start`` in a subprocess; its stderr read line by line on a thread."""
-
-    def __init__(self, *args: str, env: dict[str, str] | None = None) -> None:
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "murmur", "worker", "start", *args],
-            cwd=REPO,
-            env=env if env is not None else command_env(),
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        self.lines: list[str] = []
-        self._queue: queue.Queue[str | None] = queue.Queue()
-        self._reader = threading.Thread(target=self._read, daemon=True)
-        self._reader.start()
-
-    def _read(self) -> None:
-        assert self.proc.stderr is not None
-        for line in self.proc.stderr:
-            self._queue.put(line.rstrip("\n"))
-        self._queue.put(None)
-
-    def next_event(self, name: str, **fields: Any) -> dict[str, Any]:
-        """The next JSON log line whose event is ``name`` and whose ``fields`` are as given
-        (blocking, bounded)."""
-        while True:
-            try:
-                line = self._queue.get(timeout=STEP_SECONDS)
-            except queue.Empty:
-                raise AssertionError(f"no {name} line; stderr so far: {self.lines}") from None
-            if line is None:
-                raise AssertionError(f"the worker exited before {name}; stderr: {self.lines}")
-            self.lines.append(line)
-            record: dict[str, Any] = json.loads(line)
-            if record["event"] == name and all(record.get(k) == v for k, v in fields.items()):
-                return record
-
-    async def wait_for(self, name: str, **fields: Any) -> dict[str, Any]:
-        return await anyio.to_thread.run_sync(lambda: self.next_event(name, **fields))
-
-    async def exit_code(self) -> int:
-        return await anyio.to_thread.run_sync(lambda: self.proc.wait(timeout=STEP_SECONDS))
-
-    def signal(self, signum: int) -> None:
-        self.proc.send_signal(signum)
-
-    def close(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()
-        self.proc.wait()
-        for stream in (self.proc.stdout, self.proc.stderr):
-            if stream is not None:
-                stream.close()
-        self._reader.join()
+    delete_redis_keys(ns)
 
 
 @pytest.fixture

@@ -4,30 +4,23 @@
 (``test_contract_<broker>.py``), so every broker passes the same tests, on asyncio and Trio
 callers. A subclass gives:
 
-* ``broker_url``: a class-scoped fixture returning the broker's URL (skipping when the
-  broker is not running);
+* ``broker_url``: a class-scoped fixture returning the broker's URL (failing, never
+  skipping, when the broker is not running);
 * how its workers run: in-process ``Worker``s by default, or real ``murmur worker start``
   processes by mixing in ``SubprocessWorkers`` first;
-* ``cleanup(url, namespace)``: delete what the class's namespace left on the broker;
-* ``unreachable_url``: a URL of its scheme with a password, where nothing listens.
+* ``cleanup(url, namespace)``: delete what the class's namespace left on the broker.
+
+A broker whose URLs carry a password also mixes in ``PasswordContract`` and gives
+``unreachable_url``: a URL of its scheme with a password, where nothing listens.
 """
 
 from __future__ import annotations
 
-import functools
-import json
-import os
-import queue
-import signal
-import subprocess
-import sys
-import threading
 import uuid
 from collections import defaultdict
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, ClassVar
 
 import anyio
@@ -48,6 +41,7 @@ from murmur.distributed import AgentRegistry
 from murmur.distributed._transport import DEFAULT_REPLY_GRACE, BrokerTransport
 from murmur.distributed._worker import Worker
 from support import Recorder
+from workers import WorkerProcess
 
 #: Tasks each worker runs at once (more than any test's ``max_concurrency``).
 WORKER_CONCURRENCY = 8
@@ -55,7 +49,6 @@ WORKER_CONCURRENCY = 8
 HANG = 20.0
 #: Seconds a task left by a stopped worker may take to reach another.
 REDELIVERY = 3.0
-ROOT = Path(__file__).resolve().parents[2]
 
 
 @dataclass(frozen=True)
@@ -100,10 +93,6 @@ async def in_process_workers(url: str, namespace: str) -> AsyncIterator[Workers]
 @pytest.mark.anyio
 class BrokerContract:
     """Every broker passes these; see the module docstring for what a subclass gives."""
-
-    #: A URL of this broker's scheme, with the password ``secret``, where nothing listens
-    #: (``None``: the scheme takes no password).
-    unreachable_url: ClassVar[str | None] = None
 
     @pytest.fixture(scope="class")
     @classmethod
@@ -329,13 +318,19 @@ class BrokerContract:
         (result,) = results
         assert result.unwrap() == "again"
 
+
+@pytest.mark.anyio
+class PasswordContract:
+    """Mix in for a broker whose URLs carry a password (``memory://`` has none; the
+    in-memory Kafka never fails to connect)."""
+
+    #: A URL of this broker's scheme, with the password ``secret``, where nothing listens.
+    unreachable_url: ClassVar[str]
+
     async def test_a_password_is_never_shown(self) -> None:
-        url = self.unreachable_url
-        if url is None:
-            pytest.skip("this broker's URLs carry no password")
         events = Recorder()
         with anyio.fail_after(HANG):
-            async with AgentRuntime(broker=url, event_emitter=events) as runtime:
+            async with AgentRuntime(broker=self.unreachable_url, event_emitter=events) as runtime:
                 transport = runtime.__murmur_host__().transport
                 result = await runtime.run(app.shout, TaskSpec(input="hi"))
         assert isinstance(result.error, BrokerUnavailableError)
@@ -348,14 +343,10 @@ class BrokerContract:
 # -- workers as real processes ---------------------------------------------------------------
 
 
-def worker_command(url: str, namespace: str) -> list[str]:
-    """``murmur worker start`` serving the test app (run from the repository's root)."""
+def worker_args(url: str, namespace: str) -> list[str]:
+    """``murmur worker start``'s arguments serving the test app (run from the repository's
+    root)."""
     return [
-        sys.executable,
-        "-m",
-        "murmur",
-        "worker",
-        "start",
         "--app",
         "tests.distributed.app",
         "--broker",
@@ -369,111 +360,23 @@ def worker_command(url: str, namespace: str) -> list[str]:
     ]
 
 
-def _worker_env() -> dict[str, str]:
-    return {**os.environ, "PYTHONPATH": "src"}
-
-
-@functools.cache
-def worker_mode() -> str:
-    """``subprocess`` when the ``murmur worker`` command exists, else ``in-process``.
-
-    ``MURMUR_CONTRACT_WORKERS=subprocess`` (or ``in-process``) decides instead.
-    """
-    chosen = os.environ.get("MURMUR_CONTRACT_WORKERS")
-    if chosen:
-        return chosen
-    probe = subprocess.run(
-        [sys.executable, "-m", "murmur", "worker", "start", "--help"],
-        cwd=ROOT,
-        env=_worker_env(),
-        capture_output=True,
-        timeout=60,
-        check=False,
-    )
-    return "subprocess" if probe.returncode == 0 else "in-process"
-
-
-class _WorkerProcess:
-    """One ``murmur worker start`` process; its JSON log lines are collected as they come."""
-
-    def __init__(self, url: str, namespace: str) -> None:
-        self.lines: list[str] = []
-        self._started: queue.Queue[dict[str, Any] | None] = queue.Queue()
-        self.process = subprocess.Popen(
-            worker_command(url, namespace),
-            cwd=ROOT,
-            env=_worker_env(),
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        self._reader = threading.Thread(target=self._read, name="contract-worker-log")
-        self._reader.start()
-
-    def _read(self) -> None:
-        assert self.process.stderr is not None
-        for line in self.process.stderr:
-            self.lines.append(line)
-            try:
-                record = json.loads(line)
-            except ValueError:
-                continue
-            if isinstance(record, dict) and record.get("event") == "worker.started":
-                self._started.put(record)
-        self._started.put(None)  # the process ended
-
-    def wait_started(self) -> str | None:
-        """The worker's name once it is consuming (``None`` if its log line omits it)."""
-        try:
-            record = self._started.get(timeout=HANG)
-        except queue.Empty:
-            record = None
-        if record is None:
-            self.stop()
-            pytest.fail("the worker did not start:\n" + "".join(self.lines))
-        name = record.get("worker") or record.get("data", {}).get("worker")
-        return str(name) if name else None
-
-    def stop(self) -> int:
-        """SIGTERM (drain, then exit); its exit status."""
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-        try:
-            code = self.process.wait(timeout=HANG)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            code = self.process.wait()
-        self._reader.join()
-        return code
-
-
 class SubprocessWorkers:
     """Mix in before ``BrokerContract``: the workers are ``murmur worker start`` processes,
-    started once for the class (in-process ``Worker``s until that command exists)."""
+    one started for the class."""
 
     @pytest.fixture(scope="class")
     @classmethod
     def worker_processes(cls, broker_url: str, namespace: str) -> Iterator[Workers]:
-        worker = _WorkerProcess(broker_url, namespace)
-        name = worker.wait_started()
-        yield Workers(frozenset({name}) if name else frozenset())
+        worker = WorkerProcess(*worker_args(broker_url, namespace))
+        try:
+            started = worker.next_event("worker.started")
+        except AssertionError as exc:
+            worker.close()
+            pytest.fail(f"the worker did not start: {exc}")
+        yield Workers(frozenset({started["worker"]}))
         code = worker.stop()
-        assert code == 0, "the worker did not drain and exit 0:\n" + "".join(worker.lines)
+        assert code == 0, "the worker did not drain and exit 0:\n" + worker.output()
 
     @pytest.fixture
-    def worker_source(self, request: pytest.FixtureRequest) -> Workers | None:
-        if worker_mode() != "subprocess":
-            return None
-        workers: Workers = request.getfixturevalue("worker_processes")
-        return workers
-
-    @pytest.fixture
-    async def workers(
-        self, broker_url: str, namespace: str, worker_source: Workers | None
-    ) -> AsyncIterator[Workers]:
-        if worker_source is not None:
-            yield worker_source
-            return
-        async with in_process_workers(broker_url, namespace) as workers:
-            yield workers
+    def workers(self, worker_processes: Workers) -> Workers:
+        return worker_processes

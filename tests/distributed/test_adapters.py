@@ -8,7 +8,6 @@ every adapter of the process). Each test uses its own namespace and removes what
 from __future__ import annotations
 
 import asyncio
-import socket
 import threading
 import uuid
 from collections.abc import Awaitable, Callable, Iterator
@@ -19,9 +18,10 @@ import anyio
 import pytest
 import sniffio
 
+from distributed.brokers import cleanup, require
 from murmur import AgentRuntime, TaskSpec
 from murmur._bridge import AsyncioBridge
-from murmur.distributed._adapter import BrokerAdapter, Delivery, load_adapter, safe_name
+from murmur.distributed._adapter import BrokerAdapter, Delivery, load_adapter
 from murmur.distributed._kafka import InMemoryKafka, in_memory_kafka
 from murmur.distributed._transport import BrokerTransport
 from murmur.distributed._url import parse_broker_url
@@ -31,8 +31,6 @@ pytestmark = pytest.mark.anyio
 
 T = TypeVar("T")
 
-NATS_URL = "nats://127.0.0.1:4222"
-RABBIT_URL = "amqp://guest:guest@127.0.0.1:5672/"
 KAFKA_URL = "kafka://kafka.prod:9092"  # the product page's; served by in_memory_kafka()
 
 
@@ -58,55 +56,6 @@ class Broker:
         return load_adapter(url)(url, namespace=self.namespace)
 
 
-def _reachable(port: int) -> bool:
-    try:
-        with socket.create_connection(("127.0.0.1", port), timeout=1):
-            return True
-    except OSError:
-        return False
-
-
-def _in_thread(coro_fn: Callable[[], Awaitable[None]]) -> None:
-    """Run an asyncio clean-up from a sync fixture, whatever loop the test ran on."""
-    errors: list[BaseException] = []
-
-    def run() -> None:
-        try:
-            asyncio.run(coro_fn())  # type: ignore[arg-type]
-        except BaseException as exc:  # re-raised below, in the test's thread
-            errors.append(exc)
-
-    thread = threading.Thread(target=run)
-    thread.start()
-    thread.join()
-    if errors:
-        raise errors[0]
-
-
-async def _delete_nats_stream(namespace: str) -> None:
-    import nats
-    from nats.js.errors import NotFoundError
-
-    client = await nats.connect(NATS_URL)
-    try:
-        await client.jetstream().delete_stream(f"{safe_name(namespace)}-tasks")
-    except NotFoundError:
-        pass
-    finally:
-        await client.close()
-
-
-async def _delete_rabbit_queues(namespace: str) -> None:
-    import aio_pika
-
-    connection = await aio_pika.connect(RABBIT_URL)
-    try:
-        channel = await connection.channel()
-        await channel.queue_delete(f"{namespace}.tasks.{safe_name('shout')}")
-    finally:
-        await connection.close()
-
-
 @pytest.fixture(params=["nats", "rabbit", "kafka"])
 def broker(request: pytest.FixtureRequest) -> Iterator[Broker]:
     kind = request.param
@@ -114,16 +63,11 @@ def broker(request: pytest.FixtureRequest) -> Iterator[Broker]:
         with in_memory_kafka() as cluster:
             yield Broker(kind, KAFKA_URL, cluster=cluster)
         return
-    port, url = (4222, NATS_URL) if kind == "nats" else (5672, RABBIT_URL)
-    if not _reachable(port):
-        # Never skipped: the servers are part of this project's machines (.ci/run starts them).
-        pytest.fail(f"no {kind} server on 127.0.0.1:{port}: start it (README, Development)")
-    spec = Broker(kind, url)
+    spec = Broker(kind, require(kind))  # never skipped: a missing server fails the test
     try:
         yield spec
     finally:
-        cleanup = _delete_nats_stream if kind == "nats" else _delete_rabbit_queues
-        _in_thread(lambda: cleanup(spec.namespace))
+        cleanup(kind, spec.namespace, ["shout"])
 
 
 async def on_asyncio(fn: Callable[[], Awaitable[T]]) -> T:

@@ -4,37 +4,21 @@ from __future__ import annotations
 
 import pytest
 
-from distributed.contract import BrokerContract, SubprocessWorkers
-
-redis = pytest.importorskip("redis")
-
-URL = "redis://127.0.0.1:6379"
+from distributed.brokers import delete_redis_keys, require
+from distributed.contract import BrokerContract, PasswordContract, SubprocessWorkers
 
 
-class TestRedisContract(SubprocessWorkers, BrokerContract):
+class TestRedisContract(SubprocessWorkers, BrokerContract, PasswordContract):
     unreachable_url = "redis://user:secret@127.0.0.1:1"
 
     @pytest.fixture(scope="class")
     @classmethod
     def broker_url(cls) -> str:
-        client = redis.Redis.from_url(URL)
-        try:
-            client.ping()
-        except redis.ConnectionError:
-            pytest.skip(f"no Redis at {URL}")
-        finally:
-            client.close()
-        return URL
+        return require("redis")
 
     @classmethod
     def cleanup(cls, url: str, namespace: str) -> None:
-        client = redis.Redis.from_url(url)
-        try:
-            keys = list(client.scan_iter(match=f"{namespace}.*"))
-            if keys:
-                client.delete(*keys)
-        finally:
-            client.close()
+        delete_redis_keys(namespace, url)
 
     @pytest.mark.xfail(
         reason="a nacked stream entry stays in the group's pending list and nothing claims "

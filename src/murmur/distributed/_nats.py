@@ -82,12 +82,39 @@ class _NatsDelivery:
         await self._message.nack()
 
 
+class _FirstConnection:
+    """nats-py's error callback, which ends the first connection attempt once every server
+    has failed once.
+
+    nats-py retries a server it cannot reach ``max_reconnect_attempts`` times,
+    ``reconnect_time_wait`` apart (two minutes by default), before its first connection
+    fails: an unreachable server would fail only at the connect timeout, with no cause.
+    An error raised by the callback ends the attempt (FastStream's own callback does this
+    for errors no retry can fix). Once connected, errors are left to nats-py's reconnection.
+    """
+
+    __slots__ = ("left", "made")
+
+    def __init__(self, servers: int) -> None:
+        self.left = servers
+        self.made = False
+
+    async def __call__(self, error: Exception) -> None:
+        if self.made:
+            return
+        self.left -= 1
+        if self.left <= 0:
+            raise error
+
+
 class NatsAdapter(BrokerAdapter):
     """A JetStream work-queue stream per namespace, a shared pull consumer per agent."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self._broker = NatsBroker(_servers(self.url.secret, self.url.hosts), logger=NO_LOGGER)
+        servers = _servers(self.url.secret, self.url.hosts)
+        self._first_connection = _FirstConnection(len(servers))
+        self._broker = NatsBroker(servers, error_cb=self._first_connection, logger=NO_LOGGER)
         self._client: Any = None
         self._subscribers: list[Any] = []
         self._replies: Any = None
@@ -105,6 +132,7 @@ class NatsAdapter(BrokerAdapter):
     async def connect(self) -> None:
         await self._broker.start()
         self._client = await self._broker.connect()
+        self._first_connection.made = True
         await self._ensure_stream()
 
     async def _ensure_stream(self) -> None:

@@ -153,6 +153,8 @@ class Worker:
         #: Under Trio, the way from the worker's loop back to the Trio task that started it
         #: (the emitter is called there, as the application expects).
         self._portal: HomePortal | None = None
+        #: Tasks cancelled by a stop, to hand back once the worker consumes no more.
+        self._cut_off: list[Delivery] = []
         self._state = "new"
 
     def __repr__(self) -> str:
@@ -304,6 +306,7 @@ class Worker:
             with anyio.CancelScope(shield=True):
                 self._executor.host = None
                 await _quietly(spawner.aclose())
+                await self._release(adapter)
                 await _quietly(adapter.aclose())
                 await self._emit(EventType.WORKER_STOPPED, self.stats.as_dict())
 
@@ -339,6 +342,15 @@ class Worker:
             send.close()  # the slots finish what they hold, then end
             slots.cancel_scope.deadline = anyio.current_time() + self.grace_seconds
 
+    async def _release(self, adapter: BrokerAdapter) -> None:
+        """Stop consuming, then hand back the tasks cut off by the stop."""
+        cut_off, self._cut_off = self._cut_off, []
+        if not cut_off:
+            return
+        await _quietly(adapter.stop_consuming())
+        for delivery in cut_off:
+            await _quietly(delivery.nack())
+
     async def _slot(self, adapter: BrokerAdapter, receive: Any) -> None:
         async with receive:
             async for data, delivery in receive:
@@ -370,20 +382,29 @@ class Worker:
                 with _trace_context(envelope.trace_context):
                     result = await self._executor.execute(envelope, sink)
             data, result = _encoded_result(result, message.correlation_id, self.name)
-        except BaseException:
+        except BaseException as exc:
             # Cancelled (stopped past the grace): not acknowledged, so the broker delivers
             # it again.
             stats.in_flight -= 1
             stats.returned += 1
+            stopped = isinstance(exc, anyio.get_cancelled_exc_class())
             _log.warning(
-                "worker %s: task %s of agent %r not finished (stopped): left on the broker "
-                "to be delivered again",
+                "worker %s: task %s of agent %r not finished (%s): left on the broker to be "
+                "delivered again",
                 self.name,
                 envelope.task.task_id,
                 envelope.agent,
+                "stopped" if stopped else type(exc).__name__,
             )
-            with anyio.CancelScope(shield=True):
-                await _quietly(delivery.nack())
+            if stopped:
+                # Released once this worker consumes no more (``_release``): released now,
+                # the broker could hand it straight back to this stopping worker (NATS
+                # does, to the pull request still open), where it would wait for the
+                # broker's redelivery timeout.
+                self._cut_off.append(delivery)
+            else:
+                with anyio.CancelScope(shield=True):
+                    await _quietly(delivery.nack())
             raise
         stats.in_flight -= 1
         stats.per_agent[envelope.agent] += 1

@@ -1,0 +1,118 @@
+"""The local broker servers tests run against, and removing what a test namespace made.
+
+The servers are part of this project's machines (``.ci/run`` starts them): a test that
+needs one fails when it is not running, it is never skipped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import threading
+from collections.abc import Awaitable, Callable, Iterable
+
+import pytest
+
+from murmur.distributed._adapter import safe_name
+
+REDIS_URL = "redis://127.0.0.1:6379"
+NATS_URL = "nats://127.0.0.1:4222"
+RABBIT_URL = "amqp://guest:guest@127.0.0.1:5672/"
+
+URLS = {"redis": REDIS_URL, "nats": NATS_URL, "rabbit": RABBIT_URL}
+_PORTS = {"redis": 6379, "nats": 4222, "rabbit": 5672}
+_SERVERS = {"redis": "Redis", "nats": "NATS (with JetStream, -js)", "rabbit": "RabbitMQ"}
+
+
+def require(kind: str) -> str:
+    """The local ``kind`` server's URL; fails the test (with how to start it) if it is down."""
+    port = _PORTS[kind]
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=1):
+            return URLS[kind]
+    except OSError as exc:
+        pytest.fail(
+            f"no {_SERVERS[kind]} server on 127.0.0.1:{port} ({exc}): start the local "
+            "servers with .ci/run (it starts Redis, NATS and RabbitMQ when they are down)",
+            pytrace=False,
+        )
+
+
+def run_asyncio(make: Callable[[], Awaitable[None]]) -> None:
+    """Run an asyncio clean-up from sync code, whatever loop (if any) this thread runs."""
+    errors: list[BaseException] = []
+
+    async def main() -> None:
+        await make()
+
+    def run() -> None:
+        try:
+            asyncio.run(main())
+        except BaseException as exc:  # re-raised below, in the caller's thread
+            errors.append(exc)
+
+    thread = threading.Thread(target=run, name="test-broker-cleanup")
+    thread.start()
+    thread.join()
+    if errors:
+        raise errors[0]
+
+
+def delete_redis_keys(namespace: str, url: str = REDIS_URL) -> None:
+    """Delete the namespace's streams (tasks and replies)."""
+    import redis
+
+    client = redis.Redis.from_url(url)
+    try:
+        keys = list(client.scan_iter(match=f"{namespace}.*"))
+        if keys:
+            client.delete(*keys)
+    finally:
+        client.close()
+
+
+def delete_nats_stream(namespace: str, url: str = NATS_URL) -> None:
+    """Delete the namespace's JetStream stream (named as ``NatsAdapter.stream``), and with
+    it its consumers."""
+
+    async def delete() -> None:
+        import nats
+        from nats.js.errors import NotFoundError
+
+        client = await nats.connect(url)
+        try:
+            await client.jetstream().delete_stream(f"{safe_name(namespace)}-tasks")
+        except NotFoundError:
+            pass
+        finally:
+            await client.close()
+
+    run_asyncio(delete)
+
+
+def delete_rabbit_queues(namespace: str, agents: Iterable[str], url: str = RABBIT_URL) -> None:
+    """Delete the namespace's task queues of ``agents`` (named as ``task_channel``; deleting
+    a queue that does not exist is a no-op). Reply queues go with their callers."""
+
+    async def delete() -> None:
+        import aio_pika
+
+        connection = await aio_pika.connect(url)
+        try:
+            channel = await connection.channel()
+            for agent in agents:
+                await channel.queue_delete(f"{namespace}.tasks.{safe_name(agent)}")
+        finally:
+            await connection.close()
+
+    run_asyncio(delete)
+
+
+def cleanup(kind: str, namespace: str, agents: Iterable[str]) -> None:
+    """Delete what ``namespace`` made on the local ``kind`` server."""
+    if kind == "redis":
+        delete_redis_keys(namespace)
+    elif kind == "nats":
+        delete_nats_stream(namespace)
+    else:
+        delete_rabbit_queues(namespace, agents)
