@@ -40,6 +40,10 @@ DEFAULT_NAMESPACE = "murmur"
 class Delivery(Protocol):
     """One received task message, to be settled once its result is published."""
 
+    #: How many times the broker has delivered this message, this time included (1: the
+    #: first delivery); where a broker cannot tell, 1.
+    deliveries: int
+
     async def ack(self) -> None:
         """Done: the broker may forget the message."""
         ...

@@ -60,6 +60,9 @@ class _Partition:
 class _KafkaDelivery:
     __slots__ = ("_adapter", "_consumer", "_partition", "_record", "settled")
 
+    #: How many times delivered (see ``Delivery.deliveries``); 1 until counted.
+    deliveries = 1
+
     def __init__(self, adapter: KafkaAdapter, message: Any) -> None:
         self._adapter = adapter
         self._record = message.raw_message

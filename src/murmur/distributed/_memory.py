@@ -83,6 +83,9 @@ def _hub(name: str) -> _Hub:
 class _MemoryDelivery:
     __slots__ = ("_adapter", "_channel", "_data", "_settled")
 
+    #: How many times delivered (see ``Delivery.deliveries``); 1 until counted.
+    deliveries = 1
+
     def __init__(self, adapter: MemoryAdapter, channel: str, data: bytes) -> None:
         self._adapter = adapter
         self._channel = channel

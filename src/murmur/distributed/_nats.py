@@ -55,6 +55,9 @@ _STREAM_EXISTS = 10058
 class _NatsDelivery:
     __slots__ = ("_adapter", "_message", "_progress")
 
+    #: How many times delivered (see ``Delivery.deliveries``); 1 until counted.
+    deliveries = 1
+
     def __init__(self, adapter: NatsAdapter, message: Any) -> None:
         self._adapter = adapter
         self._message = message

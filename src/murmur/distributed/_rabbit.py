@@ -29,6 +29,9 @@ __all__ = ["RabbitAdapter"]
 class _RabbitDelivery:
     __slots__ = ("_message",)
 
+    #: How many times delivered (see ``Delivery.deliveries``); 1 until counted.
+    deliveries = 1
+
     def __init__(self, message: Any) -> None:
         self._message = message
 

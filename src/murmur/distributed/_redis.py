@@ -40,6 +40,9 @@ _MAX_CONNECTIONS = 2**16
 class _RedisDelivery:
     __slots__ = ("_message", "_slots")
 
+    #: How many times delivered (see ``Delivery.deliveries``); 1 until counted.
+    deliveries = 1
+
     def __init__(self, message: Any, slots: asyncio.Semaphore) -> None:
         self._message = message
         self._slots = slots
