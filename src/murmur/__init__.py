@@ -22,6 +22,7 @@ from .errors import AgentError as AgentError
 from .errors import AgentTimeoutError as AgentTimeoutError
 from .errors import BrokerUnavailableError as BrokerUnavailableError
 from .errors import BudgetExceededError as BudgetExceededError
+from .errors import DeadLetteredError as DeadLetteredError
 from .errors import InputValidationError as InputValidationError
 from .errors import InvalidStateError as InvalidStateError
 from .errors import InvalidTypeError as InvalidTypeError
@@ -67,6 +68,7 @@ __all__ = [
     "BudgetExceededError",
     "BufferedEmitter",
     "CallNext",
+    "DeadLetteredError",
     "Edge",
     "ErrorInfo",
     "EventEmitter",

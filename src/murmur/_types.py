@@ -162,6 +162,7 @@ _REBUILT: dict[str, type[Exception]] = {
         _errors.StrayCancellationError,
         _errors.UnknownAgentError,
         _errors.BrokerUnavailableError,
+        _errors.DeadLetteredError,
     )
 }
 

@@ -11,6 +11,7 @@ The whole hierarchy::
     │   ├── SpawnDepthExceededError ── a spawn went deeper than ``max_spawn_depth``
     │   ├── StrayCancellationError ─── the agent got a cancellation its own task was not sent
     │   ├── UnknownAgentError ──────── an executor was asked for an agent it does not serve
+    │   ├── DeadLetteredError ──────── a worker set the task's message aside as a dead letter
     │   └── RemoteAgentError ───────── a failure that happened in another process
     ├── InvalidValueError ──────────── an argument's value is not accepted (a ``ValueError``)
     │   └── TopologyError ──────────── an ``AgentGroup`` topology is invalid
@@ -42,6 +43,7 @@ __all__ = [
     "AgentTimeoutError",
     "BrokerUnavailableError",
     "BudgetExceededError",
+    "DeadLetteredError",
     "InputValidationError",
     "InvalidStateError",
     "InvalidTypeError",
@@ -107,6 +109,12 @@ class StrayCancellationError(AgentError):
 
 class UnknownAgentError(AgentError, LookupError):
     """An executor was asked to run an agent name it has not registered."""
+
+
+class DeadLetteredError(AgentError):
+    """A worker set the task's message aside as a dead letter instead of running it (it
+    could not be read, or it was delivered more often than the worker's delivery limit);
+    the message names the reason. ``murmur dlq replay`` can queue it again."""
 
 
 class RemoteAgentError(AgentError):

@@ -10,22 +10,29 @@ caller's loop under asyncio, the runtime's helper loop under Trio.
   again.
 * Replies (results and events) go to a per-caller reply address and are matched there by
   correlation id; no broker's RPC is used (Kafka has none).
+* Dead letters (task messages a worker cannot or must not run) go to the namespace's
+  dead-letter store (``<namespace>.dead``) with why, from where and by whom, the original
+  bytes untouched; ``murmur dlq`` lists them and replays them onto their agent's channel.
 """
 
 from __future__ import annotations
 
+import base64
 import importlib
+import json
 from abc import ABC, abstractmethod
 from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, replace
 from typing import Any, Protocol
 
-from ..errors import MissingDependencyError
+from ..errors import InvalidValueError, MissingDependencyError, NotAvailableError
 from ._url import BrokerURL
 
 __all__ = [
     "DEFAULT_NAMESPACE",
     "NO_LOGGER",
     "BrokerAdapter",
+    "DeadLetter",
     "Delivery",
     "ReplyHandler",
     "TaskHandler",
@@ -44,6 +51,11 @@ class Delivery(Protocol):
     #: first delivery); where a broker cannot tell, 1.
     deliveries: int
 
+    @property
+    def channel(self) -> str:
+        """The task channel (stream, subject, queue, topic) it was received on."""
+        ...
+
     async def ack(self) -> None:
         """Done: the broker may forget the message."""
         ...
@@ -61,6 +73,64 @@ NO_LOGGER: Any = None
 TaskHandler = Callable[[bytes, Delivery], Awaitable[None]]
 #: Called with each reply's bytes, in arrival order; must not block.
 ReplyHandler = Callable[[bytes], None]
+
+
+@dataclass(frozen=True)
+class DeadLetter:
+    """A task message set aside by a worker instead of run, and why.
+
+    ``id`` is the dead-letter store's own (empty until stored); ``data`` the message's
+    bytes as received; ``reason`` one of ``malformed``, ``unknown-version``,
+    ``not-a-task``, ``unknown-agent``, ``delivery-limit``, and ``detail`` the worker's
+    explanation; ``agent`` the agent whose channel it came from (where a replay puts it).
+    """
+
+    data: bytes
+    reason: str
+    detail: str
+    agent: str
+    worker: str
+    timestamp: float
+    deliveries: int
+    id: str = ""
+
+    def to_json(self) -> bytes:
+        """How the stores keep it (the bytes base64-encoded: they may not be text)."""
+        record = {
+            "reason": self.reason,
+            "detail": self.detail,
+            "agent": self.agent,
+            "worker": self.worker,
+            "timestamp": self.timestamp,
+            "deliveries": self.deliveries,
+            "data": base64.b64encode(self.data).decode(),
+        }
+        return json.dumps(record).encode()
+
+    @classmethod
+    def from_json(cls, raw: bytes | str, id: str) -> DeadLetter:
+        """A stored dead letter (``to_json``'s form) under its store ``id``.
+
+        Raises:
+            InvalidValueError: ``raw`` is not a stored dead letter.
+        """
+        try:
+            record = json.loads(raw)
+            return cls(
+                data=base64.b64decode(record["data"]),
+                reason=str(record["reason"]),
+                detail=str(record.get("detail", "")),
+                agent=str(record["agent"]),
+                worker=str(record.get("worker", "")),
+                timestamp=float(record.get("timestamp", 0.0)),
+                deliveries=int(record.get("deliveries", 1)),
+                id=id,
+            )
+        except (ValueError, TypeError, KeyError) as exc:
+            raise InvalidValueError(f"dead letter {id}: not a stored dead letter: {exc}") from None
+
+    def stored_as(self, id: str) -> DeadLetter:
+        return replace(self, id=id)
 
 
 class BrokerAdapter(ABC):
@@ -85,6 +155,15 @@ class BrokerAdapter(ABC):
     def reply_channel(self, caller: str) -> str:
         """Where replies for the caller ``caller`` arrive."""
         return f"{self.namespace}.reply.{caller}"
+
+    def dead_channel(self) -> str:
+        """Where this namespace's dead letters are kept."""
+        return f"{self.namespace}.dead"
+
+    def agent_of(self, channel: str) -> str:
+        """The agent whose task channel is ``channel`` (``task_channel``'s inverse)."""
+        prefix = f"{self.namespace}.tasks."
+        return unsafe_name(channel.removeprefix(prefix))
 
     # -- lifecycle ---------------------------------------------------------------------
 
@@ -121,6 +200,23 @@ class BrokerAdapter(ABC):
     @abstractmethod
     async def stop_consuming(self) -> None:
         """Take no more tasks (those already taken are still settled by the worker)."""
+
+    # -- dead letters ------------------------------------------------------------------
+
+    async def publish_dead_letter(self, letter: DeadLetter) -> None:
+        """Keep ``letter`` in the namespace's dead-letter store (durably, where the broker
+        stores anything); returns once stored."""
+        raise NotAvailableError(f"{type(self).__name__} keeps no dead letters")
+
+    async def dead_letters(self, limit: int) -> list[DeadLetter]:
+        """The newest ``limit`` dead letters, newest first, each with its ``id``."""
+        raise NotAvailableError(f"{type(self).__name__} keeps no dead letters")
+
+    async def replay_dead_letters(self, ids: Sequence[str] | None) -> list[DeadLetter]:
+        """Queue the dead letters ``ids`` (``None``: all) again on their agent's task
+        channel, oldest first, and remove them from the store; returns those replayed
+        (an id not in the store is left out)."""
+        raise NotAvailableError(f"{type(self).__name__} keeps no dead letters")
 
 
 _EXTRA = {"redis": "redis", "nats": "nats", "rabbit": "rabbit", "kafka": "kafka"}
@@ -164,3 +260,18 @@ def safe_name(name: str) -> str:
         else "".join(f"_{b:02x}" for b in ch.encode())
         for ch in name
     )
+
+
+def unsafe_name(name: str) -> str:
+    """``safe_name``'s inverse (a name ``safe_name`` did not make comes back as is)."""
+    out = bytearray()
+    i = 0
+    while i < len(name):
+        code = name[i + 1 : i + 3]
+        if name[i] == "_" and len(code) == 2 and all(c in "0123456789abcdef" for c in code):
+            out.append(int(code, 16))
+            i += 3
+        else:
+            out += name[i].encode()
+            i += 1
+    return out.decode(errors="replace")

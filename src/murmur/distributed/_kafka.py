@@ -12,8 +12,13 @@
   worked on: a worker that dies leaves every unfinished task (and possibly some finished
   ones: at-least-once) to the partition's next owner, after the group's session timeout.
 * ``nack`` publishes the task again at the end of its topic, then lets its offset be
-  committed (Kafka cannot redeliver a single record).
+  committed (Kafka cannot redeliver a single record); the copy carries its count of
+  deliveries in the ``murmur-deliveries`` header. (A record re-read by a partition's next
+  owner after a worker died is not counted: Kafka keeps no count.)
 * Replies: one topic per caller (``<namespace>.reply.<caller>``), read without a group.
+* Dead letters: the topic ``<namespace>.dead``, one record each keyed by the dead
+  letter's id; a replay re-queues it and appends a record with that key and an empty value
+  (a tombstone: the topic may be log-compacted). Listing reads the topic from its start.
 
 Tests run this adapter without a Kafka server through :func:`in_memory_kafka`.
 """
@@ -25,6 +30,7 @@ import dataclasses
 import itertools
 import logging
 import threading
+import uuid
 from collections import deque
 from collections.abc import Iterator, Sequence
 from contextlib import ExitStack, contextmanager
@@ -37,12 +43,15 @@ from faststream.kafka import KafkaBroker, TestKafkaBroker
 from faststream.kafka.testing import FakeProducer, build_message
 
 from ..errors import InvalidStateError
-from ._adapter import NO_LOGGER, BrokerAdapter, ReplyHandler, TaskHandler
+from ._adapter import NO_LOGGER, BrokerAdapter, DeadLetter, ReplyHandler, TaskHandler
 from ._faststream import MESSAGE, hand_over, raw_body
 
 __all__ = ["InMemoryKafka", "KafkaAdapter", "in_memory_kafka"]
 
 _log = logging.getLogger("murmur.distributed")
+
+#: The record header carrying how many times a put-back task was delivered before.
+DELIVERIES_HEADER = "murmur-deliveries"
 
 
 class _Partition:
@@ -58,19 +67,24 @@ class _Partition:
 
 
 class _KafkaDelivery:
-    __slots__ = ("_adapter", "_consumer", "_partition", "_record", "settled")
-
-    #: How many times delivered (see ``Delivery.deliveries``); 1 until counted.
-    deliveries = 1
+    __slots__ = ("_adapter", "_consumer", "_partition", "_record", "deliveries", "settled")
 
     def __init__(self, adapter: KafkaAdapter, message: Any) -> None:
         self._adapter = adapter
         self._record = message.raw_message
+        #: How many times delivered (see ``Delivery.deliveries``): 1 plus the deliveries
+        #: of the copies it was put back as.
+        self.deliveries = _delivered_before(self._record) + 1
         self._consumer = message.consumer
         key = (id(self._consumer), self._record.topic, self._record.partition)
         self._partition = adapter._partitions.setdefault(key, _Partition())
         self._partition.records.append(self)
         self.settled = False
+
+    @property
+    def channel(self) -> str:
+        topic: str = self._record.topic
+        return topic
 
     async def ack(self) -> None:
         await self._settle()
@@ -79,7 +93,11 @@ class _KafkaDelivery:
         if self.settled:
             return
         try:
-            await self._adapter._broker.publish(self._record.value, self._record.topic)
+            await self._adapter._broker.publish(
+                self._record.value,
+                self._record.topic,
+                headers={DELIVERIES_HEADER: str(self.deliveries)},
+            )
         except Exception:
             # Left uncommitted: the partition's next owner reads it again.
             _log.warning("could not queue a task again on %s", self._record.topic, exc_info=True)
@@ -197,6 +215,76 @@ class KafkaAdapter(BrokerAdapter):
             if kafka_consumer is not None:
                 kafka_consumer.pause(*kafka_consumer.assignment())
 
+    async def publish_dead_letter(self, letter: DeadLetter) -> None:
+        key = uuid.uuid4().hex
+        await self._broker.publish(letter.to_json(), self.dead_channel(), key=key.encode())
+
+    async def _stored(self) -> list[DeadLetter]:
+        """The dead letters not yet replayed, oldest first."""
+        if self._cluster is not None:
+            records = self._cluster.records(self.dead_channel())
+        else:
+            records = await _read_topic(list(self.url.hosts), self.dead_channel())
+        letters: dict[str, DeadLetter] = {}
+        for record in records:
+            key = record.key.decode() if isinstance(record.key, bytes) else str(record.key)
+            if record.value:
+                letters[key] = DeadLetter.from_json(record.value, key)
+            else:
+                letters.pop(key, None)  # a tombstone: replayed
+        return list(letters.values())
+
+    async def dead_letters(self, limit: int) -> list[DeadLetter]:
+        return (await self._stored())[::-1][:limit]
+
+    async def replay_dead_letters(self, ids: Sequence[str] | None) -> list[DeadLetter]:
+        letters = await self._stored()
+        if ids is not None:
+            wanted = set(ids)
+            letters = [letter for letter in letters if letter.id in wanted]
+        for letter in letters:
+            await self.publish_task(letter.agent, letter.data)
+            await self._broker.publish(b"", self.dead_channel(), key=letter.id.encode())
+        return letters
+
+
+def _delivered_before(record: Any) -> int:
+    for name, value in record.headers or ():
+        if name == DELIVERIES_HEADER:
+            try:
+                return max(int(value), 0)
+            except ValueError:
+                return 0
+    return 0
+
+
+async def _read_topic(hosts: list[str], topic: str) -> list[Any]:
+    """Every record of ``topic``, read from its start to its current end, without a group
+    (nothing committed)."""
+    from aiokafka import AIOKafkaConsumer
+
+    consumer = AIOKafkaConsumer(bootstrap_servers=hosts, enable_auto_commit=False)
+    await consumer.start()
+    try:
+        partitions = [
+            TopicPartition(topic, p)
+            for p in sorted(await consumer.partitions_for_topic(topic) or ())
+        ]
+        if not partitions:
+            return []
+        consumer.assign(partitions)
+        await consumer.seek_to_beginning(*partitions)
+        ends = await consumer.end_offsets(partitions)
+        records: list[Any] = []
+        while [tp for tp in partitions if await consumer.position(tp) < ends[tp]]:
+            batch = await consumer.getmany(*partitions, timeout_ms=1000)
+            for tp_records in batch.values():
+                records.extend(tp_records)
+        records.sort(key=lambda record: record.timestamp)
+        return records
+    finally:
+        await consumer.stop()
+
 
 # -- the in-memory test hook -------------------------------------------------------------
 
@@ -225,6 +313,14 @@ class InMemoryKafka:
         self._backlog: dict[str, list[Any]] = {}
         #: Committed offsets by ``(group, topic, partition)``.
         self.committed: dict[tuple[str, str, int], int] = {}
+        #: Every record published, by topic (a cluster keeps its logs; the test broker
+        #: does not).
+        self._log: dict[str, list[Any]] = {}
+
+    def records(self, topic: str) -> list[Any]:
+        """The records of ``topic``, in offset order."""
+        with self._lock:
+            return list(self._log.get(topic, ()))
 
     def commit(self, group: str | None, offsets: dict[TopicPartition, int]) -> None:
         with self._lock:
@@ -238,6 +334,7 @@ class InMemoryKafka:
         with self._lock:
             offset = next(self._offsets.setdefault(topic, itertools.count()))
             record = dataclasses.replace(record, offset=offset)
+            self._log.setdefault(topic, []).append(record)
             targets: list[_FakeConsumer] = []
             groups: dict[str, list[_FakeConsumer]] = {}
             for consumer in _members(self.broker, topic):

@@ -4,7 +4,7 @@ Callers and workers in one process share a hub per URL (``memory://`` and
 ``memory://name`` are different hubs). They may run on different event loops (a Trio
 caller's helper loop, a worker's): deliveries cross loops with ``call_soon_threadsafe``.
 Nothing survives the process; a task taken by a worker that stops without settling it is
-queued again.
+queued again (counted as one more delivery). Dead letters are kept in the hub, in order.
 """
 
 from __future__ import annotations
@@ -16,38 +16,45 @@ from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from ._adapter import BrokerAdapter, ReplyHandler, TaskHandler
+from ._adapter import BrokerAdapter, DeadLetter, ReplyHandler, TaskHandler
 
 __all__ = ["MemoryAdapter"]
+
+
+#: A queued task message: its channel, bytes, and how many times it was delivered before.
+_Item = tuple[str, bytes, int]
 
 
 @dataclass(eq=False)
 class _Consumer:
     loop: asyncio.AbstractEventLoop
-    queue: asyncio.Queue[tuple[str, bytes]]
+    queue: asyncio.Queue[_Item]
     unsettled: dict[int, tuple[str, bytes]] = field(default_factory=dict)
 
 
 class _Hub:
     def __init__(self) -> None:
         self.lock = threading.Lock()
-        self.backlog: dict[str, deque[bytes]] = {}
+        self.backlog: dict[str, deque[tuple[bytes, int]]] = {}
         self.consumers: dict[str, list[_Consumer]] = {}
         self.turn = itertools.count()
         self.replies: dict[str, tuple[asyncio.AbstractEventLoop, ReplyHandler]] = {}
+        self.dead: dict[str, DeadLetter] = {}
+        self.dead_ids = itertools.count(1)
 
-    def put(self, channel: str, data: bytes, *, front: bool = False) -> None:
+    def put(self, channel: str, data: bytes, *, front: bool = False, delivered: int = 0) -> None:
         with self.lock:
             consumers = self.consumers.get(channel)
             if consumers:
                 consumer = consumers[next(self.turn) % len(consumers)]
-                consumer.loop.call_soon_threadsafe(consumer.queue.put_nowait, (channel, data))
+                item = (channel, data, delivered)
+                consumer.loop.call_soon_threadsafe(consumer.queue.put_nowait, item)
                 return
             backlog = self.backlog.setdefault(channel, deque())
             if front:
-                backlog.appendleft(data)
+                backlog.appendleft((data, delivered))
             else:
-                backlog.append(data)
+                backlog.append((data, delivered))
 
     def attach(self, channels: Sequence[str], consumer: _Consumer) -> None:
         with self.lock:
@@ -55,14 +62,14 @@ class _Hub:
                 self.consumers.setdefault(channel, []).append(consumer)
                 backlog = self.backlog.pop(channel, deque())
                 while backlog:
-                    consumer.queue.put_nowait((channel, backlog.popleft()))
+                    consumer.queue.put_nowait((channel, *backlog.popleft()))
 
-    def detach(self, consumer: _Consumer) -> list[tuple[str, bytes]]:
+    def detach(self, consumer: _Consumer) -> list[_Item]:
         with self.lock:
             for consumers in self.consumers.values():
                 if consumer in consumers:
                     consumers.remove(consumer)
-        left: list[tuple[str, bytes]] = []
+        left: list[_Item] = []
         while not consumer.queue.empty():
             left.append(consumer.queue.get_nowait())
         return left
@@ -81,16 +88,19 @@ def _hub(name: str) -> _Hub:
 
 
 class _MemoryDelivery:
-    __slots__ = ("_adapter", "_channel", "_data", "_settled")
+    __slots__ = ("_adapter", "_channel", "_data", "_settled", "deliveries")
 
-    #: How many times delivered (see ``Delivery.deliveries``); 1 until counted.
-    deliveries = 1
-
-    def __init__(self, adapter: MemoryAdapter, channel: str, data: bytes) -> None:
+    def __init__(self, adapter: MemoryAdapter, channel: str, data: bytes, before: int) -> None:
         self._adapter = adapter
         self._channel = channel
         self._data = data
         self._settled = False
+        #: How many times delivered (see ``Delivery.deliveries``), this time included.
+        self.deliveries = before + 1
+
+    @property
+    def channel(self) -> str:
+        return self._channel
 
     async def ack(self) -> None:
         self._settled = True
@@ -100,7 +110,8 @@ class _MemoryDelivery:
         if not self._settled:
             self._settled = True
             self._adapter._unsettled.discard(self)
-            self._adapter._hub.put(self._channel, self._data, front=True)
+            hub = self._adapter._hub
+            hub.put(self._channel, self._data, front=True, delivered=self.deliveries)
 
 
 class MemoryAdapter(BrokerAdapter):
@@ -150,14 +161,14 @@ class MemoryAdapter(BrokerAdapter):
     async def consume(
         self, agents: Sequence[str], handler: TaskHandler, *, prefetch: int, consumer: str
     ) -> None:
-        queue: asyncio.Queue[tuple[str, bytes]] = asyncio.Queue()
+        queue: asyncio.Queue[_Item] = asyncio.Queue()
         self._consumer = _Consumer(asyncio.get_running_loop(), queue)
         self._hub.attach([self.task_channel(agent) for agent in agents], self._consumer)
 
         async def pump() -> None:
             while True:
-                channel, data = await queue.get()
-                delivery = _MemoryDelivery(self, channel, data)
+                channel, data, before = await queue.get()
+                delivery = _MemoryDelivery(self, channel, data, before)
                 self._unsettled.add(delivery)
                 await handler(data, delivery)
 
@@ -172,5 +183,25 @@ class MemoryAdapter(BrokerAdapter):
             await asyncio.wait([pump])  # its cancellation stays its own; ours propagates
         consumer, self._consumer = self._consumer, None
         if consumer is not None:
-            for channel, data in self._hub.detach(consumer):
-                self._hub.put(channel, data, front=True)
+            for channel, data, before in self._hub.detach(consumer):
+                self._hub.put(channel, data, front=True, delivered=before)
+
+    async def publish_dead_letter(self, letter: DeadLetter) -> None:
+        hub = self._hub
+        with hub.lock:
+            key = str(next(hub.dead_ids))
+            hub.dead[key] = letter.stored_as(key)
+
+    async def dead_letters(self, limit: int) -> list[DeadLetter]:
+        with self._hub.lock:
+            letters = list(self._hub.dead.values())
+        return letters[::-1][:limit]
+
+    async def replay_dead_letters(self, ids: Sequence[str] | None) -> list[DeadLetter]:
+        hub = self._hub
+        with hub.lock:
+            chosen = list(hub.dead) if ids is None else [i for i in hub.dead if i in set(ids)]
+            letters = [hub.dead.pop(key) for key in chosen]
+        for letter in letters:
+            await self.publish_task(letter.agent, letter.data)
+        return letters

@@ -11,8 +11,12 @@
   tells the server it is still working on it (every ``PROGRESS_EVERY`` seconds), so a
   long task is not handed to another worker, while a dead worker's messages come back
   after ``ACK_WAIT`` seconds. ``nack`` makes the message deliverable again at once.
+* A delivered message's count of deliveries is JetStream's own (``num_delivered``).
 * Replies: core NATS, subject ``<namespace>.reply.<caller>`` (nothing stored: the caller
   listens before it publishes its first task).
+* Dead letters: the JetStream stream ``<namespace>-dead`` (sanitised, limits retention,
+  subject ``<namespace>.dead``), created with the task stream; a dead letter's id is its
+  stream sequence number, and a replay re-queues it and deletes that message.
 """
 
 from __future__ import annotations
@@ -33,9 +37,9 @@ from nats.js.api import (
     StorageType,
     StreamConfig,
 )
-from nats.js.errors import BadRequestError
+from nats.js.errors import BadRequestError, NotFoundError
 
-from ._adapter import NO_LOGGER, BrokerAdapter, ReplyHandler, TaskHandler, safe_name
+from ._adapter import NO_LOGGER, BrokerAdapter, DeadLetter, ReplyHandler, TaskHandler, safe_name
 from ._faststream import MESSAGE, hand_over, raw_body
 
 __all__ = ["ACK_WAIT", "PROGRESS_EVERY", "NatsAdapter"]
@@ -53,14 +57,13 @@ _STREAM_EXISTS = 10058
 
 
 class _NatsDelivery:
-    __slots__ = ("_adapter", "_message", "_progress")
-
-    #: How many times delivered (see ``Delivery.deliveries``); 1 until counted.
-    deliveries = 1
+    __slots__ = ("_adapter", "_message", "_progress", "deliveries")
 
     def __init__(self, adapter: NatsAdapter, message: Any) -> None:
         self._adapter = adapter
         self._message = message
+        #: How many times delivered (see ``Delivery.deliveries``): JetStream counts them.
+        self.deliveries = _num_delivered(message.raw_message)
         self._progress = asyncio.get_running_loop().create_task(self._keep_alive())
         adapter._held.add(self)
 
@@ -71,6 +74,11 @@ class _NatsDelivery:
                 await self._message.in_progress()
             except Exception:
                 return  # disconnected: the server redelivers it after ACK_WAIT
+
+    @property
+    def channel(self) -> str:
+        subject: str = self._message.raw_message.subject
+        return subject
 
     def _settled(self) -> None:
         self._progress.cancel()
@@ -128,6 +136,11 @@ class NatsAdapter(BrokerAdapter):
         """The JetStream stream holding this namespace's tasks."""
         return f"{safe_name(self.namespace)}-tasks"
 
+    @property
+    def dead_stream(self) -> str:
+        """The JetStream stream holding this namespace's dead letters."""
+        return f"{safe_name(self.namespace)}-dead"
+
     def consumer_name(self, agent: str) -> str:
         """The durable consumer all workers of ``agent`` share (unique within the stream)."""
         return safe_name(agent)
@@ -139,18 +152,25 @@ class NatsAdapter(BrokerAdapter):
         await self._ensure_stream()
 
     async def _ensure_stream(self) -> None:
-        config = StreamConfig(
+        tasks = StreamConfig(
             name=self.stream,
             subjects=[f"{self.namespace}.tasks.>"],
             retention=RetentionPolicy.WORK_QUEUE,
             storage=StorageType.FILE,
         )
-        try:
-            await self._client.jetstream().add_stream(config)  # same config: a no-op
-        except BadRequestError as exc:
-            if exc.err_code != _STREAM_EXISTS:
-                raise
-            # Created by someone with other settings (an operator's limits): use it.
+        dead = StreamConfig(
+            name=self.dead_stream,
+            subjects=[self.dead_channel()],
+            retention=RetentionPolicy.LIMITS,
+            storage=StorageType.FILE,
+        )
+        for config in (tasks, dead):
+            try:
+                await self._client.jetstream().add_stream(config)  # same config: a no-op
+            except BadRequestError as exc:
+                if exc.err_code != _STREAM_EXISTS:
+                    raise
+                # Created by someone with other settings (an operator's limits): use it.
 
     async def aclose(self) -> None:
         try:
@@ -216,6 +236,63 @@ class NatsAdapter(BrokerAdapter):
         subscribers, self._subscribers = self._subscribers, []
         for subscriber in subscribers:
             await subscriber.stop()
+
+    async def publish_dead_letter(self, letter: DeadLetter) -> None:
+        await self._client.jetstream().publish(
+            self.dead_channel(), letter.to_json(), stream=self.dead_stream
+        )
+
+    async def _stored(self, seqs: Sequence[int], limit: int) -> list[DeadLetter]:
+        """The dead letters at ``seqs`` (in that order), at most ``limit``; deleted
+        sequence numbers skipped."""
+        jetstream = self._client.jetstream()
+        letters: list[DeadLetter] = []
+        for seq in seqs:
+            if len(letters) >= limit:
+                break
+            try:
+                message = await jetstream.get_msg(self.dead_stream, seq)
+            except NotFoundError:
+                continue
+            letters.append(DeadLetter.from_json(message.data or b"", str(seq)))
+        return letters
+
+    async def _range(self) -> range:
+        """The dead-letter stream's sequence numbers, first to last (some deleted)."""
+        try:
+            info = await self._client.jetstream().stream_info(self.dead_stream)
+        except NotFoundError:
+            return range(0)
+        state = info.state
+        if not state.messages:
+            return range(0)
+        return range(state.first_seq, state.last_seq + 1)
+
+    async def dead_letters(self, limit: int) -> list[DeadLetter]:
+        return await self._stored((await self._range())[::-1], limit)
+
+    async def replay_dead_letters(self, ids: Sequence[str] | None) -> list[DeadLetter]:
+        stored = await self._range()
+        if ids is None:
+            seqs: Sequence[int] = stored
+        else:
+            wanted = {int(key) for key in ids if key.isdigit()}
+            seqs = sorted(seq for seq in wanted if seq in stored)
+        letters = await self._stored(seqs, len(seqs))
+        jetstream = self._client.jetstream()
+        for letter in letters:
+            await self.publish_task(letter.agent, letter.data)
+            await jetstream.delete_msg(self.dead_stream, int(letter.id))
+        return letters
+
+
+def _num_delivered(message: Any) -> int:
+    """JetStream's count of a message's deliveries (1 if it does not say)."""
+    try:
+        count = int(message.metadata.num_delivered)
+    except Exception:
+        return 1
+    return max(count, 1)
 
 
 def _servers(secret: str, hosts: Sequence[str]) -> list[str]:

@@ -1,39 +1,56 @@
 """``amqp://`` / ``amqps://``: RabbitMQ through FastStream's ``RabbitBroker``.
 
-* Tasks: one durable queue per agent (``<namespace>.tasks.<agent>``) on the default
-  exchange, declared (idempotently, same arguments) by whichever side comes first, so
-  tasks published before any worker started wait in it. Task messages are persistent.
+* Tasks: one durable quorum queue per agent (``<namespace>.tasks.<agent>``) on the
+  default exchange, declared (idempotently, same arguments) by whichever side comes first,
+  so tasks published before any worker started wait in it. Task messages are persistent.
   Every worker consumes the queue: competing consumers, each with at most ``prefetch``
-  unacknowledged messages (channel QoS).
+  unacknowledged messages per queue (quorum queues refuse a channel-wide QoS).
+* Quorum queues because they count a message's deliveries (``x-delivery-count``: the
+  returns before this delivery, by ``nack`` or by a consumer's connection dropping);
+  classic queues only flag a message as redelivered, which cannot bound a task that kills
+  its workers. A classic queue of the same name (made by an older Murmur) makes the
+  declaration fail: delete it once drained.
 * A message is acknowledged only once its result is published; ``nack`` requeues it.
   A worker whose connection drops (it died) has its unacknowledged messages requeued by
   the broker at once.
 * Replies: one exclusive, auto-delete queue per caller (``<namespace>.reply.<caller>``),
   gone with the caller's connection.
+* Dead letters: the durable classic queue ``<namespace>.dead``, a persistent message
+  each, its ``message_id`` the dead letter's id. Listing takes every message without
+  acknowledging it (``basic.get``) and puts them all back (``nack`` with requeue: they
+  keep their places), so a listing briefly hides them from another; a replay acknowledges
+  those it re-queued. (A stream queue would be read without taking, but a message cannot
+  be removed from a stream.)
 """
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Sequence
 from typing import Any
 
 from faststream import AckPolicy
-from faststream.rabbit import Channel, RabbitBroker, RabbitQueue
+from faststream.rabbit import Channel, QueueType, RabbitBroker, RabbitQueue
 
-from ._adapter import NO_LOGGER, BrokerAdapter, ReplyHandler, TaskHandler
+from ._adapter import NO_LOGGER, BrokerAdapter, DeadLetter, ReplyHandler, TaskHandler
 from ._faststream import MESSAGE, hand_over, raw_body
 
 __all__ = ["RabbitAdapter"]
 
 
 class _RabbitDelivery:
-    __slots__ = ("_message",)
-
-    #: How many times delivered (see ``Delivery.deliveries``); 1 until counted.
-    deliveries = 1
+    __slots__ = ("_message", "deliveries")
 
     def __init__(self, message: Any) -> None:
         self._message = message
+        #: How many times delivered (see ``Delivery.deliveries``): the quorum queue's
+        #: count of earlier deliveries, plus this one.
+        self.deliveries = _delivery_count(message.raw_message) + 1
+
+    @property
+    def channel(self) -> str:
+        queue: str = self._message.raw_message.routing_key or ""
+        return queue
 
     async def ack(self) -> None:
         await self._message.ack()
@@ -55,7 +72,11 @@ class RabbitAdapter(BrokerAdapter):
     def task_queue(self, agent: str) -> RabbitQueue:
         """The queue declaration callers and workers share (any difference would make
         RabbitMQ refuse the second declaration)."""
-        return RabbitQueue(self.task_channel(agent), durable=True)
+        return RabbitQueue(self.task_channel(agent), QueueType.QUORUM, durable=True)
+
+    def dead_queue(self) -> RabbitQueue:
+        """The queue of this namespace's dead letters."""
+        return RabbitQueue(self.dead_channel(), durable=True)
 
     async def connect(self) -> None:
         await self._broker.start()
@@ -101,8 +122,9 @@ class RabbitAdapter(BrokerAdapter):
         async def on_task(body: Any, message: Any = MESSAGE) -> None:
             await hand_over(handler, body, _RabbitDelivery(message))
 
-        # One channel for all of this worker's queues, its QoS shared between them.
-        channel = Channel(prefetch_count=prefetch, global_qos=True)
+        # One channel for all of this worker's queues; quorum queues take a QoS per
+        # consumer only, so each queue may have ``prefetch`` taken ahead.
+        channel = Channel(prefetch_count=prefetch, global_qos=False)
         for agent in agents:
             subscriber = self._broker.subscriber(
                 self.task_queue(agent),
@@ -119,3 +141,58 @@ class RabbitAdapter(BrokerAdapter):
         subscribers, self._subscribers = self._subscribers, []
         for subscriber in subscribers:
             await subscriber.stop()
+
+    async def publish_dead_letter(self, letter: DeadLetter) -> None:
+        queue = self.dead_queue()
+        await self._broker.declare_queue(queue)
+        await self._broker.publish(
+            letter.to_json(), queue=queue.name, persist=True, message_id=uuid.uuid4().hex
+        )
+
+    async def _take_all(self) -> list[Any]:
+        """Every dead-letter message, oldest first, taken unacknowledged (the caller
+        settles each)."""
+        queue = await self._broker.declare_queue(self.dead_queue())
+        taken = []
+        while (message := await queue.get(no_ack=False, fail=False)) is not None:
+            taken.append(message)
+        return taken
+
+    async def dead_letters(self, limit: int) -> list[DeadLetter]:
+        taken = await self._take_all()
+        try:
+            return [_letter(message) for message in taken[::-1][:limit]]
+        finally:
+            await _put_back(taken)
+
+    async def replay_dead_letters(self, ids: Sequence[str] | None) -> list[DeadLetter]:
+        taken = await self._take_all()
+        wanted = None if ids is None else set(ids)
+        replayed: list[DeadLetter] = []
+        try:
+            for message in list(taken):
+                if wanted is not None and message.message_id not in wanted:
+                    continue
+                letter = _letter(message)
+                await self.publish_task(letter.agent, letter.data)
+                await message.ack()
+                taken.remove(message)
+                replayed.append(letter)
+        finally:
+            await _put_back(taken)
+        return replayed
+
+
+def _delivery_count(message: Any) -> int:
+    """A quorum queue's ``x-delivery-count`` header (earlier deliveries): 0 if absent."""
+    count = (message.headers or {}).get("x-delivery-count", 0)
+    return count if isinstance(count, int) and count > 0 else 0
+
+
+def _letter(message: Any) -> DeadLetter:
+    return DeadLetter.from_json(message.body, message.message_id or "")
+
+
+async def _put_back(messages: list[Any]) -> None:
+    for message in messages:
+        await message.nack(requeue=True)

@@ -8,6 +8,8 @@
   list.
 * Replies: one stream per caller (``<namespace>.reply.<caller>``), read with XREAD from its
   start, deleted when the caller closes.
+* Dead letters: the stream ``<namespace>.dead``, one entry (field ``letter``) each, its
+  entry id the dead letter's id; a replay re-queues the entry and deletes it (XDEL).
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from faststream import AckPolicy
 from faststream.redis import RedisBroker, StreamSub
 from redis.exceptions import ResponseError
 
-from ._adapter import NO_LOGGER, BrokerAdapter, ReplyHandler, TaskHandler
+from ._adapter import NO_LOGGER, BrokerAdapter, DeadLetter, ReplyHandler, TaskHandler
 from ._faststream import MESSAGE as _MESSAGE
 from ._faststream import raw_body as _raw_body
 
@@ -46,6 +48,11 @@ class _RedisDelivery:
     def __init__(self, message: Any, slots: asyncio.Semaphore) -> None:
         self._message = message
         self._slots = slots
+
+    @property
+    def channel(self) -> str:
+        channel: str = self._message.raw_message["channel"]
+        return channel.decode() if isinstance(channel, bytes) else channel
 
     async def ack(self) -> None:
         async with self._slots:
@@ -154,3 +161,40 @@ class RedisAdapter(BrokerAdapter):
         subscribers, self._subscribers = self._subscribers, []
         for subscriber in subscribers:
             await subscriber.stop()
+
+    async def publish_dead_letter(self, letter: DeadLetter) -> None:
+        async with self._slots:
+            await self._client.xadd(self.dead_channel(), {"letter": letter.to_json()})
+
+    async def dead_letters(self, limit: int) -> list[DeadLetter]:
+        entries = await self._client.xrevrange(self.dead_channel(), count=limit)
+        return [_letter(entry) for entry in entries]
+
+    async def replay_dead_letters(self, ids: Sequence[str] | None) -> list[DeadLetter]:
+        stream = self.dead_channel()
+        if ids is None:
+            entries = await self._client.xrange(stream)
+        else:
+            entries = []
+            for key in dict.fromkeys(ids):
+                try:
+                    entries += await self._client.xrange(stream, min=key, max=key)
+                except ResponseError:
+                    continue  # not a stream id: not in the store
+            entries.sort(key=lambda entry: _entry_id(entry[0]))
+        letters = [_letter(entry) for entry in entries]
+        for letter in letters:
+            await self.publish_task(letter.agent, letter.data)
+            await self._client.xdel(stream, letter.id)
+        return letters
+
+
+def _entry_id(raw: bytes | str) -> tuple[int, ...]:
+    text = raw.decode() if isinstance(raw, bytes) else raw
+    return tuple(int(part) for part in text.split("-"))
+
+
+def _letter(entry: Any) -> DeadLetter:
+    raw_id, fields = entry
+    key = raw_id.decode() if isinstance(raw_id, bytes) else raw_id
+    return DeadLetter.from_json(fields.get(b"letter", fields.get("letter", b"")), key)

@@ -10,6 +10,7 @@ registry, nothing is imported.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import os
 import socket
@@ -33,20 +34,37 @@ from .._executor import Executor
 from .._pipeline import Stage
 from .._runtime import AgentRuntime
 from .._types import ZERO_USAGE, AgentResult
-from ..errors import AgentTimeoutError, InvalidStateError, InvalidTypeError, InvalidValueError
+from ..errors import (
+    AgentTimeoutError,
+    DeadLetteredError,
+    InvalidStateError,
+    InvalidTypeError,
+    InvalidValueError,
+)
 from ..events.log import LogEventEmitter
 from ..events.types import EventEmitter, EventType, RuntimeEvent
-from ._adapter import BrokerAdapter, Delivery, load_adapter
+from ._adapter import BrokerAdapter, DeadLetter, Delivery, load_adapter
 from ._registry import AgentRegistry
 from ._spawns import InheritedLimits
 from ._transport import DEFAULT_CONNECT_TIMEOUT, BrokerTransport, namespace_from_env, scrub
 from ._url import parse_broker_url
-from ._wire import EventMessage, ResultMessage, TaskMessage, WireFormatError, decode, encode
+from ._wire import (
+    EventMessage,
+    ResultMessage,
+    TaskMessage,
+    WireFormatError,
+    WireVersionError,
+    decode,
+    encode,
+)
 
 if TYPE_CHECKING:
     from .._envelope import TaskEnvelope
 
-__all__ = ["Worker", "WorkerStats"]
+__all__ = ["DEFAULT_MAX_DELIVERIES", "Worker", "WorkerStats"]
+
+#: Deliveries of one task message a worker accepts before it dead-letters the message.
+DEFAULT_MAX_DELIVERIES = 5
 
 _log = logging.getLogger("murmur.worker")
 
@@ -61,7 +79,8 @@ class WorkerStats:
     started_at: float = field(default_factory=time.monotonic)
     #: Tasks finished, by agent name.
     per_agent: Counter[str] = field(default_factory=Counter)
-    #: Messages that were not Murmur task messages (dropped, logged).
+    #: Messages set aside as dead letters (unreadable, not for this worker, or delivered
+    #: more than ``max_deliveries`` times).
     rejected: int = 0
     #: Tasks taken but not finished (the worker stopped past its grace, or their result
     #: could not be sent): left unacknowledged for the broker to deliver again.
@@ -105,6 +124,9 @@ class Worker:
         heartbeat_seconds: Interval of ``worker.heartbeat`` events.
         grace_seconds: On stop, how long in-flight tasks may take to finish; those still
             running then are cancelled and left on the broker to be delivered again.
+        max_deliveries: A task message delivered more often than this (its workers kept
+            dying or stopping on it) is not run again: it goes to the dead letters and its
+            caller gets a ``DeadLetteredError``.
 
     The worker runs on asyncio; under Trio its broker I/O and its tasks run on a helper
     asyncio loop.
@@ -122,6 +144,7 @@ class Worker:
         event_emitter: EventEmitter | None = None,
         heartbeat_seconds: float = 10.0,
         grace_seconds: float = 30.0,
+        max_deliveries: int = DEFAULT_MAX_DELIVERIES,
     ) -> None:
         self.url = parse_broker_url(broker)
         self._adapter_class = load_adapter(self.url)
@@ -133,6 +156,13 @@ class Worker:
         ):
             if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
                 raise InvalidValueError(f"{label} must be a number >= 0, got {value!r}")
+        if (
+            isinstance(max_deliveries, bool)
+            or not isinstance(max_deliveries, int)
+            or max_deliveries < 1
+        ):
+            raise InvalidValueError(f"max_deliveries must be an int >= 1, got {max_deliveries!r}")
+        self.max_deliveries = max_deliveries
         self.registry = _as_registry(agents)
         if not len(self.registry):
             raise InvalidValueError("agents is empty: a worker must serve at least one agent")
@@ -359,19 +389,28 @@ class Worker:
     async def _handle(self, adapter: BrokerAdapter, data: bytes, delivery: Delivery) -> None:
         try:
             message = decode(data)
+        except WireVersionError as exc:
+            await self._dead_letter(adapter, data, delivery, "unknown-version", str(exc))
+            return
         except WireFormatError as exc:
-            self.stats.rejected += 1
-            _log.error("worker %s: rejected a message: %s", self.name, exc)
-            await delivery.ack()
+            await self._dead_letter(adapter, data, delivery, "malformed", str(exc))
             return
         if not isinstance(message, TaskMessage):
-            self.stats.rejected += 1
-            _log.error(
-                "worker %s: rejected a %s message on a task channel", self.name, message.kind
-            )
-            await delivery.ack()
+            detail = f"a {message.kind} message on a task channel"
+            await self._dead_letter(adapter, data, delivery, "not-a-task", detail)
             return
         envelope = message.envelope
+        if envelope.agent not in self.registry:
+            detail = f"agent {envelope.agent!r} is not served by this worker"
+            await self._dead_letter(adapter, data, delivery, "unknown-agent", detail)
+            return
+        if delivery.deliveries > self.max_deliveries:
+            detail = (
+                f"delivered {delivery.deliveries} times, more than the worker's limit of "
+                f"{self.max_deliveries} (its workers died or stopped while running it)"
+            )
+            await self._dead_letter(adapter, data, delivery, "delivery-limit", detail)
+            return
         stats = self.stats
         stats.in_flight += 1
         try:
@@ -428,6 +467,46 @@ class Worker:
                 stats.failed += 1
         # Not acknowledged if the broker's connection fails here: the task comes again,
         # and its caller drops the second result.
+        await _quietly(delivery.ack())
+
+    async def _dead_letter(
+        self, adapter: BrokerAdapter, data: bytes, delivery: Delivery, reason: str, detail: str
+    ) -> None:
+        """Set the message aside in the dead-letter store instead of running it, tell its
+        caller (if the message says who that is), then acknowledge it."""
+        self.stats.rejected += 1
+        letter = DeadLetter(
+            data=data,
+            reason=reason,
+            detail=detail,
+            agent=adapter.agent_of(delivery.channel),
+            worker=self.name,
+            timestamp=time.time(),
+            deliveries=delivery.deliveries,
+        )
+        try:
+            await adapter.publish_dead_letter(letter)
+        except Exception:
+            # Never dropped unrecorded: left on the broker, to be delivered again.
+            _log.exception(
+                "worker %s: could not dead-letter a message (%s) from %s; put back",
+                self.name,
+                reason,
+                delivery.channel,
+            )
+            await _quietly(delivery.nack())
+            return
+        _log.error(
+            "worker %s: dead-lettered a message from %s (%s): %s",
+            self.name,
+            delivery.channel,
+            reason,
+            detail,
+        )
+        reply = _dead_letter_reply(data, letter)
+        if reply is not None:
+            address, result = reply
+            await _quietly(adapter.publish_reply(address, result))
         await _quietly(delivery.ack())
 
     async def _heartbeat(self) -> None:
@@ -507,6 +586,39 @@ def _encoded_result(
     )
     reply = ResultMessage(result=unsendable, worker=worker, correlation_id=correlation_id)
     return encode(reply), unsendable
+
+
+def _dead_letter_reply(data: bytes, letter: DeadLetter) -> tuple[str, bytes] | None:
+    """The caller's reply address and a ``DeadLetteredError`` result for a dead-lettered
+    message, read leniently (whatever else is wrong with it); ``None`` if it names no
+    caller."""
+    try:
+        fields = json.loads(data)
+    except ValueError:
+        return None
+    if not isinstance(fields, dict):
+        return None
+    reply_to, correlation_id = fields.get("reply_to"), fields.get("correlation_id")
+    if not (isinstance(reply_to, str) and reply_to and isinstance(correlation_id, str)):
+        return None
+    if not correlation_id:
+        return None
+    envelope = fields.get("envelope")
+    envelope = envelope if isinstance(envelope, dict) else {}
+    task = envelope.get("task")
+    task_id = task.get("task_id") if isinstance(task, dict) else None
+    agent = envelope.get("agent")
+    attempt = envelope.get("attempt")
+    task_id = task_id if isinstance(task_id, str) else ""
+    agent = agent if isinstance(agent, str) else letter.agent
+    attempt = attempt if isinstance(attempt, int) and attempt >= 1 else 1
+    error = DeadLetteredError(
+        f"task {task_id or '?'} of agent {agent!r} was dead-lettered by worker "
+        f"{letter.worker} ({letter.reason}): {letter.detail}"
+    )
+    result = AgentResult._build(None, error, ZERO_USAGE, attempt, 0.0, task_id, agent)
+    reply = ResultMessage(result=result, worker=letter.worker, correlation_id=correlation_id)
+    return reply_to, encode(reply)
 
 
 def _expired(envelope: TaskEnvelope) -> AgentResult[Any]:
