@@ -7,6 +7,7 @@ needs one fails when it is not running, it is never skipped.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import socket
 import threading
 from collections.abc import Awaitable, Callable, Iterable
@@ -59,7 +60,7 @@ def run_asyncio(make: Callable[[], Awaitable[None]]) -> None:
 
 
 def delete_redis_keys(namespace: str, url: str = REDIS_URL) -> None:
-    """Delete the namespace's streams (tasks and replies)."""
+    """Delete the namespace's streams (tasks, replies and dead letters)."""
     import redis
 
     client = redis.Redis.from_url(url)
@@ -72,8 +73,8 @@ def delete_redis_keys(namespace: str, url: str = REDIS_URL) -> None:
 
 
 def delete_nats_stream(namespace: str, url: str = NATS_URL) -> None:
-    """Delete the namespace's JetStream stream (named as ``NatsAdapter.stream``), and with
-    it its consumers."""
+    """Delete the namespace's JetStream streams (named as ``NatsAdapter.stream`` and
+    ``dead_stream``), and with them their consumers."""
 
     async def delete() -> None:
         import nats
@@ -81,9 +82,9 @@ def delete_nats_stream(namespace: str, url: str = NATS_URL) -> None:
 
         client = await nats.connect(url)
         try:
-            await client.jetstream().delete_stream(f"{safe_name(namespace)}-tasks")
-        except NotFoundError:
-            pass
+            for stream in ("tasks", "dead"):
+                with contextlib.suppress(NotFoundError):
+                    await client.jetstream().delete_stream(f"{safe_name(namespace)}-{stream}")
         finally:
             await client.close()
 
@@ -92,7 +93,8 @@ def delete_nats_stream(namespace: str, url: str = NATS_URL) -> None:
 
 def delete_rabbit_queues(namespace: str, agents: Iterable[str], url: str = RABBIT_URL) -> None:
     """Delete the namespace's task queues of ``agents`` (named as ``task_channel``; deleting
-    a queue that does not exist is a no-op). Reply queues go with their callers."""
+    a queue that does not exist is a no-op) and its dead-letter queue. Reply queues go
+    with their callers."""
 
     async def delete() -> None:
         import aio_pika
@@ -102,6 +104,7 @@ def delete_rabbit_queues(namespace: str, agents: Iterable[str], url: str = RABBI
             channel = await connection.channel()
             for agent in agents:
                 await channel.queue_delete(f"{namespace}.tasks.{safe_name(agent)}")
+            await channel.queue_delete(f"{namespace}.dead")
         finally:
             await connection.close()
 

@@ -1,5 +1,5 @@
-"""The ``murmur`` command line: ``murmur demo``, ``murmur worker start``, ``murmur version``,
-``murmur --version``.
+"""The ``murmur`` command line: ``murmur demo``, ``murmur worker start``, ``murmur dlq list``
+and ``murmur dlq replay``, ``murmur version``, ``murmur --version``.
 
 ``app`` is the Typer application and ``main`` the console-script entry point
 (``murmur = "murmur.cli:main"``). Each command lives in its own module and is registered
@@ -17,6 +17,7 @@ import typer
 
 from .._version import __version__
 from ._demo_command import DEMO_HELP, demo
+from ._dlq_command import DLQ_HELP, dlq_app
 from ._worker_command import WORKER_HELP, worker_app
 
 __all__ = ["app", "main"]
@@ -78,6 +79,14 @@ app.add_typer(
     name="worker",
     help=WORKER_HELP,
     short_help="Run workers that serve an app's agents from a broker.",
+)
+
+
+app.add_typer(
+    dlq_app,
+    name="dlq",
+    help=DLQ_HELP,
+    short_help="Inspect and replay dead letters (messages workers set aside).",
 )
 
 

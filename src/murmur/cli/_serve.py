@@ -61,6 +61,7 @@ class StartOptions:
     name: str | None
     heartbeat: float
     log_format: str
+    max_deliveries: int = 5
 
 
 def run_worker(options: StartOptions) -> int:
@@ -117,6 +118,7 @@ def _build_worker(options: StartOptions, reporter: _Reporter) -> Worker:
         event_emitter=reporter,
         heartbeat_seconds=options.heartbeat,
         grace_seconds=options.grace,
+        max_deliveries=options.max_deliveries,
     )
 
 

@@ -51,6 +51,11 @@ START_HELP = "\n\n".join(
         "they are delivered again to another worker) and exits 0. A second signal stops "
         "it at once, cancelling what is in flight the same way, and exits 128 + the "
         "signal's number (130 for Ctrl-C, 143 for SIGTERM).",
+        "[bold]Dead letters[/bold]\n"
+        "A message the worker cannot read, of another wire version, for an agent it does "
+        "not serve, or delivered more than --max-deliveries times is set aside as a dead "
+        "letter (with the reason and its bytes; its caller gets a DeadLetteredError), never "
+        "dropped: see murmur dlq list / murmur dlq replay.",
         "[bold]Logs[/bold] (on stderr)\n"
         "json: one JSON object per line: worker.started (once it is taking tasks), "
         "worker.heartbeat (every --heartbeat seconds), worker.stop_requested, "
@@ -168,6 +173,19 @@ def start(
             help="Interval of worker.heartbeat log lines; 0 turns them off.",
         ),
     ] = 10.0,
+    max_deliveries: Annotated[
+        int,
+        typer.Option(
+            "--max-deliveries",
+            min=1,
+            metavar="N",
+            help=(
+                "A task delivered more often than this (its workers kept dying or stopping "
+                "on it) is not run again: it goes to the dead letters (murmur dlq) and its "
+                "caller gets a DeadLetteredError."
+            ),
+        ),
+    ] = 5,
     log_format: Annotated[
         LogFormat,
         typer.Option(
@@ -191,6 +209,7 @@ def start(
             name=name,
             heartbeat=heartbeat,
             log_format=log_format.value,
+            max_deliveries=max_deliveries,
         )
     )
     raise typer.Exit(code)

@@ -216,7 +216,7 @@ class KafkaAdapter(BrokerAdapter):
                 kafka_consumer.pause(*kafka_consumer.assignment())
 
     async def publish_dead_letter(self, letter: DeadLetter) -> None:
-        key = uuid.uuid4().hex
+        key = uuid.uuid4().hex[:16]
         await self._broker.publish(letter.to_json(), self.dead_channel(), key=key.encode())
 
     async def _stored(self) -> list[DeadLetter]:

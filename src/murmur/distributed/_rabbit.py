@@ -146,7 +146,7 @@ class RabbitAdapter(BrokerAdapter):
         queue = self.dead_queue()
         await self._broker.declare_queue(queue)
         await self._broker.publish(
-            letter.to_json(), queue=queue.name, persist=True, message_id=uuid.uuid4().hex
+            letter.to_json(), queue=queue.name, persist=True, message_id=uuid.uuid4().hex[:16]
         )
 
     async def _take_all(self) -> list[Any]:

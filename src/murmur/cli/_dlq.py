@@ -1,0 +1,152 @@
+"""What ``murmur dlq list`` and ``murmur dlq replay`` run: one adapter, one call, closed.
+
+Errors are one line on stderr (``error: ...``), as ``murmur worker start`` writes them:
+exit code 2 for usage problems, 1 when the broker cannot be reached (or an id is not a
+dead letter). Output goes to stdout: a table (rich, coloured on a terminal) or JSON.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import datetime
+import json
+import sys
+from collections.abc import Awaitable, Callable, Sequence
+from typing import TypeVar
+
+import anyio
+
+from ..distributed._adapter import BrokerAdapter, DeadLetter, load_adapter
+from ..distributed._transport import DEFAULT_CONNECT_TIMEOUT, namespace_from_env, scrub
+from ..distributed._url import parse_broker_url
+from ..errors import InvalidValueError, MissingDependencyError
+from ._serve import FAILED, USAGE, _error
+
+__all__ = ["list_dead_letters", "replay_dead_letters"]
+
+T = TypeVar("T")
+
+
+def list_dead_letters(
+    broker: str | None, namespace: str | None, *, limit: int, as_json: bool
+) -> int:
+    """``murmur dlq list``; the exit code."""
+
+    async def newest(adapter: BrokerAdapter) -> list[DeadLetter]:
+        return await adapter.dead_letters(limit)
+
+    letters = _run(broker, namespace, newest)
+    if isinstance(letters, int):
+        return letters
+    if as_json:
+        sys.stdout.write(json.dumps([_as_dict(letter) for letter in letters], indent=2) + "\n")
+    else:
+        _print_table(letters)
+    return 0
+
+
+def replay_dead_letters(
+    broker: str | None, namespace: str | None, *, ids: Sequence[str], replay_all: bool
+) -> int:
+    """``murmur dlq replay``; the exit code."""
+    if bool(ids) == replay_all:
+        return _error("pass --id ID (repeatable) or --all, not both", USAGE)
+
+    async def replay(adapter: BrokerAdapter) -> list[DeadLetter]:
+        return await adapter.replay_dead_letters(None if replay_all else list(ids))
+
+    letters = _run(broker, namespace, replay)
+    if isinstance(letters, int):
+        return letters
+    for letter in letters:
+        sys.stdout.write(f"replayed {letter.id} to agent {letter.agent!r}\n")
+    sys.stdout.write(f"{len(letters)} dead letter{'' if len(letters) == 1 else 's'} replayed\n")
+    missing = [key for key in dict.fromkeys(ids) if key not in {x.id for x in letters}]
+    if missing:
+        return _error(f"no dead letter with id {', '.join(missing)}", FAILED)
+    return 0
+
+
+def _run(
+    broker: str | None,
+    namespace: str | None,
+    call: Callable[[BrokerAdapter], Awaitable[T]],
+) -> T | int:
+    """``call`` on a connected adapter for ``broker``; an exit code if that failed."""
+    if not broker:
+        return _error(
+            "no broker: pass --broker URL or set MURMUR_BROKER (e.g. redis://localhost:6379)",
+            USAGE,
+        )
+    try:
+        url = parse_broker_url(broker)
+        adapter_class = load_adapter(url)
+    except (InvalidValueError, MissingDependencyError) as exc:
+        return _error(str(exc), USAGE)
+    adapter = adapter_class(url, namespace=namespace or namespace_from_env())
+
+    async def main() -> T:
+        try:
+            with anyio.fail_after(DEFAULT_CONNECT_TIMEOUT):
+                await adapter.connect()
+            return await call(adapter)
+        finally:
+            # Closing after a failure: the failure is what matters.
+            with anyio.CancelScope(shield=True), contextlib.suppress(Exception):
+                await adapter.aclose()
+
+    try:
+        return anyio.run(main)
+    except Exception as exc:
+        detail = scrub(f"{type(exc).__name__}: {exc}", url)
+        return _error(f"broker {url.redacted}: {detail}", FAILED)
+
+
+def _when(timestamp: float) -> str:
+    moment = datetime.datetime.fromtimestamp(timestamp, tz=datetime.UTC)
+    return moment.isoformat(timespec="seconds").replace("+00:00", "Z")
+
+
+def _as_dict(letter: DeadLetter) -> dict[str, object]:
+    return {
+        "id": letter.id,
+        "timestamp": _when(letter.timestamp),
+        "agent": letter.agent,
+        "reason": letter.reason,
+        "detail": letter.detail,
+        "worker": letter.worker,
+        "deliveries": letter.deliveries,
+        "size": len(letter.data),
+        "data": base64.b64encode(letter.data).decode(),
+    }
+
+
+def _print_table(letters: list[DeadLetter]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console(highlight=False)
+    if not letters:
+        console.print("no dead letters")
+        return
+    table = Table(box=None, header_style="bold")
+    # Ids and times are never cut short (an id is what replay takes); the rest wraps.
+    table.add_column("id", no_wrap=True, min_width=max(len(x.id) for x in letters))
+    table.add_column("when", no_wrap=True, min_width=20)
+    table.add_column("agent", overflow="fold")
+    table.add_column("reason", no_wrap=True)
+    table.add_column("worker", overflow="fold")
+    for column in ("deliveries", "size"):
+        table.add_column(column, justify="right", no_wrap=True)
+    for letter in letters:
+        table.add_row(
+            letter.id,
+            _when(letter.timestamp),
+            letter.agent,
+            f"[red]{letter.reason}[/red]",
+            letter.worker,
+            str(letter.deliveries),
+            str(len(letter.data)),
+        )
+    console.print(table)
