@@ -32,12 +32,19 @@ from typer.testing import CliRunner
 from distributed import app
 from distributed.brokers import cleanup, require
 from distributed.contract import worker_args
-from murmur import DeadLetteredError, TaskSpec
+from murmur import AgentResult, DeadLetteredError, InvalidValueError, TaskSpec
 from murmur._bridge import AsyncioBridge
 from murmur._envelope import TaskEnvelope
 from murmur.cli import app as cli
 from murmur.distributed import AgentRegistry
-from murmur.distributed._adapter import BrokerAdapter, DeadLetter, Delivery, load_adapter
+from murmur.distributed._adapter import (
+    BrokerAdapter,
+    DeadLetter,
+    Delivery,
+    load_adapter,
+    safe_name,
+    unsafe_name,
+)
 from murmur.distributed._kafka import in_memory_kafka
 from murmur.distributed._url import parse_broker_url
 from murmur.distributed._wire import ResultMessage, TaskMessage, decode, encode
@@ -128,7 +135,8 @@ def broker(request: pytest.FixtureRequest) -> Iterator[Broker]:
     try:
         yield spec
     finally:
-        cleanup(kind, spec.namespace, [AGENT])
+        # The worker process declares a queue for every agent the app serves.
+        cleanup(kind, spec.namespace, AgentRegistry.from_module(app).names())
 
 
 async def on_asyncio(fn: Callable[[], Awaitable[T]]) -> T:
@@ -205,7 +213,10 @@ async def test_unreadable_messages_are_dead_lettered_and_the_worker_keeps_servin
             newer["version"] = 99
             unknown_version = json.dumps(newer).encode()
             foreign_id, foreign = caller.task("f", agent="registered_elsewhere")
-            for data in (malformed, unknown_version, foreign):
+            stray = encode(
+                ResultMessage(result=AgentResult(task_id="x", agent=AGENT), correlation_id="c")
+            )
+            for data in (malformed, unknown_version, foreign, stray):
                 await caller.adapter.publish_task(AGENT, data)
             async with broker.worker() as worker:
                 # The callers of what can be tied to one get an error result.
@@ -222,13 +233,15 @@ async def test_unreadable_messages_are_dead_lettered_and_the_worker_keeps_servin
                 await caller.adapter.publish_task(AGENT, ok)
                 assert (await caller.result(ok_id)).unwrap() == "STILL HERE"
 
-                letters = await stored(caller.adapter, 3)
+                letters = await stored(caller.adapter, 4)
                 by_reason = {letter.reason: letter for letter in letters}
-                assert set(by_reason) == {"malformed", "unknown-version", "unknown-agent"}
+                reasons = {"malformed", "unknown-version", "unknown-agent", "not-a-task"}
+                assert set(by_reason) == reasons
                 assert by_reason["malformed"].data == malformed
                 assert by_reason["unknown-version"].data == unknown_version
                 assert "version 99" in by_reason["unknown-version"].detail
                 assert by_reason["unknown-agent"].data == foreign
+                assert by_reason["not-a-task"].data == stray
                 assert {x.agent for x in letters} == {AGENT}
                 assert {x.worker for x in letters} == {worker}
 
@@ -245,8 +258,8 @@ async def test_unreadable_messages_are_dead_lettered_and_the_worker_keeps_servin
                 # Replayed, they come back to the worker, which sets them aside again.
                 code, out, err = await broker.dlq("replay", "--all")
                 assert code == 0, err
-                assert "3 dead letters replayed" in out
-                again = await stored(caller.adapter, 3, not_in=frozenset(x.id for x in letters))
+                assert "4 dead letters replayed" in out
+                again = await stored(caller.adapter, 4, not_in=frozenset(x.id for x in letters))
                 assert {x.reason for x in again} == set(by_reason)
                 await caller.result(version_id, count=2)
         finally:
@@ -337,3 +350,21 @@ def test_dlq_commands_report_usage_errors_in_one_line() -> None:
     assert unreachable.exit_code == 1
     assert unreachable.stderr.count("\n") == 1
     assert "secret" not in unreachable.stderr
+
+
+def test_a_dead_letter_is_stored_as_json_with_its_bytes_intact() -> None:
+    letter = DeadLetter(b"\xff\x00 not utf-8", "malformed", "why", "a b", "w", 1.5, 2)
+    assert DeadLetter.from_json(letter.to_json(), "7") == letter.stored_as("7")
+    with pytest.raises(InvalidValueError, match="dead letter 8"):
+        DeadLetter.from_json(b"{}", "8")
+
+
+def test_an_agent_name_comes_back_from_its_channel_name() -> None:
+    for name in ("shout", "réviseur", "a.b_c d", "_5f"):
+        assert unsafe_name(safe_name(name)) == name
+
+
+def test_max_deliveries_must_be_a_positive_int() -> None:
+    for bad in (0, -1, 1.5, True):
+        with pytest.raises(InvalidValueError, match="max_deliveries"):
+            Worker("memory://", [app.shout], max_deliveries=bad)  # type: ignore[arg-type]
