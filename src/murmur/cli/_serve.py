@@ -57,6 +57,7 @@ class StartOptions:
     broker: str | None
     concurrency: int
     grace: float
+    redeliver_after: float
     namespace: str | None
     name: str | None
     heartbeat: float
@@ -117,6 +118,7 @@ def _build_worker(options: StartOptions, reporter: _Reporter) -> Worker:
         event_emitter=reporter,
         heartbeat_seconds=options.heartbeat,
         grace_seconds=options.grace,
+        redeliver_after=options.redeliver_after,
     )
 
 
