@@ -144,6 +144,9 @@ class RedisAdapter(BrokerAdapter):
         self._held: set[_RedisDelivery] = set()
         self._claiming: asyncio.Task[None] | None = None
         self._touching: asyncio.Task[None] | None = None
+        # The loops' own stop signals too: under Python 3.11, redis-py (through
+        # asyncio.wait_for) can swallow a cancellation that arrives as a reply does.
+        self._claim_on = self._touch_on = False
         self._scripts: dict[str, Any] = {}
 
     @property
@@ -160,6 +163,7 @@ class RedisAdapter(BrokerAdapter):
     async def aclose(self) -> None:
         try:
             await self.stop_consuming()
+            self._touch_on = False
             await _cancelled(self._touching)  # what it still holds is reclaimed later
             self._touching = None
             replies, self._replies = self._replies, None
@@ -233,6 +237,7 @@ class RedisAdapter(BrokerAdapter):
             await subscriber.start()
             self._subscribers.append(subscriber)
         loop = asyncio.get_running_loop()
+        self._claim_on = self._touch_on = True
         self._touching = loop.create_task(self._touch_held())
         self._claiming = loop.create_task(self._claim_idle(handler, prefetch))
 
@@ -241,6 +246,7 @@ class RedisAdapter(BrokerAdapter):
         for subscriber in subscribers:
             await subscriber.stop()
         claiming, self._claiming = self._claiming, None
+        self._claim_on = False
         await _cancelled(claiming)
         if claiming is not None:
             await self._release_unheld()
@@ -272,7 +278,7 @@ class RedisAdapter(BrokerAdapter):
 
     async def _touch_held(self) -> None:
         """Keep every entry this consumer holds from looking idle, while it lives."""
-        while True:
+        while self._touch_on:
             await asyncio.sleep(self.redeliver_after / 3)
             for stream in self._streams:
                 try:
@@ -284,7 +290,7 @@ class RedisAdapter(BrokerAdapter):
         """Take over entries idle for ``redeliver_after`` seconds, as room allows."""
         cursors = dict.fromkeys(self._streams, "0-0")
         idle_ms = max(1, int(self.redeliver_after * 1000))
-        while True:
+        while self._claim_on:
             for stream in self._streams:
                 try:
                     cursors[stream] = await self._claim_from(
@@ -300,7 +306,7 @@ class RedisAdapter(BrokerAdapter):
         """One sweep of ``stream``'s pending entries from ``cursor``; the cursor to go on
         from (``0-0``: swept to the end)."""
         parse = self._broker.message_format.parse
-        while (room := prefetch - len(self._held)) > 0:
+        while self._claim_on and (room := prefetch - len(self._held)) > 0:
             found, claimed = await self._run_script(
                 "claim", stream, self._consumer, idle_ms, cursor, room
             )
