@@ -22,7 +22,7 @@ from distributed import app
 from distributed.brokers import cleanup, require
 from distributed.contract import HANG, worker_args
 from distributed.test_adapters import on_asyncio
-from murmur import AgentRuntime, EventType, RuntimeEvent, TaskSpec
+from murmur import AgentRuntime, EventType, InvalidValueError, RuntimeEvent, TaskSpec
 from murmur.distributed import AgentRegistry
 from murmur.distributed._adapter import Delivery
 from murmur.distributed._redis import RedisAdapter
@@ -188,3 +188,9 @@ async def test_a_nacked_redis_task_goes_to_the_next_claim_with_its_delivery_coun
             await second.aclose()
 
     assert await on_asyncio(scenario) == [(b"once more", 1), (b"once more", 2)]
+
+
+@pytest.mark.parametrize("value", [0, -1.0, True, "30"])
+async def test_redeliver_after_must_be_a_positive_number(value: Any) -> None:
+    with pytest.raises(InvalidValueError, match="redeliver_after must be a number > 0"):
+        Worker("memory://", [app.shout], redeliver_after=value)
