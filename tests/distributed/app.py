@@ -5,7 +5,8 @@ Its agents are what the tests need and nothing more: other tests add theirs here
 
 from __future__ import annotations
 
-from collections import defaultdict
+import os
+from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -206,3 +207,39 @@ async def stall(text: str, ctx: AgentContext) -> str:
     if first:
         await anyio.sleep_forever()
     return text
+
+
+# -- redelivery: tasks a test holds, and runs it counts --------------------------------------
+
+
+class Gated(BaseModel):
+    """A task ``gated`` holds until its gate opens."""
+
+    label: str
+    #: A path: the task finishes once it exists.
+    gate: str
+    #: A path: each run of the task appends a line ``<label> <pid>`` to it.
+    runs: str
+
+
+async def gated(task: Gated, ctx: AgentContext) -> str:
+    """Notes its run in ``task.runs``, reports an event, then returns its label once the
+    file ``task.gate`` exists (runs in any process: a killed worker's show too)."""
+    with Path(task.runs).open("a") as runs:
+        runs.write(f"{task.label} {os.getpid()}\n")
+    await ctx.emit(EventType.CHILD_SPAWNED, data={"label": task.label})
+    gate = Path(task.gate)
+    while not gate.exists():
+        await anyio.sleep(0.01)
+    return task.label
+
+
+#: How many times ``lengthy`` started each task, in this process.
+lengthy_runs: Counter[str] = Counter()
+
+
+async def lengthy(seconds: float, ctx: AgentContext) -> int:
+    """Works for ``seconds`` (a long task); returns how many times this process started it."""
+    lengthy_runs[ctx.task.task_id] += 1
+    await anyio.sleep(seconds)
+    return lengthy_runs[ctx.task.task_id]

@@ -301,12 +301,6 @@ class PutBack:
 async def test_a_task_past_the_delivery_limit_is_dead_lettered_and_replayable(
     broker: Broker,
 ) -> None:
-    if broker.kind == "redis":
-        pytest.xfail(
-            "Redis delivery counts (XPENDING) and reclaiming come with the redelivery work: "
-            "a put-back entry stays pending, never delivered a second time"
-        )
-
     async def scenario() -> None:
         caller = Caller(broker.adapter())
         try:

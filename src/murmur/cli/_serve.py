@@ -57,6 +57,7 @@ class StartOptions:
     broker: str | None
     concurrency: int
     grace: float
+    redeliver_after: float
     namespace: str | None
     name: str | None
     heartbeat: float
@@ -119,6 +120,7 @@ def _build_worker(options: StartOptions, reporter: _Reporter) -> Worker:
         heartbeat_seconds=options.heartbeat,
         grace_seconds=options.grace,
         max_deliveries=options.max_deliveries,
+        redeliver_after=options.redeliver_after,
     )
 
 

@@ -145,6 +145,19 @@ def start(
             ),
         ),
     ] = 30.0,
+    redeliver_after: Annotated[
+        float,
+        typer.Option(
+            "--redeliver-after",
+            min=0.001,
+            metavar="SECONDS",
+            help=(
+                "How long a task taken by a worker that died (or lost the broker) waits "
+                "before another worker gets it (Redis, NATS; RabbitMQ requeues when the "
+                "connection drops). A live worker keeps its tasks however long they run."
+            ),
+        ),
+    ] = 30.0,
     namespace: Annotated[
         str | None,
         typer.Option(
@@ -205,6 +218,7 @@ def start(
             broker=broker,
             concurrency=concurrency,
             grace=grace,
+            redeliver_after=redeliver_after,
             namespace=namespace,
             name=name,
             heartbeat=heartbeat,

@@ -30,6 +30,7 @@ from ._url import BrokerURL
 
 __all__ = [
     "DEFAULT_NAMESPACE",
+    "DEFAULT_REDELIVER_AFTER",
     "NO_LOGGER",
     "BrokerAdapter",
     "DeadLetter",
@@ -42,6 +43,9 @@ __all__ = [
 
 #: Prefix of every stream, subject, queue and topic Murmur creates (``MURMUR_NAMESPACE``).
 DEFAULT_NAMESPACE = "murmur"
+#: Seconds a task taken by a worker that stopped answering waits before the broker (or,
+#: on Redis, a live worker) delivers it again; see ``BrokerAdapter``.
+DEFAULT_REDELIVER_AFTER = 30.0
 
 
 class Delivery(Protocol):
@@ -140,11 +144,23 @@ class BrokerAdapter(ABC):
         url: The broker's URL (``url.secret`` goes to the client, never into messages).
         namespace: Prefix of every channel name, so several apps (or test runs) can share
             one broker.
+        redeliver_after: Seconds a taken, unsettled task may go without a sign of life
+            from its worker before it is delivered to another (a worker keeps the tasks it
+            holds alive while it runs). Redis: live workers reclaim it; NATS: the
+            consumer's ack wait; RabbitMQ and Kafka have no such timer (their own
+            connection and session checks stand in) and ignore it.
     """
 
-    def __init__(self, url: BrokerURL, *, namespace: str = DEFAULT_NAMESPACE) -> None:
+    def __init__(
+        self,
+        url: BrokerURL,
+        *,
+        namespace: str = DEFAULT_NAMESPACE,
+        redeliver_after: float = DEFAULT_REDELIVER_AFTER,
+    ) -> None:
         self.url = url
         self.namespace = namespace
+        self.redeliver_after = redeliver_after
 
     # -- names -------------------------------------------------------------------------
 

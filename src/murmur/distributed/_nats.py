@@ -8,9 +8,11 @@
   that every worker shares: competing consumers. A worker pulls one message at a time
   (answered as soon as one is there), so it never holds more than its slots plus one.
 * A message is acknowledged only once its result is published; until then the worker
-  tells the server it is still working on it (every ``PROGRESS_EVERY`` seconds), so a
-  long task is not handed to another worker, while a dead worker's messages come back
-  after ``ACK_WAIT`` seconds. ``nack`` makes the message deliverable again at once.
+  tells the server it is still working on it (every third of the consumer's ack wait),
+  so a long task is not handed to another worker, while a dead worker's messages come
+  back after the ack wait: ``redeliver_after`` seconds for the consumers a worker creates
+  (an existing consumer keeps its own; the worker's signals follow the consumer's).
+  ``nack`` makes the message deliverable again at once.
 * A delivered message's count of deliveries is JetStream's own (``num_delivered``).
 * Replies: core NATS, subject ``<namespace>.reply.<caller>`` (nothing stored: the caller
   listens before it publishes its first task).
@@ -42,13 +44,11 @@ from nats.js.errors import BadRequestError, NotFoundError
 from ._adapter import NO_LOGGER, BrokerAdapter, DeadLetter, ReplyHandler, TaskHandler, safe_name
 from ._faststream import MESSAGE, hand_over, raw_body
 
-__all__ = ["ACK_WAIT", "PROGRESS_EVERY", "NatsAdapter"]
+__all__ = ["PROGRESS_SHARE", "NatsAdapter"]
 
-#: Seconds JetStream waits for a delivered task's ack (or progress) before it delivers
-#: the task again: how long a dead worker's tasks wait.
-ACK_WAIT = 30.0
-#: Seconds between a worker's "still working on it" signals for each task it holds.
-PROGRESS_EVERY = 10.0
+#: A worker's "still working on it" signals for each task it holds come this share of
+#: the consumer's ack wait apart (the ack wait: how long a dead worker's tasks wait).
+PROGRESS_SHARE = 1 / 3
 #: Seconds one pull request waits on the server (a task arriving meanwhile is answered
 #: at once); the subscriber then asks again.
 PULL_TIMEOUT = 5.0
@@ -69,11 +69,11 @@ class _NatsDelivery:
 
     async def _keep_alive(self) -> None:
         while True:
-            await asyncio.sleep(PROGRESS_EVERY)
+            await asyncio.sleep(self._adapter._progress_every)
             try:
                 await self._message.in_progress()
             except Exception:
-                return  # disconnected: the server redelivers it after ACK_WAIT
+                return  # disconnected: the server redelivers it after the ack wait
 
     @property
     def channel(self) -> str:
@@ -130,6 +130,7 @@ class NatsAdapter(BrokerAdapter):
         self._subscribers: list[Any] = []
         self._replies: Any = None
         self._held: set[_NatsDelivery] = set()
+        self._progress_every = self.redeliver_after * PROGRESS_SHARE
 
     @property
     def stream(self) -> str:
@@ -179,7 +180,7 @@ class NatsAdapter(BrokerAdapter):
             if replies is not None:
                 await replies.stop()
             for delivery in list(self._held):
-                delivery._settled()  # unsettled: redelivered after ACK_WAIT
+                delivery._settled()  # unsettled: redelivered after the ack wait
         finally:
             await self._broker.stop()
 
@@ -221,7 +222,7 @@ class NatsAdapter(BrokerAdapter):
                 config=ConsumerConfig(
                     durable_name=durable,
                     ack_policy=JsAckPolicy.EXPLICIT,
-                    ack_wait=ACK_WAIT,
+                    ack_wait=self.redeliver_after,
                     deliver_policy=DeliverPolicy.ALL,
                 ),
                 ack_policy=AckPolicy.MANUAL,
@@ -231,6 +232,10 @@ class NatsAdapter(BrokerAdapter):
             subscriber(on_task)
             await subscriber.start()
             self._subscribers.append(subscriber)
+            # A consumer another worker created keeps its ack wait: signal within it.
+            info = await self._client.jetstream().consumer_info(self.stream, durable)
+            ack_wait = info.config.ack_wait or self.redeliver_after
+            self._progress_every = min(self._progress_every, ack_wait * PROGRESS_SHARE)
 
     async def stop_consuming(self) -> None:
         subscribers, self._subscribers = self._subscribers, []

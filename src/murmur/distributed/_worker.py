@@ -43,7 +43,7 @@ from ..errors import (
 )
 from ..events.log import LogEventEmitter
 from ..events.types import EventEmitter, EventType, RuntimeEvent
-from ._adapter import BrokerAdapter, DeadLetter, Delivery, load_adapter
+from ._adapter import DEFAULT_REDELIVER_AFTER, BrokerAdapter, DeadLetter, Delivery, load_adapter
 from ._registry import AgentRegistry
 from ._spawns import InheritedLimits
 from ._transport import DEFAULT_CONNECT_TIMEOUT, BrokerTransport, namespace_from_env, scrub
@@ -127,6 +127,11 @@ class Worker:
         max_deliveries: A task message delivered more often than this (its workers kept
             dying or stopping on it) is not run again: it goes to the dead letters and its
             caller gets a ``DeadLetteredError``.
+        redeliver_after: Seconds a task taken by a worker that stopped answering (it died,
+            or lost the broker) waits before another worker gets it; a live worker keeps
+            the tasks it runs, however long they take. Redis and NATS (its consumer's ack
+            wait); RabbitMQ redelivers when the worker's connection drops, Kafka after its
+            session timeout (see docs/distributed.md).
 
     The worker runs on asyncio; under Trio its broker I/O and its tasks run on a helper
     asyncio loop.
@@ -145,6 +150,7 @@ class Worker:
         heartbeat_seconds: float = 10.0,
         grace_seconds: float = 30.0,
         max_deliveries: int = DEFAULT_MAX_DELIVERIES,
+        redeliver_after: float = DEFAULT_REDELIVER_AFTER,
     ) -> None:
         self.url = parse_broker_url(broker)
         self._adapter_class = load_adapter(self.url)
@@ -163,6 +169,9 @@ class Worker:
         ):
             raise InvalidValueError(f"max_deliveries must be an int >= 1, got {max_deliveries!r}")
         self.max_deliveries = max_deliveries
+        redeliver = redeliver_after
+        if isinstance(redeliver, bool) or not isinstance(redeliver, (int, float)) or redeliver <= 0:
+            raise InvalidValueError(f"redeliver_after must be a number > 0, got {redeliver!r}")
         self.registry = _as_registry(agents)
         if not len(self.registry):
             raise InvalidValueError("agents is empty: a worker must serve at least one agent")
@@ -171,6 +180,7 @@ class Worker:
         self.namespace = namespace or namespace_from_env()
         self.heartbeat_seconds = float(heartbeat_seconds)
         self.grace_seconds = float(grace_seconds)
+        self.redeliver_after = float(redeliver_after)
         self.stats = WorkerStats()
         self._emitter = event_emitter if event_emitter is not None else LogEventEmitter()
         self._executor = Executor(list(middleware), agents=self.registry.as_mapping())
@@ -306,7 +316,9 @@ class Worker:
         self._stop_requested = asyncio.Event()
         if self._stop_flag:  # asked before this point (request_stop reads the event after)
             self._stop_requested.set()
-        adapter = self._adapter_class(self.url, namespace=self.namespace)
+        adapter = self._adapter_class(
+            self.url, namespace=self.namespace, redeliver_after=self.redeliver_after
+        )
         try:
             with anyio.fail_after(DEFAULT_CONNECT_TIMEOUT):
                 await adapter.connect()
