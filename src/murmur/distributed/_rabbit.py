@@ -25,6 +25,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import uuid
 from collections.abc import Sequence
 from typing import Any
@@ -36,6 +38,11 @@ from ._adapter import NO_LOGGER, BrokerAdapter, DeadLetter, ReplyHandler, TaskHa
 from ._faststream import MESSAGE, hand_over, raw_body
 
 __all__ = ["RabbitAdapter"]
+
+#: Tries at starting a worker's consumers (a fresh quorum queue can refuse the first).
+CONSUME_ATTEMPTS = 4
+
+_log = logging.getLogger("murmur.distributed")
 
 
 class _RabbitDelivery:
@@ -122,20 +129,37 @@ class RabbitAdapter(BrokerAdapter):
         async def on_task(body: Any, message: Any = MESSAGE) -> None:
             await hand_over(handler, body, _RabbitDelivery(message))
 
-        # One channel for all of this worker's queues; quorum queues take a QoS per
-        # consumer only, so each queue may have ``prefetch`` taken ahead.
-        channel = Channel(prefetch_count=prefetch, global_qos=False)
-        for agent in agents:
-            subscriber = self._broker.subscriber(
-                self.task_queue(agent),
-                channel=channel,
-                ack_policy=AckPolicy.MANUAL,
-                no_reply=True,
-                decoder=raw_body,
-            )
-            subscriber(on_task)
-            await subscriber.start()
-            self._subscribers.append(subscriber)
+        for attempt in range(CONSUME_ATTEMPTS):
+            try:
+                # Declared first: a consumer on a quorum queue RabbitMQ has only just made
+                # can crash the connection (3.10: its Raft member is not running yet).
+                for agent in agents:
+                    await self._broker.declare_queue(self.task_queue(agent))
+                # One channel for all of this worker's queues; quorum queues take a QoS per
+                # consumer only, so each queue may have ``prefetch`` taken ahead.
+                channel = Channel(prefetch_count=prefetch, global_qos=False)
+                for agent in agents:
+                    subscriber = self._broker.subscriber(
+                        self.task_queue(agent),
+                        channel=channel,
+                        ack_policy=AckPolicy.MANUAL,
+                        no_reply=True,
+                        decoder=raw_body,
+                    )
+                    subscriber(on_task)
+                    await subscriber.start()
+                    self._subscribers.append(subscriber)
+            except Exception:
+                if attempt + 1 == CONSUME_ATTEMPTS:
+                    raise
+                # Nothing was taken yet: start over on a fresh connection.
+                _log.warning("starting the consumers failed; retrying", exc_info=True)
+                await self.stop_consuming()
+                await self._broker.stop()
+                await asyncio.sleep(0.05 * 2**attempt)
+                await self._broker.start()
+            else:
+                return
 
     async def stop_consuming(self) -> None:
         subscribers, self._subscribers = self._subscribers, []
