@@ -58,7 +58,7 @@ class Headline:
 
     label: str
     value: float
-    unit: Literal["x", "%", "us", "ms", "MB"]
+    unit: Literal["x", "%", "us", "ms", "MB", "/s"]
     spread: str = ""
     target: str = ""
     passed: bool | None = None
@@ -71,7 +71,9 @@ class Headline:
         if self.unit == "us":
             return f"{self.value:.2f} µs"
         if self.unit == "ms":
-            return f"{self.value:,.0f} ms"
+            return f"{self.value:,.0f} ms" if self.value >= 100 else f"{self.value:.2f} ms"
+        if self.unit == "/s":
+            return f"{self.value:,.0f} tasks/s"
         return f"{self.value:.1f} MB"
 
     def verdict(self) -> str:

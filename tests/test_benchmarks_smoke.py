@@ -41,9 +41,17 @@ def test_registry_lists_implemented_and_planned_scenarios() -> None:
     _bench("scenarios")
     registry = _bench("registry")
     names = [s.name for s in registry.scenarios()]
-    implemented = ["overhead", "fidelity", "scaling", "peers", "policies", "groups", "imports"]
-    assert names[:7] == implemented
-    assert "distributed" in names
+    implemented = [
+        "overhead",
+        "fidelity",
+        "scaling",
+        "peers",
+        "policies",
+        "groups",
+        "imports",
+        "distributed",
+    ]
+    assert names == implemented
     for scenario in registry.scenarios():
         assert scenario.implemented == (scenario.name in implemented)
 
@@ -199,6 +207,52 @@ def test_imports_probes_run_in_fresh_processes_and_report_wall_and_import_times(
     verdicts = {h.label: h.verdict() for h in imports.summarise(samples)}
     assert len(verdicts) == 3
     assert {v for label, v in verdicts.items() if "anyio" not in label} <= {"PASS", "MISS"}
+
+
+def test_distributed_rows_on_memory_and_redis_and_nothing_left_on_the_broker() -> None:
+    import asyncio
+    import uuid
+
+    import redis
+
+    distributed = _bench("scenarios.distributed")
+    plan = distributed.Plan(n=40, latency_n=5, reps=1, fm_n=20, batch_timeout=30)
+    prefix = f"bench-smoke-{uuid.uuid4().hex[:8]}"
+    rows, fm = asyncio.run(distributed.measure(["memory", "redis"], plan, lambda _: None, prefix))
+    assert [(r.system, r.broker, r.workers) for r in rows] == [
+        (distributed.MURMUR, "memory", 1),
+        (distributed.MURMUR, "memory", 2),
+        (distributed.MURMUR, "redis", 1),
+        (distributed.MURMUR, "redis", 2),
+        (distributed.FS_ONE, "redis", 1),
+        (distributed.FS_BATCH, "redis", 1),
+    ]
+    for row in rows:
+        assert row.error is None
+        assert len(row.tps) == 1
+        assert _positive(row.tps[0])
+        assert len(row.latency_ms) == 5
+        assert all(_positive(v) for v in row.latency_ms)
+        assert row.cpu_us["caller"][0] is not None
+    assert rows[2].cpu_us["workers"][0] is not None  # read from /proc/<worker pid>/stat
+    assert fm is not None
+    assert fm["n"] == 20
+    assert set(fm["tasks_per_s"]) == {
+        "in-process",
+        "one Redis worker",
+    }
+    json.dumps([r.to_json() for r in rows])  # JSON-serialisable
+    table = distributed.rows_table(rows)
+    assert len(table.rows) == len(rows)
+    assert all(len(r) == len(table.columns) for r in table.rows)
+    labels = [h.label for h in distributed.headlines(rows, fm)]
+    assert any("Redis Streams, 1 worker: tasks/s" in label for label in labels)
+    assert any("FunctionModel" in label for label in labels)
+    client = redis.Redis.from_url("redis://127.0.0.1:6379")
+    try:
+        assert list(client.scan_iter(match=f"{prefix}*")) == []
+    finally:
+        client.close()
 
 
 def test_report_renders_a_scenario_result(tmp_path: Path) -> None:

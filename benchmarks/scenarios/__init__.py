@@ -2,6 +2,16 @@
 
 from __future__ import annotations
 
-from . import fidelity, groups, imports, overhead, peers, planned, policies, scaling
+from . import distributed, fidelity, groups, imports, overhead, peers, planned, policies, scaling
 
-__all__ = ["fidelity", "groups", "imports", "overhead", "peers", "planned", "policies", "scaling"]
+__all__ = [
+    "distributed",
+    "fidelity",
+    "groups",
+    "imports",
+    "overhead",
+    "peers",
+    "planned",
+    "policies",
+    "scaling",
+]

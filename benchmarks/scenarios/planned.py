@@ -2,22 +2,9 @@
 
 To implement one, write its ``run(config) -> ScenarioResult`` (and optionally ``plot``) in
 its own module, register it there under the same name, and drop its entry here.
+None is planned today (``distributed`` lives in ``distributed.py``).
 """
 
 from __future__ import annotations
 
-from ..registry import Scenario, register
-
 __all__: list[str] = []
-
-register(
-    Scenario(
-        name="distributed",
-        title="Distributed",
-        description=(
-            "gather through Redis and NATS brokers to worker processes: per-task latency, "
-            "throughput and cap fidelity against the in-process runtime."
-        ),
-        order=70,
-    )
-)
