@@ -19,11 +19,3 @@ class TestRedisContract(SubprocessWorkers, BrokerContract, PasswordContract):
     @classmethod
     def cleanup(cls, url: str, namespace: str) -> None:
         delete_redis_keys(namespace, url)
-
-    @pytest.mark.xfail(
-        reason="a nacked stream entry stays in the group's pending list and nothing claims "
-        "it (no XAUTOCLAIM): a task a stopped worker left is never run again",
-        strict=True,
-    )
-    async def test_a_task_a_stopped_worker_left_runs_on_another(self, broker_url: str) -> None:
-        await super().test_a_task_a_stopped_worker_left_runs_on_another(broker_url)
