@@ -19,6 +19,11 @@
 * Dead letters: the JetStream stream ``<namespace>-dead`` (sanitised, limits retention,
   subject ``<namespace>.dead``), created with the task stream; a dead letter's id is its
   stream sequence number, and a replay re-queues it and deletes that message.
+* Outages: nats-py reconnects without end (``RECONNECT_WAIT`` apart), resubscribes, and
+  sends what was published meanwhile once it is back; the outage is logged. A task
+  published while the server is gone is published again until it is stored (for up to
+  ``RECONNECT_SECONDS``). A reply is not stored: one sent while its caller is not
+  connected is lost, and that attempt ends at its deadline.
 """
 
 from __future__ import annotations
@@ -29,6 +34,8 @@ from typing import Any
 
 from faststream import AckPolicy
 from faststream.nats import JStream, NatsBroker, PullSub
+from nats.errors import ConnectionReconnectingError, NoRespondersError
+from nats.errors import TimeoutError as NatsTimeoutError
 from nats.js.api import (
     AckPolicy as JsAckPolicy,
 )
@@ -39,10 +46,11 @@ from nats.js.api import (
     StorageType,
     StreamConfig,
 )
-from nats.js.errors import BadRequestError, NotFoundError
+from nats.js.errors import BadRequestError, NotFoundError, ServiceUnavailableError
 
 from ._adapter import NO_LOGGER, BrokerAdapter, DeadLetter, ReplyHandler, TaskHandler, safe_name
 from ._faststream import MESSAGE, hand_over, raw_body
+from ._outage import RECONNECT_SECONDS, OutageLog, backoff
 
 __all__ = ["PROGRESS_SHARE", "NatsAdapter"]
 
@@ -54,6 +62,16 @@ PROGRESS_SHARE = 1 / 3
 PULL_TIMEOUT = 5.0
 #: JetStream's error code for "stream name already in use with a different configuration".
 _STREAM_EXISTS = 10058
+#: Seconds between two attempts to reach a server that went away.
+RECONNECT_WAIT = 1
+#: A JetStream publish that fails with these did not reach a server that could store it.
+_NOT_STORED = (
+    NatsTimeoutError,
+    NoRespondersError,
+    ConnectionReconnectingError,
+    ServiceUnavailableError,
+    TimeoutError,
+)
 
 
 class _NatsDelivery:
@@ -125,12 +143,22 @@ class NatsAdapter(BrokerAdapter):
         super().__init__(*args, **kwargs)
         servers = _servers(self.url.secret, self.url.hosts)
         self._first_connection = _FirstConnection(len(servers))
-        self._broker = NatsBroker(servers, error_cb=self._first_connection, logger=NO_LOGGER)
+        self._outage = OutageLog(self.url.redacted)
+        self._broker = NatsBroker(
+            servers,
+            error_cb=self._first_connection,
+            disconnected_cb=self._disconnected,
+            reconnected_cb=self._reconnected,
+            max_reconnect_attempts=-1,  # once connected, a worker never gives up
+            reconnect_time_wait=RECONNECT_WAIT,
+            logger=NO_LOGGER,
+        )
         self._client: Any = None
         self._subscribers: list[Any] = []
         self._replies: Any = None
         self._held: set[_NatsDelivery] = set()
         self._progress_every = self.redeliver_after * PROGRESS_SHARE
+        self._closing = False
 
     @property
     def stream(self) -> str:
@@ -151,6 +179,13 @@ class NatsAdapter(BrokerAdapter):
         self._client = await self._broker.connect()
         self._first_connection.made = True
         await self._ensure_stream()
+
+    async def _disconnected(self) -> None:
+        if self._first_connection.made and not self._closing:
+            self._outage.lost(ConnectionError("disconnected"))
+
+    async def _reconnected(self) -> None:
+        self._outage.back()
 
     async def _ensure_stream(self) -> None:
         tasks = StreamConfig(
@@ -174,6 +209,7 @@ class NatsAdapter(BrokerAdapter):
                 # Created by someone with other settings (an operator's limits): use it.
 
     async def aclose(self) -> None:
+        self._closing = True
         try:
             await self.stop_consuming()
             replies, self._replies = self._replies, None
@@ -182,11 +218,40 @@ class NatsAdapter(BrokerAdapter):
             for delivery in list(self._held):
                 delivery._settled()  # unsettled: redelivered after the ack wait
         finally:
-            await self._broker.stop()
+            try:
+                await self._broker.stop()
+            finally:
+                # FastStream's stop drains the connection, which fails while nats-py is
+                # reconnecting, and leaves it reconnecting for good: closed here.
+                client = self._client
+                if client is not None and not client.is_closed:
+                    try:
+                        await client.close()
+                    except Exception:
+                        # nats-py fails writing what it buffered while the server was
+                        # gone before it stops its subscriptions' tasks: stopped here.
+                        for subscription in list(client._subs.values()):
+                            subscription._stop_processing()
+                        raise
 
     async def publish_task(self, agent: str, data: bytes) -> None:
-        # Through JetStream: returns once the stream has stored it.
-        await self._broker.publish(data, self.task_channel(agent), stream=self.stream)
+        # Through JetStream: returns once the stream has stored it. If the server does not
+        # answer (gone, restarting), published again: at worst stored twice, run twice,
+        # and its caller keeps the first result.
+        loop = asyncio.get_running_loop()
+        give_up = loop.time() + RECONNECT_SECONDS
+        failures = 0
+        while True:
+            try:
+                await self._broker.publish(data, self.task_channel(agent), stream=self.stream)
+            except _NOT_STORED as exc:
+                failures += 1
+                if loop.time() >= give_up:
+                    raise
+                self._outage.lost(exc)
+                await asyncio.sleep(backoff(failures))
+            else:
+                return
 
     async def open_replies(self, caller: str, handler: ReplyHandler) -> str:
         subject = self.reply_channel(caller)

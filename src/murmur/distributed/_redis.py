@@ -16,6 +16,10 @@
   a day: the next claim by any worker takes it (and its own touches no longer keep it).
 * Replies: one stream per caller (``<namespace>.reply.<caller>``), read with XREAD from its
   start, deleted when the caller closes.
+* Outages: once connected, every command that loses its connection reconnects and runs
+  again (``_Reconnecting``) for up to ``RECONNECT_SECONDS``; FastStream's reading loops
+  retry a failed read by themselves. What a restarted server still has depends on its
+  persistence (an append-only file keeps the streams, groups and pending entries).
 * Dead letters: the stream ``<namespace>.dead``, one entry (field ``letter``) each, its
   entry id the dead letter's id; a replay re-queues the entry and deletes it (XDEL).
 """
@@ -25,20 +29,25 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any, TypeVar
 
 from faststream import AckPolicy
 from faststream.redis import RedisBroker, StreamSub
 from faststream.redis.message import bDATA_KEY
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
 from redis.exceptions import ResponseError
 
 from ._adapter import NO_LOGGER, BrokerAdapter, DeadLetter, ReplyHandler, TaskHandler
 from ._faststream import MESSAGE as _MESSAGE
 from ._faststream import hand_over
 from ._faststream import raw_body as _raw_body
+from ._outage import RECONNECT_SECONDS, OutageLog, backoff
 
 __all__ = ["RedisAdapter"]
+
+_T = TypeVar("_T")
 
 #: Commands (publish, ack) one adapter sends at once. redis-py's pool fails a command
 #: outright (MaxConnectionsError) rather than wait for a connection, so the adapter waits
@@ -101,6 +110,51 @@ return {claimed[1], out}
 """
 
 
+class _Reconnecting(Retry):
+    """redis-py's retry policy for every connection of one adapter: a command that fails
+    on its connection (ConnectionError, TimeoutError) reconnects and runs again, backing
+    off, for up to ``window`` seconds; the outage is logged once.
+
+    ``window`` is 0 until the adapter has connected: an unreachable broker fails
+    ``connect`` at once. One instance is shared by the pool's connections (redis-py copies
+    a policy into each connection; this one is not copied)."""
+
+    def __init__(self, outage: OutageLog) -> None:
+        super().__init__(NoBackoff(), 0)
+        self.window = 0.0
+        self.outage = outage
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> _Reconnecting:
+        return self
+
+    async def call_with_retry(
+        self,
+        do: Callable[[], Awaitable[_T]],
+        fail: Callable[..., Any],
+        is_retryable: Callable[[Exception], bool] | None = None,
+        with_failure_count: bool = False,
+    ) -> _T:
+        failures = 0
+        loop = asyncio.get_running_loop()
+        give_up = loop.time() + self.window
+        while True:
+            try:
+                result = await do()
+            except self._supported_errors as error:
+                if is_retryable is not None and not is_retryable(error):
+                    raise
+                failures += 1
+                await (fail(error, failures) if with_failure_count else fail(error))
+                if loop.time() >= give_up:
+                    raise
+                self.outage.lost(error)
+                await asyncio.sleep(backoff(failures))
+            else:
+                if self.outage.down:
+                    self.outage.back()
+                return result
+
+
 class _RedisDelivery:
     __slots__ = ("_adapter", "_entry", "_stream", "deliveries")
 
@@ -134,8 +188,12 @@ class RedisAdapter(BrokerAdapter):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
+        self._retry = _Reconnecting(OutageLog(self.url.redacted))
         self._broker = RedisBroker(
-            self.url.secret, logger=NO_LOGGER, max_connections=_MAX_CONNECTIONS
+            self.url.secret,
+            logger=NO_LOGGER,
+            max_connections=_MAX_CONNECTIONS,
+            retry=self._retry,
         )
         self._slots = asyncio.Semaphore(COMMAND_SLOTS)
         self._client: Any = None
@@ -163,10 +221,12 @@ class RedisAdapter(BrokerAdapter):
         await self._broker.start()
         self._client = await self._broker.connect()
         await self._client.ping()  # the client connects lazily: fail here, not mid-consume
+        self._retry.window = RECONNECT_SECONDS
         for name, script in (("touch", _TOUCH), ("release", _RELEASE), ("claim", _CLAIM)):
             self._scripts[name] = self._client.register_script(script)
 
     async def aclose(self) -> None:
+        self._retry.window = 0.0  # closing: a broker gone now is not waited for
         try:
             await self.stop_consuming()
             self._touch_on = False

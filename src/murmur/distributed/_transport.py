@@ -143,12 +143,17 @@ class BrokerTransport(Transport):
                     f"to a worker: its input or metadata is not JSON-serialisable: {exc}"
                 ) from None
             try:
-                await adapter.publish_task(envelope.agent, data)
+                # The adapter reconnects through an outage; the attempt's deadline bounds it.
+                with anyio.fail_after(_until(envelope.deadline)):
+                    await adapter.publish_task(envelope.agent, data)
+            except TimeoutError:
+                raise BrokerUnavailableError(
+                    f"broker {self.url.redacted}: unreachable: task {envelope.task.task_id} "
+                    f"for agent {envelope.agent!r} could not be sent before its deadline"
+                ) from None
             except Exception as exc:
                 raise self._unavailable("publishing a task failed", exc) from None
-            wait = math.inf
-            if envelope.deadline is not None:
-                wait = envelope.deadline + self.reply_grace - time.time()
+            wait = _until(envelope.deadline, self.reply_grace)
             with anyio.move_on_after(wait):
                 async with receive:
                     async for reply in receive:
@@ -263,9 +268,18 @@ class BrokerTransport(Transport):
 
 async def _close_quietly(adapter: BrokerAdapter) -> None:
     try:
-        await adapter.aclose()
+        # Not for as long as an unreachable broker is waited for (its adapter reconnects).
+        with anyio.fail_after(DEFAULT_CONNECT_TIMEOUT):
+            await adapter.aclose()
     except Exception:
         _log.warning("closing the broker connection failed", exc_info=True)
+
+
+def _until(deadline: float | None, grace: float = 0.0) -> float:
+    """Seconds from now to ``deadline`` plus ``grace`` (wall clock); no deadline: forever."""
+    if deadline is None:
+        return math.inf
+    return deadline + grace - time.time()
 
 
 def scrub(text: str, url: BrokerURL) -> str:

@@ -380,8 +380,10 @@ class Worker:
                 await started()
                 await self._stop_requested.wait()
                 beat.cancel_scope.cancel()
-            await adapter.stop_consuming()
+            # Closed first: a message waiting for a slot is put back (``take``) at once,
+            # for another worker, rather than run here once a slot frees.
             send.close()  # the slots finish what they hold, then end
+            await adapter.stop_consuming()
             slots.cancel_scope.deadline = anyio.current_time() + self.grace_seconds
 
     async def _release(self, adapter: BrokerAdapter) -> None:
