@@ -10,6 +10,9 @@ caller's loop under asyncio, the runtime's helper loop under Trio.
   again.
 * Replies (results and events) go to a per-caller reply address and are matched there by
   correlation id; no broker's RPC is used (Kafka has none).
+* Control messages (cancellations) go to one per-namespace control channel that every
+  worker hears (a broadcast, not a competing queue); nothing there is stored for a worker
+  that was not listening.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ __all__ = [
     "DEFAULT_NAMESPACE",
     "NO_LOGGER",
     "BrokerAdapter",
+    "ControlHandler",
     "Delivery",
     "ReplyHandler",
     "TaskHandler",
@@ -61,6 +65,8 @@ NO_LOGGER: Any = None
 TaskHandler = Callable[[bytes, Delivery], Awaitable[None]]
 #: Called with each reply's bytes, in arrival order; must not block.
 ReplyHandler = Callable[[bytes], None]
+#: Called with each control message's bytes, in arrival order; must not block.
+ControlHandler = Callable[[bytes], None]
 
 
 class BrokerAdapter(ABC):
@@ -85,6 +91,10 @@ class BrokerAdapter(ABC):
     def reply_channel(self, caller: str) -> str:
         """Where replies for the caller ``caller`` arrive."""
         return f"{self.namespace}.reply.{caller}"
+
+    def control_channel(self) -> str:
+        """Where control messages for every worker of the namespace go."""
+        return f"{self.namespace}.control"
 
     # -- lifecycle ---------------------------------------------------------------------
 
@@ -121,6 +131,16 @@ class BrokerAdapter(ABC):
     @abstractmethod
     async def stop_consuming(self) -> None:
         """Take no more tasks (those already taken are still settled by the worker)."""
+
+    # -- control (to every worker) -----------------------------------------------------
+
+    @abstractmethod
+    async def publish_control(self, data: bytes) -> None:
+        """Send a control message to every worker of the namespace listening now."""
+
+    @abstractmethod
+    async def open_control(self, handler: ControlHandler) -> None:
+        """Start hearing control messages (until ``aclose``), each worker on its own."""
 
 
 _EXTRA = {"redis": "redis", "nats": "nats", "rabbit": "rabbit", "kafka": "kafka"}

@@ -14,6 +14,8 @@
 * ``nack`` publishes the task again at the end of its topic, then lets its offset be
   committed (Kafka cannot redeliver a single record).
 * Replies: one topic per caller (``<namespace>.reply.<caller>``), read without a group.
+* Control: the topic ``<namespace>.control``, read by every worker without a group, from
+  its end (what was sent before a worker listened is not for it).
 
 Tests run this adapter without a Kafka server through :func:`in_memory_kafka`.
 """
@@ -37,7 +39,7 @@ from faststream.kafka import KafkaBroker, TestKafkaBroker
 from faststream.kafka.testing import FakeProducer, build_message
 
 from ..errors import InvalidStateError
-from ._adapter import NO_LOGGER, BrokerAdapter, ReplyHandler, TaskHandler
+from ._adapter import NO_LOGGER, BrokerAdapter, ControlHandler, ReplyHandler, TaskHandler
 from ._faststream import MESSAGE, hand_over, raw_body
 
 __all__ = ["InMemoryKafka", "KafkaAdapter", "in_memory_kafka"]
@@ -121,6 +123,7 @@ class KafkaAdapter(BrokerAdapter):
             self._broker = KafkaBroker(list(self.url.hosts), logger=NO_LOGGER)
         self._subscribers: list[Any] = []
         self._replies: Any = None
+        self._control: Any = None
         self._partitions: dict[tuple[int, str, int], _Partition] = {}
 
     @property
@@ -138,6 +141,9 @@ class KafkaAdapter(BrokerAdapter):
             replies, self._replies = self._replies, None
             if replies is not None:
                 await self._stop([replies])
+            control, self._control = self._control, None
+            if control is not None:
+                await self._stop([control])
         finally:
             if self._cluster is None:
                 await self._broker.stop()
@@ -196,6 +202,20 @@ class KafkaAdapter(BrokerAdapter):
             kafka_consumer = subscriber.consumer
             if kafka_consumer is not None:
                 kafka_consumer.pause(*kafka_consumer.assignment())
+
+    async def publish_control(self, data: bytes) -> None:
+        await self._broker.publish(data, self.control_channel())
+
+    async def open_control(self, handler: ControlHandler) -> None:
+        async def on_control(body: Any) -> None:
+            handler(body)
+
+        subscriber = self._broker.subscriber(
+            self.control_channel(), auto_offset_reset="latest", no_reply=True, decoder=raw_body
+        )
+        subscriber(on_control)
+        await subscriber.start()
+        self._control = subscriber
 
 
 # -- the in-memory test hook -------------------------------------------------------------

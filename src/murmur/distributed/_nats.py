@@ -13,6 +13,8 @@
   after ``ACK_WAIT`` seconds. ``nack`` makes the message deliverable again at once.
 * Replies: core NATS, subject ``<namespace>.reply.<caller>`` (nothing stored: the caller
   listens before it publishes its first task).
+* Control: core NATS, subject ``<namespace>.control``, subscribed to by every worker (no
+  queue group: each hears every message).
 """
 
 from __future__ import annotations
@@ -35,7 +37,14 @@ from nats.js.api import (
 )
 from nats.js.errors import BadRequestError
 
-from ._adapter import NO_LOGGER, BrokerAdapter, ReplyHandler, TaskHandler, safe_name
+from ._adapter import (
+    NO_LOGGER,
+    BrokerAdapter,
+    ControlHandler,
+    ReplyHandler,
+    TaskHandler,
+    safe_name,
+)
 from ._faststream import MESSAGE, hand_over, raw_body
 
 __all__ = ["ACK_WAIT", "PROGRESS_EVERY", "NatsAdapter"]
@@ -121,6 +130,7 @@ class NatsAdapter(BrokerAdapter):
         self._client: Any = None
         self._subscribers: list[Any] = []
         self._replies: Any = None
+        self._control: Any = None
         self._held: set[_NatsDelivery] = set()
 
     @property
@@ -158,6 +168,9 @@ class NatsAdapter(BrokerAdapter):
             replies, self._replies = self._replies, None
             if replies is not None:
                 await replies.stop()
+            control, self._control = self._control, None
+            if control is not None:
+                await control.stop()
             for delivery in list(self._held):
                 delivery._settled()  # unsettled: redelivered after ACK_WAIT
         finally:
@@ -216,6 +229,20 @@ class NatsAdapter(BrokerAdapter):
         subscribers, self._subscribers = self._subscribers, []
         for subscriber in subscribers:
             await subscriber.stop()
+
+    async def publish_control(self, data: bytes) -> None:
+        await self._broker.publish(data, self.control_channel())  # core NATS: not stored
+
+    async def open_control(self, handler: ControlHandler) -> None:
+        async def on_control(body: Any) -> None:
+            handler(body)
+
+        subscriber = self._broker.subscriber(
+            self.control_channel(), no_reply=True, decoder=raw_body
+        )
+        subscriber(on_control)
+        await subscriber.start()
+        self._control = subscriber
 
 
 def _servers(secret: str, hosts: Sequence[str]) -> list[str]:

@@ -10,17 +10,20 @@
   the broker at once.
 * Replies: one exclusive, auto-delete queue per caller (``<namespace>.reply.<caller>``),
   gone with the caller's connection.
+* Control: the durable fanout exchange ``<namespace>.control`` (declared by whichever side
+  comes first); each worker binds an exclusive, auto-delete queue of its own to it.
 """
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Sequence
 from typing import Any
 
 from faststream import AckPolicy
-from faststream.rabbit import Channel, RabbitBroker, RabbitQueue
+from faststream.rabbit import Channel, ExchangeType, RabbitBroker, RabbitExchange, RabbitQueue
 
-from ._adapter import NO_LOGGER, BrokerAdapter, ReplyHandler, TaskHandler
+from ._adapter import NO_LOGGER, BrokerAdapter, ControlHandler, ReplyHandler, TaskHandler
 from ._faststream import MESSAGE, hand_over, raw_body
 
 __all__ = ["RabbitAdapter"]
@@ -51,6 +54,13 @@ class RabbitAdapter(BrokerAdapter):
         self._declared: set[str] = set()
         self._subscribers: list[Any] = []
         self._replies: Any = None
+        self._control: Any = None
+        self._control_declared = False
+
+    def control_exchange(self) -> RabbitExchange:
+        """The fanout exchange every worker's control queue is bound to (declared alike by
+        callers and workers)."""
+        return RabbitExchange(self.control_channel(), type=ExchangeType.FANOUT, durable=True)
 
     def task_queue(self, agent: str) -> RabbitQueue:
         """The queue declaration callers and workers share (any difference would make
@@ -66,6 +76,9 @@ class RabbitAdapter(BrokerAdapter):
             replies, self._replies = self._replies, None
             if replies is not None:
                 await replies.stop()
+            control, self._control = self._control, None
+            if control is not None:
+                await control.stop()
         finally:
             await self._broker.stop()  # the exclusive reply queue goes with the connection
 
@@ -119,3 +132,27 @@ class RabbitAdapter(BrokerAdapter):
         subscribers, self._subscribers = self._subscribers, []
         for subscriber in subscribers:
             await subscriber.stop()
+
+    async def publish_control(self, data: bytes) -> None:
+        exchange = self.control_exchange()
+        if not self._control_declared:
+            # Published to an exchange that does not exist, RabbitMQ would close the channel.
+            await self._broker.declare_exchange(exchange)
+            self._control_declared = True
+        # Not mandatory: with no worker listening there is nobody to tell.
+        await self._broker.publish(data, exchange=exchange, mandatory=False)
+
+    async def open_control(self, handler: ControlHandler) -> None:
+        async def on_control(body: Any) -> None:
+            handler(body)
+
+        queue = f"{self.control_channel()}.{uuid.uuid4().hex[:12]}"
+        subscriber = self._broker.subscriber(
+            RabbitQueue(queue, durable=False, exclusive=True, auto_delete=True),
+            exchange=self.control_exchange(),
+            no_reply=True,
+            decoder=raw_body,
+        )
+        subscriber(on_control)
+        await subscriber.start()
+        self._control = subscriber

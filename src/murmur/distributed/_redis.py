@@ -8,6 +8,7 @@
   list.
 * Replies: one stream per caller (``<namespace>.reply.<caller>``), read with XREAD from its
   start, deleted when the caller closes.
+* Control: the pub/sub channel ``<namespace>.control``, subscribed to by every worker.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from faststream import AckPolicy
 from faststream.redis import RedisBroker, StreamSub
 from redis.exceptions import ResponseError
 
-from ._adapter import NO_LOGGER, BrokerAdapter, ReplyHandler, TaskHandler
+from ._adapter import NO_LOGGER, BrokerAdapter, ControlHandler, ReplyHandler, TaskHandler
 from ._faststream import MESSAGE as _MESSAGE
 from ._faststream import raw_body as _raw_body
 
@@ -70,6 +71,7 @@ class RedisAdapter(BrokerAdapter):
         self._subscribers: list[Any] = []
         self._replies: Any = None
         self._reply_stream: str | None = None
+        self._control: Any = None
 
     @property
     def group(self) -> str:
@@ -86,6 +88,9 @@ class RedisAdapter(BrokerAdapter):
             replies, self._replies = self._replies, None
             if replies is not None:
                 await replies.stop()
+            control, self._control = self._control, None
+            if control is not None:
+                await control.stop()
             stream, self._reply_stream = self._reply_stream, None
             if stream is not None and self._client is not None:
                 await self._client.delete(stream)
@@ -154,3 +159,18 @@ class RedisAdapter(BrokerAdapter):
         subscribers, self._subscribers = self._subscribers, []
         for subscriber in subscribers:
             await subscriber.stop()
+
+    async def publish_control(self, data: bytes) -> None:
+        async with self._slots:
+            await self._broker.publish(data, channel=self.control_channel())
+
+    async def open_control(self, handler: ControlHandler) -> None:
+        async def on_control(body: Any) -> None:
+            handler(body)
+
+        subscriber = self._broker.subscriber(
+            channel=self.control_channel(), no_reply=True, decoder=_raw_body
+        )
+        subscriber(on_control)
+        await subscriber.start()
+        self._control = subscriber

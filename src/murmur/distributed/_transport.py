@@ -8,6 +8,11 @@ or one that arrived after its attempt gave up) is dropped.
 
 Broker I/O (FastStream is asyncio-only) runs on the caller's own asyncio loop, or under
 Trio on the runtime's helper loop, cancellation crossing both ways.
+
+An attempt whose caller is cancelled (a cancelled ``gather``, a ``fail_fast`` stop) tells
+the workers on the control channel before the cancellation goes on: one ``CancelMessage``
+for all the attempts cancelled together, sent within ``CANCEL_SEND_TIMEOUT``. The worker
+running one cancels it; the others are skipped when they reach a worker.
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ import anyio
 import sniffio
 
 from .._bridge import AsyncioBridge, HomePortal
+from .._cancellation import is_real_cancellation, pending_cancellations
 from .._types import ZERO_USAGE, AgentResult
 from ..errors import (
     AgentTimeoutError,
@@ -35,14 +41,22 @@ from ..errors import (
 from ..transport.base import Transport
 from ._adapter import DEFAULT_NAMESPACE, BrokerAdapter, load_adapter
 from ._url import BrokerURL, parse_broker_url, query_secrets
-from ._wire import EventMessage, ResultMessage, TaskMessage, WireFormatError, decode, encode
+from ._wire import (
+    CancelMessage,
+    EventMessage,
+    ResultMessage,
+    TaskMessage,
+    WireFormatError,
+    decode,
+    encode,
+)
 
 if TYPE_CHECKING:
     from anyio.streams.memory import MemoryObjectSendStream
 
     from .._envelope import EventSink, TaskEnvelope
 
-__all__ = ["DEFAULT_REPLY_GRACE", "BrokerTransport"]
+__all__ = ["CANCEL_SEND_TIMEOUT", "DEFAULT_REPLY_GRACE", "BrokerTransport"]
 
 _log = logging.getLogger("murmur.distributed")
 
@@ -51,6 +65,13 @@ _log = logging.getLogger("murmur.distributed")
 DEFAULT_REPLY_GRACE = 5.0
 #: Seconds to reach the broker before a call fails with ``BrokerUnavailableError``.
 DEFAULT_CONNECT_TIMEOUT = 10.0
+#: Seconds a cancelled caller spends, at most, telling the workers (its cancellation waits
+#: that long at worst).
+CANCEL_SEND_TIMEOUT = 1.0
+#: Correlation ids in one cancel message, at most.
+CANCEL_BATCH = 1000
+#: Seconds a cancel waits for more attempts cancelled with it (again while more come).
+_COLLECT_SECONDS = 0.005
 
 
 def namespace_from_env() -> str:
@@ -100,6 +121,8 @@ class BrokerTransport(Transport):
         self._pending: dict[str, MemoryObjectSendStream[ResultMessage | EventMessage]] = {}
         self._bridge: AsyncioBridge | None = None
         self._closed = False
+        #: The cancels being collected into one message (on the home loop).
+        self._revoking: _Revocation | None = None
 
     def __repr__(self) -> str:
         return f"BrokerTransport({self.url.redacted!r}, namespace={self.namespace!r})"
@@ -127,10 +150,12 @@ class BrokerTransport(Transport):
         return result
 
     async def _submit_home(self, envelope: TaskEnvelope, events: EventSink) -> AgentResult[Any]:
+        baseline = pending_cancellations()
         adapter = await self._connected()
         correlation_id = uuid.uuid4().hex
         send, receive = anyio.create_memory_object_stream[ResultMessage | EventMessage](math.inf)
         self._pending[correlation_id] = send
+        sent = False
         try:
             message = TaskMessage(
                 envelope=envelope, reply_to=self._reply_to, correlation_id=correlation_id
@@ -143,6 +168,7 @@ class BrokerTransport(Transport):
                     f"to a worker: its input or metadata is not JSON-serialisable: {exc}"
                 ) from None
             try:
+                sent = True  # perhaps, if cancelled midway
                 await adapter.publish_task(envelope.agent, data)
             except Exception as exc:
                 raise self._unavailable("publishing a task failed", exc) from None
@@ -158,9 +184,64 @@ class BrokerTransport(Transport):
                 # The stream ended: this transport was closed under the attempt.
                 raise InvalidStateError("the runtime was closed while the task was running")
             return _lost(envelope, wait, self.reply_grace)
+        except BaseException as exc:
+            if sent and is_real_cancellation(exc, baseline):
+                # The caller gave up on it: so should the worker (or the queue).
+                with anyio.CancelScope(shield=True):
+                    await self._revoke(adapter, correlation_id, envelope.deadline)
+            raise
         finally:
             del self._pending[correlation_id]
             send.close()
+
+    async def _revoke(
+        self, adapter: BrokerAdapter, correlation_id: str, deadline: float | None
+    ) -> None:
+        """Tell the workers an attempt is cancelled, in one message with the attempts
+        cancelled together with it; returns once it is sent (or could not be, within
+        ``CANCEL_SEND_TIMEOUT``). Runs shielded, on the home loop."""
+        batch = self._revoking
+        if batch is not None:
+            batch.add(correlation_id, deadline)
+            await batch.sent.wait()
+            return
+        batch = self._revoking = _Revocation()
+        batch.add(correlation_id, deadline)
+        try:
+            with anyio.move_on_after(CANCEL_SEND_TIMEOUT):
+                seen = 0
+                while len(batch.ids) != seen:  # until no more join
+                    seen = len(batch.ids)
+                    await anyio.sleep(_COLLECT_SECONDS)
+                self._revoking = None
+                await self._send_cancel(
+                    adapter, batch.ids, batch.until(), "cancelled by its caller"
+                )
+        finally:
+            if self._revoking is batch:
+                self._revoking = None
+            batch.sent.set()
+
+    async def _send_cancel(
+        self, adapter: BrokerAdapter, ids: list[str], until: float | None, reason: str
+    ) -> None:
+        """Publish cancels for ``ids`` on the control channel; a failure is logged (the
+        workers then finish those attempts, and their results are dropped)."""
+        try:
+            for start in range(0, len(ids), CANCEL_BATCH):
+                message = CancelMessage(
+                    correlation_ids=tuple(ids[start : start + CANCEL_BATCH]),
+                    caller=self.caller_id,
+                    reason=reason,
+                    until=until,
+                )
+                await adapter.publish_control(encode(message))
+        except Exception as exc:
+            _log.warning(
+                "could not tell the workers that %d task(s) were cancelled: %s",
+                len(ids),
+                scrub(f"{type(exc).__name__}: {exc}", self.url),
+            )
 
     def _on_reply(self, data: bytes) -> None:
         """Route one reply to the attempt awaiting it (runs on the home loop, never blocks)."""
@@ -253,8 +334,11 @@ class BrokerTransport(Transport):
                     await bridge.aclose()
 
     async def _shut(self, adapter: BrokerAdapter | None) -> None:
-        """On the home loop: end the attempts still waiting (their results come back as
-        errors), then close the connection."""
+        """On the home loop: revoke the attempts still waiting and end them (their results
+        come back as errors), then close the connection."""
+        if adapter is not None and self._pending:
+            with anyio.move_on_after(CANCEL_SEND_TIMEOUT):
+                await self._send_cancel(adapter, list(self._pending), None, "its caller closed")
         for send in list(self._pending.values()):
             send.close()
         if adapter is not None:
@@ -303,6 +387,27 @@ def _lost(envelope: TaskEnvelope, waited: float, grace: float) -> AgentResult[An
         envelope.task.task_id,
         envelope.agent,
     )
+
+
+class _Revocation:
+    """Attempts cancelled together, to be revoked in one message."""
+
+    __slots__ = ("deadlines", "ids", "sent")
+
+    def __init__(self) -> None:
+        self.ids: list[str] = []
+        self.deadlines: list[float | None] = []
+        self.sent = anyio.Event()
+
+    def add(self, correlation_id: str, deadline: float | None) -> None:
+        self.ids.append(correlation_id)
+        self.deadlines.append(deadline)
+
+    def until(self) -> float | None:
+        """When none of them can start any more (``None``: one has no deadline)."""
+        if any(d is None for d in self.deadlines):
+            return None
+        return max(d for d in self.deadlines if d is not None)
 
 
 class _HomeSink:
