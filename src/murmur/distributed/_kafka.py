@@ -329,6 +329,7 @@ class _FakeConsumer:
         self.topics: tuple[str, ...] = ()
         self.paused = False
         self._stopped = asyncio.Event()
+        self._handling: set[asyncio.Task[Any]] = set()
 
     def subscribe(self, topics: Sequence[str] = (), **_: Any) -> None:
         self.topics = tuple(topics)
@@ -365,11 +366,17 @@ class _FakeConsumer:
         )
         if self._stopped.is_set() or subscriber is None:
             return
+        # On the consumer's loop in a task of its own, as a consumer is not the publisher: a
+        # publisher cancelled while it waits stops waiting, and the handler goes on.
         process = subscriber.process_message(record)
         if self.loop is asyncio.get_running_loop():
-            await process
+            task = self.loop.create_task(process)
+            self._handling.add(task)
+            task.add_done_callback(self._handling.discard)
+            await asyncio.shield(task)
         else:
-            await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(process, self.loop))
+            future = asyncio.run_coroutine_threadsafe(process, self.loop)
+            await asyncio.shield(asyncio.wrap_future(future))
 
 
 class _ClusterProducer(FakeProducer):

@@ -37,6 +37,7 @@ from ..errors import (
     BrokerUnavailableError,
     InvalidStateError,
     InvalidValueError,
+    TaskCancelledError,
 )
 from ..transport.base import Transport
 from ._adapter import DEFAULT_NAMESPACE, BrokerAdapter, load_adapter
@@ -70,8 +71,10 @@ DEFAULT_CONNECT_TIMEOUT = 10.0
 CANCEL_SEND_TIMEOUT = 1.0
 #: Correlation ids in one cancel message, at most.
 CANCEL_BATCH = 1000
-#: Seconds a cancel waits for more attempts cancelled with it (again while more come).
-_COLLECT_SECONDS = 0.005
+#: Seconds a cancel waits for more attempts cancelled with it (again while more come)...
+_COLLECT_SECONDS = 0.02
+#: ...and at most this long in all.
+_COLLECT_MAX = 0.5
 
 
 def namespace_from_env() -> str:
@@ -121,6 +124,8 @@ class BrokerTransport(Transport):
         self._pending: dict[str, MemoryObjectSendStream[ResultMessage | EventMessage]] = {}
         self._bridge: AsyncioBridge | None = None
         self._closed = False
+        #: The attempts waiting for their replies (as ``_pending``), to revoke if cancelled.
+        self._waiting: dict[str, _Attempt] = {}
         #: The cancels being collected into one message (on the home loop).
         self._revoking: _Revocation | None = None
 
@@ -135,6 +140,9 @@ class BrokerTransport(Transport):
         if sniffio.current_async_library() == "asyncio":
             return await self._submit_home(envelope, events)
         # Trio: broker I/O runs on the helper loop; events come back here to be emitted.
+        # Not even handed over if already cancelled (a batch being cancelled may still
+        # start attempts): it would be published before the cancellation crossed over.
+        await anyio.lowlevel.checkpoint_if_cancelled()
         bridge = self._helper_bridge()
         failure: Exception | None = None
         async with anyio.create_task_group() as task_group:
@@ -155,6 +163,7 @@ class BrokerTransport(Transport):
         correlation_id = uuid.uuid4().hex
         send, receive = anyio.create_memory_object_stream[ResultMessage | EventMessage](math.inf)
         self._pending[correlation_id] = send
+        attempt = self._waiting[correlation_id] = _Attempt(correlation_id, envelope, baseline)
         sent = False
         try:
             message = TaskMessage(
@@ -167,6 +176,9 @@ class BrokerTransport(Transport):
                     f"task {envelope.task.task_id} for agent {envelope.agent!r} cannot be sent "
                     f"to a worker: its input or metadata is not JSON-serialisable: {exc}"
                 ) from None
+            # A batch being cancelled may still start attempts (each is cancelled at its
+            # first wait): never publish one then.
+            await anyio.lowlevel.checkpoint_if_cancelled()
             try:
                 sent = True  # perhaps, if cancelled midway
                 await adapter.publish_task(envelope.agent, data)
@@ -181,6 +193,10 @@ class BrokerTransport(Transport):
                         if isinstance(reply, ResultMessage):
                             return reply.result
                         await events.emit(_with_worker(reply))
+                if attempt.batch is not None:
+                    # Revoked as cancelled, and yet not cancelled: its cancellation was lost
+                    # on the way (a library swallowed it). Nothing will answer it now.
+                    return _revoked(envelope)
                 # The stream ended: this transport was closed under the attempt.
                 raise InvalidStateError("the runtime was closed while the task was running")
             return _lost(envelope, wait, self.reply_grace)
@@ -188,35 +204,44 @@ class BrokerTransport(Transport):
             if sent and is_real_cancellation(exc, baseline):
                 # The caller gave up on it: so should the worker (or the queue).
                 with anyio.CancelScope(shield=True):
-                    await self._revoke(adapter, correlation_id, envelope.deadline)
+                    await self._revoke(adapter, attempt)
             raise
         finally:
             del self._pending[correlation_id]
+            del self._waiting[correlation_id]
             send.close()
 
-    async def _revoke(
-        self, adapter: BrokerAdapter, correlation_id: str, deadline: float | None
-    ) -> None:
+    async def _revoke(self, adapter: BrokerAdapter, attempt: _Attempt) -> None:
         """Tell the workers an attempt is cancelled, in one message with the attempts
         cancelled together with it; returns once it is sent (or could not be, within
-        ``CANCEL_SEND_TIMEOUT``). Runs shielded, on the home loop."""
-        batch = self._revoking
+        ``CANCEL_SEND_TIMEOUT``). Runs shielded, on the home loop.
+
+        The attempts of a cancelled batch reach this one by one, over a while (a thousand
+        take a good part of a second): the first collects the others, those whose task
+        was cancelled already (and has yet to get here) included, so the workers hear of
+        them all at once, before a running one's slot could take a queued one."""
+        batch = attempt.batch or self._revoking
         if batch is not None:
-            batch.add(correlation_id, deadline)
+            batch.add(attempt)
             await batch.sent.wait()
             return
         batch = self._revoking = _Revocation()
-        batch.add(correlation_id, deadline)
+        batch.add(attempt)
         try:
             with anyio.move_on_after(CANCEL_SEND_TIMEOUT):
-                seen = 0
-                while len(batch.ids) != seen:  # until no more join
-                    seen = len(batch.ids)
-                    await anyio.sleep(_COLLECT_SECONDS)
+                with anyio.move_on_after(_COLLECT_MAX):
+                    seen = 0
+                    while len(batch.ids) != seen:  # until no more join
+                        seen = len(batch.ids)
+                        for other in self._waiting.values():
+                            if other.batch is None and other.cancelling():
+                                batch.add(other)
+                                # Its cancellation wakes it; if that was lost, this does.
+                                self._pending[other.correlation_id].close()
+                        await anyio.sleep(_COLLECT_SECONDS)
                 self._revoking = None
-                await self._send_cancel(
-                    adapter, batch.ids, batch.until(), "cancelled by its caller"
-                )
+                ids = list(batch.ids)
+                await self._send_cancel(adapter, ids, batch.until, "cancelled by its caller")
         finally:
             if self._revoking is batch:
                 self._revoking = None
@@ -257,7 +282,10 @@ class BrokerTransport(Transport):
         if send is None:
             # A duplicate (the task was delivered twice) or a late reply: already answered.
             return
-        send.send_nowait(message)
+        try:
+            send.send_nowait(message)
+        except (anyio.BrokenResourceError, anyio.ClosedResourceError):
+            return  # the attempt stopped waiting (cancelled: telling the workers)
 
     # -- connection --------------------------------------------------------------------
 
@@ -372,6 +400,23 @@ def _with_worker(message: EventMessage) -> Any:
     return event
 
 
+def _revoked(envelope: TaskEnvelope) -> AgentResult[Any]:
+    return not_run(
+        envelope,
+        TaskCancelledError(
+            f"agent {envelope.agent!r} attempt {envelope.attempt} (task "
+            f"{envelope.task.task_id}) was cancelled: its caller stopped waiting for it"
+        ),
+    )
+
+
+def not_run(envelope: TaskEnvelope, error: Exception) -> AgentResult[Any]:
+    """The result of an attempt that never ran: ``error``, nothing spent."""
+    return AgentResult._build(
+        None, error, ZERO_USAGE, envelope.attempt, 0.0, envelope.task.task_id, envelope.agent
+    )
+
+
 def _lost(envelope: TaskEnvelope, waited: float, grace: float) -> AgentResult[Any]:
     error = AgentTimeoutError(
         f"no result for agent {envelope.agent!r} (task {envelope.task.task_id}, attempt "
@@ -389,25 +434,45 @@ def _lost(envelope: TaskEnvelope, waited: float, grace: float) -> AgentResult[An
     )
 
 
+class _Attempt:
+    """An attempt waiting for its reply, as its revocation needs it."""
+
+    __slots__ = ("baseline", "batch", "correlation_id", "deadline", "task")
+
+    def __init__(self, correlation_id: str, envelope: TaskEnvelope, baseline: int) -> None:
+        self.correlation_id = correlation_id
+        self.deadline = envelope.deadline
+        #: The asyncio task waiting for it, and its cancellations pending when it began.
+        self.task = asyncio.current_task()
+        self.baseline = baseline
+        #: The revocation it went into, if any.
+        self.batch: _Revocation | None = None
+
+    def cancelling(self) -> bool:
+        """Whether its task has been cancelled since (the cancellation yet to reach it)."""
+        task = self.task
+        return task is not None and not task.done() and task.cancelling() > self.baseline
+
+
 class _Revocation:
     """Attempts cancelled together, to be revoked in one message."""
 
-    __slots__ = ("deadlines", "ids", "sent")
+    __slots__ = ("ids", "sent", "until")
 
     def __init__(self) -> None:
-        self.ids: list[str] = []
-        self.deadlines: list[float | None] = []
+        #: Their correlation ids, in order, once each.
+        self.ids: dict[str, None] = {}
+        #: When none of them can start any more (``None``: one has no deadline).
+        self.until: float | None = -math.inf
         self.sent = anyio.Event()
 
-    def add(self, correlation_id: str, deadline: float | None) -> None:
-        self.ids.append(correlation_id)
-        self.deadlines.append(deadline)
-
-    def until(self) -> float | None:
-        """When none of them can start any more (``None``: one has no deadline)."""
-        if any(d is None for d in self.deadlines):
-            return None
-        return max(d for d in self.deadlines if d is not None)
+    def add(self, attempt: _Attempt) -> None:
+        if attempt.batch is self:
+            return
+        attempt.batch = self
+        self.ids[attempt.correlation_id] = None
+        if self.until is not None:
+            self.until = None if attempt.deadline is None else max(self.until, attempt.deadline)
 
 
 class _HomeSink:

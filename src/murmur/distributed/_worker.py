@@ -36,14 +36,20 @@ from .._bridge import AsyncioBridge, HomePortal
 from .._executor import Executor
 from .._pipeline import Stage
 from .._runtime import AgentRuntime
-from .._types import ZERO_USAGE, AgentResult
+from .._types import AgentResult
 from ..errors import AgentTimeoutError, InvalidStateError, InvalidTypeError, InvalidValueError
 from ..events.log import LogEventEmitter
 from ..events.types import EventEmitter, EventType, RuntimeEvent
 from ._adapter import BrokerAdapter, Delivery, load_adapter
 from ._registry import AgentRegistry
 from ._spawns import InheritedLimits
-from ._transport import DEFAULT_CONNECT_TIMEOUT, BrokerTransport, namespace_from_env, scrub
+from ._transport import (
+    DEFAULT_CONNECT_TIMEOUT,
+    BrokerTransport,
+    namespace_from_env,
+    not_run,
+    scrub,
+)
 from ._url import parse_broker_url
 from ._wire import (
     EventMessage,
@@ -607,9 +613,7 @@ def _expired(envelope: TaskEnvelope) -> AgentResult[Any]:
         f"agent {envelope.agent!r} attempt {envelope.attempt} reached the worker after its "
         "deadline; not started"
     )
-    return AgentResult._build(
-        None, error, ZERO_USAGE, envelope.attempt, 0.0, envelope.task.task_id, envelope.agent
-    )
+    return not_run(envelope, error)
 
 
 @contextmanager
