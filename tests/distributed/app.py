@@ -243,3 +243,45 @@ async def lengthy(seconds: float, ctx: AgentContext) -> int:
     lengthy_runs[ctx.task.task_id] += 1
     await anyio.sleep(seconds)
     return lengthy_runs[ctx.task.task_id]
+
+
+# -- cancellation, observed where the tasks run ------------------------------------------
+
+
+class Meter(BaseModel):
+    """One task of a batch that records, as files in ``dir``, what it does on the worker:
+    ``started-<index>`` when it starts, ``done-<index>`` when it returns, ``stopped-<index>``
+    when it stops without returning (cancelled: it spends nothing more)."""
+
+    dir: str
+    index: int
+    #: The first ``quick`` tasks of the batch to start in a worker process return at once;
+    #: the others run until cancelled.
+    quick: int = 0
+    #: If > 0, the batch's first task to start fails once this many of the batch started.
+    fail_when: int = 0
+
+
+_arrivals: Counter[str] = Counter()
+
+
+async def metered(job: Meter) -> int:
+    """Returns ``job.index`` (quick tasks), fails (the first under ``fail_when``), or runs
+    until cancelled, recording each step in ``job.dir``."""
+    folder = Path(job.dir)
+    folder.mkdir(parents=True, exist_ok=True)
+    arrival = _arrivals[job.dir]
+    _arrivals[job.dir] += 1
+    (folder / f"started-{job.index}").touch()
+    if arrival < job.quick:
+        (folder / f"done-{job.index}").touch()
+        return job.index
+    try:
+        if job.fail_when and arrival == 0:
+            while len(list(folder.glob("started-*"))) < job.fail_when:
+                await anyio.sleep(0.01)
+            raise ValueError(f"metered task {job.index} fails first")
+        await anyio.sleep_forever()
+    finally:
+        (folder / f"stopped-{job.index}").touch()
+    raise AssertionError("unreachable")

@@ -18,9 +18,10 @@ from __future__ import annotations
 
 import uuid
 from collections import defaultdict
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, ClassVar
 
 import anyio
@@ -35,6 +36,7 @@ from murmur import (
     RemoteAgentError,
     RuntimeEvent,
     RuntimeOptions,
+    TaskCancelledError,
     TaskSpec,
 )
 from murmur.distributed import AgentRegistry
@@ -88,6 +90,45 @@ async def in_process_workers(url: str, namespace: str) -> AsyncIterator[Workers]
     """One ``Worker`` serving the app in this process, on the test's event loop."""
     async with app_worker(url, namespace) as worker:
         yield Workers(frozenset({worker.name}))
+
+
+class Ledger:
+    """What ``app.metered`` tasks recorded in a folder (on whichever worker ran them)."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+
+    def _indices(self, step: str) -> set[int]:
+        return {int(p.name.rpartition("-")[2]) for p in self.folder.glob(f"{step}-*")}
+
+    def started(self) -> set[int]:
+        return self._indices("started")
+
+    def running_or_stopped(self) -> set[int]:
+        """Tasks that started and did not return at once (they ran until cancelled)."""
+        return self.started() - self._indices("done")
+
+    def stopped(self) -> set[int]:
+        return self._indices("stopped")
+
+    async def wait(self, condition: Callable[[Ledger], bool], what: str) -> None:
+        """Until ``condition(self)`` holds (bounded by ``HANG``)."""
+        try:
+            with anyio.fail_after(HANG):
+                while not condition(self):
+                    await anyio.sleep(0.01)  # polling files the worker process writes
+        except TimeoutError:
+            raise AssertionError(
+                f"not {what} within {HANG}s: started {sorted(self.started())}, stopped "
+                f"{sorted(self.stopped())}"
+            ) from None
+
+    async def drain(self, runtime: AgentRuntime) -> None:
+        """Send one more ``metered`` task and wait for it: the tasks queued before it have
+        all reached a worker by then (an agent's queue is first in, first out)."""
+        probe = app.Meter(dir=str(self.folder / "probe"), index=0, quick=1)
+        result = await runtime.run(app.metered, TaskSpec(input=probe))
+        assert result.unwrap() == 0
 
 
 @pytest.mark.anyio
@@ -317,6 +358,87 @@ class BrokerContract:
             self.cleanup(broker_url, namespace)
         (result,) = results
         assert result.unwrap() == "again"
+
+    # -- cancellation reaches the workers ----------------------------------------------
+
+    async def test_a_cancelled_gather_revokes_its_queued_tasks_and_cancels_its_running_ones(
+        self, broker_url: str, namespace: str, workers: Workers, tmp_path: Path
+    ) -> None:
+        quick, size = 100, 1000
+        ledger = Ledger(tmp_path)
+        tasks = [
+            TaskSpec(input=app.Meter(dir=str(tmp_path), index=i, quick=quick)) for i in range(size)
+        ]
+        answered = anyio.Event()
+
+        class Count(Recorder):
+            succeeded = 0
+
+            async def emit(self, event: RuntimeEvent) -> None:
+                if event.type is EventType.TASK_SUCCEEDED:
+                    self.succeeded += 1
+                    if self.succeeded == quick:
+                        answered.set()
+
+        async def gather(runtime: AgentRuntime) -> None:
+            await runtime.gather(app.metered, tasks, max_concurrency=size)
+            raise AssertionError("the gather was to be cancelled")
+
+        with anyio.fail_after(HANG):
+            async with self.caller(broker_url, namespace, events=Count()) as runtime:
+                async with anyio.create_task_group() as task_group:
+                    task_group.start_soon(gather, runtime)
+                    await answered.wait()
+                    await ledger.wait(lambda seen: bool(seen.running_or_stopped()), "running")
+                    task_group.cancel_scope.cancel()
+                # What ran on the workers when the gather was cancelled stops...
+                await ledger.wait(
+                    lambda seen: seen.running_or_stopped() <= seen.stopped(), "all stopped"
+                )
+                # ...and what was queued reaches them, and none of it runs.
+                await ledger.drain(runtime)
+        ran = ledger.running_or_stopped()
+        assert ran <= ledger.stopped()
+        assert len(ran) <= WORKER_CONCURRENCY * max(1, len(workers.names))
+        assert len(ledger.started()) < size
+
+    async def test_a_cancelled_run_cancels_its_attempt_on_the_worker(
+        self, broker_url: str, namespace: str, workers: Workers, tmp_path: Path
+    ) -> None:
+        ledger = Ledger(tmp_path)
+        task = TaskSpec(input=app.Meter(dir=str(tmp_path), index=7))
+        with anyio.fail_after(HANG):
+            async with self.caller(broker_url, namespace) as runtime:
+                async with anyio.create_task_group() as task_group:
+                    task_group.start_soon(runtime.run, app.metered, task)
+                    await ledger.wait(lambda seen: seen.started() == {7}, "started")
+                    task_group.cancel_scope.cancel()
+                await ledger.wait(lambda seen: seen.stopped() == {7}, "stopped")
+
+    async def test_fail_fast_stops_the_rest_of_the_batch_on_the_workers(
+        self, broker_url: str, namespace: str, workers: Workers, tmp_path: Path
+    ) -> None:
+        ledger = Ledger(tmp_path)
+        size = 30
+        tasks = [
+            TaskSpec(input=app.Meter(dir=str(tmp_path), index=i, fail_when=3)) for i in range(size)
+        ]
+        with anyio.fail_after(HANG):
+            async with self.caller(broker_url, namespace) as runtime:
+                results = await runtime.gather(
+                    app.metered, tasks, max_concurrency=size, fail_fast=True
+                )
+                await ledger.wait(
+                    lambda seen: seen.running_or_stopped() <= seen.stopped(), "all stopped"
+                )
+                await ledger.drain(runtime)
+        (failed,) = [r for r in results if not isinstance(r.error, TaskCancelledError)]
+        assert "fails first" in str(failed.error)
+        # The failed task's slot may take one more before the cancel reaches its worker
+        # (then cancelled too); the rest of the queue never runs.
+        slots = WORKER_CONCURRENCY * max(1, len(workers.names))
+        assert len(ledger.started()) <= slots + 1
+        assert ledger.started() <= ledger.stopped()
 
 
 @pytest.mark.anyio

@@ -17,12 +17,14 @@ from murmur import (
 )
 from murmur.distributed._wire import (
     WIRE_VERSION,
+    CancelMessage,
     EventMessage,
     ResultMessage,
     TaskMessage,
     WireFormatError,
     WireVersionError,
     decode,
+    decode_control,
     encode,
 )
 from murmur.transport import TaskEnvelope
@@ -114,3 +116,28 @@ def test_another_version_is_refused_naming_both_versions() -> None:
 def test_a_malformed_message_is_refused_saying_what_is_wrong(data: bytes | str, says: str) -> None:
     with pytest.raises(WireFormatError, match=says):
         decode(data)
+
+
+def test_a_cancel_message_round_trips_on_the_control_channel() -> None:
+    message = CancelMessage(
+        correlation_ids=("c1", "c2"), caller="caller-1", reason="cancelled", until=1.5
+    )
+    data = encode(message)
+    assert json.loads(data)["kind"] == "cancel"
+    assert decode_control(data) == message
+
+
+def test_a_control_message_of_a_kind_not_known_here_is_passed_over() -> None:
+    newer = {"version": WIRE_VERSION, "kind": "pause", "correlation_ids": ["c1"]}
+    assert decode_control(json.dumps(newer)) is None
+
+
+def test_a_cancel_message_is_no_task_or_reply_and_needs_ids() -> None:
+    data = encode(CancelMessage(correlation_ids=("c1",)))
+    with pytest.raises(WireFormatError, match="malformed"):
+        decode(data)  # on a task or reply channel: refused, as any stranger
+    empty = {"version": WIRE_VERSION, "kind": "cancel", "correlation_ids": []}
+    with pytest.raises(WireFormatError, match="malformed"):
+        decode_control(json.dumps(empty))
+    with pytest.raises(WireVersionError):
+        decode_control(json.dumps({**empty, "version": WIRE_VERSION + 1}))

@@ -13,6 +13,9 @@ caller's loop under asyncio, the runtime's helper loop under Trio.
 * Dead letters (task messages a worker cannot or must not run) go to the namespace's
   dead-letter store (``<namespace>.dead``) with why, from where and by whom, the original
   bytes untouched; ``murmur dlq`` lists them and replays them onto their agent's channel.
+* Control messages (cancellations) go to one per-namespace control channel that every
+  worker hears (a broadcast, not a competing queue); nothing there is stored for a worker
+  that was not listening.
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ __all__ = [
     "DEFAULT_REDELIVER_AFTER",
     "NO_LOGGER",
     "BrokerAdapter",
+    "ControlHandler",
     "DeadLetter",
     "Delivery",
     "ReplyHandler",
@@ -77,6 +81,8 @@ NO_LOGGER: Any = None
 TaskHandler = Callable[[bytes, Delivery], Awaitable[None]]
 #: Called with each reply's bytes, in arrival order; must not block.
 ReplyHandler = Callable[[bytes], None]
+#: Called with each control message's bytes, in arrival order; must not block.
+ControlHandler = Callable[[bytes], None]
 
 
 @dataclass(frozen=True)
@@ -172,6 +178,10 @@ class BrokerAdapter(ABC):
         """Where replies for the caller ``caller`` arrive."""
         return f"{self.namespace}.reply.{caller}"
 
+    def control_channel(self) -> str:
+        """Where control messages for every worker of the namespace go."""
+        return f"{self.namespace}.control"
+
     def dead_channel(self) -> str:
         """Where this namespace's dead letters are kept."""
         return f"{self.namespace}.dead"
@@ -233,6 +243,16 @@ class BrokerAdapter(ABC):
         channel, oldest first, and remove them from the store; returns those replayed
         (an id not in the store is left out)."""
         raise NotAvailableError(f"{type(self).__name__} keeps no dead letters")
+
+    # -- control (to every worker) -----------------------------------------------------
+
+    @abstractmethod
+    async def publish_control(self, data: bytes) -> None:
+        """Send a control message to every worker of the namespace listening now."""
+
+    @abstractmethod
+    async def open_control(self, handler: ControlHandler) -> None:
+        """Start hearing control messages (until ``aclose``), each worker on its own."""
 
 
 _EXTRA = {"redis": "redis", "nats": "nats", "rabbit": "rabbit", "kafka": "kafka"}

@@ -19,6 +19,8 @@
 * Dead letters: the topic ``<namespace>.dead``, one record each keyed by the dead
   letter's id; a replay re-queues it and appends a record with that key and an empty value
   (a tombstone: the topic may be log-compacted). Listing reads the topic from its start.
+* Control: the topic ``<namespace>.control``, read by every worker without a group, from
+  its end (what was sent before a worker listened is not for it).
 
 Tests run this adapter without a Kafka server through :func:`in_memory_kafka`.
 """
@@ -43,7 +45,14 @@ from faststream.kafka import KafkaBroker, TestKafkaBroker
 from faststream.kafka.testing import FakeProducer, build_message
 
 from ..errors import InvalidStateError
-from ._adapter import NO_LOGGER, BrokerAdapter, DeadLetter, ReplyHandler, TaskHandler
+from ._adapter import (
+    NO_LOGGER,
+    BrokerAdapter,
+    ControlHandler,
+    DeadLetter,
+    ReplyHandler,
+    TaskHandler,
+)
 from ._faststream import MESSAGE, hand_over, raw_body
 
 __all__ = ["InMemoryKafka", "KafkaAdapter", "in_memory_kafka"]
@@ -139,6 +148,7 @@ class KafkaAdapter(BrokerAdapter):
             self._broker = KafkaBroker(list(self.url.hosts), logger=NO_LOGGER)
         self._subscribers: list[Any] = []
         self._replies: Any = None
+        self._control: Any = None
         self._partitions: dict[tuple[int, str, int], _Partition] = {}
 
     @property
@@ -156,6 +166,9 @@ class KafkaAdapter(BrokerAdapter):
             replies, self._replies = self._replies, None
             if replies is not None:
                 await self._stop([replies])
+            control, self._control = self._control, None
+            if control is not None:
+                await self._stop([control])
         finally:
             if self._cluster is None:
                 await self._broker.stop()
@@ -246,6 +259,20 @@ class KafkaAdapter(BrokerAdapter):
             await self.publish_task(letter.agent, letter.data)
             await self._broker.publish(b"", self.dead_channel(), key=letter.id.encode())
         return letters
+
+    async def publish_control(self, data: bytes) -> None:
+        await self._broker.publish(data, self.control_channel())
+
+    async def open_control(self, handler: ControlHandler) -> None:
+        async def on_control(body: Any) -> None:
+            handler(body)
+
+        subscriber = self._broker.subscriber(
+            self.control_channel(), auto_offset_reset="latest", no_reply=True, decoder=raw_body
+        )
+        subscriber(on_control)
+        await subscriber.start()
+        self._control = subscriber
 
 
 def _delivered_before(record: Any) -> int:
@@ -406,6 +433,7 @@ class _FakeConsumer:
         self.topics: tuple[str, ...] = ()
         self.paused = False
         self._stopped = asyncio.Event()
+        self._handling: set[asyncio.Task[Any]] = set()
 
     def subscribe(self, topics: Sequence[str] = (), **_: Any) -> None:
         self.topics = tuple(topics)
@@ -442,11 +470,17 @@ class _FakeConsumer:
         )
         if self._stopped.is_set() or subscriber is None:
             return
+        # On the consumer's loop in a task of its own, as a consumer is not the publisher: a
+        # publisher cancelled while it waits stops waiting, and the handler goes on.
         process = subscriber.process_message(record)
         if self.loop is asyncio.get_running_loop():
-            await process
+            task = self.loop.create_task(process)
+            self._handling.add(task)
+            task.add_done_callback(self._handling.discard)
+            await asyncio.shield(task)
         else:
-            await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(process, self.loop))
+            future = asyncio.run_coroutine_threadsafe(process, self.loop)
+            await asyncio.shield(asyncio.wrap_future(future))
 
 
 class _ClusterProducer(FakeProducer):

@@ -16,7 +16,7 @@ from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from ._adapter import BrokerAdapter, DeadLetter, ReplyHandler, TaskHandler
+from ._adapter import BrokerAdapter, ControlHandler, DeadLetter, ReplyHandler, TaskHandler
 
 __all__ = ["MemoryAdapter"]
 
@@ -41,6 +41,8 @@ class _Hub:
         self.replies: dict[str, tuple[asyncio.AbstractEventLoop, ReplyHandler]] = {}
         self.dead: dict[str, DeadLetter] = {}
         self.dead_ids = itertools.count(1)
+        #: Everyone hearing the control channel, by adapter.
+        self.controls: dict[int, tuple[asyncio.AbstractEventLoop, ControlHandler]] = {}
 
     def put(self, channel: str, data: bytes, *, front: bool = False, delivered: int = 0) -> None:
         with self.lock:
@@ -136,6 +138,8 @@ class MemoryAdapter(BrokerAdapter):
             with self._hub.lock:
                 self._hub.replies.pop(self._reply_address, None)
             self._reply_address = None
+        with self._hub.lock:
+            self._hub.controls.pop(id(self), None)
 
     async def publish_task(self, agent: str, data: bytes) -> None:
         self._hub.put(self.task_channel(agent), data)
@@ -152,11 +156,17 @@ class MemoryAdapter(BrokerAdapter):
             target = self._hub.replies.get(address)
         if target is None:
             return  # the caller is gone: nobody to tell (as a broker would keep it unread)
-        loop, handler = target
-        if loop is asyncio.get_running_loop():
-            handler(data)
-        else:
-            loop.call_soon_threadsafe(handler, data)
+        _call(*target, data)
+
+    async def publish_control(self, data: bytes) -> None:
+        with self._hub.lock:
+            targets = list(self._hub.controls.values())
+        for loop, handler in targets:
+            _call(loop, handler, data)
+
+    async def open_control(self, handler: ControlHandler) -> None:
+        with self._hub.lock:
+            self._hub.controls[id(self)] = (asyncio.get_running_loop(), handler)
 
     async def consume(
         self, agents: Sequence[str], handler: TaskHandler, *, prefetch: int, consumer: str
@@ -205,3 +215,11 @@ class MemoryAdapter(BrokerAdapter):
         for letter in letters:
             await self.publish_task(letter.agent, letter.data)
         return letters
+
+
+def _call(loop: asyncio.AbstractEventLoop, handler: ReplyHandler, data: bytes) -> None:
+    """``handler(data)`` on ``loop``: now if it is this thread's, else as soon as it can."""
+    if loop is asyncio.get_running_loop():
+        handler(data)
+    elif not loop.is_closed():
+        loop.call_soon_threadsafe(handler, data)

@@ -24,6 +24,8 @@
   published while the server is gone is published again until it is stored (for up to
   ``RECONNECT_SECONDS``). A reply is not stored: one sent while its caller is not
   connected is lost, and that attempt ends at its deadline.
+* Control: core NATS, subject ``<namespace>.control``, subscribed to by every worker (no
+  queue group: each hears every message).
 """
 
 from __future__ import annotations
@@ -48,7 +50,15 @@ from nats.js.api import (
 )
 from nats.js.errors import BadRequestError, NotFoundError, ServiceUnavailableError
 
-from ._adapter import NO_LOGGER, BrokerAdapter, DeadLetter, ReplyHandler, TaskHandler, safe_name
+from ._adapter import (
+    NO_LOGGER,
+    BrokerAdapter,
+    ControlHandler,
+    DeadLetter,
+    ReplyHandler,
+    TaskHandler,
+    safe_name,
+)
 from ._faststream import MESSAGE, hand_over, raw_body
 from ._outage import RECONNECT_SECONDS, OutageLog, backoff
 
@@ -156,6 +166,7 @@ class NatsAdapter(BrokerAdapter):
         self._client: Any = None
         self._subscribers: list[Any] = []
         self._replies: Any = None
+        self._control: Any = None
         self._held: set[_NatsDelivery] = set()
         self._progress_every = self.redeliver_after * PROGRESS_SHARE
         self._closing = False
@@ -215,6 +226,9 @@ class NatsAdapter(BrokerAdapter):
             replies, self._replies = self._replies, None
             if replies is not None:
                 await replies.stop()
+            control, self._control = self._control, None
+            if control is not None:
+                await control.stop()
             for delivery in list(self._held):
                 delivery._settled()  # unsettled: redelivered after the ack wait
         finally:
@@ -354,6 +368,20 @@ class NatsAdapter(BrokerAdapter):
             await self.publish_task(letter.agent, letter.data)
             await jetstream.delete_msg(self.dead_stream, int(letter.id))
         return letters
+
+    async def publish_control(self, data: bytes) -> None:
+        await self._broker.publish(data, self.control_channel())  # core NATS: not stored
+
+    async def open_control(self, handler: ControlHandler) -> None:
+        async def on_control(body: Any) -> None:
+            handler(body)
+
+        subscriber = self._broker.subscriber(
+            self.control_channel(), no_reply=True, decoder=raw_body
+        )
+        subscriber(on_control)
+        await subscriber.start()
+        self._control = subscriber
 
 
 def _num_delivered(message: Any) -> int:

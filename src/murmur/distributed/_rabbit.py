@@ -21,6 +21,8 @@
   keep their places), so a listing briefly hides them from another; a replay acknowledges
   those it re-queued. (A stream queue would be read without taking, but a message cannot
   be removed from a stream.)
+* Control: the durable fanout exchange ``<namespace>.control`` (declared by whichever side
+  comes first); each worker binds an exclusive, auto-delete queue of its own to it.
 """
 
 from __future__ import annotations
@@ -32,9 +34,23 @@ from collections.abc import Sequence
 from typing import Any
 
 from faststream import AckPolicy
-from faststream.rabbit import Channel, QueueType, RabbitBroker, RabbitQueue
+from faststream.rabbit import (
+    Channel,
+    ExchangeType,
+    QueueType,
+    RabbitBroker,
+    RabbitExchange,
+    RabbitQueue,
+)
 
-from ._adapter import NO_LOGGER, BrokerAdapter, DeadLetter, ReplyHandler, TaskHandler
+from ._adapter import (
+    NO_LOGGER,
+    BrokerAdapter,
+    ControlHandler,
+    DeadLetter,
+    ReplyHandler,
+    TaskHandler,
+)
 from ._faststream import MESSAGE, hand_over, raw_body
 
 __all__ = ["RabbitAdapter"]
@@ -75,6 +91,13 @@ class RabbitAdapter(BrokerAdapter):
         self._declared: set[str] = set()
         self._subscribers: list[Any] = []
         self._replies: Any = None
+        self._control: Any = None
+        self._control_declared = False
+
+    def control_exchange(self) -> RabbitExchange:
+        """The fanout exchange every worker's control queue is bound to (declared alike by
+        callers and workers)."""
+        return RabbitExchange(self.control_channel(), type=ExchangeType.FANOUT, durable=True)
 
     def task_queue(self, agent: str) -> RabbitQueue:
         """The queue declaration callers and workers share (any difference would make
@@ -94,6 +117,9 @@ class RabbitAdapter(BrokerAdapter):
             replies, self._replies = self._replies, None
             if replies is not None:
                 await replies.stop()
+            control, self._control = self._control, None
+            if control is not None:
+                await control.stop()
         finally:
             await self._broker.stop()  # the exclusive reply queue goes with the connection
 
@@ -205,6 +231,30 @@ class RabbitAdapter(BrokerAdapter):
         finally:
             await _put_back(taken)
         return replayed
+
+    async def publish_control(self, data: bytes) -> None:
+        exchange = self.control_exchange()
+        if not self._control_declared:
+            # Published to an exchange that does not exist, RabbitMQ would close the channel.
+            await self._broker.declare_exchange(exchange)
+            self._control_declared = True
+        # Not mandatory: with no worker listening there is nobody to tell.
+        await self._broker.publish(data, exchange=exchange, mandatory=False)
+
+    async def open_control(self, handler: ControlHandler) -> None:
+        async def on_control(body: Any) -> None:
+            handler(body)
+
+        queue = f"{self.control_channel()}.{uuid.uuid4().hex[:12]}"
+        subscriber = self._broker.subscriber(
+            RabbitQueue(queue, durable=False, exclusive=True, auto_delete=True),
+            exchange=self.control_exchange(),
+            no_reply=True,
+            decoder=raw_body,
+        )
+        subscriber(on_control)
+        await subscriber.start()
+        self._control = subscriber
 
 
 def _delivery_count(message: Any) -> int:

@@ -22,6 +22,7 @@
   persistence (an append-only file keeps the streams, groups and pending entries).
 * Dead letters: the stream ``<namespace>.dead``, one entry (field ``letter``) each, its
   entry id the dead letter's id; a replay re-queues the entry and deletes it (XDEL).
+* Control: the pub/sub channel ``<namespace>.control``, subscribed to by every worker.
 """
 
 from __future__ import annotations
@@ -39,7 +40,14 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import ResponseError
 
-from ._adapter import NO_LOGGER, BrokerAdapter, DeadLetter, ReplyHandler, TaskHandler
+from ._adapter import (
+    NO_LOGGER,
+    BrokerAdapter,
+    ControlHandler,
+    DeadLetter,
+    ReplyHandler,
+    TaskHandler,
+)
 from ._faststream import MESSAGE as _MESSAGE
 from ._faststream import hand_over
 from ._faststream import raw_body as _raw_body
@@ -212,6 +220,7 @@ class RedisAdapter(BrokerAdapter):
         # asyncio.wait_for) can swallow a cancellation that arrives as a reply does.
         self._claim_on = self._touch_on = False
         self._scripts: dict[str, Any] = {}
+        self._control: Any = None
 
     @property
     def group(self) -> str:
@@ -235,6 +244,9 @@ class RedisAdapter(BrokerAdapter):
             replies, self._replies = self._replies, None
             if replies is not None:
                 await replies.stop()
+            control, self._control = self._control, None
+            if control is not None:
+                await control.stop()
             stream, self._reply_stream = self._reply_stream, None
             if stream is not None and self._client is not None:
                 await self._client.delete(stream)
@@ -410,6 +422,21 @@ class RedisAdapter(BrokerAdapter):
             await self.publish_task(letter.agent, letter.data)
             await self._client.xdel(stream, letter.id)
         return letters
+
+    async def publish_control(self, data: bytes) -> None:
+        async with self._slots:
+            await self._broker.publish(data, channel=self.control_channel())
+
+    async def open_control(self, handler: ControlHandler) -> None:
+        async def on_control(body: Any) -> None:
+            handler(body)
+
+        subscriber = self._broker.subscriber(
+            channel=self.control_channel(), no_reply=True, decoder=_raw_body
+        )
+        subscriber(on_control)
+        await subscriber.start()
+        self._control = subscriber
 
 
 async def _cancelled(task: asyncio.Task[None] | None) -> None:

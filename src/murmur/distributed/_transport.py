@@ -8,6 +8,11 @@ or one that arrived after its attempt gave up) is dropped.
 
 Broker I/O (FastStream is asyncio-only) runs on the caller's own asyncio loop, or under
 Trio on the runtime's helper loop, cancellation crossing both ways.
+
+An attempt whose caller is cancelled (a cancelled ``gather``, a ``fail_fast`` stop) tells
+the workers on the control channel before the cancellation goes on: one ``CancelMessage``
+for all the attempts cancelled together, sent within ``CANCEL_SEND_TIMEOUT``. The worker
+running one cancels it; the others are skipped when they reach a worker.
 """
 
 from __future__ import annotations
@@ -25,24 +30,34 @@ import anyio
 import sniffio
 
 from .._bridge import AsyncioBridge, HomePortal
+from .._cancellation import is_real_cancellation, pending_cancellations
 from .._types import ZERO_USAGE, AgentResult
 from ..errors import (
     AgentTimeoutError,
     BrokerUnavailableError,
     InvalidStateError,
     InvalidValueError,
+    TaskCancelledError,
 )
 from ..transport.base import Transport
 from ._adapter import DEFAULT_NAMESPACE, BrokerAdapter, load_adapter
 from ._url import BrokerURL, parse_broker_url, query_secrets
-from ._wire import EventMessage, ResultMessage, TaskMessage, WireFormatError, decode, encode
+from ._wire import (
+    CancelMessage,
+    EventMessage,
+    ResultMessage,
+    TaskMessage,
+    WireFormatError,
+    decode,
+    encode,
+)
 
 if TYPE_CHECKING:
     from anyio.streams.memory import MemoryObjectSendStream
 
     from .._envelope import EventSink, TaskEnvelope
 
-__all__ = ["DEFAULT_REPLY_GRACE", "BrokerTransport"]
+__all__ = ["CANCEL_SEND_TIMEOUT", "DEFAULT_REPLY_GRACE", "BrokerTransport"]
 
 _log = logging.getLogger("murmur.distributed")
 
@@ -51,6 +66,15 @@ _log = logging.getLogger("murmur.distributed")
 DEFAULT_REPLY_GRACE = 5.0
 #: Seconds to reach the broker before a call fails with ``BrokerUnavailableError``.
 DEFAULT_CONNECT_TIMEOUT = 10.0
+#: Seconds a cancelled caller spends, at most, telling the workers (its cancellation waits
+#: that long at worst).
+CANCEL_SEND_TIMEOUT = 1.0
+#: Correlation ids in one cancel message, at most.
+CANCEL_BATCH = 1000
+#: Seconds a cancel waits for more attempts cancelled with it (again while more come)...
+_COLLECT_SECONDS = 0.02
+#: ...and at most this long in all.
+_COLLECT_MAX = 0.5
 
 
 def namespace_from_env() -> str:
@@ -100,6 +124,10 @@ class BrokerTransport(Transport):
         self._pending: dict[str, MemoryObjectSendStream[ResultMessage | EventMessage]] = {}
         self._bridge: AsyncioBridge | None = None
         self._closed = False
+        #: The attempts waiting for their replies (as ``_pending``), to revoke if cancelled.
+        self._waiting: dict[str, _Attempt] = {}
+        #: The cancels being collected into one message (on the home loop).
+        self._revoking: _Revocation | None = None
 
     def __repr__(self) -> str:
         return f"BrokerTransport({self.url.redacted!r}, namespace={self.namespace!r})"
@@ -112,6 +140,9 @@ class BrokerTransport(Transport):
         if sniffio.current_async_library() == "asyncio":
             return await self._submit_home(envelope, events)
         # Trio: broker I/O runs on the helper loop; events come back here to be emitted.
+        # Not even handed over if already cancelled (a batch being cancelled may still
+        # start attempts): it would be published before the cancellation crossed over.
+        await anyio.lowlevel.checkpoint_if_cancelled()
         bridge = self._helper_bridge()
         failure: Exception | None = None
         async with anyio.create_task_group() as task_group:
@@ -127,10 +158,13 @@ class BrokerTransport(Transport):
         return result
 
     async def _submit_home(self, envelope: TaskEnvelope, events: EventSink) -> AgentResult[Any]:
+        baseline = pending_cancellations()
         adapter = await self._connected()
         correlation_id = uuid.uuid4().hex
         send, receive = anyio.create_memory_object_stream[ResultMessage | EventMessage](math.inf)
         self._pending[correlation_id] = send
+        attempt = self._waiting[correlation_id] = _Attempt(correlation_id, envelope, baseline)
+        sent = False
         try:
             message = TaskMessage(
                 envelope=envelope, reply_to=self._reply_to, correlation_id=correlation_id
@@ -142,7 +176,11 @@ class BrokerTransport(Transport):
                     f"task {envelope.task.task_id} for agent {envelope.agent!r} cannot be sent "
                     f"to a worker: its input or metadata is not JSON-serialisable: {exc}"
                 ) from None
+            # A batch being cancelled may still start attempts (each is cancelled at its
+            # first wait): never publish one then.
+            await anyio.lowlevel.checkpoint_if_cancelled()
             try:
+                sent = True  # perhaps, if cancelled midway
                 # The adapter reconnects through an outage; the attempt's deadline bounds it.
                 with anyio.fail_after(_until(envelope.deadline)):
                     await adapter.publish_task(envelope.agent, data)
@@ -160,12 +198,80 @@ class BrokerTransport(Transport):
                         if isinstance(reply, ResultMessage):
                             return reply.result
                         await events.emit(_with_worker(reply))
+                if attempt.batch is not None:
+                    # Revoked as cancelled, and yet not cancelled: its cancellation was lost
+                    # on the way (a library swallowed it). Nothing will answer it now.
+                    return _revoked(envelope)
                 # The stream ended: this transport was closed under the attempt.
                 raise InvalidStateError("the runtime was closed while the task was running")
             return _lost(envelope, wait, self.reply_grace)
+        except BaseException as exc:
+            if sent and is_real_cancellation(exc, baseline):
+                # The caller gave up on it: so should the worker (or the queue).
+                with anyio.CancelScope(shield=True):
+                    await self._revoke(adapter, attempt)
+            raise
         finally:
             del self._pending[correlation_id]
+            del self._waiting[correlation_id]
             send.close()
+
+    async def _revoke(self, adapter: BrokerAdapter, attempt: _Attempt) -> None:
+        """Tell the workers an attempt is cancelled, in one message with the attempts
+        cancelled together with it; returns once it is sent (or could not be, within
+        ``CANCEL_SEND_TIMEOUT``). Runs shielded, on the home loop.
+
+        The attempts of a cancelled batch reach this one by one, over a while (a thousand
+        take a good part of a second): the first collects the others, those whose task
+        was cancelled already (and has yet to get here) included, so the workers hear of
+        them all at once, before a running one's slot could take a queued one."""
+        batch = attempt.batch or self._revoking
+        if batch is not None:
+            batch.add(attempt)
+            await batch.sent.wait()
+            return
+        batch = self._revoking = _Revocation()
+        batch.add(attempt)
+        try:
+            with anyio.move_on_after(CANCEL_SEND_TIMEOUT):
+                with anyio.move_on_after(_COLLECT_MAX):
+                    seen = 0
+                    while len(batch.ids) != seen:  # until no more join
+                        seen = len(batch.ids)
+                        for other in self._waiting.values():
+                            if other.batch is None and other.cancelling():
+                                batch.add(other)
+                                # Its cancellation wakes it; if that was lost, this does.
+                                self._pending[other.correlation_id].close()
+                        await anyio.sleep(_COLLECT_SECONDS)
+                self._revoking = None
+                ids = list(batch.ids)
+                await self._send_cancel(adapter, ids, batch.until, "cancelled by its caller")
+        finally:
+            if self._revoking is batch:
+                self._revoking = None
+            batch.sent.set()
+
+    async def _send_cancel(
+        self, adapter: BrokerAdapter, ids: list[str], until: float | None, reason: str
+    ) -> None:
+        """Publish cancels for ``ids`` on the control channel; a failure is logged (the
+        workers then finish those attempts, and their results are dropped)."""
+        try:
+            for start in range(0, len(ids), CANCEL_BATCH):
+                message = CancelMessage(
+                    correlation_ids=tuple(ids[start : start + CANCEL_BATCH]),
+                    caller=self.caller_id,
+                    reason=reason,
+                    until=until,
+                )
+                await adapter.publish_control(encode(message))
+        except Exception as exc:
+            _log.warning(
+                "could not tell the workers that %d task(s) were cancelled: %s",
+                len(ids),
+                scrub(f"{type(exc).__name__}: {exc}", self.url),
+            )
 
     def _on_reply(self, data: bytes) -> None:
         """Route one reply to the attempt awaiting it (runs on the home loop, never blocks)."""
@@ -181,7 +287,10 @@ class BrokerTransport(Transport):
         if send is None:
             # A duplicate (the task was delivered twice) or a late reply: already answered.
             return
-        send.send_nowait(message)
+        try:
+            send.send_nowait(message)
+        except (anyio.BrokenResourceError, anyio.ClosedResourceError):
+            return  # the attempt stopped waiting (cancelled: telling the workers)
 
     # -- connection --------------------------------------------------------------------
 
@@ -258,8 +367,11 @@ class BrokerTransport(Transport):
                     await bridge.aclose()
 
     async def _shut(self, adapter: BrokerAdapter | None) -> None:
-        """On the home loop: end the attempts still waiting (their results come back as
-        errors), then close the connection."""
+        """On the home loop: revoke the attempts still waiting and end them (their results
+        come back as errors), then close the connection."""
+        if adapter is not None and self._pending:
+            with anyio.move_on_after(CANCEL_SEND_TIMEOUT):
+                await self._send_cancel(adapter, list(self._pending), None, "its caller closed")
         for send in list(self._pending.values()):
             send.close()
         if adapter is not None:
@@ -302,6 +414,23 @@ def _with_worker(message: EventMessage) -> Any:
     return event
 
 
+def _revoked(envelope: TaskEnvelope) -> AgentResult[Any]:
+    return not_run(
+        envelope,
+        TaskCancelledError(
+            f"agent {envelope.agent!r} attempt {envelope.attempt} (task "
+            f"{envelope.task.task_id}) was cancelled: its caller stopped waiting for it"
+        ),
+    )
+
+
+def not_run(envelope: TaskEnvelope, error: Exception) -> AgentResult[Any]:
+    """The result of an attempt that never ran: ``error``, nothing spent."""
+    return AgentResult._build(
+        None, error, ZERO_USAGE, envelope.attempt, 0.0, envelope.task.task_id, envelope.agent
+    )
+
+
 def _lost(envelope: TaskEnvelope, waited: float, grace: float) -> AgentResult[Any]:
     error = AgentTimeoutError(
         f"no result for agent {envelope.agent!r} (task {envelope.task.task_id}, attempt "
@@ -317,6 +446,47 @@ def _lost(envelope: TaskEnvelope, waited: float, grace: float) -> AgentResult[An
         envelope.task.task_id,
         envelope.agent,
     )
+
+
+class _Attempt:
+    """An attempt waiting for its reply, as its revocation needs it."""
+
+    __slots__ = ("baseline", "batch", "correlation_id", "deadline", "task")
+
+    def __init__(self, correlation_id: str, envelope: TaskEnvelope, baseline: int) -> None:
+        self.correlation_id = correlation_id
+        self.deadline = envelope.deadline
+        #: The asyncio task waiting for it, and its cancellations pending when it began.
+        self.task = asyncio.current_task()
+        self.baseline = baseline
+        #: The revocation it went into, if any.
+        self.batch: _Revocation | None = None
+
+    def cancelling(self) -> bool:
+        """Whether its task has been cancelled since (the cancellation yet to reach it)."""
+        task = self.task
+        return task is not None and not task.done() and task.cancelling() > self.baseline
+
+
+class _Revocation:
+    """Attempts cancelled together, to be revoked in one message."""
+
+    __slots__ = ("ids", "sent", "until")
+
+    def __init__(self) -> None:
+        #: Their correlation ids, in order, once each.
+        self.ids: dict[str, None] = {}
+        #: When none of them can start any more (``None``: one has no deadline).
+        self.until: float | None = -math.inf
+        self.sent = anyio.Event()
+
+    def add(self, attempt: _Attempt) -> None:
+        if attempt.batch is self:
+            return
+        attempt.batch = self
+        self.ids[attempt.correlation_id] = None
+        if self.until is not None:
+            self.until = None if attempt.deadline is None else max(self.until, attempt.deadline)
 
 
 class _HomeSink:

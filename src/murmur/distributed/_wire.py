@@ -6,11 +6,16 @@ Three messages, told apart by ``kind``: a ``TaskMessage`` (one attempt, as the c
 attempt reported), each carrying the same correlation id and the worker's identity.
 Replies go to a per-caller reply address, matched by correlation id: no broker's RPC is
 relied on (Kafka has none). A message of another version is refused, naming both.
+
+Workers also hear a per-namespace control channel (every worker, not one of them): a
+``CancelMessage`` revokes attempts by correlation id. It is read with ``decode_control``,
+which passes over control kinds this process does not know (a newer peer's), so a new kind
+needs no new wire version.
 """
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
@@ -21,14 +26,18 @@ from ..events.types import RuntimeEvent
 
 __all__ = [
     "WIRE_VERSION",
+    "CancelMessage",
     "EventMessage",
     "ResultMessage",
     "TaskMessage",
     "WireFormatError",
     "WireVersionError",
     "decode",
+    "decode_control",
     "encode",
 ]
+
+_T = TypeVar("_T")
 
 #: Bumped on any change an older peer could misread.
 WIRE_VERSION = 1
@@ -76,23 +85,62 @@ class EventMessage(_Message):
     worker: str = ""
 
 
+class CancelMessage(BaseModel):
+    """On the control channel: a caller no longer waits for these attempts. A worker
+    running one cancels it, and skips the others when they reach it."""
+
+    model_config = ConfigDict(frozen=True)
+
+    version: int = WIRE_VERSION
+    kind: Literal["cancel"] = "cancel"
+    #: The revoked attempts (one message for all those cancelled together).
+    correlation_ids: tuple[str, ...] = Field(min_length=1)
+    #: The caller that sent them.
+    caller: str = ""
+    reason: str = ""
+    #: Wall-clock time (as envelope deadlines) after which none of these attempts can
+    #: start anywhere: a worker may forget them then. ``None``: one has no deadline.
+    until: float | None = None
+
+
 Message = Annotated[TaskMessage | ResultMessage | EventMessage, Field(discriminator="kind")]
 _messages: TypeAdapter[Message] = TypeAdapter(Message)
 _version_only: TypeAdapter[dict[str, Any]] = TypeAdapter(dict[str, Any])
 
 
-def encode(message: TaskMessage | ResultMessage | EventMessage) -> bytes:
+def encode(message: TaskMessage | ResultMessage | EventMessage | CancelMessage) -> bytes:
     """The message as UTF-8 JSON."""
     return message.model_dump_json().encode()
 
 
 def decode(data: bytes | str) -> TaskMessage | ResultMessage | EventMessage:
-    """Parse a wire message.
+    """Parse a wire message (of a task or reply channel).
 
     Raises:
         WireVersionError: it is of another wire version.
         WireFormatError: it is not a Murmur wire message.
     """
+    return _validated(_versioned(data), _messages)
+
+
+def decode_control(data: bytes | str) -> CancelMessage | None:
+    """Parse a control-channel message; ``None`` for a kind this process does not know
+    (a newer peer's: to be ignored).
+
+    Raises:
+        WireVersionError: it is of another wire version.
+        WireFormatError: it is not a Murmur wire message.
+    """
+    fields = _versioned(data)
+    if fields.get("kind") != "cancel":
+        return None
+    return _validated(fields, _cancel)
+
+
+_cancel: TypeAdapter[CancelMessage] = TypeAdapter(CancelMessage)
+
+
+def _versioned(data: bytes | str) -> dict[str, Any]:
     try:
         fields = _version_only.validate_json(data)
     except ValidationError as exc:
@@ -103,8 +151,12 @@ def decode(data: bytes | str) -> TaskMessage | ResultMessage | EventMessage:
             f"a Murmur wire message of version {version!r}; this process speaks version "
             f"{WIRE_VERSION}: run callers and workers of compatible Murmur versions"
         )
+    return fields
+
+
+def _validated(fields: dict[str, Any], adapter: TypeAdapter[_T]) -> _T:
     try:
-        return _messages.validate_python(fields)
+        return adapter.validate_python(fields)
     except ValidationError as exc:
         problems = "; ".join(
             f"{'.'.join(map(str, e['loc'])) or '<message>'}: {e['msg']}"

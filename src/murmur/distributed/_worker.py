@@ -5,6 +5,10 @@ an ``Executor`` (at most ``concurrency`` at a time), sends the attempt's events 
 its result to the caller's reply address, and only then acknowledges the message. A
 message can only run an agent the worker registered: the name is looked up in its
 registry, nothing is imported.
+
+A worker also hears the namespace's control channel: a ``CancelMessage`` (its caller gave
+up) cancels the attempts it names that run here, and the worker remembers the others for a
+while, acknowledging them without running them when they arrive.
 """
 
 from __future__ import annotations
@@ -17,7 +21,7 @@ import socket
 import sys
 import time
 import uuid
-from collections import Counter
+from collections import Counter, OrderedDict
 from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -46,7 +50,13 @@ from ..events.types import EventEmitter, EventType, RuntimeEvent
 from ._adapter import DEFAULT_REDELIVER_AFTER, BrokerAdapter, DeadLetter, Delivery, load_adapter
 from ._registry import AgentRegistry
 from ._spawns import InheritedLimits
-from ._transport import DEFAULT_CONNECT_TIMEOUT, BrokerTransport, namespace_from_env, scrub
+from ._transport import (
+    DEFAULT_CONNECT_TIMEOUT,
+    BrokerTransport,
+    namespace_from_env,
+    not_run,
+    scrub,
+)
 from ._url import parse_broker_url
 from ._wire import (
     EventMessage,
@@ -55,6 +65,7 @@ from ._wire import (
     WireFormatError,
     WireVersionError,
     decode,
+    decode_control,
     encode,
 )
 
@@ -67,6 +78,11 @@ __all__ = ["DEFAULT_MAX_DELIVERIES", "Worker", "WorkerStats"]
 DEFAULT_MAX_DELIVERIES = 5
 
 _log = logging.getLogger("murmur.worker")
+
+#: Revoked attempts a worker remembers, at most (the oldest are forgotten first).
+REVOKED_MAX = 100_000
+#: Seconds a revoked attempt with no deadline is remembered.
+REVOKED_TTL = 3600.0
 
 
 @dataclass
@@ -85,6 +101,8 @@ class WorkerStats:
     #: Tasks taken but not finished (the worker stopped past its grace, or their result
     #: could not be sent): left unacknowledged for the broker to deliver again.
     returned: int = 0
+    #: Tasks their caller cancelled: stopped mid-run, or skipped when they arrived.
+    revoked: int = 0
 
     def rate(self) -> float:
         """Tasks finished per second since the worker started."""
@@ -98,6 +116,7 @@ class WorkerStats:
             "in_flight": self.in_flight,
             "rejected": self.rejected,
             "returned": self.returned,
+            "revoked": self.revoked,
             "per_agent": dict(self.per_agent),
         }
 
@@ -195,6 +214,10 @@ class Worker:
         self._portal: HomePortal | None = None
         #: Tasks cancelled by a stop, to hand back once the worker consumes no more.
         self._cut_off: list[Delivery] = []
+        #: The attempts running here, by correlation id, to cancel if their caller does.
+        self._running: dict[str, set[anyio.CancelScope]] = {}
+        #: Attempts their callers cancelled, not to be run if they arrive.
+        self._revoked = _Revoked()
         self._state = "new"
 
     def __repr__(self) -> str:
@@ -364,6 +387,7 @@ class Worker:
                 await delivery.nack()  # stopping: leave it for another worker
 
         assert self._stop_requested is not None
+        await adapter.open_control(self._on_control)
         async with anyio.create_task_group() as slots:
             for _ in range(self.concurrency):
                 slots.start_soon(self._slot, adapter, receive.clone())
@@ -394,6 +418,22 @@ class Worker:
         await _quietly(adapter.stop_consuming())
         for delivery in cut_off:
             await _quietly(delivery.nack())
+
+    def _on_control(self, data: bytes) -> None:
+        """A control message (on the worker's loop): cancel or revoke what it names."""
+        try:
+            message = decode_control(data)
+        except WireFormatError as exc:
+            _log.warning("worker %s: ignored a control message: %s", self.name, exc)
+            return
+        if message is None:
+            _log.debug("worker %s: ignored a control message of a kind it does not know", self.name)
+            return
+        until = message.until if message.until is not None else time.time() + REVOKED_TTL
+        for correlation_id in message.correlation_ids:
+            self._revoked.add(correlation_id, until)  # a copy may be on its way here too
+            for scope in self._running.get(correlation_id, ()):
+                scope.cancel()
 
     async def _slot(self, adapter: BrokerAdapter, receive: Any) -> None:
         async with receive:
@@ -426,15 +466,35 @@ class Worker:
             await self._dead_letter(adapter, data, delivery, "delivery-limit", detail)
             return
         stats = self.stats
+        correlation_id = message.correlation_id
+        if self._revoked.holds(correlation_id):
+            self._skip(envelope, "skipped")  # its caller cancelled it: never run, never redone
+            await _quietly(delivery.ack())
+            return
         stats.in_flight += 1
         try:
             sink = _ReplySink(adapter, message, self.name)
-            if envelope.deadline is not None and time.time() >= envelope.deadline:
-                result = _expired(envelope)  # never start a paid call nobody waits for
-            else:
-                with _trace_context(envelope.trace_context):
-                    result = await self._executor.execute(envelope, sink)
-            data, result = _encoded_result(result, message.correlation_id, self.name)
+            with anyio.CancelScope() as revoked:
+                running = self._running.setdefault(correlation_id, set())
+                running.add(revoked)
+                try:
+                    if envelope.deadline is not None and time.time() >= envelope.deadline:
+                        result = _expired(envelope)  # never start a paid call nobody waits for
+                    else:
+                        with _trace_context(envelope.trace_context):
+                            result = await self._executor.execute(envelope, sink)
+                finally:
+                    running.discard(revoked)
+                    if not running:
+                        del self._running[correlation_id]
+            if revoked.cancel_called:
+                # Its caller cancelled it (it may have finished first): nobody waits for a
+                # result; settled, never run again.
+                stats.in_flight -= 1
+                self._skip(envelope, "cancelled")
+                await _quietly(delivery.ack())
+                return
+            data, result = _encoded_result(result, correlation_id, self.name)
         except BaseException as exc:
             # Cancelled (stopped past the grace): not acknowledged, so the broker delivers
             # it again.
@@ -523,6 +583,16 @@ class Worker:
             await _quietly(adapter.publish_reply(address, result))
         await _quietly(delivery.ack())
 
+    def _skip(self, envelope: TaskEnvelope, what: str) -> None:
+        self.stats.revoked += 1
+        _log.info(
+            "worker %s: task %s of agent %r %s: its caller cancelled it",
+            self.name,
+            envelope.task.task_id,
+            envelope.agent,
+            what,
+        )
+
     async def _heartbeat(self) -> None:
         if self.heartbeat_seconds <= 0:
             return
@@ -546,6 +616,28 @@ class Worker:
             _log.warning(
                 "worker %s: event emitter failed on %s", self.name, event.type, exc_info=True
             )
+
+
+class _Revoked:
+    """Correlation ids of revoked attempts, each until a wall-clock time (its attempt's
+    deadline, or ``REVOKED_TTL``), at most ``REVOKED_MAX`` of them (oldest out first)."""
+
+    __slots__ = ("_until",)
+
+    def __init__(self) -> None:
+        self._until: OrderedDict[str, float] = OrderedDict()
+
+    def add(self, correlation_id: str, until: float) -> None:
+        entries = self._until
+        entries[correlation_id] = until
+        entries.move_to_end(correlation_id)
+        now = time.time()
+        while entries and (len(entries) > REVOKED_MAX or next(iter(entries.values())) <= now):
+            entries.popitem(last=False)
+
+    def holds(self, correlation_id: str) -> bool:
+        until = self._until.get(correlation_id)
+        return until is not None and until > time.time()
 
 
 class _HomeEmitter:
@@ -640,9 +732,7 @@ def _expired(envelope: TaskEnvelope) -> AgentResult[Any]:
         f"agent {envelope.agent!r} attempt {envelope.attempt} reached the worker after its "
         "deadline; not started"
     )
-    return AgentResult._build(
-        None, error, ZERO_USAGE, envelope.attempt, 0.0, envelope.task.task_id, envelope.agent
-    )
+    return not_run(envelope, error)
 
 
 @contextmanager
