@@ -1,6 +1,6 @@
-"""SIGTERM during a batch (real Redis, two worker processes): the signalled worker finishes
-its in-flight tasks and sends their results, the queued ones go to the other worker, it
-exits 0, and every task runs and answers exactly once."""
+"""SIGTERM during a batch (Redis, NATS and RabbitMQ, two worker processes): the signalled
+worker finishes its in-flight tasks and sends their results, the queued ones go to the
+other worker, it exits 0, and every task runs and answers exactly once."""
 
 from __future__ import annotations
 
@@ -13,10 +13,11 @@ from pathlib import Path
 import anyio
 import pytest
 
-from distributed.brokers import delete_redis_keys, require
+from distributed import outage_app
+from distributed.brokers import cleanup, require
 from distributed.outage_app import Gated, gated
 from murmur import AgentRuntime, RuntimeOptions, TaskSpec
-from murmur.distributed import BrokerTransport
+from murmur.distributed import AgentRegistry, BrokerTransport
 from workers import STEP_SECONDS, WorkerProcess
 
 pytestmark = pytest.mark.anyio
@@ -26,15 +27,21 @@ SLOTS = 6
 
 
 @pytest.fixture
-def namespace() -> Iterator[str]:
-    url = require("redis")
-    ns = f"t-drain-{uuid.uuid4().hex[:8]}"
-    yield ns
-    delete_redis_keys(ns, url)
+def namespace() -> str:
+    return f"t-drain-{uuid.uuid4().hex[:8]}"
 
 
-async def test_sigterm_during_a_batch(namespace: str, tmp_path: Path) -> None:
-    url = require("redis")
+@pytest.fixture
+def broker(request: pytest.FixtureRequest, namespace: str) -> Iterator[str]:
+    kind: str = request.param
+    url = require(kind)
+    yield url
+    cleanup(kind, namespace, AgentRegistry.from_module(outage_app).names())
+
+
+@pytest.mark.parametrize("broker", ["redis", "nats", "rabbit"], indirect=True)
+async def test_sigterm_during_a_batch(broker: str, namespace: str, tmp_path: Path) -> None:
+    url = broker
     runs, gate = tmp_path / "runs", tmp_path / "gate"
     runs.mkdir()
     specs = [

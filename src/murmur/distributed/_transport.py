@@ -72,7 +72,7 @@ CANCEL_SEND_TIMEOUT = 1.0
 #: Correlation ids in one cancel message, at most.
 CANCEL_BATCH = 1000
 #: Seconds a cancel waits for more attempts cancelled with it (again while more come)...
-_COLLECT_SECONDS = 0.02
+_COLLECT_SECONDS = 0.05
 #: ...and at most this long in all.
 _COLLECT_MAX = 0.5
 
