@@ -127,3 +127,23 @@ async def test_a_result_that_cannot_be_sent_does_not_stop_the_worker() -> None:
     assert worker.stats.processed == 1
     assert worker.stats.failed == 1  # the poisoned one: run, its result undeliverable
     assert worker.stats.returned == 0
+
+
+async def test_a_message_nested_too_deep_to_parse_is_dead_lettered_and_the_worker_goes_on() -> None:
+    # Past pydantic's depth limit it is malformed; Python's json then raises RecursionError
+    # (not a ValueError) where the worker reads who to tell: that must not end the worker.
+    namespace = f"t-{uuid.uuid4().hex[:8]}"
+
+    async def echo(text: str) -> str:
+        return text
+
+    worker = Worker(URL, [echo], namespace=namespace, heartbeat_seconds=0)
+    adapter = MemoryAdapter(parse_broker_url(URL), namespace=namespace)
+    async with worker:
+        await adapter.publish_task("echo", b"[" * 5000)
+        async with AgentRuntime(transport=BrokerTransport(URL, namespace=namespace)) as runtime:
+            result = await runtime.run(echo, TaskSpec(input="after"))
+        letters = await adapter.dead_letters(10)
+    assert result.output == "after"
+    assert [letter.reason for letter in letters] == ["malformed"]
+    assert worker.stats.rejected == 1

@@ -98,8 +98,9 @@ class WorkerStats:
     #: Messages set aside as dead letters (unreadable, not for this worker, or delivered
     #: more than ``max_deliveries`` times).
     rejected: int = 0
-    #: Tasks taken but not finished (the worker stopped past its grace, or their result
-    #: could not be sent): left unacknowledged for the broker to deliver again.
+    #: Tasks taken but not finished (the worker stopped past its grace): left
+    #: unacknowledged for the broker to deliver again. (A task whose result could not be
+    #: sent ran: it counts as failed and is acknowledged.)
     returned: int = 0
     #: Tasks their caller cancelled: stopped mid-run, or skipped when they arrived.
     revoked: int = 0
@@ -577,7 +578,11 @@ class Worker:
             reason,
             detail,
         )
-        reply = _dead_letter_reply(data, letter)
+        try:
+            reply = _dead_letter_reply(data, letter)
+        except Exception:  # whatever the message holds, it never stops the worker
+            _log.exception("worker %s: could not read a dead letter's caller", self.name)
+            reply = None
         if reply is not None:
             address, result = reply
             await _quietly(adapter.publish_reply(address, result))
@@ -700,7 +705,7 @@ def _dead_letter_reply(data: bytes, letter: DeadLetter) -> tuple[str, bytes] | N
     caller."""
     try:
         fields = json.loads(data)
-    except ValueError:
+    except (ValueError, RecursionError):  # not JSON, or nested past what Python parses
         return None
     if not isinstance(fields, dict):
         return None
