@@ -355,7 +355,8 @@ async def _cleanup(kind: str, namespaces: Sequence[str]) -> None:
         nc = await nats.connect(url)
         try:
             for namespace in namespaces:
-                for stream in (f"{safe_name(namespace)}-tasks", channels(namespace)["stream"]):
+                own = (f"{safe_name(namespace)}-{kind}" for kind in ("tasks", "dead"))
+                for stream in (*own, channels(namespace)["stream"]):
                     with suppress(NotFoundError):
                         await nc.jetstream().delete_stream(stream)
         finally:
@@ -369,8 +370,10 @@ async def _cleanup(kind: str, namespaces: Sequence[str]) -> None:
             for namespace in namespaces:
                 queues = [f"{namespace}.tasks.{safe_name(agent)}" for agent in AGENTS]
                 queues += [channels(namespace)["tasks"], channels(namespace)["reply"]]
+                queues.append(f"{namespace}.dead")
                 for queue in queues:
                     await channel.queue_delete(queue)
+                await channel.exchange_delete(f"{namespace}.control")  # workers' control fanout
         finally:
             await connection.close()
 
