@@ -245,7 +245,9 @@ class BrokerContract:
     async def test_a_task_no_worker_serves_times_out_after_its_grace(
         self, broker_url: str, namespace: str, workers: Workers
     ) -> None:
-        options = RuntimeOptions(timeout_seconds=0.2)
+        # Long enough for the first publish to declare the agent's queue (a RabbitMQ quorum
+        # queue takes a while to create): the attempt's deadline bounds the publish too.
+        options = RuntimeOptions(timeout_seconds=2)
         with anyio.fail_after(HANG):
             async with self.caller(
                 broker_url, namespace, options=options, reply_grace=0.2
