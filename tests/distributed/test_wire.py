@@ -19,6 +19,7 @@ from murmur.distributed._wire import (
     WIRE_VERSION,
     CancelMessage,
     EventMessage,
+    ResendMessage,
     ResultMessage,
     TaskMessage,
     WireFormatError,
@@ -125,6 +126,17 @@ def test_a_cancel_message_round_trips_on_the_control_channel() -> None:
     data = encode(message)
     assert json.loads(data)["kind"] == "cancel"
     assert decode_control(data) == message
+
+
+def test_a_resend_message_round_trips_on_the_control_channel() -> None:
+    message = ResendMessage(correlation_ids=("c1", "c2"), reply_to="ns.reply.c", caller="c")
+    data = encode(message)
+    assert json.loads(data)["kind"] == "resend"
+    assert decode_control(data) == message
+    for missing in ({"correlation_ids": []}, {"reply_to": ""}):
+        fields = {**json.loads(data), **missing}
+        with pytest.raises(WireFormatError, match="malformed"):
+            decode_control(json.dumps(fields))
 
 
 def test_a_control_message_of_a_kind_not_known_here_is_passed_over() -> None:

@@ -10,6 +10,7 @@ broker is a thin adapter over FastStream, imported only when its scheme is used.
 from ._registry import AgentRegistry as AgentRegistry
 from ._registry import DuplicateAgentError as DuplicateAgentError
 from ._transport import DEFAULT_REPLY_GRACE as DEFAULT_REPLY_GRACE
+from ._transport import DEFAULT_RESEND_EVERY as DEFAULT_RESEND_EVERY
 from ._transport import BrokerTransport as BrokerTransport
 from ._url import BrokerURL as BrokerURL
 from ._url import parse_broker_url as parse_broker_url
@@ -20,6 +21,7 @@ from ._worker import WorkerStats as WorkerStats
 
 __all__ = [
     "DEFAULT_REPLY_GRACE",
+    "DEFAULT_RESEND_EVERY",
     "AgentRegistry",
     "BrokerTransport",
     "BrokerURL",

@@ -16,6 +16,9 @@ caller's loop under asyncio, the runtime's helper loop under Trio.
 * Control messages (cancellations) go to one per-namespace control channel that every
   worker hears (a broadcast, not a competing queue); nothing there is stored for a worker
   that was not listening.
+* Reconnection: an adapter whose connection came back after it was lost tells its owner
+  (``on_reconnect``): a caller then asks the workers to send again the results it may have
+  missed meanwhile.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ from __future__ import annotations
 import base64
 import importlib
 import json
+import logging
 from abc import ABC, abstractmethod
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, replace
@@ -30,6 +34,8 @@ from typing import Any, Protocol
 
 from ..errors import InvalidValueError, MissingDependencyError, NotAvailableError
 from ._url import BrokerURL
+
+_log = logging.getLogger("murmur.distributed")
 
 __all__ = [
     "DEFAULT_NAMESPACE",
@@ -167,6 +173,7 @@ class BrokerAdapter(ABC):
         self.url = url
         self.namespace = namespace
         self.redeliver_after = redeliver_after
+        self._on_reconnect: Callable[[], None] | None = None
 
     # -- names -------------------------------------------------------------------------
 
@@ -200,6 +207,24 @@ class BrokerAdapter(ABC):
     @abstractmethod
     async def aclose(self) -> None:
         """Stop consuming, delete this caller's reply channel, close the connection."""
+
+    def on_reconnect(self, callback: Callable[[], None]) -> None:
+        """Have ``callback`` called each time the connection comes back after it was lost,
+        once this adapter's subscriptions (its reply channel) listen again: replies sent to
+        it meanwhile may be gone. Called on the adapter's loop; it must not block. An
+        adapter whose client does not tell (``memory://``, Kafka, whose reply topics keep
+        what was sent) never calls it."""
+        self._on_reconnect = callback
+
+    def _tell_reconnected(self) -> None:
+        """For the adapters: the connection is back (see ``on_reconnect``)."""
+        callback = self._on_reconnect
+        if callback is None:
+            return
+        try:
+            callback()
+        except Exception:  # never into the broker client's reconnection
+            _log.warning("a reconnection callback failed", exc_info=True)
 
     # -- caller side -------------------------------------------------------------------
 

@@ -23,7 +23,8 @@
   sends what was published meanwhile once it is back; the outage is logged. A task
   published while the server is gone is published again until it is stored (for up to
   ``RECONNECT_SECONDS``). A reply is not stored: one sent while its caller is not
-  connected is lost, and that attempt ends at its deadline.
+  connected is lost; once nats-py has subscribed again, the adapter says it is back
+  (``on_reconnect``) and its caller asks the workers for the results again.
 * Control: core NATS, subject ``<namespace>.control``, subscribed to by every worker (no
   queue group: each hears every message).
 """
@@ -196,7 +197,11 @@ class NatsAdapter(BrokerAdapter):
             self._outage.lost(ConnectionError("disconnected"))
 
     async def _reconnected(self) -> None:
+        # nats-py calls this once it has subscribed again and the server has answered a
+        # ping since: a reply sent from now on reaches this adapter.
         self._outage.back()
+        if not self._closing:
+            self._tell_reconnected()
 
     async def _ensure_stream(self) -> None:
         tasks = StreamConfig(

@@ -14,7 +14,10 @@
   A worker whose connection drops (it died) has its unacknowledged messages requeued by
   the broker at once.
 * Replies: one exclusive, auto-delete queue per caller (``<namespace>.reply.<caller>``),
-  gone with the caller's connection.
+  gone with the caller's connection: a reply sent while the caller reconnects is dropped.
+  aio-pika's robust connection declares the queue again and restores its consumer, then
+  calls its reconnect callbacks: the adapter tells its owner (``on_reconnect``), and the
+  caller asks the workers for the results again.
 * Dead letters: the durable classic queue ``<namespace>.dead``, a persistent message
   each, its ``message_id`` the dead letter's id. Listing takes every message without
   acknowledging it (``basic.get``) and puts them all back (``nack`` with requeue: they
@@ -87,7 +90,12 @@ class RabbitAdapter(BrokerAdapter):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self._broker = RabbitBroker(self.url.secret, logger=NO_LOGGER)
+        self._broker = RabbitBroker(
+            self.url.secret,
+            logger=NO_LOGGER,
+            # Called once the channels, their queues and consumers are restored.
+            on_reconnected=[lambda _connection: self._tell_reconnected()],
+        )
         self._declared: set[str] = set()
         self._subscribers: list[Any] = []
         self._replies: Any = None

@@ -19,7 +19,10 @@
 * Outages: once connected, every command that loses its connection reconnects and runs
   again (``_Reconnecting``) for up to ``RECONNECT_SECONDS``; FastStream's reading loops
   retry a failed read by themselves. What a restarted server still has depends on its
-  persistence (an append-only file keeps the streams, groups and pending entries).
+  persistence (an append-only file keeps the streams, groups and pending entries). The
+  first command that succeeds after an outage tells the adapter's owner
+  (``on_reconnect``): a reply stream read from its last id misses nothing the server kept,
+  but a server that lost its data lost the replies in it too.
 * Dead letters: the stream ``<namespace>.dead``, one entry (field ``letter``) each, its
   entry id the dead letter's id; a replay re-queues the entry and deletes it (XDEL).
 * Control: the pub/sub channel ``<namespace>.control``, subscribed to by every worker.
@@ -127,10 +130,11 @@ class _Reconnecting(Retry):
     ``connect`` at once. One instance is shared by the pool's connections (redis-py copies
     a policy into each connection; this one is not copied)."""
 
-    def __init__(self, outage: OutageLog) -> None:
+    def __init__(self, outage: OutageLog, reconnected: Callable[[], None]) -> None:
         super().__init__(NoBackoff(), 0)
         self.window = 0.0
         self.outage = outage
+        self.reconnected = reconnected
 
     def __deepcopy__(self, memo: dict[int, Any]) -> _Reconnecting:
         return self
@@ -160,6 +164,7 @@ class _Reconnecting(Retry):
             else:
                 if self.outage.down:
                     self.outage.back()
+                    self.reconnected()
                 return result
 
 
@@ -196,7 +201,7 @@ class RedisAdapter(BrokerAdapter):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self._retry = _Reconnecting(OutageLog(self.url.redacted))
+        self._retry = _Reconnecting(OutageLog(self.url.redacted), self._tell_reconnected)
         self._broker = RedisBroker(
             self.url.secret,
             logger=NO_LOGGER,

@@ -13,11 +13,19 @@ An attempt whose caller is cancelled (a cancelled ``gather``, a ``fail_fast`` st
 the workers on the control channel before the cancellation goes on: one ``CancelMessage``
 for all the attempts cancelled together, sent within ``CANCEL_SEND_TIMEOUT``. The worker
 running one cancels it; the others are skipped when they reach a worker.
+
+A reply can be lost on the way (a core NATS reply sent while its caller reconnects, a
+RabbitMQ reply queue gone with its connection, a Redis server that lost its data), and the
+task message is settled by then: nothing would run it again. Workers keep the results they
+sent lately, so the caller asks for them again (a ``ResendMessage`` on the control channel)
+when its broker connection comes back after a loss, and for any attempt that has heard
+nothing for ``resend_every`` seconds.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import math
 import os
@@ -45,6 +53,7 @@ from ._url import BrokerURL, parse_broker_url, query_secrets
 from ._wire import (
     CancelMessage,
     EventMessage,
+    ResendMessage,
     ResultMessage,
     TaskMessage,
     WireFormatError,
@@ -57,7 +66,7 @@ if TYPE_CHECKING:
 
     from .._envelope import EventSink, TaskEnvelope
 
-__all__ = ["CANCEL_SEND_TIMEOUT", "DEFAULT_REPLY_GRACE", "BrokerTransport"]
+__all__ = ["CANCEL_SEND_TIMEOUT", "DEFAULT_REPLY_GRACE", "DEFAULT_RESEND_EVERY", "BrokerTransport"]
 
 _log = logging.getLogger("murmur.distributed")
 
@@ -75,6 +84,17 @@ CANCEL_BATCH = 1000
 _COLLECT_SECONDS = 0.05
 #: ...and at most this long in all.
 _COLLECT_MAX = 0.5
+#: Seconds an attempt hears nothing (no event, no result) before its caller asks the
+#: workers to send its result again, in case it was lost (a worker that sent it lately
+#: still has it; see ``Worker``).
+DEFAULT_RESEND_EVERY = 60.0
+#: Correlation ids in one resend message, at most.
+RESEND_BATCH = 1000
+#: Seconds an attempt spends, at most, asking for results again.
+RESEND_SEND_TIMEOUT = 1.0
+
+#: What a waiting attempt hears: its replies, and when the broker connection came back.
+_Reply = ResultMessage | EventMessage | float
 
 
 def namespace_from_env() -> str:
@@ -94,6 +114,10 @@ class BrokerTransport(Transport):
         reply_grace: Seconds waited for a result past an attempt's deadline before the
             attempt is reported lost (``AgentTimeoutError``).
         connect_timeout: Seconds to reach the broker.
+        resend_every: Seconds an attempt may hear nothing from its worker before the
+            workers are asked to send its result again (in case the reply was lost; they
+            are asked at once when the broker connection comes back after a loss).
+            ``math.inf``: only then.
 
     Raises:
         ValueError: the URL is malformed or of an unknown scheme.
@@ -107,12 +131,20 @@ class BrokerTransport(Transport):
         namespace: str | None = None,
         reply_grace: float = DEFAULT_REPLY_GRACE,
         connect_timeout: float = DEFAULT_CONNECT_TIMEOUT,
+        resend_every: float = DEFAULT_RESEND_EVERY,
     ) -> None:
+        if (
+            isinstance(resend_every, bool)
+            or not isinstance(resend_every, (int, float))
+            or not resend_every > 0
+        ):
+            raise InvalidValueError(f"resend_every must be a number > 0, got {resend_every!r}")
         self.url: BrokerURL = parse_broker_url(broker)
         self._adapter_class = load_adapter(self.url)
         self.namespace = namespace or namespace_from_env()
         self.reply_grace = reply_grace
         self.connect_timeout = connect_timeout
+        self.resend_every = float(resend_every)
         #: This caller's identity on the broker (its reply channel is named after it).
         self.caller_id = uuid.uuid4().hex[:16]
         self._adapter: BrokerAdapter | None = None
@@ -121,7 +153,8 @@ class BrokerTransport(Transport):
         #: When the last connection attempt failed, and why.
         self._connect_failed: tuple[float, str] | None = None
         self._reply_to = ""
-        self._pending: dict[str, MemoryObjectSendStream[ResultMessage | EventMessage]] = {}
+        #: Each waiting attempt's replies, and (a float) when the connection came back.
+        self._pending: dict[str, MemoryObjectSendStream[_Reply]] = {}
         self._bridge: AsyncioBridge | None = None
         self._closed = False
         #: The attempts waiting for their replies (as ``_pending``), to revoke if cancelled.
@@ -161,7 +194,7 @@ class BrokerTransport(Transport):
         baseline = pending_cancellations()
         adapter = await self._connected()
         correlation_id = uuid.uuid4().hex
-        send, receive = anyio.create_memory_object_stream[ResultMessage | EventMessage](math.inf)
+        send, receive = anyio.create_memory_object_stream[_Reply](math.inf)
         self._pending[correlation_id] = send
         attempt = self._waiting[correlation_id] = _Attempt(correlation_id, envelope, baseline)
         sent = False
@@ -194,10 +227,24 @@ class BrokerTransport(Transport):
             wait = _until(envelope.deadline, self.reply_grace)
             with anyio.move_on_after(wait):
                 async with receive:
-                    async for reply in receive:
-                        if isinstance(reply, ResultMessage):
+                    while True:
+                        reply: _Reply | None = None
+                        with anyio.move_on_after(self.resend_every):
+                            try:
+                                reply = await receive.receive()
+                            except anyio.EndOfStream:
+                                break
+                        if reply is None:
+                            # Nothing for a while: its result may have been lost.
+                            quiet = time.monotonic() - self.resend_every / 2
+                            await self._ask_again(adapter, quiet)
+                        elif isinstance(reply, float):
+                            # The connection came back: replies may have been lost meanwhile.
+                            await self._ask_again(adapter, reply)
+                        elif isinstance(reply, ResultMessage):
                             return reply.result
-                        await events.emit(_with_worker(reply))
+                        else:
+                            await events.emit(_with_worker(reply))
                 if attempt.batch is not None:
                     # Revoked as cancelled, and yet not cancelled: its cancellation was lost
                     # on the way (a library swallowed it). Nothing will answer it now.
@@ -273,6 +320,45 @@ class BrokerTransport(Transport):
                 scrub(f"{type(exc).__name__}: {exc}", self.url),
             )
 
+    async def _ask_again(self, adapter: BrokerAdapter, since: float) -> None:
+        """Ask the workers to send again the results of the waiting attempts not asked
+        about since ``since`` (monotonic; an attempt counts as asked when it starts): one
+        message per ``RESEND_BATCH`` of them, within ``RESEND_SEND_TIMEOUT``. The attempt
+        that asks first asks for the others too; a failure is logged (the next ask will do).
+        """
+        now = time.monotonic()
+        ids = []
+        for attempt in self._waiting.values():
+            if attempt.batch is None and attempt.asked <= since:
+                attempt.asked = now
+                ids.append(attempt.correlation_id)
+        if not ids:
+            return
+        try:
+            with anyio.fail_after(RESEND_SEND_TIMEOUT):
+                for start in range(0, len(ids), RESEND_BATCH):
+                    message = ResendMessage(
+                        correlation_ids=tuple(ids[start : start + RESEND_BATCH]),
+                        reply_to=self._reply_to,
+                        caller=self.caller_id,
+                    )
+                    await adapter.publish_control(encode(message))
+        except Exception as exc:
+            _log.warning(
+                "could not ask the workers again for the results of %d task(s): %s",
+                len(ids),
+                scrub(f"{type(exc).__name__}: {exc}", self.url),
+            )
+
+    def _on_reconnect(self) -> None:
+        """The broker connection came back (on the home loop): every waiting attempt hears
+        when, and the first to wake asks for them all (``_ask_again``)."""
+        now = time.monotonic()
+        for send in self._pending.values():
+            # An attempt that stopped waiting (cancelled: telling the workers) needs none.
+            with contextlib.suppress(anyio.BrokenResourceError, anyio.ClosedResourceError):
+                send.send_nowait(now)
+
     def _on_reply(self, data: bytes) -> None:
         """Route one reply to the attempt awaiting it (runs on the home loop, never blocks)."""
         try:
@@ -322,6 +408,7 @@ class BrokerTransport(Transport):
                 with anyio.fail_after(self.connect_timeout):
                     await adapter.connect()
                     self._reply_to = await adapter.open_replies(self.caller_id, self._on_reply)
+                    adapter.on_reconnect(self._on_reconnect)
             except BaseException as exc:
                 # Cancelled midway too: what was opened (a subscriber's task) is closed.
                 with anyio.CancelScope(shield=True):
@@ -451,7 +538,7 @@ def _lost(envelope: TaskEnvelope, waited: float, grace: float) -> AgentResult[An
 class _Attempt:
     """An attempt waiting for its reply, as its revocation needs it."""
 
-    __slots__ = ("baseline", "batch", "correlation_id", "deadline", "task")
+    __slots__ = ("asked", "baseline", "batch", "correlation_id", "deadline", "task")
 
     def __init__(self, correlation_id: str, envelope: TaskEnvelope, baseline: int) -> None:
         self.correlation_id = correlation_id
@@ -461,6 +548,8 @@ class _Attempt:
         self.baseline = baseline
         #: The revocation it went into, if any.
         self.batch: _Revocation | None = None
+        #: When the workers were last asked for its result again (monotonic); its start.
+        self.asked = time.monotonic()
 
     def cancelling(self) -> bool:
         """Whether its task has been cancelled since (the cancellation yet to reach it)."""

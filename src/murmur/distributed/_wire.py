@@ -8,9 +8,10 @@ Replies go to a per-caller reply address, matched by correlation id: no broker's
 relied on (Kafka has none). A message of another version is refused, naming both.
 
 Workers also hear a per-namespace control channel (every worker, not one of them): a
-``CancelMessage`` revokes attempts by correlation id. It is read with ``decode_control``,
-which passes over control kinds this process does not know (a newer peer's), so a new kind
-needs no new wire version.
+``CancelMessage`` revokes attempts by correlation id, a ``ResendMessage`` asks for the
+results of attempts again (their replies may have been lost). It is read with
+``decode_control``, which passes over control kinds this process does not know (a newer
+peer's), so a new kind needs no new wire version.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ __all__ = [
     "WIRE_VERSION",
     "CancelMessage",
     "EventMessage",
+    "ResendMessage",
     "ResultMessage",
     "TaskMessage",
     "WireFormatError",
@@ -103,12 +105,34 @@ class CancelMessage(BaseModel):
     until: float | None = None
 
 
+class ResendMessage(BaseModel):
+    """On the control channel: a caller's replies may have been lost (its broker connection
+    dropped, or it has waited long). A worker that sent the result of one of these attempts
+    lately sends it again, to ``reply_to``; a worker running one replies when done anyway.
+    (Workers of before this message pass it over.)"""
+
+    model_config = ConfigDict(frozen=True)
+
+    version: int = WIRE_VERSION
+    kind: Literal["resend"] = "resend"
+    #: The attempts whose results the caller still waits for.
+    correlation_ids: tuple[str, ...] = Field(min_length=1)
+    #: The caller's reply address: only results sent there are sent again.
+    reply_to: str = Field(min_length=1)
+    #: The caller that asks.
+    caller: str = ""
+
+
 Message = Annotated[TaskMessage | ResultMessage | EventMessage, Field(discriminator="kind")]
 _messages: TypeAdapter[Message] = TypeAdapter(Message)
+Control = Annotated[CancelMessage | ResendMessage, Field(discriminator="kind")]
+_control: TypeAdapter[Control] = TypeAdapter(Control)
 _version_only: TypeAdapter[dict[str, Any]] = TypeAdapter(dict[str, Any])
 
 
-def encode(message: TaskMessage | ResultMessage | EventMessage | CancelMessage) -> bytes:
+def encode(
+    message: TaskMessage | ResultMessage | EventMessage | CancelMessage | ResendMessage,
+) -> bytes:
     """The message as UTF-8 JSON."""
     return message.model_dump_json().encode()
 
@@ -123,7 +147,7 @@ def decode(data: bytes | str) -> TaskMessage | ResultMessage | EventMessage:
     return _validated(_versioned(data), _messages)
 
 
-def decode_control(data: bytes | str) -> CancelMessage | None:
+def decode_control(data: bytes | str) -> CancelMessage | ResendMessage | None:
     """Parse a control-channel message; ``None`` for a kind this process does not know
     (a newer peer's: to be ignored).
 
@@ -132,12 +156,9 @@ def decode_control(data: bytes | str) -> CancelMessage | None:
         WireFormatError: it is not a Murmur wire message.
     """
     fields = _versioned(data)
-    if fields.get("kind") != "cancel":
+    if fields.get("kind") not in ("cancel", "resend"):
         return None
-    return _validated(fields, _cancel)
-
-
-_cancel: TypeAdapter[CancelMessage] = TypeAdapter(CancelMessage)
+    return _validated(fields, _control)
 
 
 def _versioned(data: bytes | str) -> dict[str, Any]:

@@ -8,7 +8,9 @@ registry, nothing is imported.
 
 A worker also hears the namespace's control channel: a ``CancelMessage`` (its caller gave
 up) cancels the attempts it names that run here, and the worker remembers the others for a
-while, acknowledging them without running them when they arrive.
+while, acknowledging them without running them when they arrive. A ``ResendMessage`` (its
+caller's replies may have been lost) has the worker send again the results it still keeps
+(the last ``SENT_MAX`` it sent, for ``SENT_TTL`` seconds, ``SENT_MAX_BYTES`` in all).
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import math
 import os
 import socket
 import sys
@@ -60,6 +63,7 @@ from ._transport import (
 from ._url import parse_broker_url
 from ._wire import (
     EventMessage,
+    ResendMessage,
     ResultMessage,
     TaskMessage,
     WireFormatError,
@@ -70,6 +74,8 @@ from ._wire import (
 )
 
 if TYPE_CHECKING:
+    from anyio.streams.memory import MemoryObjectSendStream
+
     from .._envelope import TaskEnvelope
 
 __all__ = ["DEFAULT_MAX_DELIVERIES", "Worker", "WorkerStats"]
@@ -83,6 +89,13 @@ _log = logging.getLogger("murmur.worker")
 REVOKED_MAX = 100_000
 #: Seconds a revoked attempt with no deadline is remembered.
 REVOKED_TTL = 3600.0
+#: Results a worker keeps after sending them, to send again if their caller asks (its
+#: broker connection dropped, and the reply with it): at most this many...
+SENT_MAX = 10_000
+#: ...for at most this many seconds...
+SENT_TTL = 600.0
+#: ...and at most this many bytes in all (the oldest are forgotten first).
+SENT_MAX_BYTES = 64 * 1024 * 1024
 
 
 @dataclass
@@ -104,6 +117,8 @@ class WorkerStats:
     returned: int = 0
     #: Tasks their caller cancelled: stopped mid-run, or skipped when they arrived.
     revoked: int = 0
+    #: Results sent again because their caller asked (its reply may have been lost).
+    resent: int = 0
 
     def rate(self) -> float:
         """Tasks finished per second since the worker started."""
@@ -118,6 +133,7 @@ class WorkerStats:
             "rejected": self.rejected,
             "returned": self.returned,
             "revoked": self.revoked,
+            "resent": self.resent,
             "per_agent": dict(self.per_agent),
         }
 
@@ -219,6 +235,9 @@ class Worker:
         self._running: dict[str, set[anyio.CancelScope]] = {}
         #: Attempts their callers cancelled, not to be run if they arrive.
         self._revoked = _Revoked()
+        #: The results sent lately, and those to send again (while consuming).
+        self._sent = _Sent()
+        self._resends: MemoryObjectSendStream[tuple[str, bytes]] | None = None
         self._state = "new"
 
     def __repr__(self) -> str:
@@ -388,8 +407,11 @@ class Worker:
                 await delivery.nack()  # stopping: leave it for another worker
 
         assert self._stop_requested is not None
+        resends, to_resend = anyio.create_memory_object_stream[tuple[str, bytes]](math.inf)
+        self._resends = resends
         await adapter.open_control(self._on_control)
         async with anyio.create_task_group() as slots:
+            slots.start_soon(self._resend, adapter, to_resend)
             for _ in range(self.concurrency):
                 slots.start_soon(self._slot, adapter, receive.clone())
             receive.close()
@@ -408,6 +430,7 @@ class Worker:
             # Closed first: a message waiting for a slot is put back (``take``) at once,
             # for another worker, rather than run here once a slot frees.
             send.close()  # the slots finish what they hold, then end
+            resends.close()
             await adapter.stop_consuming()
             slots.cancel_scope.deadline = anyio.current_time() + self.grace_seconds
 
@@ -430,11 +453,43 @@ class Worker:
         if message is None:
             _log.debug("worker %s: ignored a control message of a kind it does not know", self.name)
             return
+        if isinstance(message, ResendMessage):
+            self._resend_asked(message)
+            return
         until = message.until if message.until is not None else time.time() + REVOKED_TTL
         for correlation_id in message.correlation_ids:
             self._revoked.add(correlation_id, until)  # a copy may be on its way here too
             for scope in self._running.get(correlation_id, ()):
                 scope.cancel()
+
+    def _resend_asked(self, message: ResendMessage) -> None:
+        """A caller asks for results again: those this worker still keeps are queued to
+        send (to the address they were sent to, if it is the caller's)."""
+        resends = self._resends
+        if resends is None:
+            return
+        for correlation_id in message.correlation_ids:
+            data = self._sent.get(correlation_id, message.reply_to)
+            if data is not None:
+                try:
+                    resends.send_nowait((message.reply_to, data))
+                except (anyio.ClosedResourceError, anyio.BrokenResourceError):
+                    return  # stopping
+
+    async def _resend(self, adapter: BrokerAdapter, receive: Any) -> None:
+        async with receive:
+            async for address, data in receive:
+                try:
+                    await adapter.publish_reply(address, data)
+                except Exception:
+                    _log.warning(
+                        "worker %s: could not send a result again to %s",
+                        self.name,
+                        address,
+                        exc_info=True,
+                    )
+                else:
+                    self.stats.resent += 1
 
     async def _slot(self, adapter: BrokerAdapter, receive: Any) -> None:
         async with receive:
@@ -522,6 +577,9 @@ class Worker:
             raise
         stats.in_flight -= 1
         stats.per_agent[envelope.agent] += 1
+        # Kept first: a caller that missed the reply asks for it again (even if this send
+        # fails; the ack will then most likely fail too, and the task run again).
+        self._sent.add(correlation_id, message.reply_to, data)
         try:
             await adapter.publish_reply(message.reply_to, data)
         except Exception:
@@ -584,7 +642,8 @@ class Worker:
             _log.exception("worker %s: could not read a dead letter's caller", self.name)
             reply = None
         if reply is not None:
-            address, result = reply
+            address, correlation_id, result = reply
+            self._sent.add(correlation_id, address, result)
             await _quietly(adapter.publish_reply(address, result))
         await _quietly(delivery.ack())
 
@@ -645,6 +704,46 @@ class _Revoked:
         return until is not None and until > time.time()
 
 
+class _Sent:
+    """The results a worker sent lately, as sent, by correlation id, with where they went:
+    at most ``SENT_MAX`` of them, ``SENT_MAX_BYTES`` in all, none older than ``SENT_TTL``
+    seconds (the oldest out first)."""
+
+    __slots__ = ("_entries", "_size")
+
+    def __init__(self) -> None:
+        self._entries: OrderedDict[str, tuple[str, bytes, float]] = OrderedDict()
+        self._size = 0
+
+    def add(self, correlation_id: str, address: str, data: bytes) -> None:
+        entries = self._entries
+        old = entries.pop(correlation_id, None)
+        if old is not None:
+            self._size -= len(old[1])
+        entries[correlation_id] = (address, data, time.monotonic())
+        self._size += len(data)
+        self._trim()
+
+    def get(self, correlation_id: str, address: str) -> bytes | None:
+        """The result sent for ``correlation_id``, if it is kept and went to ``address``."""
+        self._trim()
+        entry = self._entries.get(correlation_id)
+        if entry is None or entry[0] != address:
+            return None
+        return entry[1]
+
+    def _trim(self) -> None:
+        entries = self._entries
+        old = time.monotonic() - SENT_TTL
+        while entries and (
+            len(entries) > SENT_MAX
+            or self._size > SENT_MAX_BYTES
+            or next(iter(entries.values()))[2] <= old
+        ):
+            _, (_, data, _) = entries.popitem(last=False)
+            self._size -= len(data)
+
+
 class _HomeEmitter:
     """The worker's emitter, reached from its loop (back home under Trio)."""
 
@@ -699,10 +798,10 @@ def _encoded_result(
     return encode(reply), unsendable
 
 
-def _dead_letter_reply(data: bytes, letter: DeadLetter) -> tuple[str, bytes] | None:
-    """The caller's reply address and a ``DeadLetteredError`` result for a dead-lettered
-    message, read leniently (whatever else is wrong with it); ``None`` if it names no
-    caller."""
+def _dead_letter_reply(data: bytes, letter: DeadLetter) -> tuple[str, str, bytes] | None:
+    """The caller's reply address, the correlation id and a ``DeadLetteredError`` result
+    for a dead-lettered message, read leniently (whatever else is wrong with it); ``None``
+    if it names no caller."""
     try:
         fields = json.loads(data)
     except (ValueError, RecursionError):  # not JSON, or nested past what Python parses
@@ -729,7 +828,7 @@ def _dead_letter_reply(data: bytes, letter: DeadLetter) -> tuple[str, bytes] | N
     )
     result = AgentResult._build(None, error, ZERO_USAGE, attempt, 0.0, task_id, agent)
     reply = ResultMessage(result=result, worker=letter.worker, correlation_id=correlation_id)
-    return reply_to, encode(reply)
+    return reply_to, correlation_id, encode(reply)
 
 
 def _expired(envelope: TaskEnvelope) -> AgentResult[Any]:
