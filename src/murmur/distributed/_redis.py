@@ -68,6 +68,9 @@ COMMAND_SLOTS = 64
 REPLY_MAXLEN = 100_000
 REPLY_TTL_SECONDS = 3600
 _MAX_CONNECTIONS = 2**16
+#: The field of a stream entry holding the message's bytes as they are (FastStream's
+#: own publish wraps them in an envelope of headers, which nothing here reads).
+BODY = b"m"
 #: Entries a caller reads from its reply stream at once, at most.
 BATCH_RECORDS = 1000
 #: Most seconds between a consuming worker's claims of idle entries.
@@ -279,7 +282,7 @@ class RedisAdapter(BrokerAdapter):
                 await self._ensure_group(stream)
             async with self._client.pipeline(transaction=False) as pipe:
                 for stream, data in tasks:
-                    await self._broker.publish(data, stream=stream, pipeline=pipe)
+                    pipe.xadd(stream, {BODY: data})
                 await pipe.execute()
 
     async def open_replies(self, caller: str, handler: ReplyHandler) -> str:
@@ -309,7 +312,7 @@ class RedisAdapter(BrokerAdapter):
             # a reply that arrives after its caller closed (and deleted the stream) does
             # not leave the stream behind for good.
             for address, data in replies:
-                await self._broker.publish(data, stream=address, maxlen=REPLY_MAXLEN, pipeline=pipe)
+                pipe.xadd(address, {BODY: data}, maxlen=REPLY_MAXLEN, approximate=True)
             for address in {address for address, _ in replies}:
                 pipe.expire(address, REPLY_TTL_SECONDS)
             await pipe.execute()
@@ -420,7 +423,7 @@ class RedisAdapter(BrokerAdapter):
     ) -> str:
         """One sweep of ``stream``'s pending entries from ``cursor``; the cursor to go on
         from (``0-0``: swept to the end)."""
-        parse = self._broker.message_format.parse
+        message_format = self._broker.message_format
         while self._claim_on and (room := prefetch - len(self._held)) > 0:
             found, claimed = await self._run_script(
                 "claim", stream, self._consumer, idle_ms, cursor, room
@@ -428,7 +431,7 @@ class RedisAdapter(BrokerAdapter):
             cursor = found.decode() if isinstance(found, bytes) else str(found)
             for entry, flat, deliveries in claimed:
                 fields = dict(zip(flat[::2], flat[1::2], strict=True))
-                body = parse(fields.get(bDATA_KEY, b""))[0]
+                body = _body(fields, message_format)
                 await hand_over(handler, body, _RedisDelivery(self, stream, entry, int(deliveries)))
             if cursor == "0-0":
                 break
@@ -484,8 +487,16 @@ async def _unparsed(raw: Any, original: Any = None) -> StreamMessage[Any]:
 
 def _bodies(raw: Any, message_format: Any) -> list[bytes]:
     """The message bodies of a batch of stream entries, as they were published."""
-    parse = message_format.parse
-    return [parse(fields.get(bDATA_KEY, b""))[0] for fields in raw["data"]]
+    return [_body(fields, message_format) for fields in raw["data"]]
+
+
+def _body(fields: dict[bytes, bytes], message_format: Any) -> bytes:
+    """The message body of one stream entry: its ``BODY`` field, or (an entry published
+    through FastStream, as Murmur did before) FastStream's envelope, unwrapped."""
+    body = fields.get(BODY)
+    if body is None:
+        body = message_format.parse(fields.get(bDATA_KEY, b""))[0]
+    return body
 
 
 async def _cancelled(task: asyncio.Task[None] | None) -> None:
