@@ -5,8 +5,12 @@
   a worker acknowledges it. Whichever side connects first creates the stream, so tasks
   published before any worker started wait in it. Each agent has one durable pull
   consumer (named after the agent, filtered on its subject, delivering from the start)
-  that every worker shares: competing consumers. A worker pulls one message at a time
-  (answered as soon as one is there), so it never holds more than its slots plus one.
+  that every worker shares: competing consumers. The worker pulls with nats-py itself
+  (FastStream's pull subscriber fetches a fixed batch, and a batch pull waits for the
+  whole batch or its timeout): one message at a time while idle (answered as soon as one
+  is stored), and while tasks come, as many as it has free slots for in one no-wait pull
+  (a pull that finds fewer waits ``BUSY_PULL_TIMEOUT`` for the rest, then the worker goes
+  back to one at a time). It never holds more tasks than its slots.
 * A message is acknowledged only once its result is published; until then the worker
   tells the server it is still working on it (every third of the consumer's ack wait),
   so a long task is not handed to another worker, while a dead worker's messages come
@@ -15,7 +19,7 @@
   ``nack`` makes the message deliverable again at once.
 * A delivered message's count of deliveries is JetStream's own (``num_delivered``).
 * Replies: core NATS, subject ``<namespace>.reply.<caller>`` (nothing stored: the caller
-  listens before it publishes its first task).
+  listens before it publishes its first task), read with a plain nats-py subscription.
 * Dead letters: the JetStream stream ``<namespace>-dead`` (sanitised, limits retention,
   subject ``<namespace>.dead``), created with the task stream; a dead letter's id is its
   stream sequence number, and a replay re-queues it and deletes that message.
@@ -32,11 +36,11 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Sequence
 from typing import Any
 
-from faststream import AckPolicy
-from faststream.nats import JStream, NatsBroker, PullSub
+from faststream.nats import NatsBroker
 from nats.errors import ConnectionReconnectingError, NoRespondersError
 from nats.errors import TimeoutError as NatsTimeoutError
 from nats.js.api import (
@@ -60,7 +64,7 @@ from ._adapter import (
     TaskHandler,
     safe_name,
 )
-from ._faststream import MESSAGE, hand_over, raw_body
+from ._faststream import hand_over, raw_body
 from ._outage import RECONNECT_SECONDS, OutageLog, backoff
 
 __all__ = ["PROGRESS_SHARE", "NatsAdapter"]
@@ -71,6 +75,9 @@ PROGRESS_SHARE = 1 / 3
 #: Seconds one pull request waits on the server (a task arriving meanwhile is answered
 #: at once); the subscriber then asks again.
 PULL_TIMEOUT = 5.0
+#: Seconds a pull for several tasks, made while tasks come, waits for more than the
+#: server has at once (then the worker pulls one at a time again).
+BUSY_PULL_TIMEOUT = 0.05
 #: JetStream's error code for "stream name already in use with a different configuration".
 _STREAM_EXISTS = 10058
 #: Seconds between two attempts to reach a server that went away.
@@ -86,32 +93,24 @@ _NOT_STORED = (
 
 
 class _NatsDelivery:
-    __slots__ = ("_adapter", "_message", "_progress", "deliveries")
+    __slots__ = ("_adapter", "_message", "deliveries")
 
     def __init__(self, adapter: NatsAdapter, message: Any) -> None:
         self._adapter = adapter
+        #: nats-py's message.
         self._message = message
         #: How many times delivered (see ``Delivery.deliveries``): JetStream counts them.
-        self.deliveries = _num_delivered(message.raw_message)
-        self._progress = asyncio.get_running_loop().create_task(self._keep_alive())
+        self.deliveries = _num_delivered(message)
         adapter._held.add(self)
-
-    async def _keep_alive(self) -> None:
-        while True:
-            await asyncio.sleep(self._adapter._progress_every)
-            try:
-                await self._message.in_progress()
-            except Exception:
-                return  # disconnected: the server redelivers it after the ack wait
 
     @property
     def channel(self) -> str:
-        subject: str = self._message.raw_message.subject
+        subject: str = self._message.subject
         return subject
 
     def _settled(self) -> None:
-        self._progress.cancel()
         self._adapter._held.discard(self)
+        self._adapter._room.set()
 
     async def ack(self) -> None:
         self._settled()
@@ -119,7 +118,7 @@ class _NatsDelivery:
 
     async def nack(self) -> None:
         self._settled()
-        await self._message.nack()
+        await self._message.nak()
 
 
 class _FirstConnection:
@@ -165,10 +164,15 @@ class NatsAdapter(BrokerAdapter):
             logger=NO_LOGGER,
         )
         self._client: Any = None
-        self._subscribers: list[Any] = []
+        self._jetstream: Any = None
         self._replies: Any = None
         self._control: Any = None
         self._held: set[_NatsDelivery] = set()
+        #: Set when a held message is settled (a puller waiting for room goes on).
+        self._room = asyncio.Event()
+        self._pulling: list[asyncio.Task[None]] = []
+        self._subscriptions: list[Any] = []
+        self._keeping: asyncio.Task[None] | None = None
         self._progress_every = self.redeliver_after * PROGRESS_SHARE
         self._closing = False
 
@@ -189,6 +193,7 @@ class NatsAdapter(BrokerAdapter):
     async def connect(self) -> None:
         await self._broker.start()
         self._client = await self._broker.connect()
+        self._jetstream = self._client.jetstream()
         self._first_connection.made = True
         await self._ensure_stream()
 
@@ -230,12 +235,17 @@ class NatsAdapter(BrokerAdapter):
             await self.stop_consuming()
             replies, self._replies = self._replies, None
             if replies is not None:
-                await replies.stop()
+                with contextlib.suppress(Exception):
+                    await replies.unsubscribe()
             control, self._control = self._control, None
             if control is not None:
                 await control.stop()
-            for delivery in list(self._held):
-                delivery._settled()  # unsettled: redelivered after the ack wait
+            keeping, self._keeping = self._keeping, None
+            if keeping is not None:
+                keeping.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await keeping
+            self._held.clear()  # unsettled: redelivered after the ack wait
         finally:
             try:
                 await self._broker.stop()
@@ -260,9 +270,10 @@ class NatsAdapter(BrokerAdapter):
         loop = asyncio.get_running_loop()
         give_up = loop.time() + RECONNECT_SECONDS
         failures = 0
+        jetstream = self._jetstream
         while True:
             try:
-                await self._broker.publish(data, self.task_channel(agent), stream=self.stream)
+                await jetstream.publish(self.task_channel(agent), data, stream=self.stream)
             except _NOT_STORED as exc:
                 failures += 1
                 if loop.time() >= give_up:
@@ -275,56 +286,97 @@ class NatsAdapter(BrokerAdapter):
     async def open_replies(self, caller: str, handler: ReplyHandler) -> str:
         subject = self.reply_channel(caller)
 
-        async def on_reply(body: Any) -> None:
-            handler(body)
+        async def on_reply(message: Any) -> None:
+            handler(message.data)
 
-        subscriber = self._broker.subscriber(subject, no_reply=True, decoder=raw_body)
-        subscriber(on_reply)
-        await subscriber.start()
-        self._replies = subscriber
+        # nats-py's own subscription: a reply is handed over as it comes, with none of a
+        # FastStream subscriber's work per message (nothing to decode, ack or answer).
+        self._replies = await self._client.subscribe(subject, cb=on_reply, pending_msgs_limit=-1)
+        await self._client.flush()  # subscribed on the server before the first task goes
         return subject
 
     async def publish_reply(self, address: str, data: bytes) -> None:
-        await self._broker.publish(data, address)
+        await self._client.publish(address, data)
 
     async def consume(
         self, agents: Sequence[str], handler: TaskHandler, *, prefetch: int, consumer: str
     ) -> None:
-        async def on_task(body: Any, message: Any = MESSAGE) -> None:
-            await hand_over(handler, body, _NatsDelivery(self, message))
-
-        stream = JStream(self.stream, declare=False)
+        jetstream = self._client.jetstream()
+        loop = asyncio.get_running_loop()
         for agent in agents:
             durable = self.consumer_name(agent)
-            subscriber = self._broker.subscriber(
+            subscription = await jetstream.pull_subscribe(
                 self.task_channel(agent),
-                stream=stream,
                 durable=durable,
-                # One message per pull: a pull for more waits for all of them (or the
-                # timeout), which would hold back a lone task.
-                pull_sub=PullSub(batch_size=1, timeout=PULL_TIMEOUT),
+                stream=self.stream,
                 config=ConsumerConfig(
                     durable_name=durable,
                     ack_policy=JsAckPolicy.EXPLICIT,
                     ack_wait=self.redeliver_after,
                     deliver_policy=DeliverPolicy.ALL,
                 ),
-                ack_policy=AckPolicy.MANUAL,
-                no_reply=True,
-                decoder=raw_body,
             )
-            subscriber(on_task)
-            await subscriber.start()
-            self._subscribers.append(subscriber)
+            self._subscriptions.append(subscription)
+            self._pulling.append(loop.create_task(self._pull(subscription, handler, prefetch)))
             # A consumer another worker created keeps its ack wait: signal within it.
-            info = await self._client.jetstream().consumer_info(self.stream, durable)
+            info = await jetstream.consumer_info(self.stream, durable)
             ack_wait = info.config.ack_wait or self.redeliver_after
             self._progress_every = min(self._progress_every, ack_wait * PROGRESS_SHARE)
+        if self._keeping is None:
+            self._keeping = loop.create_task(self._keep_alive())
+
+    async def _pull(self, subscription: Any, handler: TaskHandler, prefetch: int) -> None:
+        """Pull tasks while there is room: when idle, one at a time (a lone task is
+        answered as soon as it is stored); while tasks come, as many as there is room for
+        in one request (JetStream's no-wait pull answers at once with what it has)."""
+        busy = False
+        while True:
+            room = prefetch - len(self._held)
+            if room <= 0:
+                self._room.clear()
+                await self._room.wait()
+                continue
+            try:
+                if busy and room > 1:
+                    messages = await subscription.fetch(room, timeout=BUSY_PULL_TIMEOUT)
+                else:
+                    messages = await subscription.fetch(1, timeout=PULL_TIMEOUT)
+            except (TimeoutError, NatsTimeoutError):
+                busy = False
+                continue
+            except Exception as exc:
+                # Disconnected (nats-py reconnects) or the consumer is gone: again soon.
+                busy = False
+                self._outage.lost(exc)
+                await asyncio.sleep(RECONNECT_WAIT)
+                continue
+            busy = True
+            for message in messages:
+                await hand_over(handler, message.data, _NatsDelivery(self, message))
+
+    async def _keep_alive(self) -> None:
+        """Tell the server, for each task this worker holds, that it is still working on
+        it (every third of the ack wait), so a long task is not handed to another worker.
+        A signal that fails (a connection blip) is sent again on the next round."""
+        while True:
+            await asyncio.sleep(self._progress_every)
+            for delivery in list(self._held):
+                try:
+                    await delivery._message.in_progress()
+                except Exception as exc:
+                    self._outage.lost(exc)
 
     async def stop_consuming(self) -> None:
-        subscribers, self._subscribers = self._subscribers, []
-        for subscriber in subscribers:
-            await subscriber.stop()
+        pulling, self._pulling = self._pulling, []
+        for task in pulling:
+            task.cancel()
+        for task in pulling:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        subscriptions, self._subscriptions = self._subscriptions, []
+        for subscription in subscriptions:
+            with contextlib.suppress(Exception):  # the connection is gone: so is it
+                await subscription.unsubscribe()
 
     async def publish_dead_letter(self, letter: DeadLetter) -> None:
         await self._client.jetstream().publish(

@@ -37,6 +37,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, TypeVar
 
 from faststream import AckPolicy
+from faststream.message import StreamMessage
 from faststream.redis import RedisBroker, StreamSub
 from faststream.redis.message import bDATA_KEY
 from redis.asyncio.retry import Retry
@@ -54,6 +55,7 @@ from ._adapter import (
 from ._faststream import MESSAGE as _MESSAGE
 from ._faststream import hand_over
 from ._faststream import raw_body as _raw_body
+from ._group import GroupCommit
 from ._outage import RECONNECT_SECONDS, OutageLog, backoff
 
 __all__ = ["RedisAdapter"]
@@ -69,6 +71,11 @@ COMMAND_SLOTS = 64
 REPLY_MAXLEN = 100_000
 REPLY_TTL_SECONDS = 3600
 _MAX_CONNECTIONS = 2**16
+#: The field of a stream entry holding the message's bytes as they are (FastStream's
+#: own publish wraps them in an envelope of headers, which nothing here reads).
+BODY = b"m"
+#: Entries a caller reads from its reply stream at once, at most.
+BATCH_RECORDS = 1000
 #: Most seconds between a consuming worker's claims of idle entries.
 CLAIM_EVERY = 1.0
 #: The pseudo-consumer a nacked entry is handed to, idle for ``RELEASED_IDLE_MS``: no
@@ -188,8 +195,7 @@ class _RedisDelivery:
     async def ack(self) -> None:
         adapter = self._adapter
         adapter._held.discard(self)
-        async with adapter._slots:
-            await adapter._client.xack(self._stream, adapter.group, self._entry)
+        await adapter._acks.write((self._stream, self._entry))
 
     async def nack(self) -> None:
         self._adapter._held.discard(self)
@@ -226,6 +232,10 @@ class RedisAdapter(BrokerAdapter):
         self._claim_on = self._touch_on = False
         self._scripts: dict[str, Any] = {}
         self._control: Any = None
+        # Writes made together go together: one pipeline (one round trip) per batch.
+        self._tasks: GroupCommit[tuple[str, bytes]] = GroupCommit(self._publish_tasks)
+        self._replies_out: GroupCommit[tuple[str, bytes]] = GroupCommit(self._publish_replies)
+        self._acks: GroupCommit[tuple[str, bytes]] = GroupCommit(self._ack_entries)
 
     @property
     def group(self) -> str:
@@ -269,41 +279,68 @@ class RedisAdapter(BrokerAdapter):
         self._groups.add(stream)
 
     async def publish_task(self, agent: str, data: bytes) -> None:
-        stream = self.task_channel(agent)
+        await self._tasks.write((self.task_channel(agent), data))
+
+    async def _publish_tasks(self, tasks: Sequence[tuple[str, bytes]]) -> None:
         async with self._slots:
-            await self._ensure_group(stream)
-            await self._broker.publish(data, stream=stream)
+            for stream in {stream for stream, _ in tasks} - self._groups:
+                await self._ensure_group(stream)
+            async with self._client.pipeline(transaction=False) as pipe:
+                for stream, data in tasks:
+                    pipe.xadd(stream, {BODY: data})
+                await pipe.execute()
 
     async def open_replies(self, caller: str, handler: ReplyHandler) -> str:
         stream = self.reply_channel(caller)
 
-        async def on_reply(body: Any) -> None:
-            handler(body)
+        async def on_replies(body: Any, message: Any = _MESSAGE) -> None:
+            for data in _bodies(message.raw_message, self._broker.message_format):
+                handler(data)
 
         subscriber = self._broker.subscriber(
-            stream=StreamSub(stream, last_id="0-0"), no_reply=True, decoder=_raw_body
+            stream=StreamSub(stream, last_id="0-0", batch=True, max_records=BATCH_RECORDS),
+            no_reply=True,
+            parser=_unparsed,
+            decoder=_raw_body,
         )
-        subscriber(on_reply)
+        subscriber(on_replies)
         await subscriber.start()
         self._replies, self._reply_stream = subscriber, stream
         return stream
 
     async def publish_reply(self, address: str, data: bytes) -> None:
+        await self._replies_out.write((address, data))
+
+    async def _publish_replies(self, replies: Sequence[tuple[str, bytes]]) -> None:
         async with self._slots, self._client.pipeline(transaction=False) as pipe:
-            # One round trip: the reply, a cap on the stream's length, and an expiry, so a
-            # reply that arrives after its caller closed (and deleted the stream) does not
-            # leave the stream behind for good.
-            await self._broker.publish(data, stream=address, maxlen=REPLY_MAXLEN, pipeline=pipe)
-            pipe.expire(address, REPLY_TTL_SECONDS)
+            # One round trip: the replies, a cap on each stream's length, and an expiry, so
+            # a reply that arrives after its caller closed (and deleted the stream) does
+            # not leave the stream behind for good.
+            for address, data in replies:
+                pipe.xadd(address, {BODY: data}, maxlen=REPLY_MAXLEN, approximate=True)
+            for address in {address for address, _ in replies}:
+                pipe.expire(address, REPLY_TTL_SECONDS)
+            await pipe.execute()
+
+    async def _ack_entries(self, entries: Sequence[tuple[str, bytes]]) -> None:
+        by_stream: dict[str, list[bytes]] = {}
+        for stream, entry in entries:
+            by_stream.setdefault(stream, []).append(entry)
+        async with self._slots, self._client.pipeline(transaction=False) as pipe:
+            for stream, ids in by_stream.items():
+                pipe.xack(stream, self.group, *ids)
             await pipe.execute()
 
     async def consume(
         self, agents: Sequence[str], handler: TaskHandler, *, prefetch: int, consumer: str
     ) -> None:
-        async def on_task(body: Any, message: Any = _MESSAGE) -> None:
+        message_format = self._broker.message_format
+
+        async def on_tasks(body: Any, message: Any = _MESSAGE) -> None:
             raw = message.raw_message
-            delivery = _RedisDelivery(self, raw["channel"], raw["message_ids"][0])
-            await hand_over(handler, body, delivery)
+            stream = raw["channel"]
+            for entry, data in zip(raw["message_ids"], _bodies(raw, message_format), strict=True):
+                await hand_over(handler, data, _RedisDelivery(self, stream, entry))
 
         self._consumer = consumer
         for agent in agents:
@@ -311,12 +348,15 @@ class RedisAdapter(BrokerAdapter):
             await self._ensure_group(stream)
             self._streams.append(stream)
             subscriber = self._broker.subscriber(
-                stream=StreamSub(stream, group=self.group, consumer=consumer, max_records=prefetch),
+                stream=StreamSub(
+                    stream, group=self.group, consumer=consumer, batch=True, max_records=prefetch
+                ),
                 ack_policy=AckPolicy.MANUAL,
                 no_reply=True,
+                parser=_unparsed,
                 decoder=_raw_body,
             )
-            subscriber(on_task)
+            subscriber(on_tasks)
             await subscriber.start()
             self._subscribers.append(subscriber)
         loop = asyncio.get_running_loop()
@@ -388,7 +428,7 @@ class RedisAdapter(BrokerAdapter):
     ) -> str:
         """One sweep of ``stream``'s pending entries from ``cursor``; the cursor to go on
         from (``0-0``: swept to the end)."""
-        parse = self._broker.message_format.parse
+        message_format = self._broker.message_format
         while self._claim_on and (room := prefetch - len(self._held)) > 0:
             found, claimed = await self._run_script(
                 "claim", stream, self._consumer, idle_ms, cursor, room
@@ -396,7 +436,7 @@ class RedisAdapter(BrokerAdapter):
             cursor = found.decode() if isinstance(found, bytes) else str(found)
             for entry, flat, deliveries in claimed:
                 fields = dict(zip(flat[::2], flat[1::2], strict=True))
-                body = parse(fields.get(bDATA_KEY, b""))[0]
+                body = _body(fields, message_format)
                 await hand_over(handler, body, _RedisDelivery(self, stream, entry, int(deliveries)))
             if cursor == "0-0":
                 break
@@ -442,6 +482,26 @@ class RedisAdapter(BrokerAdapter):
         subscriber(on_control)
         await subscriber.start()
         self._control = subscriber
+
+
+async def _unparsed(raw: Any, original: Any = None) -> StreamMessage[Any]:
+    """FastStream's parser of a batch, replaced: the entries are read by ``_bodies`` (its
+    own would decode every body as JSON and encode the list again)."""
+    return StreamMessage(raw_message=raw, body=b"", correlation_id="-")
+
+
+def _bodies(raw: Any, message_format: Any) -> list[bytes]:
+    """The message bodies of a batch of stream entries, as they were published."""
+    return [_body(fields, message_format) for fields in raw["data"]]
+
+
+def _body(fields: dict[bytes, bytes], message_format: Any) -> bytes:
+    """The message body of one stream entry: its ``BODY`` field, or (an entry published
+    through FastStream, as Murmur did before) FastStream's envelope, unwrapped."""
+    body = fields.get(BODY)
+    if body is None:
+        body = message_format.parse(fields.get(bDATA_KEY, b""))[0]
+    return body
 
 
 async def _cancelled(task: asyncio.Task[None] | None) -> None:

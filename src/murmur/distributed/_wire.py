@@ -42,7 +42,7 @@ __all__ = [
 _T = TypeVar("_T")
 
 #: Bumped on any change an older peer could misread.
-WIRE_VERSION = 1
+WIRE_VERSION: Literal[1] = 1
 
 
 class WireFormatError(InvalidValueError):
@@ -56,7 +56,7 @@ class WireVersionError(WireFormatError):
 class _Message(BaseModel):
     model_config = ConfigDict(frozen=True)
 
-    version: int = WIRE_VERSION
+    version: Literal[1] = WIRE_VERSION
     #: Matches a reply to the attempt it answers.
     correlation_id: str = Field(min_length=1)
 
@@ -93,7 +93,7 @@ class CancelMessage(BaseModel):
 
     model_config = ConfigDict(frozen=True)
 
-    version: int = WIRE_VERSION
+    version: Literal[1] = WIRE_VERSION
     kind: Literal["cancel"] = "cancel"
     #: The revoked attempts (one message for all those cancelled together).
     correlation_ids: tuple[str, ...] = Field(min_length=1)
@@ -144,6 +144,10 @@ def decode(data: bytes | str) -> TaskMessage | ResultMessage | EventMessage:
         WireVersionError: it is of another wire version.
         WireFormatError: it is not a Murmur wire message.
     """
+    try:
+        return _messages.validate_json(data)  # the usual case: one pass over the bytes
+    except ValidationError:
+        pass  # said precisely below: another version, or what is wrong with it
     return _validated(_versioned(data), _messages)
 
 

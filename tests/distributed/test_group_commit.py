@@ -1,0 +1,140 @@
+"""Group commit: writes made together are flushed together, none is lost or left waiting.
+
+``GroupCommit`` lives on the adapters' asyncio loop (under Trio too: the broker I/O runs on
+the runtime's helper asyncio loop), so these tests drive it with asyncio directly; the
+contract tests cover it end to end on both backends.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+
+import pytest
+
+from murmur.distributed._group import GroupCommit
+
+
+class Store:
+    """A flush that records its batches and can be held open or made to fail."""
+
+    def __init__(self) -> None:
+        self.batches: list[list[int]] = []
+        self.entered = asyncio.Event()
+        self.gate: asyncio.Event | None = None
+        #: A batch holding this item fails.
+        self.poison: int | None = None
+
+    async def flush(self, items: Sequence[int]) -> None:
+        self.entered.set()
+        if self.gate is not None:
+            gate, self.gate = self.gate, None
+            await gate.wait()
+        if self.poison in items:
+            raise ConnectionError(f"down at {self.poison}")
+        self.batches.append(list(items))
+
+
+def test_a_lone_write_is_flushed_at_once_and_alone() -> None:
+    async def main() -> None:
+        store = Store()
+        group = GroupCommit(store.flush)
+        await group.write(1)
+        await group.write(2)
+        assert store.batches == [[1], [2]]
+
+    asyncio.run(main())
+
+
+def test_writes_queued_during_a_flush_go_together_in_order() -> None:
+    async def main() -> None:
+        store = Store()
+        group = GroupCommit(store.flush, limit=3)
+        store.gate = gate = asyncio.Event()
+        first = asyncio.ensure_future(group.write(0))
+        await store.entered.wait()
+        rest = [asyncio.ensure_future(group.write(i)) for i in range(1, 6)]
+        await asyncio.sleep(0)  # the others queue behind the held flush
+        gate.set()
+        await asyncio.gather(first, *rest)
+        assert store.batches == [[0], [1, 2, 3], [4, 5]]
+
+    asyncio.run(main())
+
+
+def test_a_failed_flush_fails_every_write_of_its_batch_and_no_other() -> None:
+    async def main() -> None:
+        store = Store()
+        group = GroupCommit(store.flush)
+        store.gate = gate = asyncio.Event()
+        store.poison = 2
+        first = asyncio.ensure_future(group.write(0))
+        await store.entered.wait()
+        batch = [asyncio.ensure_future(group.write(i)) for i in (1, 2)]
+        await asyncio.sleep(0)
+        gate.set()
+        outcomes = await asyncio.gather(first, *batch, return_exceptions=True)
+        assert outcomes[0] is None
+        assert [str(outcome) for outcome in outcomes[1:]] == ["down at 2", "down at 2"]
+        await group.write(3)  # the group goes on
+        assert store.batches == [[0], [3]]
+
+    asyncio.run(main())
+
+
+def test_a_write_cancelled_while_queued_is_never_flushed() -> None:
+    async def main() -> None:
+        store = Store()
+        group = GroupCommit(store.flush)
+        store.gate = gate = asyncio.Event()
+        first = asyncio.ensure_future(group.write(0))
+        await store.entered.wait()
+        cancelled = asyncio.ensure_future(group.write(1))
+        kept = asyncio.ensure_future(group.write(2))
+        await asyncio.sleep(0)
+        cancelled.cancel()
+        await asyncio.sleep(0)
+        gate.set()
+        await asyncio.gather(first, kept)
+        assert cancelled.cancelled()
+        assert store.batches == [[0], [2]]
+
+    asyncio.run(main())
+
+
+def test_a_flushing_writer_cancelled_hands_the_duty_on() -> None:
+    async def main() -> None:
+        store = Store()
+        group = GroupCommit(store.flush)
+        store.gate = asyncio.Event()  # never set: the first flush hangs until cancelled
+        leader = asyncio.ensure_future(group.write(0))
+        await store.entered.wait()
+        waiting = [asyncio.ensure_future(group.write(i)) for i in (1, 2)]
+        await asyncio.sleep(0)
+        leader.cancel()
+        await asyncio.wait_for(asyncio.gather(*waiting), timeout=5)
+        assert store.batches == [[1, 2]]
+        with pytest.raises(asyncio.CancelledError):
+            await leader
+
+    asyncio.run(main())
+
+
+def test_the_next_leader_cancelled_with_everyone_else_leaves_no_one_stuck() -> None:
+    async def main() -> None:
+        store = Store()
+        group = GroupCommit(store.flush)
+        store.gate = gate = asyncio.Event()
+        leader = asyncio.ensure_future(group.write(0))
+        await store.entered.wait()
+        waiting = [asyncio.ensure_future(group.write(i)) for i in range(1, 50)]
+        await asyncio.sleep(0)
+        for task in waiting:
+            task.cancel()  # their futures are cancelled before the leader hands over
+        gate.set()
+        await leader
+        await asyncio.gather(*waiting, return_exceptions=True)
+        await asyncio.wait_for(group.write(99), timeout=5)  # nobody holds the duty
+        assert store.batches == [[0], [99]]
+
+    asyncio.run(main())
