@@ -199,7 +199,13 @@ async def test_results_sent_while_the_caller_was_cut_off_come_again_once_it_reco
         else:
             await anyio.to_thread.run_sync(cleanup, kind, namespace, ["shout"])
     assert [result.unwrap() for result in results] == [x.upper() for x in LABELS]
-    assert sorted(runs.labels) == LABELS  # sent again from the worker's copy, not run again
+    if kind == "nats":
+        # A server killed with SIGKILL may forget the deliveries it made just before (its
+        # consumers' state is written behind; seen: delivered again with a count of 1):
+        # those tasks run again, at least once as promised; their results come once each.
+        assert set(runs.labels) == set(LABELS)
+    else:
+        assert sorted(runs.labels) == LABELS  # sent again from the worker's copy, not rerun
     assert worker.stats.resent >= TASKS
 
 
