@@ -44,6 +44,7 @@ from .groups.scheduler import run_group as _run_group
 from .middleware import (
     CostTrackingMiddleware,
     DepthLimitMiddleware,
+    RateLimitMiddleware,
     RetryMiddleware,
     TimeoutMiddleware,
 )
@@ -327,8 +328,11 @@ def _checked_stages(stages: Iterable[Any], field: str) -> list[Stage]:
 def _policy_stages(
     options: RuntimeOptions, caller_user: Sequence[Stage], executor_user: Sequence[Stage]
 ) -> tuple[list[Stage], list[Stage]]:
-    """The pipeline, outermost first, split by side: depth → budget → retry → the user's
-    caller-side stages | the user's executor-side stages → timeout."""
+    """The pipeline, outermost first, split by side: depth → budget → retry → rate limits →
+    the user's caller-side stages | the user's executor-side stages → timeout.
+
+    Rate limits sit inside retry: every attempt is a request to the model, admitted anew.
+    """
     stages: list[Stage] = []
     if options.max_spawn_depth is not None:
         stages.append(DepthLimitMiddleware(options.max_spawn_depth))
@@ -345,6 +349,8 @@ def _policy_stages(
                 retry_on=options.retry_on,
             )
         )
+    if options.rate_limits:
+        stages.append(RateLimitMiddleware(options.rate_limits, estimator=options.token_estimator))
     stages.extend(caller_user)
     executor = list(executor_user)
     if options.timeout_seconds is not None:
