@@ -200,7 +200,9 @@ class RateLimit:
 
     __slots__ = (
         "_decreased_until",
+        "_interval",
         "_pauses",
+        "_period_us",
         "_req_holes",
         "_req_tat",
         "_scale_at",
@@ -295,6 +297,9 @@ class RateLimit:
         elif not isinstance(name, str) or not name:
             raise InvalidValueError("RateLimit name must be a non-empty str")
         self.name = name
+        self._period_us = round(self.period * _US)
+        #: Microseconds between requests at the configured rate.
+        self._interval = -(-self._period_us // (rpm - burst + 1)) if rpm is not None else 0
         # In-process state, in whole microseconds of the clock: the theoretical arrival time
         # of each bucket, the places given back by cancelled waiters that were not last
         # (their end -> their start), pauses by model, and the AIMD scale of the rates.
@@ -325,10 +330,6 @@ class RateLimit:
 
     # -- the in-process buckets (microseconds) ----------------------------------------
 
-    @property
-    def _period_us(self) -> int:
-        return round(self.period * _US)
-
     def scale(self, now: int) -> float:
         """The fraction of the configured rates in force at ``now`` (AIMD; 1 normally)."""
         start = self._scale_from
@@ -341,19 +342,21 @@ class RateLimit:
         return grown
 
     def _req_interval(self, scale: float) -> int:
-        rate = self.rpm - self.burst + 1  # type: ignore[operator]
         if scale == 1.0:
-            return -(-self._period_us // rate)
-        return math.ceil(self._period_us / (rate * scale))
+            return self._interval
+        return math.ceil(self._period_us / ((self.rpm - self.burst + 1) * scale))  # type: ignore[operator]
 
     def _tok_cost(self, tokens: int, scale: float) -> int:
+        """Microseconds ``tokens`` take to refill; the bucket holds ``_tok_cost(tpm)``."""
         if scale == 1.0:
+            if tokens == self.tpm:
+                return self._period_us
             return -(-tokens * self._period_us // self.tpm)  # type: ignore[operator]
         return math.ceil(tokens * self._period_us / (self.tpm * scale))  # type: ignore[operator]
 
     def _earliest(self, now: int, tokens: int, model: str | None) -> int:
         """The first moment (µs) this limit admits a request of ``tokens``."""
-        scale = self.scale(now)
+        scale = 1.0 if self._scale_from >= 1.0 else self.scale(now)
         earliest = self._pauses.get(model, 0) if self._pauses else 0
         if self.rpm is not None:
             interval = self._req_interval(scale)
@@ -367,9 +370,29 @@ class RateLimit:
                 earliest = at
         return earliest
 
+    def _take_now(self, now: int, tokens: int, model: str | None) -> bool:
+        """``_earliest`` and ``_take`` at ``now`` in one step, when it admits the call now."""
+        if self._pauses and self._pauses.get(model, 0) > now:
+            return False
+        scale = 1.0 if self._scale_from >= 1.0 else self.scale(now)
+        req_tat = self._req_tat
+        if self.rpm is not None:
+            interval = self._req_interval(scale)
+            if req_tat - (self.burst - 1) * interval > now:
+                return False
+            req_tat = (req_tat if req_tat > now else now) + interval
+        if self.tpm is not None and tokens:
+            cost = self._tok_cost(tokens, scale)
+            tok_tat = self._tok_tat
+            if tok_tat + cost - self._tok_cost(self.tpm, scale) > now:
+                return False
+            self._tok_tat = (tok_tat if tok_tat > now else now) + cost
+        self._req_tat = req_tat
+        return True
+
     def _take(self, start: int, tokens: int) -> tuple[int, int, int, int]:
         """Reserve a request of ``tokens`` starting at ``start``: (old, new) of each TAT."""
-        scale = self.scale(start)
+        scale = 1.0 if self._scale_from >= 1.0 else self.scale(start)
         old_req = self._req_tat
         old_tok = self._tok_tat
         if self.rpm is not None:
@@ -518,6 +541,20 @@ class _Plan:
         self.tokens = bool(tpms)
         self.tpm_floor = min(tpms) if tpms else 0
 
+    def admit_now(self, tokens: int) -> bool:
+        """Take a place now in every in-process limit if all admit the call now (no wait)."""
+        local = self.local
+        now = round(self.clock.now() * _US)
+        model = self.model
+        if len(local) == 1:
+            return local[0]._take_now(now, tokens, model)
+        for limit in local:
+            if limit._earliest(now, tokens, model) > now:
+                return False
+        for limit in local:
+            limit._take(now, tokens)
+        return True
+
 
 class RateLimitMiddleware:
     """Admits each attempt under the ``RateLimit``s that apply to it (see the module doc).
@@ -546,7 +583,7 @@ class RateLimitMiddleware:
         if len(clocks) > 1:
             raise InvalidValueError("the in-process rate_limits of a runtime must share one clock")
         self._estimate = estimator if estimator is not None else estimate_input_tokens
-        self._plans: dict[tuple[str, str | None], _Plan | None] = {}
+        self._plans: dict[tuple[str, str | None], Any] = {}
         #: Set by the runtime: the stores of the limits with ``store=`` (fleet-wide).
         self.stores: Any = None
 
@@ -559,9 +596,12 @@ class RateLimitMiddleware:
 
     async def __call__(self, ctx: AgentContext, call_next: CallNext) -> Any:
         impl = ctx.impl
-        model = model_of(impl)
-        key = (impl.name, model)
-        plan = self._plans[key] if key in self._plans else self._plan(impl.name, model)
+        model = impl.__dict__.get("_murmur_model", _UNSET)
+        if model is _UNSET:
+            model = model_of(impl)
+        plan = self._plans.get((impl.name, model), _UNSET)
+        if plan is _UNSET:
+            plan = self._plan(impl.name, model)
         if plan is None:
             return await call_next(ctx)
         tokens = 0
@@ -572,23 +612,9 @@ class RateLimitMiddleware:
                     f"agent {impl.name!r}: a request of ~{tokens} tokens (estimated) can never "
                     f"fit a rate limit of tpm={plan.tpm_floor}"
                 )
-        local = plan.local
-        if not plan.stored:
-            clock = plan.clock
-            now = round(clock.now() * _US)
-            for limit in local:
-                if limit._earliest(now, tokens, model) > now:
-                    break
-            else:  # every limit admits it now: the common case, no await
-                for limit in local:
-                    limit._take(now, tokens)
-                return await self._attempt(ctx, call_next, plan, tokens)
-        await self._wait(ctx, plan, tokens)
-        return await self._attempt(ctx, call_next, plan, tokens)
-
-    async def _attempt(
-        self, ctx: AgentContext, call_next: CallNext, plan: _Plan, tokens: int
-    ) -> Any:
+        if plan.stored or not plan.admit_now(tokens):
+            await self._wait(ctx, plan, tokens)
+        # Inline, not a helper coroutine: this runs for every attempt.
         requests = ctx._requests
         used = ctx._input_tokens + ctx._output_tokens
         try:
