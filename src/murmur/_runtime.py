@@ -131,6 +131,9 @@ class AgentRuntime:
             executor_stages=[*own, *executor_stages],
             transport=transport,
         )
+        for stage in caller_stages:
+            if isinstance(stage, RateLimitMiddleware):
+                stage.use_bridge(self._core._asyncio_bridge)
 
     @property
     def options(self) -> RuntimeOptions:
@@ -417,6 +420,9 @@ class _RuntimeCore(Host):
         # outside) still ends its connections and its helper thread.
         with anyio.CancelScope(shield=True):
             try:
+                for stage in self.stages:
+                    if isinstance(stage, RateLimitMiddleware):
+                        await stage.aclose()
                 await self.transport.aclose()
             finally:
                 bridge, self._bridge = self._bridge, None

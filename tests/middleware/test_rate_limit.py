@@ -78,10 +78,11 @@ def in_window(starts: list[float], width: float) -> int:
 
 
 async def test_requests_are_paced_evenly_and_the_wait_is_in_results_and_events() -> None:
+    # rpm=61 paces at rpm - 1 = 60 a minute (one of slack for jitter): one a second.
     clock = FakeClock()
     starts: list[float] = []
     recorder = Recorder()
-    limit = RateLimit(agent="caller", rpm=60, clock=clock)
+    limit = RateLimit(agent="caller", rpm=61, clock=clock)
     async with AgentRuntime(
         options=RuntimeOptions(rate_limits=[limit]), event_emitter=recorder
     ) as runtime:
@@ -106,10 +107,10 @@ async def test_a_burst_then_the_reduced_rate_never_exceeds_rpm_in_any_period() -
             clock, runtime, recording_agent(clock, starts), [TaskSpec(input=i) for i in range(40)]
         )
     assert starts[:4] == [1000.0] * 4  # the burst
-    assert in_window(starts, 60.0) == 10  # never more than rpm in a period
-    # Sustained: rpm - burst + 1 = 7 per minute, one every 60/7 s.
-    assert starts[4] == pytest.approx(1000.0 + 60 / 7, abs=1e-5)
-    assert in_window(starts, 1.0) == 4  # the documented burst: burst - 1 + ceil(7/60)
+    assert in_window(starts, 60.0) == 9  # never more than rpm - 1 in a period
+    # Sustained: rpm - burst = 6 per minute, one every 10 s.
+    assert starts[4] == 1010.0
+    assert in_window(starts, 1.0) == 4  # the documented burst: burst - 1 + ceil(6/60)
 
 
 async def test_tokens_are_estimated_then_corrected_from_usage() -> None:
@@ -152,10 +153,10 @@ async def test_a_custom_estimator_is_used() -> None:
 async def test_several_limits_apply_and_the_call_waits_for_the_latest() -> None:
     clock = FakeClock(start=0.0)
     starts: list[float] = []
-    per_model = RateLimit(model="openai:gpt-4o", rpm=60, clock=clock)  # one a second
-    per_provider = RateLimit(provider="openai", rpm=30, clock=clock)  # one every 2 s
+    per_model = RateLimit(model="openai:gpt-4o", rpm=61, clock=clock)  # one a second
+    per_provider = RateLimit(provider="openai", rpm=31, clock=clock)  # one every 2 s
     elsewhere = RateLimit(provider="anthropic", rpm=1, clock=clock)  # does not apply
-    by_name = RateLimit(model="gpt-4o", rpm=600, clock=clock)  # a bare name matches too
+    by_name = RateLimit(model="gpt-4o", rpm=601, clock=clock)  # a bare name matches too
     options = RuntimeOptions(rate_limits=[per_model, per_provider, elsewhere, by_name])
     recorder = Recorder()
     agent = recording_agent(clock, starts, model="openai:gpt-4o")
@@ -170,7 +171,7 @@ async def test_several_limits_apply_and_the_call_waits_for_the_latest() -> None:
 
 async def test_waiting_calls_are_served_first_come_first_served() -> None:
     clock = FakeClock(start=0.0)
-    limit = RateLimit(provider="openai", rpm=60, clock=clock)
+    limit = RateLimit(provider="openai", rpm=61, clock=clock)
     order: list[str] = []
 
     def agent(name: str) -> FunctionAgent:
@@ -198,7 +199,7 @@ async def test_waiting_calls_are_served_first_come_first_served() -> None:
 async def test_a_cancelled_waiter_gives_its_place_back() -> None:
     clock = FakeClock(start=0.0)
     starts: list[float] = []
-    limit = RateLimit(agent="caller", rpm=60, clock=clock)
+    limit = RateLimit(agent="caller", rpm=61, clock=clock)
     agent = recording_agent(clock, starts)
     async with AgentRuntime(options=RuntimeOptions(rate_limits=[limit])) as runtime:
         with anyio.CancelScope() as scope:
@@ -217,7 +218,7 @@ async def test_a_cancelled_waiter_gives_its_place_back() -> None:
 async def test_a_429_pauses_the_model_and_halves_then_restores_the_rate() -> None:
     clock = FakeClock(start=0.0)
     starts: list[float] = []
-    limit = RateLimit(provider="openai", rpm=60, clock=clock)
+    limit = RateLimit(provider="openai", rpm=61, clock=clock)
 
     def fail(n: int) -> BaseException | None:
         if n == 2:
@@ -239,8 +240,8 @@ async def test_a_429_on_one_model_does_not_slow_another() -> None:
     clock = FakeClock(start=0.0)
     starts_a: list[float] = []
     starts_b: list[float] = []
-    limit_a = RateLimit(model="openai:gpt-4o", rpm=600, clock=clock)
-    limit_b = RateLimit(model="openai:gpt-4o-mini", rpm=600, clock=clock)
+    limit_a = RateLimit(model="openai:gpt-4o", rpm=601, clock=clock)
+    limit_b = RateLimit(model="openai:gpt-4o-mini", rpm=601, clock=clock)
 
     def storm(n: int) -> BaseException | None:
         return ModelHTTPError(429, "gpt-4o", headers={"retry-after": "30"})
@@ -257,7 +258,7 @@ async def test_a_429_on_one_model_does_not_slow_another() -> None:
             tg.start_soon(batch, a)
             tg.start_soon(batch, b)
             await clock.run_until_idle(lambda: len(out) == 2)
-    # b ran at its own pace (one every 0.1 s), untouched by a's storm.
+    # b ran at its own pace (600 a minute: one every 0.1 s), untouched by a's storm.
     assert starts_b == pytest.approx([i / 10 for i in range(20)])
     assert starts_a[0] == 0.0
     assert starts_a[1] == pytest.approx(30.0)
@@ -266,7 +267,7 @@ async def test_a_429_on_one_model_does_not_slow_another() -> None:
 async def test_extra_requests_of_a_run_are_charged() -> None:
     clock = FakeClock(start=0.0)
     starts: list[float] = []
-    limit = RateLimit(agent="caller", rpm=60, clock=clock)
+    limit = RateLimit(agent="caller", rpm=61, clock=clock)
     agent = recording_agent(clock, starts, usage=(1, 1, 3))  # a run of 3 requests
     async with AgentRuntime(options=RuntimeOptions(rate_limits=[limit])) as runtime:
         for _ in range(2):

@@ -9,12 +9,14 @@ applies to it before it is sent: one request, and the input tokens estimated fro
 algorithm": a token bucket held as one timestamp, the *theoretical arrival time*), in whole
 microseconds so that its bounds hold exactly:
 
-* **requests**: one every ``period / (rpm - burst + 1)``, and up to ``burst`` at once after
-  an idle spell. So in any window of ``period`` seconds (half-open) at most ``rpm``
-  requests start, and in any window of ``w`` seconds at most ``burst - 1 + ceil(w * rate)``
-  where ``rate = (rpm - burst + 1) / period`` per second. The default ``burst=1`` paces
-  requests evenly, which is also what a provider that enforces its per-minute limit over
-  shorter intervals accepts.
+* **requests**: one every ``period / rate`` with ``rate = max(1, rpm - burst)`` (the
+  sustained rate, per period), and up to ``burst`` at once after an idle spell. So in any
+  window of ``w`` seconds (half-open) at most ``burst - 1 + ceil(w * rate / period)``
+  requests start: ``rpm - 1`` in a window of one period, which leaves one request of slack
+  for the jitter between a call's admission and its arrival at the provider (up to one
+  interval), so that ``rpm`` holds where the provider counts too. The default ``burst=1``
+  paces requests evenly (``rpm - 1`` a period, 99.8% of 600 rpm), which is also what a
+  provider that enforces its per-minute limit over shorter intervals accepts.
 * **tokens**: a bucket of ``tpm`` tokens refilled at ``tpm / period`` per second, as the
   providers describe their own. A call waits until its estimate fits; one whose estimate is
   larger than ``tpm`` never can, and fails at once with ``RateLimitError``.
@@ -59,7 +61,13 @@ import anyio
 import pydantic_core
 from pydantic import BaseModel
 
-from ..errors import InvalidTypeError, InvalidValueError, RateLimitError, RemoteAgentError
+from ..errors import (
+    InvalidStateError,
+    InvalidTypeError,
+    InvalidValueError,
+    RateLimitError,
+    RemoteAgentError,
+)
 from ..events.types import EventType
 from .retry import retry_after_seconds
 
@@ -179,8 +187,9 @@ class RateLimit:
         rpm: Requests per period (per minute by default).
         tpm: Tokens (input + output) per period.
         burst: Requests that may start at once after an idle spell (1 <= burst <= rpm); the
-            sustained rate is then ``rpm - burst + 1`` per period, so that no window of one
-            period ever holds more than ``rpm`` requests.
+            sustained rate is then ``max(1, rpm - burst)`` per period, so that no window of
+            one period holds more than ``rpm - 1`` admissions (one of slack for jitter; see
+            the module doc).
         period: The period of ``rpm`` and ``tpm``, in seconds (60: per minute).
         store: ``None`` (this process), or a ``redis://`` / ``rediss://`` URL: the limit is
             then shared by every process using the same URL and ``name``.
@@ -299,7 +308,7 @@ class RateLimit:
         self.name = name
         self._period_us = round(self.period * _US)
         #: Microseconds between requests at the configured rate.
-        self._interval = -(-self._period_us // (rpm - burst + 1)) if rpm is not None else 0
+        self._interval = -(-self._period_us // max(1, rpm - burst)) if rpm is not None else 0
         # In-process state, in whole microseconds of the clock: the theoretical arrival time
         # of each bucket, the places given back by cancelled waiters that were not last
         # (their end -> their start), pauses by model, and the AIMD scale of the rates.
@@ -344,7 +353,7 @@ class RateLimit:
     def _req_interval(self, scale: float) -> int:
         if scale == 1.0:
             return self._interval
-        return math.ceil(self._period_us / ((self.rpm - self.burst + 1) * scale))  # type: ignore[operator]
+        return math.ceil(self._period_us / (max(1, self.rpm - self.burst) * scale))  # type: ignore[operator]
 
     def _tok_cost(self, tokens: int, scale: float) -> int:
         """Microseconds ``tokens`` take to refill; the bucket holds ``_tok_cost(tpm)``."""
@@ -584,8 +593,30 @@ class RateLimitMiddleware:
             raise InvalidValueError("the in-process rate_limits of a runtime must share one clock")
         self._estimate = estimator if estimator is not None else estimate_input_tokens
         self._plans: dict[tuple[str, str | None], Any] = {}
-        #: Set by the runtime: the stores of the limits with ``store=`` (fleet-wide).
+        self._bridge: Callable[[], Any] | None = None
+        #: The Redis connections of the limits with ``store=`` (fleet-wide), if any.
         self.stores: Any = None
+        if any(limit.store is not None for limit in self.limits):
+            from ._rate_store import RedisRateStores
+
+            self.stores = RedisRateStores(self._asyncio_bridge)
+
+    def use_bridge(self, bridge: Callable[[], Any]) -> None:
+        """Run the Redis client on ``bridge()``'s asyncio loop under Trio (the runtime's)."""
+        self._bridge = bridge
+
+    def _asyncio_bridge(self) -> Any:
+        if self._bridge is None:
+            raise InvalidStateError(
+                "a RateLimit with store= needs an asyncio loop under Trio: use the stage "
+                "through an AgentRuntime (RuntimeOptions(rate_limits=...)), which lends its own"
+            )
+        return self._bridge()
+
+    async def aclose(self) -> None:
+        """Close the store connections, if any."""
+        if self.stores is not None:
+            await self.stores.aclose()
 
     def _plan(self, agent: str, model: str | None) -> _Plan | None:
         key = (agent, model)
@@ -653,6 +684,7 @@ class RateLimitMiddleware:
         clock = plan.clock
         model = plan.model
         began = clock.now()
+        slept = False
         binding: RateLimit | None = None
         while True:
             now = round(clock.now() * _US)
@@ -666,6 +698,9 @@ class RateLimitMiddleware:
                 delay, stored_binding, stored_place = await self.stores.reserve(
                     plan, tokens, (start - now) / _US
                 )
+                # The delay counts from when the script ran, somewhere in the round trip:
+                # counted from its end, the call starts late rather than early.
+                now = round(clock.now() * _US)
                 after = now + round(delay * _US)
                 if after > start:
                     start, binding = after, stored_binding
@@ -678,6 +713,7 @@ class RateLimitMiddleware:
             places = [(limit, limit._take(start, tokens)) for limit in plan.local]
             try:
                 if start > now:
+                    slept = True
                     await clock.sleep_until(start / _US)
             except BaseException:
                 with anyio.CancelScope(shield=True):
@@ -690,7 +726,8 @@ class RateLimitMiddleware:
             ):
                 break
             await self._give_back(plan, places, stored_place)
-        waited = clock.now() - began
+        # Only a call that had to wait reports it (a store's round trip is not a wait).
+        waited = clock.now() - began if slept else 0.0
         if waited > 0:
             ctx._rate_limit_wait += waited
             if _WAITED in ctx.origin.wants:
