@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import anyio
+import anyio.lowlevel
 
 from murmur import EventType, RuntimeEvent
 
@@ -153,3 +154,62 @@ def stepping_model(per_response: int, steps: int | None, barrier: Barrier | None
         return response
 
     return FunctionModel(model)
+
+
+class FakeClock:
+    """A clock for ``RateLimit(clock=...)`` that moves only when told (``advance``)."""
+
+    def __init__(self, start: float = 1000.0) -> None:
+        self.time = start
+        self._sleepers: list[tuple[float, anyio.Event]] = []
+
+    def now(self) -> float:
+        return self.time
+
+    async def sleep_until(self, deadline: float) -> None:
+        if deadline <= self.time:
+            await anyio.lowlevel.checkpoint()
+            return
+        entry = (deadline, anyio.Event())
+        self._sleepers.append(entry)
+        try:
+            await entry[1].wait()
+        finally:
+            if entry in self._sleepers:
+                self._sleepers.remove(entry)
+
+    @property
+    def sleeping(self) -> int:
+        """How many tasks are waiting for a later time."""
+        return len(self._sleepers)
+
+    def next_deadline(self) -> float | None:
+        return min((deadline for deadline, _ in self._sleepers), default=None)
+
+    def advance_to(self, when: float) -> None:
+        """Move the time to ``when`` and wake every sleeper whose deadline has come."""
+        self.time = max(self.time, when)
+        for entry in list(self._sleepers):
+            if entry[0] <= self.time:
+                self._sleepers.remove(entry)
+                entry[1].set()
+
+    async def run_until_idle(self, done: Callable[[], bool]) -> None:
+        """Jump from deadline to deadline while tasks sleep, until ``done()``: a discrete
+        event simulation of the waits (every other task is blocked when time moves)."""
+        idle_rounds = 0
+        while True:
+            await anyio.wait_all_tasks_blocked()
+            if done():
+                return
+            deadline = self.next_deadline()
+            if deadline is None:
+                # On asyncio a finished task's done-callbacks may still be queued while every
+                # task looks blocked: let the loop run them before concluding.
+                idle_rounds += 1
+                if idle_rounds > 100:
+                    raise AssertionError("nothing sleeps on the clock and the work is not done")
+                await anyio.lowlevel.checkpoint()
+                continue
+            idle_rounds = 0
+            self.advance_to(deadline)

@@ -31,6 +31,8 @@ from .errors import MissingDependencyError as MissingDependencyError
 from .errors import MurmurError as MurmurError
 from .errors import NoTaskContextError as NoTaskContextError
 from .errors import NotAvailableError as NotAvailableError
+from .errors import RateLimitError as RateLimitError
+from .errors import RateLimitStoreError as RateLimitStoreError
 from .errors import RemoteAgentError as RemoteAgentError
 from .errors import RuntimeClosedError as RuntimeClosedError
 from .errors import SpawnDepthExceededError as SpawnDepthExceededError
@@ -52,6 +54,7 @@ from .groups import Edge as Edge
 from .groups import FanOut as FanOut
 from .groups import GroupResult as GroupResult
 from .middleware.cost_tracking import TokenBudget as TokenBudget
+from .middleware.rate_limit import RateLimit as RateLimit
 
 if TYPE_CHECKING:
     from .distributed import Worker as Worker
@@ -88,6 +91,9 @@ __all__ = [
     "NotAvailableError",
     "OpenTelemetryEmitter",
     "PydanticAIAgent",
+    "RateLimit",
+    "RateLimitError",
+    "RateLimitStoreError",
     "RemoteAgentError",
     "RuntimeClosedError",
     "RuntimeEvent",

@@ -513,6 +513,8 @@ class FunctionAgent(AgentImpl):
 
     The first parameter's annotation, when it names a type, is the agent's input type:
     inputs are validated (and coerced, e.g. a dict into a pydantic model) before the call.
+    ``model`` names the model string the function calls (``"openai:gpt-4o"``), if any: the
+    ``RateLimit``s of that model and its provider then apply to it.
     """
 
     def __init__(
@@ -521,13 +523,19 @@ class FunctionAgent(AgentImpl):
         *,
         name: str | None = None,
         input_type: Any = None,
+        model: str | None = None,
     ) -> None:
         if not _is_async_callable(fn):
             raise InvalidTypeError(
                 "a function agent must be an async function, `async def f(input)` or "
                 f"`async def f(input, ctx)`; got {fn!r}"
             )
+        if model is not None and (not isinstance(model, str) or not model.strip()):
+            raise InvalidValueError(
+                f"model must be a non-empty model string or None, got {model!r}"
+            )
         self.fn = fn
+        self.model = model
         default_name, self.takes_context, self.can_suspend, adapter, input_class = _describe(fn)
         self.name = _check_name(name if name is not None else default_name, "name")
         if input_type is not None:

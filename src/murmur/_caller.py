@@ -105,7 +105,14 @@ class TaskRunner:
         usage = ctx.usage
         duration = perf_counter() - start
         result = AgentResult._build(
-            output, None, usage, ctx.attempt, duration, task.task_id, impl.name
+            output,
+            None,
+            usage,
+            ctx.attempt,
+            duration,
+            task.task_id,
+            impl.name,
+            ctx._rate_limit_wait,
         )
         if _SUCCEEDED in wants:
             event = ctx._event(_SUCCEEDED, None, duration, usage)
@@ -133,7 +140,14 @@ class TaskRunner:
     @staticmethod
     async def _failed(ctx: AgentContext, exc: Exception, start: float) -> AgentResult[Any]:
         result = AgentResult._build(
-            None, exc, ctx.usage, ctx.attempt, perf_counter() - start, ctx.task.task_id, ctx.agent
+            None,
+            exc,
+            ctx.usage,
+            ctx.attempt,
+            perf_counter() - start,
+            ctx.task.task_id,
+            ctx.agent,
+            ctx._rate_limit_wait,
         )
         if _FAILED in ctx.origin.wants:
             await ctx.emit(_FAILED, error=exc, duration=result.duration, usage=result.usage)

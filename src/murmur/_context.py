@@ -198,6 +198,7 @@ class AgentContext:
         "_origin",
         "_outer",
         "_output_tokens",
+        "_rate_limit_wait",
         "_requests",
         "_state",
         "_task_id",
@@ -226,6 +227,8 @@ class AgentContext:
         self._output_tokens = 0
         self._requests = 0
         self._tool_calls = 0
+        #: Seconds this task waited for rate limits (``AgentResult.rate_limit_wait``).
+        self._rate_limit_wait = 0.0
         self._state: dict[str, Any] | None = None
         #: While a capped pydantic-ai run is in flight: its (UsageLimits, RunUsage), which
         #: children that borrow from this task's reservation share.

@@ -9,6 +9,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from .errors import InvalidValueError
 from .middleware.cost_tracking import TokenBudget
+from .middleware.rate_limit import RateLimit
 
 __all__ = ["DEFAULT_MAX_CONCURRENCY", "RuntimeOptions"]
 
@@ -31,6 +32,10 @@ class RuntimeOptions(BaseModel):
         token_budget: A ``TokenBudget`` shared by every task and spawned child.
         max_spawn_depth: Deepest spawn level allowed (>= 0); ``None``: unlimited.
         max_concurrency: Default cap on in-flight tasks of one ``gather`` (>= 1).
+        rate_limits: ``RateLimit``s (requests and tokens per minute per model, provider or
+            agent); every attempt waits until each limit that applies admits it.
+        token_estimator: Estimates a task's input tokens for the limits with ``tpm``
+            (``f(task) -> int``); default ``murmur.middleware.estimate_input_tokens``.
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid", arbitrary_types_allowed=True)
@@ -45,6 +50,26 @@ class RuntimeOptions(BaseModel):
     token_budget: TokenBudget | None = None
     max_spawn_depth: int | None = Field(default=None, ge=0, strict=True)
     max_concurrency: int = Field(default=DEFAULT_MAX_CONCURRENCY, ge=1, strict=True)
+    rate_limits: tuple[RateLimit, ...] = ()
+    token_estimator: Callable[[Any], int] | None = None
+
+    @field_validator("rate_limits", mode="before")
+    @classmethod
+    def _check_rate_limits(cls, value: Any) -> Any:
+        if isinstance(value, RateLimit):
+            return (value,)
+        if isinstance(value, list):
+            value = tuple(value)
+        if isinstance(value, tuple):
+            bad = [v for v in value if not isinstance(v, RateLimit)]
+            if bad:
+                raise InvalidValueError(f"rate_limits must hold murmur.RateLimit, got {bad!r}")
+            clocks = {id(v.clock) for v in value if v.store is None}
+            if len(clocks) > 1:
+                raise InvalidValueError(
+                    "the in-process rate_limits of a runtime must share one clock"
+                )
+        return value
 
     @field_validator("retry_on", mode="before")
     @classmethod

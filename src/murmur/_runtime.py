@@ -44,6 +44,7 @@ from .groups.scheduler import run_group as _run_group
 from .middleware import (
     CostTrackingMiddleware,
     DepthLimitMiddleware,
+    RateLimitMiddleware,
     RetryMiddleware,
     TimeoutMiddleware,
 )
@@ -130,6 +131,9 @@ class AgentRuntime:
             executor_stages=[*own, *executor_stages],
             transport=transport,
         )
+        for stage in caller_stages:
+            if isinstance(stage, RateLimitMiddleware):
+                stage.use_bridge(self._core._asyncio_bridge)
 
     @property
     def options(self) -> RuntimeOptions:
@@ -327,8 +331,11 @@ def _checked_stages(stages: Iterable[Any], field: str) -> list[Stage]:
 def _policy_stages(
     options: RuntimeOptions, caller_user: Sequence[Stage], executor_user: Sequence[Stage]
 ) -> tuple[list[Stage], list[Stage]]:
-    """The pipeline, outermost first, split by side: depth → budget → retry → the user's
-    caller-side stages | the user's executor-side stages → timeout."""
+    """The pipeline, outermost first, split by side: depth → budget → retry → rate limits →
+    the user's caller-side stages | the user's executor-side stages → timeout.
+
+    Rate limits sit inside retry: every attempt is a request to the model, admitted anew.
+    """
     stages: list[Stage] = []
     if options.max_spawn_depth is not None:
         stages.append(DepthLimitMiddleware(options.max_spawn_depth))
@@ -345,6 +352,8 @@ def _policy_stages(
                 retry_on=options.retry_on,
             )
         )
+    if options.rate_limits:
+        stages.append(RateLimitMiddleware(options.rate_limits, estimator=options.token_estimator))
     stages.extend(caller_user)
     executor = list(executor_user)
     if options.timeout_seconds is not None:
@@ -411,6 +420,9 @@ class _RuntimeCore(Host):
         # outside) still ends its connections and its helper thread.
         with anyio.CancelScope(shield=True):
             try:
+                for stage in self.stages:
+                    if isinstance(stage, RateLimitMiddleware):
+                        await stage.aclose()
                 await self.transport.aclose()
             finally:
                 bridge, self._bridge = self._bridge, None

@@ -184,6 +184,9 @@ class AgentResult(BaseModel, Generic[OutputT]):
     duration: float = Field(default=0.0, ge=0.0)
     task_id: str
     agent: str
+    #: Seconds the task waited for its ``RateLimit``s, over all its attempts (part of
+    #: ``duration``).
+    rate_limit_wait: float = Field(default=0.0, ge=0.0)
 
     def is_ok(self) -> bool:
         """True when the task succeeded (``error`` is ``None``)."""
@@ -205,6 +208,7 @@ class AgentResult(BaseModel, Generic[OutputT]):
         duration: float,
         task_id: str,
         agent: str,
+        rate_limit_wait: float = 0.0,
     ) -> AgentResult[Any]:
         """Trusted constructor for the hot path: the runtime's values need no validation.
 
@@ -218,6 +222,7 @@ class AgentResult(BaseModel, Generic[OutputT]):
             "duration": duration,
             "task_id": task_id,
             "agent": agent,
+            "rate_limit_wait": rate_limit_wait,
         }
         return (_trusted_result if cls is AgentResult else trusted_constructor(cls))(values)
 

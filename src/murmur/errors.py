@@ -8,6 +8,8 @@ The whole hierarchy::
     │   ├── TaskCancelledError ─────── the task was cancelled by its batch (``fail_fast``)
     │   ├── AgentTimeoutError ──────── an attempt ran past ``timeout_seconds`` (a ``TimeoutError``)
     │   ├── BudgetExceededError ────── the shared ``TokenBudget`` is spent
+    │   ├── RateLimitError ─────────── a call can never fit a ``RateLimit`` (more than its tpm)
+    │   ├── RateLimitStoreError ────── a limit's store is down, closed (``ConnectionError``)
     │   ├── SpawnDepthExceededError ── a spawn went deeper than ``max_spawn_depth``
     │   ├── StrayCancellationError ─── the agent got a cancellation its own task was not sent
     │   ├── UnknownAgentError ──────── an executor was asked for an agent it does not serve
@@ -52,6 +54,8 @@ __all__ = [
     "MurmurError",
     "NoTaskContextError",
     "NotAvailableError",
+    "RateLimitError",
+    "RateLimitStoreError",
     "RemoteAgentError",
     "RuntimeClosedError",
     "SpawnDepthExceededError",
@@ -91,6 +95,15 @@ class AgentTimeoutError(AgentError, TimeoutError):
 
 class BudgetExceededError(AgentError):
     """The shared ``TokenBudget`` is spent, or a run hit the cap it reserved."""
+
+
+class RateLimitError(AgentError):
+    """A call can never be admitted by a ``RateLimit``: its estimated tokens exceed the tpm."""
+
+
+class RateLimitStoreError(AgentError, ConnectionError):
+    """A ``RateLimit``'s store (Redis) could not be reached in time and the limit fails
+    closed (``on_store_error="closed"``); the URL shown has no password."""
 
 
 class SpawnDepthExceededError(AgentError):

@@ -33,6 +33,7 @@ DEFAULT_LEVELS: Mapping[EventType, int] = {
     EventType.RETRY_SCHEDULED: logging.INFO,
     EventType.ATTEMPT_TIMED_OUT: logging.WARNING,
     EventType.BUDGET_EXCEEDED: logging.WARNING,
+    EventType.RATE_LIMIT_WAITED: logging.DEBUG,
     EventType.DEPTH_LIMIT_EXCEEDED: logging.WARNING,
     EventType.CHILD_SPAWNED: logging.DEBUG,
     EventType.BATCH_STARTED: logging.INFO,

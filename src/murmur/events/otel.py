@@ -61,6 +61,7 @@ _TASK_NOTES: Final = frozenset(
         EventType.RETRY_SCHEDULED,
         EventType.ATTEMPT_TIMED_OUT,
         EventType.BUDGET_EXCEEDED,
+        EventType.RATE_LIMIT_WAITED,
         EventType.DEPTH_LIMIT_EXCEEDED,
         EventType.CHILD_SPAWNED,
     }

@@ -32,6 +32,7 @@ class EventType(StrEnum):
     RETRY_SCHEDULED = "task.retry_scheduled"
     ATTEMPT_TIMED_OUT = "task.attempt_timed_out"
     BUDGET_EXCEEDED = "budget.exceeded"
+    RATE_LIMIT_WAITED = "rate_limit.waited"
     DEPTH_LIMIT_EXCEEDED = "depth.limit_exceeded"
     CHILD_SPAWNED = "task.child_spawned"
     BATCH_STARTED = "batch.started"

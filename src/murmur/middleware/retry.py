@@ -17,6 +17,7 @@ from ..errors import (
     BudgetExceededError,
     InputValidationError,
     InvalidValueError,
+    RateLimitError,
     RemoteAgentError,
     SpawnDepthExceededError,
 )
@@ -40,10 +41,11 @@ def is_retryable(error: BaseException) -> bool:
     """The default ``retry_on``: transient failures only.
 
     Retried: timeouts (Murmur's ``AgentTimeoutError`` included), ``ConnectionError`` and
-    other ``OSError``, pydantic-ai ``ModelHTTPError`` with status 408, 429 or 5xx, and
-    pydantic-ai ``ModelAPIError`` without a status (transport failures). Not retried:
-    budget and depth refusals, input validation errors, anything else (bugs in user code,
-    output validation failures, 4xx responses). A failure from a worker
+    other ``OSError`` (a rate limit's ``RateLimitStoreError`` too), pydantic-ai
+    ``ModelHTTPError`` with status 408, 429 or 5xx, and pydantic-ai ``ModelAPIError``
+    without a status (transport failures). Not retried: budget, depth and rate-limit
+    refusals (``RateLimitError``), input validation errors, anything else (bugs in user
+    code, output validation failures, 4xx responses). A failure from a worker
     (``RemoteAgentError``) is judged by its original classes and status code, the same way.
     """
     if isinstance(error, _NEVER_RETRIED):
@@ -70,7 +72,12 @@ def _remote_is_retryable(error: RemoteAgentError) -> bool:
     return "builtins.OSError" in kinds or "pydantic_ai.exceptions.ModelAPIError" in kinds
 
 
-_NEVER_RETRIED = (BudgetExceededError, SpawnDepthExceededError, InputValidationError)
+_NEVER_RETRIED = (
+    BudgetExceededError,
+    SpawnDepthExceededError,
+    InputValidationError,
+    RateLimitError,
+)
 
 
 def _is_model_http_error(error: BaseException) -> TypeGuard[ModelHTTPError]:

@@ -1,0 +1,364 @@
+"""The fleet-wide store of ``RateLimit(store="redis://...")``: the same GCRA as in-process,
+kept in Redis hashes and changed only by Lua scripts, so that every process sharing a
+limit sees one state and no two admissions race.
+
+One round trip admits a call under all its limits in one Redis (one script call over all
+their keys, atomic); the corrections from the usage of earlier calls ride along with it
+(they are sent with the process's next admission of the same limits), so a call costs one
+round trip. Time is Redis's own (``TIME``), in microseconds, so the processes'
+clocks need not agree. Under Trio the asyncio Redis client runs on the runtime's asyncio
+helper loop, as the distributed transport does.
+
+Why by hand: ``limits`` (hit/test only, no waiting, no weights given back, one round trip
+per limit), ``pyrate-limiter`` (waits by polling, no first-come-first-served order, no
+correction of a weight already taken, asyncio only) and ``redis-rate-limiters`` (one token
+per call, no weights, no several limits at once) each miss the FIFO wait, the correction
+after the call, or several limits in one atomic step; the script is 60 lines.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import weakref
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit, urlunsplit
+
+import anyio
+import anyio.lowlevel
+import sniffio
+
+from ..errors import MissingDependencyError, RateLimitStoreError
+
+if TYPE_CHECKING:
+    from .rate_limit import RateLimit, _Plan
+
+__all__ = ["RedisRateStores"]
+
+_US = 1_000_000
+_PREFIX = "murmur:ratelimit:"
+
+# ARGV: delay before which the call may not start (µs), model, tokens; then per limit
+# (KEYS[i]): rate of requests per period (0: no rpm), burst, tpm (0: none), period (µs),
+# and the pending correction: extra requests, extra tokens (may be < 0).
+# Returns: start - now (µs), index of the binding limit (0: none), then per limit the
+# request and token TATs before and after.
+_RESERVE = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local start = now + tonumber(ARGV[1])
+local model = ARGV[2]
+local tokens = tonumber(ARGV[3])
+local binding = 0
+local st = {}
+for i = 1, #KEYS do
+  local b = 3 + (i - 1) * 6
+  local rate, burst, tpm = tonumber(ARGV[b + 1]), tonumber(ARGV[b + 2]), tonumber(ARGV[b + 3])
+  local period, xr, xt = tonumber(ARGV[b + 4]), tonumber(ARGV[b + 5]), tonumber(ARGV[b + 6])
+  local h = redis.call('HMGET', KEYS[i], 'rt', 'tt', 'sf', 'sa', 'p:' .. model)
+  local rt, tt = tonumber(h[1]) or 0, tonumber(h[2]) or 0
+  local sf, sa, pause = tonumber(h[3]) or 1, tonumber(h[4]) or 0, tonumber(h[5]) or 0
+  local scale = 1
+  if sf < 1 then
+    scale = math.min(1, sf + math.max(0, now - sa) * 0.5 / period)
+  end
+  local interval = 0
+  if rate > 0 then interval = math.ceil(period / (rate * scale)) end
+  if xr > 0 and interval > 0 then rt = math.max(rt, now) + xr * interval end
+  if xt ~= 0 and tpm > 0 then
+    local c = math.ceil(math.abs(xt) * period / (tpm * scale))
+    if xt > 0 then tt = math.max(tt, now) + c else tt = tt - c end
+  end
+  local cost, window = 0, 0
+  if tpm > 0 and tokens > 0 then
+    cost = math.ceil(tokens * period / (tpm * scale))
+    window = math.ceil(period / scale)
+  end
+  local e = pause
+  if interval > 0 then e = math.max(e, rt - (burst - 1) * interval) end
+  if cost > 0 then e = math.max(e, tt + cost - window) end
+  if e > start then start = e; binding = i end
+  st[i] = {rt, tt, interval, cost, period}
+end
+local out = {0, binding}
+for i = 1, #KEYS do
+  local s = st[i]
+  local nrt, ntt = s[1], s[2]
+  if s[3] > 0 then nrt = math.max(s[1], start) + s[3] end
+  if s[4] > 0 then ntt = math.max(s[2], start) + s[4] end
+  redis.call('HSET', KEYS[i], 'rt', string.format('%.0f', nrt), 'tt', string.format('%.0f', ntt))
+  redis.call('PEXPIRE', KEYS[i], math.ceil((math.max(nrt, ntt) - now + 2 * s[5]) / 1000))
+  for _, v in ipairs({s[1], nrt, s[2], ntt}) do table.insert(out, string.format('%.0f', v)) end
+end
+out[1] = string.format('%.0f', start - now)
+return out
+"""
+
+# Give back places (a cancelled waiter): ARGV per limit: old and new request TAT, old and
+# new token TAT. A place that is not the last is remembered in KEYS[i] .. ':h' until those
+# after it are given back.
+_GIVE_BACK = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+for i = 1, #KEYS do
+  local holes = KEYS[i] .. ':h'
+  for j, field in ipairs({'rt', 'tt'}) do
+    local old = ARGV[(i - 1) * 4 + (j - 1) * 2 + 1]
+    local new = ARGV[(i - 1) * 4 + (j - 1) * 2 + 2]
+    if old ~= new then
+      local tat = redis.call('HGET', KEYS[i], field)
+      if tat == new then
+        tat = old
+        while true do
+          local before = redis.call('HGET', holes, field .. tat)
+          if not before then break end
+          redis.call('HDEL', holes, field .. tat)
+          tat = before
+        end
+        redis.call('HSET', KEYS[i], field, tat)
+      else
+        redis.call('HSET', holes, field .. new, old)
+        redis.call('PEXPIRE', holes, math.max(1, math.ceil((tonumber(new) - now) / 1000) + 1000))
+      end
+    end
+  end
+end
+return 1
+"""
+
+# A 429: ARGV pause (µs), model, then per limit its period (µs). Pauses the model and
+# halves the rates, once per pause (see rate_limit).
+_THROTTLE = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local untl = now + tonumber(ARGV[1])
+local field = 'p:' .. ARGV[2]
+for i = 1, #KEYS do
+  local period = tonumber(ARGV[2 + i])
+  local h = redis.call('HMGET', KEYS[i], field, 'sf', 'sa', 'du')
+  if (tonumber(h[1]) or 0) < untl then
+    redis.call('HSET', KEYS[i], field, string.format('%.0f', untl))
+  end
+  if now >= (tonumber(h[4]) or 0) then
+    local sf, sa = tonumber(h[2]) or 1, tonumber(h[3]) or 0
+    local scale = 1
+    if sf < 1 then scale = math.min(1, sf + math.max(0, now - sa) * 0.5 / period) end
+    redis.call('HSET', KEYS[i], 'sf', tostring(math.max(1 / 16, scale * 0.5)),
+      'sa', string.format('%.0f', untl), 'du', string.format('%.0f', untl))
+  end
+  redis.call('PEXPIRE', KEYS[i], math.ceil((untl - now + 4 * period) / 1000))
+end
+return 1
+"""
+
+
+def redacted(url: str) -> str:
+    """``url`` without its password."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.rsplit("@", 1)[1]
+    user = f"{parts.username}:***@" if parts.username else ":***@"
+    return urlunsplit(parts._replace(netloc=user + netloc))
+
+
+def key_of(limit: RateLimit) -> str:
+    """The Redis key of a limit's state."""
+    return _PREFIX + limit.name
+
+
+class _Place:
+    """A call's places in one Redis: what to give back if it is cancelled."""
+
+    __slots__ = ("limits", "tats", "until")
+
+    def __init__(self, limits: tuple[RateLimit, ...], tats: list[str], until: float) -> None:
+        self.limits = limits
+        self.tats = tats
+        self.until = until
+
+
+class RedisRateStores:
+    """The Redis connections of one runtime's stored limits, by URL and event loop.
+
+    Args:
+        bridge: Returns the runtime's asyncio helper loop (used under Trio).
+    """
+
+    def __init__(self, bridge: Callable[[], Any]) -> None:
+        self._bridge = bridge
+        #: Per asyncio loop (the caller's, or the bridge's under Trio): clients by URL.
+        self._clients: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[str, Any]] = (
+            weakref.WeakKeyDictionary()
+        )
+        #: Corrections not sent yet, by limit key: [extra requests, extra tokens].
+        self._pending: dict[str, list[int]] = {}
+        #: Pauses this process learnt of (its own 429s), by model: until (monotonic).
+        self._paused: dict[str | None, float] = {}
+
+    # -- on the asyncio side -----------------------------------------------------------
+
+    def _client(self, url: str, timeout: float) -> tuple[Any, dict[str, Any]]:
+        loop = asyncio.get_running_loop()
+        clients = self._clients.get(loop)
+        if clients is None:
+            clients = self._clients[loop] = {}
+        client = clients.get(url)
+        if client is None:
+            try:
+                import redis.asyncio as aioredis
+            except ModuleNotFoundError as exc:
+                raise MissingDependencyError(
+                    "RateLimit(store='redis://...') needs the 'redis' package; install it "
+                    "with: pip install 'murmur-agents[redis]'",
+                    name="redis",
+                ) from exc
+            client = aioredis.Redis.from_url(
+                url, socket_timeout=timeout, socket_connect_timeout=timeout
+            )
+            scripts = {
+                name: client.register_script(text)
+                for name, text in (
+                    ("reserve", _RESERVE),
+                    ("give_back", _GIVE_BACK),
+                    ("throttle", _THROTTLE),
+                )
+            }
+            clients[url] = client = (client, scripts)
+        return client
+
+    async def _script(
+        self, url: str, seconds: float, name: str, keys: list[str], args: list[Any]
+    ) -> Any:
+        _, scripts = self._client(url, seconds)
+        with anyio.fail_after(seconds):
+            return await scripts[name](keys=keys, args=args)
+
+    async def _call(self, fn: Callable[..., Awaitable[Any]], *args: Any) -> Any:
+        if sniffio.current_async_library() == "asyncio":
+            return await fn(*args)
+        return await self._bridge().run(fn, *args)
+
+    async def _run(
+        self, limits: tuple[RateLimit, ...], name: str, keys: list[str], args: list[Any]
+    ) -> Any:
+        """One script call on the store of ``limits``; ``None`` when it failed open."""
+        url = limits[0].store
+        assert url is not None
+        timeout = max(limit.store_timeout for limit in limits)
+        try:
+            return await self._call(self._script, url, timeout, name, keys, args)
+        except (OSError, TimeoutError, _redis_errors()) as exc:
+            if all(limit.on_store_error == "open" for limit in limits):
+                return None
+            raise RateLimitStoreError(
+                f"the rate limit store {redacted(url)} did not answer within {timeout:g} s "
+                f"({type(exc).__name__}: {exc}); the limits fail closed (on_store_error)"
+            ) from exc
+
+    # -- what the middleware calls -------------------------------------------------------
+
+    def _groups(self, plan: _Plan) -> dict[str, tuple[RateLimit, ...]]:
+        groups: dict[str, list[RateLimit]] = {}
+        for limit in plan.stored:
+            assert limit.store is not None
+            groups.setdefault(limit.store, []).append(limit)
+        return {url: tuple(limits) for url, limits in groups.items()}
+
+    async def reserve(
+        self, plan: _Plan, tokens: int, not_before: float
+    ) -> tuple[float, RateLimit | None, list[_Place] | None]:
+        """Take a place in every stored limit of ``plan``: (seconds to wait, the limit that
+        set it, the places)."""
+        delay = max(0.0, not_before)
+        binding: RateLimit | None = None
+        places: list[_Place] = []
+        model = plan.model or ""
+        for limits in self._groups(plan).values():
+            keys = [key_of(limit) for limit in limits]
+            args: list[Any] = [round(delay * _US), model, tokens]
+            for limit, key in zip(limits, keys, strict=True):
+                extra = self._pending.pop(key, None) or [0, 0]
+                rpm = limit.rpm
+                args += [
+                    0 if rpm is None else max(1, rpm - limit.burst),
+                    limit.burst,
+                    limit.tpm or 0,
+                    round(limit.period * _US),
+                    *extra,
+                ]
+            # Shielded: once the script ran, its places are taken; a cancellation now must
+            # give them back, which needs the answer.
+            with anyio.CancelScope(shield=True):
+                out = await self._run(limits, "reserve", keys, args)
+            if out is None:  # failed open
+                continue
+            start = int(out[0]) / _US
+            place = _Place(limits, [_text(v) for v in out[2:]], anyio.current_time() + start)
+            places.append(place)
+            try:
+                await anyio.lowlevel.checkpoint_if_cancelled()
+            except BaseException:
+                with anyio.CancelScope(shield=True):
+                    await self.give_back(plan, places)
+                raise
+            if start > delay:
+                delay = start
+                index = int(out[1])
+                binding = limits[index - 1] if index else binding
+        return delay, binding, places
+
+    async def give_back(self, plan: _Plan, places: Any) -> None:
+        """Give back the places a cancelled waiter had taken."""
+        for place in places or ():
+            keys = [key_of(limit) for limit in place.limits]
+            await self._run(place.limits, "give_back", keys, place.tats)
+
+    def paused(self, plan: _Plan, places: Any) -> bool:
+        """Whether this process learnt of a 429 for the model that outlasts the places."""
+        until = self._paused.get(plan.model)
+        return until is not None and until > anyio.current_time()
+
+    def correct(self, plan: _Plan, extra_requests: int, extra_tokens: int) -> None:
+        """Note a correction; it is sent with the next admission under the same limits."""
+        for limit in plan.stored:
+            pending = self._pending.setdefault(key_of(limit), [0, 0])
+            pending[0] += max(0, extra_requests)
+            pending[1] += extra_tokens
+
+    async def throttle(self, plan: _Plan, pause: float) -> None:
+        """A 429 for ``plan.model``: pause it and slow the stored limits, fleet-wide."""
+        self._paused[plan.model] = anyio.current_time() + pause
+        for limits in self._groups(plan).values():
+            keys = [key_of(limit) for limit in limits]
+            args: list[Any] = [round(pause * _US), plan.model or ""]
+            args += [round(limit.period * _US) for limit in limits]
+            await self._run(limits, "throttle", keys, args)
+
+    async def aclose(self) -> None:
+        """Close the connections (on their loops)."""
+        clients = [(loop, c) for loop, by_url in self._clients.items() for c, _ in by_url.values()]
+        self._clients = weakref.WeakKeyDictionary()
+        for loop, client in clients:
+            if loop.is_closed():
+                continue
+            try:
+                if sniffio.current_async_library() == "asyncio":
+                    if loop is asyncio.get_running_loop():
+                        await client.aclose()
+                else:
+                    await self._bridge().run(client.aclose)
+            except (OSError, RuntimeError):
+                pass
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def _redis_errors() -> type[Exception]:
+    try:
+        from redis.exceptions import RedisError
+    except ModuleNotFoundError:  # pragma: no cover - the client import fails first
+        return OSError
+    return RedisError

@@ -1,0 +1,756 @@
+"""RateLimit and RateLimitMiddleware: a provider's requests and tokens per minute, per model,
+provider or agent, held in one process or shared by a fleet through Redis.
+
+How a call is admitted
+----------------------
+Every attempt of a task (a retry is a new request) is admitted by every ``RateLimit`` that
+applies to it before it is sent: one request, and the input tokens estimated from the task
+(see ``estimate_input_tokens``). Each limit is kept as a GCRA (the "generic cell rate
+algorithm": a token bucket held as one timestamp, the *theoretical arrival time*), in whole
+microseconds so that its bounds hold exactly:
+
+* **requests**: one every ``period / rate`` with ``rate = max(1, rpm - burst)`` (the
+  sustained rate, per period), and up to ``burst`` at once after an idle spell. So in any
+  window of ``w`` seconds (half-open) at most ``burst - 1 + ceil(w * rate / period)``
+  requests start: ``rpm - 1`` in a window of one period, which leaves one request of slack
+  for the jitter between a call's admission and its arrival at the provider (up to one
+  interval), so that ``rpm`` holds where the provider counts too. The default ``burst=1``
+  paces requests evenly (``rpm - 1`` a period, 99.8% of 600 rpm), which is also what a
+  provider that enforces its per-minute limit over shorter intervals accepts.
+* **tokens**: a bucket of ``tpm`` tokens refilled at ``tpm / period`` per second, as the
+  providers describe their own. A call waits until its estimate fits; one whose estimate is
+  larger than ``tpm`` never can, and fails at once with ``RateLimitError``.
+
+A call waits for the latest moment any of its limits names; it reserves its place in every
+limit at that moment at once, so the calls that wait are served in the order they asked
+(first come, first served, across the fleet when the limits are in Redis). A call cancelled
+while it waits gives its place back. After the attempt, the limit is corrected from the
+usage it reported: tokens over the estimate are charged (later calls wait for them), tokens
+under it are given back, and requests beyond the first (a pydantic-ai run that called tools
+makes one request per step) are charged. An attempt that reported no usage at all keeps its
+estimate.
+
+Feedback from the provider
+--------------------------
+An attempt that fails with HTTP 429 pauses every call to its model, under every limit that
+applies to it, for the time the provider asked (``Retry-After``, else OpenAI's
+``x-ratelimit-reset-*`` or Anthropic's ``anthropic-ratelimit-*-reset`` headers, else
+``DEFAULT_PAUSE`` seconds); calls that were already waiting for a moment inside the pause
+take a new place after it. Each limit also halves its rates (multiplicative decrease, not
+below 1/16 of the configured rates; once per pause, so that a burst of 429s from calls
+already in flight counts once) and, from the end of the pause, recovers linearly to the
+configured rates over two periods (additive increase). The default retry policy retries a
+429 after its ``Retry-After``; the limiter makes the other calls wait too.
+
+The middleware is a caller-side stage inside the retry stage: each attempt waits where the
+call was made, before it is sent (in broker mode, before it is published: a waiting task
+holds no worker's slot). In a ``gather`` the waiting tasks hold their places in the batch's
+pool, where every other task waits for the same limits anyway.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import math
+import re
+import time
+from collections.abc import Callable, Iterable, Sequence
+from typing import TYPE_CHECKING, Any, Literal, Protocol, runtime_checkable
+
+import anyio
+import pydantic_core
+from pydantic import BaseModel
+
+from ..errors import (
+    InvalidStateError,
+    InvalidTypeError,
+    InvalidValueError,
+    RateLimitError,
+    RemoteAgentError,
+)
+from ..events.types import EventType
+from .retry import retry_after_seconds
+
+if TYPE_CHECKING:
+    from .._context import AgentContext
+    from .._pipeline import CallNext
+    from .._types import TaskSpec
+
+__all__ = [
+    "DEFAULT_PAUSE",
+    "Clock",
+    "MonotonicClock",
+    "RateLimit",
+    "RateLimitMiddleware",
+    "estimate_input_tokens",
+    "model_of",
+]
+
+#: Seconds a 429 pauses its model when the response says nothing about how long.
+DEFAULT_PAUSE = 1.0
+#: A 429 multiplies the limits' rates by this, down to ``_MIN_SCALE``.
+_DECREASE = 0.5
+_MIN_SCALE = 1 / 16
+#: After a pause, the rates grow back by this fraction of the configured rates per period.
+_RECOVERY_PER_PERIOD = 0.5
+_US = 1_000_000
+
+StoreFailure = Literal["closed", "open"]
+
+
+@runtime_checkable
+class Clock(Protocol):
+    """Where in-process limits read the time and wait (inject a fake one in tests)."""
+
+    def now(self) -> float:
+        """Seconds on a monotonic scale."""
+        ...
+
+    async def sleep_until(self, deadline: float) -> None:
+        """Return once ``now() >= deadline``; cancellable."""
+        ...
+
+
+class MonotonicClock:
+    """``time.monotonic``, waited for with ``anyio.sleep``: the default clock."""
+
+    def now(self) -> float:
+        return time.monotonic()
+
+    async def sleep_until(self, deadline: float) -> None:
+        await anyio.sleep(max(0.0, deadline - time.monotonic()))
+
+
+_MONOTONIC = MonotonicClock()
+
+
+def estimate_input_tokens(task: TaskSpec) -> int:
+    """The default estimate of a task's input tokens: one token per 4 characters of the
+    prompt (the task's input as the model receives it: a ``str`` as is, anything else as
+    JSON), rounded up, and at least 1.
+
+    It does not count the agent's instructions, tools or message history: a demanding
+    caller passes ``RuntimeOptions(token_estimator=...)``. Every estimate is corrected from
+    the usage the attempt reports.
+    """
+    value = task.input
+    if isinstance(value, str):
+        size = len(value)
+    elif isinstance(value, BaseModel):
+        size = len(value.model_dump_json())
+    else:
+        try:
+            size = len(pydantic_core.to_json(value))
+        except (TypeError, ValueError, pydantic_core.PydanticSerializationError):
+            size = len(repr(value))
+    return max(1, (size + 3) // 4)
+
+
+def model_of(agent: Any) -> str | None:
+    """The model string an agent calls (``"openai:gpt-4o"``), or ``None`` when it is not
+    known (a function agent): what ``RateLimit(model=...)`` and ``provider=`` match."""
+    cached = agent.__dict__.get("_murmur_model", _UNSET)
+    if cached is not _UNSET:
+        return cached  # type: ignore[no-any-return]
+    model = getattr(agent, "model", None)  # a function agent's declared model
+    if model is None:
+        model = getattr(getattr(agent, "agent", None), "model", None)  # pydantic-ai's
+    name: str | None
+    if model is None:
+        name = None
+    elif isinstance(model, str):
+        name = model
+    else:
+        system = getattr(model, "system", None)
+        model_name = getattr(model, "model_name", None)
+        if not isinstance(model_name, str):
+            name = None
+        elif isinstance(system, str) and not model_name.startswith(f"{system}:"):
+            name = f"{system}:{model_name}"
+        else:
+            name = model_name
+    agent.__dict__["_murmur_model"] = name
+    return name
+
+
+_UNSET: Any = object()
+
+
+class RateLimit:
+    """A provider's limit on requests and tokens per period, for the calls it applies to.
+
+    Args:
+        model: Applies to calls of this model string (``"openai:gpt-4o"``; a name without a
+            provider, ``"gpt-4o"``, matches it under any provider).
+        provider: Applies to calls of this provider's models (``"openai"``).
+        agent: Applies to calls of the agent with this name (function agents too).
+        rpm: Requests per period (per minute by default).
+        tpm: Tokens (input + output) per period.
+        burst: Requests that may start at once after an idle spell (1 <= burst <= rpm); the
+            sustained rate is then ``max(1, rpm - burst)`` per period, so that no window of
+            one period holds more than ``rpm - 1`` admissions (one of slack for jitter; see
+            the module doc).
+        period: The period of ``rpm`` and ``tpm``, in seconds (60: per minute).
+        store: ``None`` (this process), or a ``redis://`` / ``rediss://`` URL: the limit is
+            then shared by every process using the same URL and ``name``.
+        on_store_error: What a call does when the store cannot be reached within
+            ``store_timeout``: ``"closed"`` fails it with ``RateLimitStoreError``,
+            ``"open"`` lets it through unlimited.
+        store_timeout: Seconds a call may wait for the store (each round trip).
+        name: The limit's name in events and in the store; by default made from its
+            selectors and numbers, so that processes configured alike share it.
+        clock: The clock of an in-process limit (tests inject a fake one); all in-process
+            limits of a runtime must share one.
+
+    Selectors combine (all must match); a limit with none applies to every call. A
+    ``RateLimit`` holds its state (when the next request may start): share one instance
+    among runtimes of a process to share the limit, as with a ``TokenBudget``.
+    """
+
+    __slots__ = (
+        "_decreased_until",
+        "_interval",
+        "_pauses",
+        "_period_us",
+        "_req_holes",
+        "_req_tat",
+        "_scale_at",
+        "_scale_from",
+        "_tok_holes",
+        "_tok_tat",
+        "agent",
+        "burst",
+        "clock",
+        "model",
+        "name",
+        "on_store_error",
+        "period",
+        "provider",
+        "rpm",
+        "store",
+        "store_timeout",
+        "tpm",
+    )
+
+    def __init__(
+        self,
+        *,
+        model: str | None = None,
+        provider: str | None = None,
+        agent: str | None = None,
+        rpm: int | None = None,
+        tpm: int | None = None,
+        burst: int = 1,
+        period: float = 60.0,
+        store: str | None = None,
+        on_store_error: StoreFailure = "closed",
+        store_timeout: float = 2.0,
+        name: str | None = None,
+        clock: Clock | None = None,
+    ) -> None:
+        for field, value in (("model", model), ("provider", provider), ("agent", agent)):
+            if value is not None and (not isinstance(value, str) or not value):
+                raise InvalidValueError(f"RateLimit {field} must be a non-empty str or None")
+        if rpm is None and tpm is None:
+            raise InvalidValueError("RateLimit needs rpm=, tpm= or both")
+        for size, count in (("rpm", rpm), ("tpm", tpm)):
+            if count is not None and (
+                isinstance(count, bool) or not isinstance(count, int) or count < 1
+            ):
+                raise InvalidValueError(f"RateLimit {size} must be an int >= 1, got {count!r}")
+        if isinstance(burst, bool) or not isinstance(burst, int) or burst < 1:
+            raise InvalidValueError(f"RateLimit burst must be an int >= 1, got {burst!r}")
+        if rpm is not None and burst > rpm:
+            raise InvalidValueError(f"RateLimit burst={burst} is more than rpm={rpm}")
+        if not (isinstance(period, (int, float)) and math.isfinite(period) and period > 0):
+            raise InvalidValueError(f"RateLimit period must be seconds > 0, got {period!r}")
+        if store is not None and (
+            not isinstance(store, str) or not store.startswith(("redis://", "rediss://"))
+        ):
+            raise InvalidValueError(
+                f"RateLimit store must be None or a redis:// or rediss:// URL, got {store!r}"
+            )
+        if on_store_error not in ("closed", "open"):
+            raise InvalidValueError(
+                f"RateLimit on_store_error must be 'closed' or 'open', got {on_store_error!r}"
+            )
+        if not (isinstance(store_timeout, (int, float)) and store_timeout > 0):
+            raise InvalidValueError(
+                f"RateLimit store_timeout must be seconds > 0, got {store_timeout!r}"
+            )
+        if clock is not None and not isinstance(clock, Clock):
+            raise InvalidTypeError(
+                "RateLimit clock must have now() and `async def sleep_until(deadline)`"
+            )
+        self.model = model
+        self.provider = provider
+        self.agent = agent
+        self.rpm = rpm
+        self.tpm = tpm
+        self.burst = burst
+        self.period = float(period)
+        self.store = store
+        self.on_store_error: StoreFailure = on_store_error
+        self.store_timeout = float(store_timeout)
+        self.clock: Clock = _MONOTONIC if clock is None else clock
+        if name is None:
+            picked = [
+                f"{k}={v}"
+                for k, v in (("model", model), ("provider", provider), ("agent", agent))
+                if v is not None
+            ]
+            sizes = [f"{k}={v}" for k, v in (("rpm", rpm), ("tpm", tpm)) if v is not None]
+            extra = [f"burst={burst}"] if burst != 1 else []
+            extra += [f"period={period:g}"] if period != 60 else []
+            name = ",".join(picked or ["all"]) + ":" + ",".join(sizes + extra)
+        elif not isinstance(name, str) or not name:
+            raise InvalidValueError("RateLimit name must be a non-empty str")
+        self.name = name
+        self._period_us = round(self.period * _US)
+        #: Microseconds between requests at the configured rate.
+        self._interval = -(-self._period_us // max(1, rpm - burst)) if rpm is not None else 0
+        # In-process state, in whole microseconds of the clock: the theoretical arrival time
+        # of each bucket, the places given back by cancelled waiters that were not last
+        # (their end -> their start), pauses by model, and the AIMD scale of the rates.
+        self._req_tat = 0
+        self._tok_tat = 0
+        self._req_holes: dict[int, int] = {}
+        self._tok_holes: dict[int, int] = {}
+        self._pauses: dict[str | None, int] = {}
+        self._scale_from = 1.0
+        self._scale_at = 0
+        self._decreased_until = 0
+
+    def __repr__(self) -> str:
+        return f"RateLimit({self.name!r})"
+
+    def applies(self, agent: str, model: str | None) -> bool:
+        """Whether calls of ``agent`` to ``model`` are held to this limit."""
+        if self.agent is not None and self.agent != agent:
+            return False
+        if self.model is not None:
+            if model is None:
+                return False
+            if self.model != model and (":" in self.model or model.partition(":")[2] != self.model):
+                return False
+        return self.provider is None or (
+            model is not None and model.partition(":")[0] == self.provider
+        )
+
+    # -- the in-process buckets (microseconds) ----------------------------------------
+
+    def scale(self, now: int) -> float:
+        """The fraction of the configured rates in force at ``now`` (AIMD; 1 normally)."""
+        start = self._scale_from
+        if start >= 1.0:
+            return 1.0
+        grown = start + max(0, now - self._scale_at) * _RECOVERY_PER_PERIOD / self._period_us
+        if grown >= 1.0:
+            self._scale_from = 1.0
+            return 1.0
+        return grown
+
+    def _req_interval(self, scale: float) -> int:
+        if scale == 1.0:
+            return self._interval
+        return math.ceil(self._period_us / (max(1, self.rpm - self.burst) * scale))  # type: ignore[operator]
+
+    def _tok_cost(self, tokens: int, scale: float) -> int:
+        """Microseconds ``tokens`` take to refill; the bucket holds ``_tok_cost(tpm)``."""
+        if scale == 1.0:
+            if tokens == self.tpm:
+                return self._period_us
+            return -(-tokens * self._period_us // self.tpm)  # type: ignore[operator]
+        return math.ceil(tokens * self._period_us / (self.tpm * scale))  # type: ignore[operator]
+
+    def _earliest(self, now: int, tokens: int, model: str | None) -> int:
+        """The first moment (µs) this limit admits a request of ``tokens``."""
+        scale = 1.0 if self._scale_from >= 1.0 else self.scale(now)
+        earliest = self._pauses.get(model, 0) if self._pauses else 0
+        if self.rpm is not None:
+            interval = self._req_interval(scale)
+            at = self._req_tat - (self.burst - 1) * interval
+            if at > earliest:
+                earliest = at
+        if self.tpm is not None and tokens:
+            window = self._tok_cost(self.tpm, scale)
+            at = self._tok_tat + self._tok_cost(tokens, scale) - window
+            if at > earliest:
+                earliest = at
+        return earliest
+
+    def _take_now(self, now: int, tokens: int, model: str | None) -> bool:
+        """``_earliest`` and ``_take`` at ``now`` in one step, when it admits the call now."""
+        if self._pauses and self._pauses.get(model, 0) > now:
+            return False
+        scale = 1.0 if self._scale_from >= 1.0 else self.scale(now)
+        req_tat = self._req_tat
+        if self.rpm is not None:
+            interval = self._req_interval(scale)
+            if req_tat - (self.burst - 1) * interval > now:
+                return False
+            req_tat = (req_tat if req_tat > now else now) + interval
+        if self.tpm is not None and tokens:
+            cost = self._tok_cost(tokens, scale)
+            tok_tat = self._tok_tat
+            if tok_tat + cost - self._tok_cost(self.tpm, scale) > now:
+                return False
+            self._tok_tat = (tok_tat if tok_tat > now else now) + cost
+        self._req_tat = req_tat
+        return True
+
+    def _take(self, start: int, tokens: int) -> tuple[int, int, int, int]:
+        """Reserve a request of ``tokens`` starting at ``start``: (old, new) of each TAT."""
+        scale = 1.0 if self._scale_from >= 1.0 else self.scale(start)
+        old_req = self._req_tat
+        old_tok = self._tok_tat
+        if self.rpm is not None:
+            self._req_tat = (old_req if old_req > start else start) + self._req_interval(scale)
+        if self.tpm is not None and tokens:
+            self._tok_tat = (old_tok if old_tok > start else start) + self._tok_cost(tokens, scale)
+        return old_req, self._req_tat, old_tok, self._tok_tat
+
+    def _give_back(self, taken: tuple[int, int, int, int], now: int) -> None:
+        """Undo a reservation (its waiter was cancelled): exactly, when no later one was
+        made; otherwise once every later one has been given back too."""
+        old_req, new_req, old_tok, new_tok = taken
+        if new_req != old_req:
+            self._req_tat = _undo(self._req_tat, old_req, new_req, self._req_holes, now)
+        if new_tok != old_tok:
+            self._tok_tat = _undo(self._tok_tat, old_tok, new_tok, self._tok_holes, now)
+
+    def _correct(self, now: int, extra_requests: int, extra_tokens: int) -> None:
+        """Charge what an attempt used beyond its reservation (or give back tokens below)."""
+        scale = self.scale(now)
+        if self.rpm is not None and extra_requests > 0:
+            tat = self._req_tat
+            self._req_tat = (tat if tat > now else now) + extra_requests * self._req_interval(scale)
+        if self.tpm is not None and extra_tokens:
+            if extra_tokens > 0:
+                tat = self._tok_tat
+                self._tok_tat = (tat if tat > now else now) + self._tok_cost(extra_tokens, scale)
+            else:
+                self._tok_tat -= self._tok_cost(-extra_tokens, scale)
+
+    def _throttle(self, now: int, pause: int, model: str | None) -> None:
+        """A 429 for ``model``: pause it until ``now + pause``; halve the rates, once per
+        pause, recovering from its end."""
+        until = now + pause
+        if self._pauses.get(model, 0) < until:
+            self._pauses[model] = until
+        if now >= self._decreased_until:
+            self._scale_from = max(_MIN_SCALE, self.scale(now) * _DECREASE)
+            self._scale_at = until
+            self._decreased_until = until
+
+    def _paused_until(self, model: str | None) -> int:
+        return self._pauses.get(model, 0) if self._pauses else 0
+
+
+def _undo(tat: int, old: int, new: int, holes: dict[int, int], now: int) -> int:
+    if tat != new:
+        # Not the last: remember the gap; it closes once those after it give back theirs.
+        if len(holes) > 256:
+            for end in [end for end in holes if end < now]:
+                del holes[end]
+        holes[new] = old
+        return tat
+    tat = old
+    while tat in holes:
+        tat = holes.pop(tat)
+    return tat
+
+
+# -- 429 --------------------------------------------------------------------------------
+
+
+def throttle_seconds(error: BaseException) -> float | None:
+    """How long a provider's 429 asked to wait (``DEFAULT_PAUSE`` when it did not say), or
+    ``None`` when ``error`` is not a 429.
+
+    A 429 is any exception with ``status_code == 429``: pydantic-ai's ``ModelHTTPError``,
+    the provider SDKs' own errors (``openai.RateLimitError``, ...), or a worker's failure
+    (``RemoteAgentError``) that carried it. Its headers are read from ``error.headers`` or
+    ``error.response.headers``.
+    """
+    if getattr(error, "status_code", None) != 429:
+        return None
+    if isinstance(error, RemoteAgentError):
+        return DEFAULT_PAUSE  # the headers stayed in the other process
+    hinted = retry_after_seconds(error)  # pydantic-ai's own reading, if it is one of its
+    if hinted is not None:
+        return hinted
+    headers = getattr(error, "headers", None)
+    if headers is None:
+        headers = getattr(getattr(error, "response", None), "headers", None)
+    if not headers:
+        return DEFAULT_PAUSE
+    waits = []
+    try:
+        items = list(headers.items())
+    except (AttributeError, TypeError):
+        return DEFAULT_PAUSE
+    for name, value in items:
+        if isinstance(name, str) and isinstance(value, str):
+            seconds = _header_seconds(name.lower(), value)
+            if seconds is not None:
+                waits.append(seconds)
+    return max(waits) if waits else DEFAULT_PAUSE
+
+
+_DURATION = re.compile(r"(\d+(?:\.\d+)?)(ms|h|m|s)")
+_UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
+
+
+def _header_seconds(name: str, value: str) -> float | None:
+    """Seconds a ``Retry-After`` or a provider's rate-limit reset header asks to wait."""
+    if name in ("retry-after", "retry-after-ms"):
+        try:
+            seconds = float(value) / (1000.0 if name == "retry-after-ms" else 1.0)
+        except ValueError:
+            try:
+                return max(0.0, email.utils.parsedate_to_datetime(value).timestamp() - time.time())
+            except (TypeError, ValueError):
+                return None
+        return max(0.0, seconds) if math.isfinite(seconds) else None
+    if name.startswith("x-ratelimit-reset"):  # OpenAI: "1s", "6m0s", "20ms"
+        parts = _DURATION.findall(value.strip())
+        if not parts:
+            return None
+        return sum(float(number) * _UNIT_SECONDS[unit] for number, unit in parts)
+    if name.startswith("anthropic-ratelimit-") and name.endswith("-reset"):  # RFC 3339
+        try:
+            from datetime import datetime
+
+            when = datetime.fromisoformat(value.strip().replace("Z", "+00:00"))
+        except ValueError:
+            try:
+                when = email.utils.parsedate_to_datetime(value)
+            except (TypeError, ValueError):
+                return None
+        return max(0.0, when.timestamp() - time.time())
+    return None
+
+
+# -- the stage --------------------------------------------------------------------------
+
+
+class _Plan:
+    """The limits that apply to one (agent, model), in-process ones and stored ones."""
+
+    __slots__ = ("clock", "local", "model", "stored", "tokens", "tpm_floor")
+
+    def __init__(self, model: str | None, limits: Sequence[RateLimit]) -> None:
+        self.model = model
+        self.local = tuple(limit for limit in limits if limit.store is None)
+        self.stored = tuple(limit for limit in limits if limit.store is not None)
+        self.clock = self.local[0].clock if self.local else _MONOTONIC
+        tpms = [limit.tpm for limit in limits if limit.tpm is not None]
+        #: Whether a token estimate is needed, and the smallest tpm (no bigger call fits).
+        self.tokens = bool(tpms)
+        self.tpm_floor = min(tpms) if tpms else 0
+
+    def admit_now(self, tokens: int) -> bool:
+        """Take a place now in every in-process limit if all admit the call now (no wait)."""
+        local = self.local
+        now = round(self.clock.now() * _US)
+        model = self.model
+        if len(local) == 1:
+            return local[0]._take_now(now, tokens, model)
+        for limit in local:
+            if limit._earliest(now, tokens, model) > now:
+                return False
+        for limit in local:
+            limit._take(now, tokens)
+        return True
+
+
+class RateLimitMiddleware:
+    """Admits each attempt under the ``RateLimit``s that apply to it (see the module doc).
+
+    Args:
+        limits: The limits.
+        estimator: Estimates a task's input tokens (default ``estimate_input_tokens``).
+    """
+
+    #: Runs where the call was made (see ``murmur.Stage``).
+    side = "caller"
+
+    def __init__(
+        self,
+        limits: Iterable[RateLimit],
+        *,
+        estimator: Callable[[TaskSpec], int] | None = None,
+    ) -> None:
+        self.limits = tuple(limits)
+        for index, limit in enumerate(self.limits):
+            if not isinstance(limit, RateLimit):
+                raise InvalidTypeError(
+                    f"rate_limits[{index}] must be a murmur.RateLimit, got {type(limit).__name__}"
+                )
+        clocks = {id(limit.clock) for limit in self.limits if limit.store is None}
+        if len(clocks) > 1:
+            raise InvalidValueError("the in-process rate_limits of a runtime must share one clock")
+        self._estimate = estimator if estimator is not None else estimate_input_tokens
+        self._plans: dict[tuple[str, str | None], Any] = {}
+        self._bridge: Callable[[], Any] | None = None
+        #: The Redis connections of the limits with ``store=`` (fleet-wide), if any.
+        self.stores: Any = None
+        if any(limit.store is not None for limit in self.limits):
+            from ._rate_store import RedisRateStores
+
+            self.stores = RedisRateStores(self._asyncio_bridge)
+
+    def use_bridge(self, bridge: Callable[[], Any]) -> None:
+        """Run the Redis client on ``bridge()``'s asyncio loop under Trio (the runtime's)."""
+        self._bridge = bridge
+
+    def _asyncio_bridge(self) -> Any:
+        if self._bridge is None:
+            raise InvalidStateError(
+                "a RateLimit with store= needs an asyncio loop under Trio: use the stage "
+                "through an AgentRuntime (RuntimeOptions(rate_limits=...)), which lends its own"
+            )
+        return self._bridge()
+
+    async def aclose(self) -> None:
+        """Close the store connections, if any."""
+        if self.stores is not None:
+            await self.stores.aclose()
+
+    def _plan(self, agent: str, model: str | None) -> _Plan | None:
+        key = (agent, model)
+        applying = [limit for limit in self.limits if limit.applies(agent, model)]
+        plan = _Plan(model, applying) if applying else None
+        self._plans[key] = plan
+        return plan
+
+    async def __call__(self, ctx: AgentContext, call_next: CallNext) -> Any:
+        impl = ctx.impl
+        model = impl.__dict__.get("_murmur_model", _UNSET)
+        if model is _UNSET:
+            model = model_of(impl)
+        plan = self._plans.get((impl.name, model), _UNSET)
+        if plan is _UNSET:
+            plan = self._plan(impl.name, model)
+        if plan is None:
+            return await call_next(ctx)
+        tokens = 0
+        if plan.tokens:
+            tokens = self._estimate(ctx.task)
+            if tokens > plan.tpm_floor:
+                raise RateLimitError(
+                    f"agent {impl.name!r}: a request of ~{tokens} tokens (estimated) can never "
+                    f"fit a rate limit of tpm={plan.tpm_floor}"
+                )
+        if plan.stored or not plan.admit_now(tokens):
+            await self._wait(ctx, plan, tokens)
+        # Inline, not a helper coroutine: this runs for every attempt.
+        requests = ctx._requests
+        used = ctx._input_tokens + ctx._output_tokens
+        try:
+            return await call_next(ctx)
+        except Exception as exc:
+            pause = throttle_seconds(exc)
+            if pause is not None:
+                await self._throttled(plan, pause)
+            raise
+        finally:
+            requests = ctx._requests - requests
+            used = ctx._input_tokens + ctx._output_tokens - used
+            if requests or used:  # nothing reported: the estimate stands
+                extra_tokens = used - tokens if plan.tokens else 0
+                if requests > 1 or extra_tokens:
+                    self._correct(plan, requests - 1, extra_tokens)
+
+    def _correct(self, plan: _Plan, extra_requests: int, extra_tokens: int) -> None:
+        if plan.local:
+            now = round(plan.clock.now() * _US)
+            for limit in plan.local:
+                limit._correct(now, extra_requests, extra_tokens)
+        if plan.stored and self.stores is not None:
+            self.stores.correct(plan, extra_requests, extra_tokens)
+
+    async def _throttled(self, plan: _Plan, pause: float) -> None:
+        if plan.local:
+            now = round(plan.clock.now() * _US)
+            for limit in plan.local:
+                limit._throttle(now, round(pause * _US), plan.model)
+        if plan.stored and self.stores is not None:
+            await self.stores.throttle(plan, pause)
+
+    async def _wait(self, ctx: AgentContext, plan: _Plan, tokens: int) -> None:
+        """Take a place in every limit of ``plan`` and wait for it; report the wait."""
+        clock = plan.clock
+        model = plan.model
+        began = clock.now()
+        slept = False
+        binding: RateLimit | None = None
+        while True:
+            now = round(clock.now() * _US)
+            start = now
+            for limit in plan.local:
+                at = limit._earliest(now, tokens, model)
+                if at > start:
+                    start, binding = at, limit
+            stored_place: Any = None
+            if plan.stored and self.stores is not None:
+                delay, stored_binding, stored_place = await self.stores.reserve(
+                    plan, tokens, (start - now) / _US
+                )
+                # The delay counts from when the script ran, somewhere in the round trip:
+                # counted from its end, the call starts late rather than early.
+                now = round(clock.now() * _US)
+                after = now + round(delay * _US)
+                if after > start:
+                    start, binding = after, stored_binding
+                if plan.local:
+                    # The round trip took time, and others may have taken places meanwhile.
+                    for limit in plan.local:
+                        at = limit._earliest(now, tokens, model)
+                        if at > start:
+                            start, binding = at, limit
+            places = [(limit, limit._take(start, tokens)) for limit in plan.local]
+            try:
+                if start > now:
+                    slept = True
+                    await clock.sleep_until(start / _US)
+            except BaseException:
+                with anyio.CancelScope(shield=True):
+                    await self._give_back(plan, places, stored_place)
+                raise
+            # A 429 may have paused the model meanwhile: then take a new place after it.
+            now = round(clock.now() * _US)
+            if not any(limit._paused_until(model) > now for limit in plan.local) and not (
+                stored_place is not None and self.stores.paused(plan, stored_place)
+            ):
+                break
+            await self._give_back(plan, places, stored_place)
+        # Only a call that had to wait reports it (a store's round trip is not a wait).
+        waited = clock.now() - began if slept else 0.0
+        if waited > 0:
+            ctx._rate_limit_wait += waited
+            if _WAITED in ctx.origin.wants:
+                await ctx.emit(
+                    _WAITED,
+                    duration=waited,
+                    data={
+                        "waited": waited,
+                        "limit": None if binding is None else binding.name,
+                        "limits": [limit.name for limit in (*plan.local, *plan.stored)],
+                        "model": model,
+                    },
+                )
+
+    async def _give_back(
+        self, plan: _Plan, places: list[tuple[RateLimit, tuple[int, int, int, int]]], stored: Any
+    ) -> None:
+        if places:
+            now = round(plan.clock.now() * _US)
+            for limit, taken in places:
+                limit._give_back(taken, now)
+        if stored is not None and self.stores is not None:
+            await self.stores.give_back(plan, stored)
+
+
+_WAITED = EventType.RATE_LIMIT_WAITED

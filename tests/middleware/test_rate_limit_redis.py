@@ -1,0 +1,203 @@
+"""Fleet-wide rate limits through Redis: one state shared by runtimes and processes, 429s
+that pause only their model, and an unreachable store failing closed or open, never
+hanging. Real Redis on 127.0.0.1:6379; every test uses its own limit names and deletes
+their keys."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import anyio
+import pytest
+import redis
+from pydantic_ai.exceptions import ModelHTTPError
+from tests.distributed.brokers import require
+from tests.support import Recorder
+from tests.workers import REPO, command_env
+
+from murmur import (
+    AgentRuntime,
+    EventType,
+    FunctionAgent,
+    RateLimit,
+    RateLimitStoreError,
+    RuntimeOptions,
+    TaskSpec,
+)
+
+pytestmark = pytest.mark.anyio
+
+APP = Path(__file__).with_name("ratelimit_fleet_app.py")
+
+
+@pytest.fixture
+def names() -> Iterator[list[str]]:
+    """Unique limit names for one test; their Redis keys are deleted after it."""
+    url = require("redis")
+    made: list[str] = []
+    yield made
+    client = redis.Redis.from_url(url)
+    try:
+        for name in made:
+            client.delete(f"murmur:ratelimit:{name}", f"murmur:ratelimit:{name}:h")
+    finally:
+        client.close()
+
+
+def fresh(names: list[str], label: str) -> str:
+    name = f"test-{label}-{os.getpid()}-{time.monotonic_ns()}"
+    names.append(name)
+    return name
+
+
+def most_in_window(times: list[float], width: float) -> int:
+    ordered = sorted(times)
+    best = j = 0
+    for i, t in enumerate(ordered):
+        while j < len(ordered) and ordered[j] < t + width:
+            j += 1
+        best = max(best, j - i)
+    return best
+
+
+async def test_runtimes_share_one_stored_limit(names: list[str]) -> None:
+    name = fresh(names, "shared")
+    seen: list[float] = []
+
+    async def call(value: Any) -> Any:
+        seen.append(time.monotonic())
+        return value
+
+    agent = FunctionAgent(call, name="shared", model="openai:gpt-4o")
+    recorder = Recorder()
+
+    def runtime() -> AgentRuntime:
+        # Separate instances: their only shared state is in Redis.
+        limit = RateLimit(provider="openai", rpm=11, period=1.0, store=require("redis"), name=name)
+        return AgentRuntime(options=RuntimeOptions(rate_limits=[limit]), event_emitter=recorder)
+
+    results: list[Any] = []
+    async with runtime() as one, runtime() as two:
+
+        async def batch(rt: AgentRuntime) -> None:
+            results.extend(await rt.gather(agent, [TaskSpec(input=i) for i in range(8)]))
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(batch, one)
+            tg.start_soon(batch, two)
+    assert all(r.is_ok() for r in results)
+    # 16 calls at 10 a second (rpm - 1): never more than rpm in any period, in all.
+    assert most_in_window(seen, 1.0) <= 11
+    assert sum(r.rate_limit_wait > 0 for r in results) >= 10
+    waited = recorder.of(EventType.RATE_LIMIT_WAITED)
+    assert waited
+    assert {e.data["limit"] for e in waited} == {name}
+
+
+async def test_a_429_storm_pauses_only_its_model_fleet_wide(names: list[str]) -> None:
+    url = require("redis")
+    stormy = fresh(names, "stormy")
+    calm = fresh(names, "calm")
+
+    async def storm(value: Any) -> Any:
+        raise ModelHTTPError(429, "gpt-4o", headers={"retry-after": "30"})
+
+    async def fine(value: Any) -> Any:
+        return value
+
+    a = FunctionAgent(storm, name="a", model="openai:gpt-4o")
+    b = FunctionAgent(fine, name="b", model="openai:gpt-4o-mini")
+    limits = [
+        RateLimit(model="openai:gpt-4o", rpm=6000, store=url, name=stormy),
+        RateLimit(model="openai:gpt-4o-mini", rpm=6000, store=url, name=calm),
+    ]
+    recorder = Recorder()
+    async with AgentRuntime(
+        options=RuntimeOptions(rate_limits=limits), event_emitter=recorder
+    ) as runtime:
+        first = await runtime.run(a, TaskSpec(input=0))
+        assert isinstance(first.error, ModelHTTPError)
+        results = await runtime.gather(b, [TaskSpec(input=i) for i in range(20)])
+    assert all(r.is_ok() for r in results)
+    client = redis.Redis.from_url(url, decode_responses=True)
+    try:
+        stormy_state = client.hgetall(f"murmur:ratelimit:{stormy}")
+        calm_state = client.hgetall(f"murmur:ratelimit:{calm}")
+    finally:
+        client.close()
+    # gpt-4o is paused (fleet-wide, in Redis) and its rate halved; gpt-4o-mini is untouched.
+    assert "p:openai:gpt-4o" in stormy_state
+    assert float(stormy_state["sf"]) == 0.5
+    assert not any(field.startswith("p:") for field in calm_state)
+    assert "sf" not in calm_state
+    assert {e.data["limit"] for e in recorder.of(EventType.RATE_LIMIT_WAITED)} <= {calm}
+
+
+@pytest.mark.parametrize("url", ["redis://127.0.0.1:1", "redis://10.255.255.1:6379"])
+async def test_an_unreachable_store_fails_closed_in_time(url: str) -> None:
+    async def fine(value: Any) -> Any:
+        return value
+
+    limit = RateLimit(agent="fine", rpm=10, store=url, store_timeout=0.3, name="unreachable")
+    async with AgentRuntime(options=RuntimeOptions(rate_limits=[limit])) as runtime:
+        with anyio.fail_after(10):  # a bound on the test, not a measurement
+            result = await runtime.run(fine, TaskSpec(input=1))
+    assert isinstance(result.error, RateLimitStoreError)
+    assert "fail closed" in str(result.error)
+
+
+async def test_an_unreachable_store_can_fail_open() -> None:
+    async def fine(value: Any) -> Any:
+        return value
+
+    limit = RateLimit(
+        agent="fine", rpm=10, store="redis://127.0.0.1:1", on_store_error="open", name="open"
+    )
+    async with AgentRuntime(options=RuntimeOptions(rate_limits=[limit])) as runtime:
+        results = await runtime.gather(fine, [TaskSpec(input=i) for i in range(3)])
+    assert [r.output for r in results] == [0, 1, 2]
+
+
+def test_three_processes_share_one_rpm_at_the_model(tmp_path: Path, names: list[str]) -> None:
+    """3 runtimes in 3 processes (two on asyncio, one on Trio) share one rpm, measured where
+    the model receives the requests. The period is scaled down to 6 s (rpm=30 in it: one
+    request every ~0.2 s), so that the test takes seconds and covers two periods."""
+    name = fresh(names, "fleet")
+    rpm, period, tasks = 30, 6.0, 20
+    outs = [tmp_path / f"p{i}.txt" for i in range(3)]
+    procs = [
+        subprocess.Popen(
+            [sys.executable, str(APP), name, str(rpm), str(period), str(tasks), backend, str(out)],
+            cwd=REPO,
+            env=command_env(),
+        )
+        for out, backend in zip(outs, ["asyncio", "trio", "asyncio"], strict=True)
+    ]
+    try:
+        deadline = time.monotonic() + 60
+        while not all(Path(f"{out}.ready").exists() for out in outs):
+            assert time.monotonic() < deadline, "the fleet's processes did not start"
+            assert all(p.poll() is None for p in procs), "a fleet process died"
+            time.sleep(0.05)  # polling for files the processes write
+        for out in outs:
+            Path(f"{out}.go").write_text("1")
+        for proc in procs:
+            assert proc.wait(timeout=120) == 0
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+    seen = [float(line) for out in outs for line in out.read_text().split()]
+    assert len(seen) == 3 * tasks
+    # rpm in any period; the documented burst in any period/60 ("1 s" at this scale) and
+    # in any 1 s: burst - 1 + ceil(w * (rpm - burst) / period), plus one for jitter.
+    assert most_in_window(seen, period) <= rpm
+    assert most_in_window(seen, period / 60) <= 0 + 1 + 1, sorted(seen)
+    assert most_in_window(seen, 1.0) <= 0 + 5 + 1, sorted(seen)
