@@ -164,7 +164,9 @@ class _Reconnecting(Retry):
                     raise
                 failures += 1
                 await (fail(error, failures) if with_failure_count else fail(error))
-                if loop.time() >= give_up:
+                if loop.time() >= give_up or self.window <= 0:
+                    # Out of time, or the adapter is closing (its own reads end with
+                    # their connections: no outage to report).
                     raise
                 self.outage.lost(error)
                 await asyncio.sleep(backoff(failures))
