@@ -370,7 +370,7 @@ async def _cleanup(kind: str, namespaces: Sequence[str]) -> None:
             for namespace in namespaces:
                 queues = [f"{namespace}.tasks.{safe_name(agent)}" for agent in AGENTS]
                 queues += [channels(namespace)["tasks"], channels(namespace)["reply"]]
-                queues.append(f"{namespace}.dead")
+                queues += [f"{namespace}.dead", f"{namespace}.agents"]  # + callers' registry
                 for queue in queues:
                     await channel.queue_delete(queue)
                 await channel.exchange_delete(f"{namespace}.control")  # workers' control fanout

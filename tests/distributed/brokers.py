@@ -93,8 +93,9 @@ def delete_nats_stream(namespace: str, url: str = NATS_URL) -> None:
 
 def delete_rabbit_queues(namespace: str, agents: Iterable[str], url: str = RABBIT_URL) -> None:
     """Delete the namespace's task queues of ``agents`` (named as ``task_channel``; deleting
-    a queue that does not exist is a no-op) its dead-letter queue and its control exchange. Reply
-    queues and workers' control queues go with their connections."""
+    a queue that does not exist is a no-op) its dead-letter queue, its registry of agents and
+    its control exchange. Reply queues and workers' control queues go with their
+    connections."""
 
     async def delete() -> None:
         import aio_pika
@@ -105,6 +106,7 @@ def delete_rabbit_queues(namespace: str, agents: Iterable[str], url: str = RABBI
             for agent in agents:
                 await channel.queue_delete(f"{namespace}.tasks.{safe_name(agent)}")
             await channel.queue_delete(f"{namespace}.dead")
+            await channel.queue_delete(f"{namespace}.agents")  # the callers' registry
             await channel.exchange_delete(f"{namespace}.control")  # the workers' control fanout
         finally:
             await connection.close()

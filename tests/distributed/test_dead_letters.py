@@ -17,6 +17,7 @@ import contextlib
 import json
 import subprocess
 import sys
+import time
 import uuid
 from collections import defaultdict
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
@@ -31,8 +32,16 @@ from typer.testing import CliRunner
 
 from distributed import app
 from distributed.brokers import cleanup, require
-from distributed.contract import worker_args
-from murmur import AgentResult, DeadLetteredError, InvalidValueError, TaskSpec
+from distributed.contract import unserved, worker_args
+from murmur import (
+    AgentResult,
+    AgentRuntime,
+    AgentTimeoutError,
+    DeadLetteredError,
+    InvalidValueError,
+    RuntimeOptions,
+    TaskSpec,
+)
 from murmur._bridge import AsyncioBridge
 from murmur._envelope import TaskEnvelope
 from murmur.cli import app as cli
@@ -41,11 +50,14 @@ from murmur.distributed._adapter import (
     BrokerAdapter,
     DeadLetter,
     Delivery,
+    UnservedLetter,
     load_adapter,
+    replayable,
     safe_name,
     unsafe_name,
 )
 from murmur.distributed._kafka import in_memory_kafka
+from murmur.distributed._transport import BrokerTransport
 from murmur.distributed._url import parse_broker_url
 from murmur.distributed._wire import ResultMessage, TaskMessage, decode, encode
 from murmur.distributed._worker import Worker
@@ -57,6 +69,10 @@ pytestmark = pytest.mark.anyio
 T = TypeVar("T")
 HANG = 20.0
 AGENT = "shout"
+#: The agent no worker serves (the test app does not define it).
+UNSERVED = unserved.__name__
+#: An agent whose tasks a test's own consumer takes.
+BUSY = "busy"
 
 
 @dataclass
@@ -74,8 +90,9 @@ class Broker:
         return load_adapter(url)(url, namespace=self.namespace)
 
     @asynccontextmanager
-    async def worker(self) -> AsyncIterator[str]:
-        """A worker serving the test app with a delivery limit of 1; yields its name."""
+    async def worker(self, *, redeliver_after: float = 30.0) -> AsyncIterator[str]:
+        """A worker serving the test app with a delivery limit of 1 (sweeping for unserved
+        tasks every ``redeliver_after`` seconds or so); yields its name."""
         if self.in_process:
             worker = Worker(
                 self.url,
@@ -86,11 +103,18 @@ class Broker:
                 heartbeat_seconds=0,
                 grace_seconds=5,
                 max_deliveries=1,
+                redeliver_after=redeliver_after,
             )
             async with worker:
                 yield worker.name
             return
-        process = WorkerProcess(*worker_args(self.url, self.namespace), "--max-deliveries", "1")
+        process = WorkerProcess(
+            *worker_args(self.url, self.namespace),
+            "--max-deliveries",
+            "1",
+            "--redeliver-after",
+            str(redeliver_after),
+        )
         try:
             started = await process.wait_for("worker.started")
             yield started["worker"]
@@ -135,8 +159,9 @@ def broker(request: pytest.FixtureRequest) -> Iterator[Broker]:
     try:
         yield spec
     finally:
-        # The worker process declares a queue for every agent the app serves.
-        cleanup(kind, spec.namespace, AgentRegistry.from_module(app).names())
+        # The worker process declares a queue for every agent the app serves; the tests
+        # publish to others too.
+        cleanup(kind, spec.namespace, [*AgentRegistry.from_module(app).names(), UNSERVED, BUSY])
 
 
 async def on_asyncio(fn: Callable[[], Awaitable[T]]) -> T:
@@ -170,10 +195,14 @@ class Caller:
             self.results[message.correlation_id].append(message.result)
             self._changed.set()
 
-    def task(self, text: str, *, agent: str = AGENT) -> tuple[str, bytes]:
+    def task(
+        self, text: str, *, agent: str = AGENT, deadline: float | None = None
+    ) -> tuple[str, bytes]:
         """A task message for ``agent``: its correlation id and bytes."""
         correlation_id = uuid.uuid4().hex
-        envelope = TaskEnvelope(agent=agent, task=TaskSpec(input=text), trace_id="t")
+        envelope = TaskEnvelope(
+            agent=agent, task=TaskSpec(input=text), trace_id="t", deadline=deadline
+        )
         message = TaskMessage(
             envelope=envelope, reply_to=self.address, correlation_id=correlation_id
         )
@@ -330,6 +359,212 @@ async def test_a_task_past_the_delivery_limit_is_dead_lettered_and_replayable(
             await caller.adapter.aclose()
 
     await on_asyncio(scenario)
+
+
+#: Seconds between a worker's sweeps for unserved tasks, about, in the tests.
+SWEEP = 0.5
+
+
+async def leftovers(broker: Broker, agent: str) -> list[bytes]:
+    """The task messages still waiting for ``agent`` (taken, and acknowledged), in order:
+    those before a marker published now."""
+    adapter = broker.adapter()
+    marker = encode(
+        TaskMessage(
+            envelope=TaskEnvelope(agent=agent, task=TaskSpec(input="marker"), trace_id="t"),
+            reply_to="nobody",
+            correlation_id="marker",
+        )
+    )
+    taken: list[bytes] = []
+    done = asyncio.Event()
+
+    async def take(data: bytes, delivery: Delivery) -> None:
+        await delivery.ack()
+        if data == marker:
+            done.set()
+        else:
+            taken.append(data)
+
+    await adapter.connect()
+    try:
+        await adapter.consume([agent], take, prefetch=10, consumer="leftovers")
+        await adapter.publish_task(agent, marker)
+        with anyio.fail_after(HANG):
+            await done.wait()
+        await adapter.stop_consuming()
+    finally:
+        await adapter.aclose()
+    return taken
+
+
+@pytest.mark.parametrize("broker", ["memory", "redis", "nats", "rabbit"], indirect=True)
+async def test_a_task_no_worker_serves_is_dead_lettered_once_its_deadline_passes(
+    broker: Broker,
+) -> None:
+    async def scenario() -> None:
+        caller = Caller(broker.adapter())
+        try:
+            await caller.open()
+            # Waiting before any worker starts: one with no deadline, one past it.
+            waiting_id, waiting = caller.task("no deadline", agent=UNSERVED)
+            expired_id, expired = caller.task("late", agent=UNSERVED, deadline=time.time() - 1)
+            for data in (waiting, expired):
+                await caller.adapter.publish_task(UNSERVED, data)
+            async with broker.worker(redeliver_after=SWEEP) as worker:
+                # On a channel it serves, a worker answers a task past its deadline without
+                # running it.
+                late_id, late = caller.task("late", deadline=time.time() - 1)
+                await caller.adapter.publish_task(AGENT, late)
+                answer = await caller.result(late_id)
+                assert isinstance(answer.error, AgentTimeoutError)
+                assert "not started" in str(answer.error)
+
+                # A caller's tasks for a served agent succeed; the one for the agent no
+                # worker serves fails once its deadline passes (well before the caller
+                # would give up on it).
+                transport = BrokerTransport(
+                    broker.url, namespace=broker.namespace, reply_grace=HANG
+                )
+                options = RuntimeOptions(timeout_seconds=2)
+                outcomes: dict[str, Any] = {}
+                async with AgentRuntime(transport=transport, options=options) as runtime:
+
+                    async def served() -> None:
+                        tasks = [TaskSpec(input=word) for word in ("a", "b", "c")]
+                        outcomes["served"] = await runtime.gather(app.shout, tasks)
+
+                    async def not_served() -> None:
+                        outcomes["unserved"] = await runtime.run(unserved, TaskSpec(input="?"))
+
+                    with anyio.fail_after(HANG):
+                        async with anyio.create_task_group() as group:
+                            group.start_soon(served)
+                            group.start_soon(not_served)
+                assert [r.unwrap() for r in outcomes["served"]] == ["A", "B", "C"]
+                lost = outcomes["unserved"]
+                assert isinstance(lost.error, DeadLetteredError)
+                assert "(unserved): no worker served agent 'unserved'" in str(lost.error)
+                assert lost.agent == UNSERVED
+
+                # A caller tied to a swept task gets its error too.
+                answer = await caller.result(expired_id)
+                assert isinstance(answer.error, DeadLetteredError)
+                assert "unserved" in str(answer.error)
+
+                letters = await stored(caller.adapter, 2)
+                assert {x.reason for x in letters} == {"unserved"}
+                assert {(x.agent, x.worker, x.deliveries) for x in letters} == {
+                    (UNSERVED, worker, 0)
+                }
+                assert expired in {x.data for x in letters}  # the original bytes
+                (other,) = [x for x in letters if x.data != expired]
+                swept = decode(other.data)
+                assert isinstance(swept, TaskMessage)
+                assert swept.envelope.task.task_id == lost.task_id
+
+                code, out, err = await broker.dlq("list")
+                assert code == 0, err
+                assert out.count("unserved") >= 4  # agent and reason of each
+
+                # Replayed, the task gets a new deadline (and waits for a worker again).
+                (letter,) = [x for x in letters if x.data == expired]
+                code, out, err = await broker.dlq("replay", "--id", letter.id, "--timeout", "600")
+                assert code == 0, err
+
+            # Left in the channel: the task with no deadline, and the replayed one.
+            left = await leftovers(broker, UNSERVED)
+            assert len(left) == 2
+            assert waiting in left
+            (replayed,) = [data for data in left if data != waiting]
+            message = decode(replayed)
+            assert isinstance(message, TaskMessage)
+            assert message.correlation_id == expired_id
+            assert message.envelope.deadline is not None
+            assert message.envelope.deadline > time.time() + 300
+            assert caller.results[waiting_id] == []
+            assert await caller.adapter.dead_letters(10) == [other]
+        finally:
+            await caller.adapter.aclose()
+
+    await on_asyncio(scenario)
+
+
+@pytest.mark.parametrize("broker", ["memory", "redis", "nats", "rabbit"], indirect=True)
+async def test_sweeps_leave_consumed_channels_and_set_aside_each_task_once(
+    broker: Broker,
+) -> None:
+    def task(index: int, agent: str) -> bytes:
+        envelope = TaskEnvelope(agent=agent, task=TaskSpec(input=index), trace_id="t")
+        return encode(TaskMessage(envelope=envelope, reply_to="r", correlation_id=str(index)))
+
+    def every_message(sweeper: str) -> UnservedLetter:
+        def letter(data: bytes, agent: str, deliveries: int) -> DeadLetter:
+            return DeadLetter(data, "unserved", "test", agent, sweeper, time.time(), deliveries)
+
+        return letter
+
+    async def scenario() -> None:
+        held, release = asyncio.Event(), asyncio.Event()
+
+        async def hold(data: bytes, delivery: Delivery) -> None:
+            held.set()
+            await release.wait()  # busy with it until then
+            await delivery.nack()
+
+        consumer, first, second = (broker.adapter() for _ in range(3))
+        try:
+            for adapter in (consumer, first, second):
+                await adapter.connect()
+            busy = [task(i, BUSY) for i in range(3)]
+            tasks = [task(i, UNSERVED) for i in range(200)]
+            for data in (*busy, *tasks):
+                await first.publish_task(BUSY if data in busy else UNSERVED, data)
+            # A consumer busy with the first of its tasks: its channel is served.
+            await consumer.consume([BUSY], hold, prefetch=1, consumer="busy")
+            with anyio.fail_after(HANG):
+                await held.wait()
+            mine = [AGENT, UNSERVED]  # the busy channel only
+            assert await first.sweep_unserved(mine, every_message("first")) == []
+            # Two sweeping at once: each task is set aside once, by one of them.
+            swept: list[DeadLetter] = []
+
+            async def sweep(adapter: BrokerAdapter, name: str) -> None:
+                swept.extend(await adapter.sweep_unserved([AGENT], every_message(name)))
+
+            with anyio.fail_after(HANG):
+                async with anyio.create_task_group() as group:
+                    group.start_soon(sweep, first, "first")
+                    group.start_soon(sweep, second, "second")
+            assert sorted(x.data for x in swept) == sorted(tasks)
+            letters = await first.dead_letters(1000)
+            assert sorted(x.data for x in letters) == sorted(tasks)
+            assert {x.id for x in letters} == {x.id for x in swept}
+            release.set()
+            await consumer.stop_consuming()
+        finally:
+            for adapter in (consumer, first, second):
+                await adapter.aclose()
+        assert await leftovers(broker, UNSERVED) == []
+
+    await on_asyncio(scenario)
+
+
+def test_a_replay_gives_a_task_past_its_deadline_a_new_one() -> None:
+    def task(deadline: float | None) -> bytes:
+        envelope = TaskEnvelope(agent="a", task=TaskSpec(input=1), trace_id="t", deadline=deadline)
+        return encode(TaskMessage(envelope=envelope, reply_to="r", correlation_id="c"))
+
+    past = task(5.0)
+    refreshed = decode(replayable(past, 60))
+    assert isinstance(refreshed, TaskMessage)
+    assert refreshed.envelope.deadline is not None
+    assert time.time() + 50 < refreshed.envelope.deadline < time.time() + 70
+    unchanged = refreshed.envelope.model_copy(update={"deadline": 5.0})
+    assert encode(refreshed.model_copy(update={"envelope": unchanged})) == past
+    # No deadline, one still ahead, or not a task message: replayed as they are.
+    for kept in (task(None), task(time.time() + 99), b"{not json", b"[1]", b'{"envelope": 1}'):
+        assert replayable(kept, 60) == kept
 
 
 def test_dlq_commands_report_usage_errors_in_one_line() -> None:

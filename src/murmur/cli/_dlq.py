@@ -17,7 +17,12 @@ from typing import TypeVar
 
 import anyio
 
-from ..distributed._adapter import BrokerAdapter, DeadLetter, load_adapter
+from ..distributed._adapter import (
+    DEFAULT_REPLAY_DEADLINE,
+    BrokerAdapter,
+    DeadLetter,
+    load_adapter,
+)
 from ..distributed._transport import DEFAULT_CONNECT_TIMEOUT, namespace_from_env, scrub
 from ..distributed._url import parse_broker_url
 from ..errors import InvalidValueError, MissingDependencyError
@@ -47,14 +52,22 @@ def list_dead_letters(
 
 
 def replay_dead_letters(
-    broker: str | None, namespace: str | None, *, ids: Sequence[str], replay_all: bool
+    broker: str | None,
+    namespace: str | None,
+    *,
+    ids: Sequence[str],
+    replay_all: bool,
+    timeout: float | None = None,
 ) -> int:
-    """``murmur dlq replay``; the exit code."""
+    """``murmur dlq replay``; the exit code. ``timeout``: seconds from the replay to the
+    new deadline of a task whose deadline has passed (default ``DEFAULT_REPLAY_DEADLINE``)."""
     if bool(ids) == replay_all:
         return _error("pass --id ID (repeatable) or --all, not both", USAGE)
+    deadline_in = DEFAULT_REPLAY_DEADLINE if timeout is None else timeout
 
     async def replay(adapter: BrokerAdapter) -> list[DeadLetter]:
-        return await adapter.replay_dead_letters(None if replay_all else list(ids))
+        chosen = None if replay_all else list(ids)
+        return await adapter.replay_dead_letters(chosen, deadline_in=deadline_in)
 
     letters = _run(broker, namespace, replay)
     if isinstance(letters, int):

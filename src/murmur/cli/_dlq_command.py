@@ -15,8 +15,9 @@ __all__ = ["DLQ_HELP", "dlq_app"]
 
 DLQ_HELP = (
     "Inspect and replay dead letters: task messages workers set aside instead of running "
-    "(unreadable, of another wire version, for an agent they do not serve, or delivered "
-    "more than --max-deliveries times)."
+    "(unreadable, of another wire version, for an agent they do not serve, delivered "
+    "more than --max-deliveries times, or past its deadline for an agent no worker "
+    "serves)."
 )
 
 LIST_HELP = "\n\n".join(
@@ -36,7 +37,9 @@ REPLAY_HELP = "\n\n".join(
     (
         "Queue dead letters again on their agent's task channel, oldest first, and remove "
         "them from the dead letters. A worker serving the agent then runs them (a message "
-        "that cannot be read is set aside again).",
+        "that cannot be read is set aside again). A task whose deadline has passed is given "
+        "a new one, --timeout seconds from the replay, so that it runs (its caller, if it "
+        "stopped waiting, drops the result).",
         "[bold]Examples[/bold]\n"
         "  murmur dlq replay --broker redis://localhost:6379 --id 1718000000000-0\n"
         "  murmur dlq replay --broker amqp://guest:guest@localhost:5672/ --all",
@@ -106,7 +109,21 @@ def replay(
         typer.Option("--id", metavar="ID", help="A dead letter to replay (repeatable)."),
     ] = None,
     replay_all: Annotated[bool, typer.Option("--all", help="Replay every dead letter.")] = False,
+    timeout: Annotated[
+        float | None,
+        typer.Option(
+            "--timeout",
+            metavar="SECONDS",
+            min=0.0,
+            help="The new deadline of a replayed task whose deadline has passed, in seconds "
+            "from the replay. Default: 300.",
+        ),
+    ] = None,
 ) -> None:
     from ._dlq import replay_dead_letters
 
-    raise typer.Exit(replay_dead_letters(broker, namespace, ids=ids or [], replay_all=replay_all))
+    raise typer.Exit(
+        replay_dead_letters(
+            broker, namespace, ids=ids or [], replay_all=replay_all, timeout=timeout
+        )
+    )

@@ -154,7 +154,9 @@ def start(
             help=(
                 "How long a task taken by a worker that died (or lost the broker) waits "
                 "before another worker gets it (Redis, NATS; RabbitMQ requeues when the "
-                "connection drops). A live worker keeps its tasks however long they run."
+                "connection drops). A live worker keeps its tasks however long they run. "
+                "Also about how often the worker dead-letters the tasks past their deadline "
+                "of agents no worker serves."
             ),
         ),
     ] = 30.0,

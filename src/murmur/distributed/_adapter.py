@@ -13,6 +13,8 @@ caller's loop under asyncio, the runtime's helper loop under Trio.
 * Dead letters (task messages a worker cannot or must not run) go to the namespace's
   dead-letter store (``<namespace>.dead``) with why, from where and by whom, the original
   bytes untouched; ``murmur dlq`` lists them and replays them onto their agent's channel.
+  Workers also sweep the task channels no live worker consumes (``sweep_unserved``): a
+  task whose deadline passed there is dead-lettered as ``unserved``.
 * Control messages (cancellations) go to one per-namespace control channel that every
   worker hears (a broadcast, not a competing queue); nothing there is stored for a worker
   that was not listening.
@@ -27,6 +29,7 @@ import base64
 import importlib
 import json
 import logging
+import time
 from abc import ABC, abstractmethod
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, replace
@@ -40,6 +43,7 @@ _log = logging.getLogger("murmur.distributed")
 __all__ = [
     "DEFAULT_NAMESPACE",
     "DEFAULT_REDELIVER_AFTER",
+    "DEFAULT_REPLAY_DEADLINE",
     "NO_LOGGER",
     "BrokerAdapter",
     "ControlHandler",
@@ -47,7 +51,9 @@ __all__ = [
     "Delivery",
     "ReplyHandler",
     "TaskHandler",
+    "UnservedLetter",
     "load_adapter",
+    "replayable",
     "safe_name",
 ]
 
@@ -56,6 +62,9 @@ DEFAULT_NAMESPACE = "murmur"
 #: Seconds a task taken by a worker that stopped answering waits before the broker (or,
 #: on Redis, a live worker) delivers it again; see ``BrokerAdapter``.
 DEFAULT_REDELIVER_AFTER = 30.0
+#: Seconds a replayed task whose deadline has passed is given to run (``murmur dlq replay
+#: --deadline``): its new deadline is that far from the replay.
+DEFAULT_REPLAY_DEADLINE = 300.0
 
 
 class Delivery(Protocol):
@@ -97,8 +106,9 @@ class DeadLetter:
 
     ``id`` is the dead-letter store's own (empty until stored); ``data`` the message's
     bytes as received; ``reason`` one of ``malformed``, ``unknown-version``,
-    ``not-a-task``, ``unknown-agent``, ``delivery-limit``, and ``detail`` the worker's
-    explanation; ``agent`` the agent whose channel it came from (where a replay puts it).
+    ``not-a-task``, ``unknown-agent``, ``delivery-limit``, ``unserved``, and ``detail``
+    the worker's explanation; ``agent`` the agent whose channel it came from (where a
+    replay puts it).
     """
 
     data: bytes
@@ -147,6 +157,12 @@ class DeadLetter:
 
     def stored_as(self, id: str) -> DeadLetter:
         return replace(self, id=id)
+
+
+#: Called with a task message waiting in a channel no live worker consumes, its agent and
+#: how many times it was delivered before: the dead letter to set it aside as, or ``None``
+#: to leave it where it is. Must not block.
+UnservedLetter = Callable[[bytes, str, int], DeadLetter | None]
 
 
 class BrokerAdapter(ABC):
@@ -263,11 +279,25 @@ class BrokerAdapter(ABC):
         """The newest ``limit`` dead letters, newest first, each with its ``id``."""
         raise NotAvailableError(f"{type(self).__name__} keeps no dead letters")
 
-    async def replay_dead_letters(self, ids: Sequence[str] | None) -> list[DeadLetter]:
+    async def replay_dead_letters(
+        self, ids: Sequence[str] | None, *, deadline_in: float = DEFAULT_REPLAY_DEADLINE
+    ) -> list[DeadLetter]:
         """Queue the dead letters ``ids`` (``None``: all) again on their agent's task
-        channel, oldest first, and remove them from the store; returns those replayed
-        (an id not in the store is left out)."""
+        channel, oldest first (as ``replayable`` makes them: a passed deadline is moved to
+        ``deadline_in`` seconds from now), and remove them from the store; returns those
+        replayed (an id not in the store is left out)."""
         raise NotAvailableError(f"{type(self).__name__} keeps no dead letters")
+
+    async def sweep_unserved(
+        self, served: Sequence[str], letter: UnservedLetter
+    ) -> list[DeadLetter]:
+        """Set aside, as the dead letters ``letter`` makes of them, the messages waiting in
+        the task channels of agents no live worker consumes (those of ``served``, the
+        sweeping worker's own, are never swept): each is removed from its channel and
+        stored once, whichever of the workers sweeping at the same time gets to it. Returns
+        those this call stored. A broker that cannot tell whether a channel is consumed
+        sweeps nothing."""
+        return []
 
     # -- control (to every worker) -----------------------------------------------------
 
@@ -309,6 +339,26 @@ def load_adapter(url: BrokerURL) -> type[BrokerAdapter]:
         ) from exc
     adapter: type[BrokerAdapter] = getattr(module, class_name)
     return adapter
+
+
+def replayable(data: bytes, deadline_in: float) -> bytes:
+    """A dead letter's bytes as a replay queues them: a task whose deadline has passed gets
+    one ``deadline_in`` seconds from now, so that a worker runs it (a worker answers a task
+    past its deadline as timed out without running it, and sweeps an unserved one again);
+    anything else (no deadline, one still ahead, unreadable) as it is."""
+    try:
+        fields = json.loads(data)
+        envelope = fields["envelope"]
+        deadline = envelope["deadline"]
+    except (ValueError, RecursionError, TypeError, KeyError):
+        return data
+    if not isinstance(deadline, (int, float)) or isinstance(deadline, bool):
+        return data
+    now = time.time()
+    if deadline > now:
+        return data
+    envelope["deadline"] = now + deadline_in
+    return json.dumps(fields).encode()
 
 
 def safe_name(name: str) -> str:

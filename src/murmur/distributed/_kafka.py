@@ -46,12 +46,14 @@ from faststream.kafka.testing import FakeProducer, build_message
 
 from ..errors import InvalidStateError
 from ._adapter import (
+    DEFAULT_REPLAY_DEADLINE,
     NO_LOGGER,
     BrokerAdapter,
     ControlHandler,
     DeadLetter,
     ReplyHandler,
     TaskHandler,
+    replayable,
 )
 from ._faststream import MESSAGE, hand_over, raw_body
 
@@ -250,13 +252,15 @@ class KafkaAdapter(BrokerAdapter):
     async def dead_letters(self, limit: int) -> list[DeadLetter]:
         return (await self._stored())[::-1][:limit]
 
-    async def replay_dead_letters(self, ids: Sequence[str] | None) -> list[DeadLetter]:
+    async def replay_dead_letters(
+        self, ids: Sequence[str] | None, *, deadline_in: float = DEFAULT_REPLAY_DEADLINE
+    ) -> list[DeadLetter]:
         letters = await self._stored()
         if ids is not None:
             wanted = set(ids)
             letters = [letter for letter in letters if letter.id in wanted]
         for letter in letters:
-            await self.publish_task(letter.agent, letter.data)
+            await self.publish_task(letter.agent, replayable(letter.data, deadline_in))
             await self._broker.publish(b"", self.dead_channel(), key=letter.id.encode())
         return letters
 

@@ -5,6 +5,7 @@ Callers and workers in one process share a hub per URL (``memory://`` and
 caller's helper loop, a worker's): deliveries cross loops with ``call_soon_threadsafe``.
 Nothing survives the process; a task taken by a worker that stops without settling it is
 queued again (counted as one more delivery). Dead letters are kept in the hub, in order.
+A channel is unserved while no worker consumes it (its tasks wait in the hub's backlog).
 """
 
 from __future__ import annotations
@@ -16,7 +17,16 @@ from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from ._adapter import BrokerAdapter, ControlHandler, DeadLetter, ReplyHandler, TaskHandler
+from ._adapter import (
+    DEFAULT_REPLAY_DEADLINE,
+    BrokerAdapter,
+    ControlHandler,
+    DeadLetter,
+    ReplyHandler,
+    TaskHandler,
+    UnservedLetter,
+    replayable,
+)
 
 __all__ = ["MemoryAdapter"]
 
@@ -207,14 +217,40 @@ class MemoryAdapter(BrokerAdapter):
             letters = list(self._hub.dead.values())
         return letters[::-1][:limit]
 
-    async def replay_dead_letters(self, ids: Sequence[str] | None) -> list[DeadLetter]:
+    async def replay_dead_letters(
+        self, ids: Sequence[str] | None, *, deadline_in: float = DEFAULT_REPLAY_DEADLINE
+    ) -> list[DeadLetter]:
         hub = self._hub
         with hub.lock:
             chosen = list(hub.dead) if ids is None else [i for i in hub.dead if i in set(ids)]
             letters = [hub.dead.pop(key) for key in chosen]
         for letter in letters:
-            await self.publish_task(letter.agent, letter.data)
+            await self.publish_task(letter.agent, replayable(letter.data, deadline_in))
         return letters
+
+    async def sweep_unserved(
+        self, served: Sequence[str], letter: UnservedLetter
+    ) -> list[DeadLetter]:
+        hub = self._hub
+        mine = {self.task_channel(agent) for agent in served}
+        swept: list[DeadLetter] = []
+        with hub.lock:
+            for channel, backlog in hub.backlog.items():
+                if channel in mine or hub.consumers.get(channel):
+                    continue
+                agent = self.agent_of(channel)
+                kept: deque[tuple[bytes, int]] = deque()
+                for data, delivered in backlog:
+                    made = letter(data, agent, delivered)
+                    if made is None:
+                        kept.append((data, delivered))
+                        continue
+                    key = str(next(hub.dead_ids))
+                    hub.dead[key] = made.stored_as(key)
+                    swept.append(hub.dead[key])
+                backlog.clear()
+                backlog.extend(kept)
+        return swept
 
 
 def _call(loop: asyncio.AbstractEventLoop, handler: ReplyHandler, data: bytes) -> None:

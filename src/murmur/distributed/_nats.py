@@ -23,6 +23,13 @@
 * Dead letters: the JetStream stream ``<namespace>-dead`` (sanitised, limits retention,
   subject ``<namespace>.dead``), created with the task stream; a dead letter's id is its
   stream sequence number, and a replay re-queues it and deletes that message.
+* Unserved tasks: a sweep lists the task stream's subjects (``stream_info`` with a
+  subjects filter) and, for each agent whose consumer is missing, or has no pull request
+  waiting and no message unacknowledged, reads up to ``SWEEP_BATCH`` of its messages
+  (``next_by_subj``, going on from there next time). One it picks is stored as a dead
+  letter under a message id naming its stream sequence (the dead-letter stream drops a
+  second copy from another sweeper within its duplicate window), then deleted from the
+  task stream; only the sweeper whose copy was stored reports it.
 * Outages: nats-py reconnects without end (``RECONNECT_WAIT`` apart), resubscribes, and
   sends what was published meanwhile once it is back; the outage is logged. A task
   published while the server is gone is published again until it is stored (for up to
@@ -53,15 +60,23 @@ from nats.js.api import (
     StorageType,
     StreamConfig,
 )
-from nats.js.errors import BadRequestError, NotFoundError, ServiceUnavailableError
+from nats.js.errors import (
+    APIError,
+    BadRequestError,
+    NotFoundError,
+    ServiceUnavailableError,
+)
 
 from ._adapter import (
+    DEFAULT_REPLAY_DEADLINE,
     NO_LOGGER,
     BrokerAdapter,
     ControlHandler,
     DeadLetter,
     ReplyHandler,
     TaskHandler,
+    UnservedLetter,
+    replayable,
     safe_name,
 )
 from ._faststream import hand_over, raw_body
@@ -78,10 +93,15 @@ PULL_TIMEOUT = 5.0
 #: Seconds a pull for several tasks, made while tasks come, waits for more than the
 #: server has at once (then the worker pulls one at a time again).
 BUSY_PULL_TIMEOUT = 0.05
+#: Seconds a task's publish waits for the server to say it stored it, before publishing it
+#: again (a server restarting answers none of those sent meanwhile).
+PUBLISH_TIMEOUT = 0.5
 #: JetStream's error code for "stream name already in use with a different configuration".
 _STREAM_EXISTS = 10058
 #: Seconds between two attempts to reach a server that went away.
 RECONNECT_WAIT = 1
+#: Messages of one unserved subject a sweep reads, at most (the next goes on from there).
+SWEEP_BATCH = 1000
 #: A JetStream publish that fails with these did not reach a server that could store it.
 _NOT_STORED = (
     NatsTimeoutError,
@@ -175,6 +195,8 @@ class NatsAdapter(BrokerAdapter):
         self._keeping: asyncio.Task[None] | None = None
         self._progress_every = self.redeliver_after * PROGRESS_SHARE
         self._closing = False
+        #: Per unserved subject, the last stream sequence a sweep read.
+        self._swept: dict[str, int] = {}
 
     @property
     def stream(self) -> str:
@@ -273,7 +295,9 @@ class NatsAdapter(BrokerAdapter):
         jetstream = self._jetstream
         while True:
             try:
-                await jetstream.publish(self.task_channel(agent), data, stream=self.stream)
+                await jetstream.publish(
+                    self.task_channel(agent), data, stream=self.stream, timeout=PUBLISH_TIMEOUT
+                )
             except _NOT_STORED as exc:
                 failures += 1
                 if loop.time() >= give_up:
@@ -412,7 +436,9 @@ class NatsAdapter(BrokerAdapter):
     async def dead_letters(self, limit: int) -> list[DeadLetter]:
         return await self._stored((await self._range())[::-1], limit)
 
-    async def replay_dead_letters(self, ids: Sequence[str] | None) -> list[DeadLetter]:
+    async def replay_dead_letters(
+        self, ids: Sequence[str] | None, *, deadline_in: float = DEFAULT_REPLAY_DEADLINE
+    ) -> list[DeadLetter]:
         stored = await self._range()
         if ids is None:
             seqs: Sequence[int] = stored
@@ -422,9 +448,62 @@ class NatsAdapter(BrokerAdapter):
         letters = await self._stored(seqs, len(seqs))
         jetstream = self._client.jetstream()
         for letter in letters:
-            await self.publish_task(letter.agent, letter.data)
+            await self.publish_task(letter.agent, replayable(letter.data, deadline_in))
             await jetstream.delete_msg(self.dead_stream, int(letter.id))
         return letters
+
+    async def sweep_unserved(
+        self, served: Sequence[str], letter: UnservedLetter
+    ) -> list[DeadLetter]:
+        jetstream = self._client.jetstream()
+        try:
+            info = await jetstream.stream_info(
+                self.stream, subjects_filter=f"{self.namespace}.tasks.>"
+            )
+        except NotFoundError:
+            return []
+        mine = {self.task_channel(agent) for agent in served}
+        swept: list[DeadLetter] = []
+        for subject, count in (info.state.subjects or {}).items():
+            if subject in mine or not count:
+                continue
+            agent = self.agent_of(subject)
+            try:
+                consumer = await jetstream.consumer_info(self.stream, self.consumer_name(agent))
+            except NotFoundError:
+                consumer = None
+            if consumer is not None and (consumer.num_waiting or consumer.num_ack_pending):
+                continue  # a worker is waiting for its tasks, or holds some
+            swept += await self._sweep(subject, agent, letter)
+        return swept
+
+    async def _sweep(self, subject: str, agent: str, letter: UnservedLetter) -> list[DeadLetter]:
+        """Dead-letter what ``letter`` picks among the next messages of ``subject``."""
+        jetstream = self._client.jetstream()
+        swept: list[DeadLetter] = []
+        for _ in range(SWEEP_BATCH):
+            seq = self._swept.get(subject, 0) + 1
+            try:
+                message = await jetstream.get_msg(self.stream, seq, subject=subject, next=True)
+            except NotFoundError:
+                self._swept.pop(subject, None)  # read to the end: from the start next time
+                break
+            self._swept[subject] = message.seq
+            made = letter(message.data or b"", agent, 0)
+            if made is None:
+                continue
+            stored = await jetstream.publish(
+                self.dead_channel(),
+                made.to_json(),
+                stream=self.dead_stream,
+                headers={"Nats-Msg-Id": f"unserved-{self.stream}-{message.seq}"},
+            )
+            # Refused if another sweeper deleted it, or a worker took it meanwhile.
+            with contextlib.suppress(APIError):
+                await jetstream.delete_msg(self.stream, message.seq)
+            if not stored.duplicate:
+                swept.append(made.stored_as(str(stored.seq)))
+        return swept
 
     async def publish_control(self, data: bytes) -> None:
         await self._broker.publish(data, self.control_channel())  # core NATS: not stored

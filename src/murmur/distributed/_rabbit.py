@@ -24,6 +24,14 @@
   keep their places), so a listing briefly hides them from another; a replay acknowledges
   those it re-queued. (A stream queue would be read without taking, but a message cannot
   be removed from a stream.)
+* Unserved tasks: a caller names each agent it publishes to in the namespace's registry
+  (the durable classic queue ``<namespace>.agents``, a message per agent name, once per
+  connection; AMQP cannot list queues). A sweep reads the registry (taking every name and
+  putting back one of each), and takes (``basic.get``) up to ``SWEEP_BATCH`` of the
+  messages of each agent queue that has no consumer: one it picks is stored as a dead
+  letter, then acknowledged (a message is given to one taker only); one it leaves goes
+  back as a copy at the end of the queue, with its deliveries so far in the header
+  ``murmur-deliveries`` (a message taken and put back would count one more delivery).
 * Control: the durable fanout exchange ``<namespace>.control`` (declared by whichever side
   comes first); each worker binds an exclusive, auto-delete queue of its own to it.
 """
@@ -36,6 +44,7 @@ import uuid
 from collections.abc import Sequence
 from typing import Any
 
+import anyio
 from faststream import AckPolicy
 from faststream.rabbit import (
     Channel,
@@ -47,12 +56,15 @@ from faststream.rabbit import (
 )
 
 from ._adapter import (
+    DEFAULT_REPLAY_DEADLINE,
     NO_LOGGER,
     BrokerAdapter,
     ControlHandler,
     DeadLetter,
     ReplyHandler,
     TaskHandler,
+    UnservedLetter,
+    replayable,
 )
 from ._faststream import MESSAGE, hand_over, raw_body
 
@@ -60,6 +72,10 @@ __all__ = ["RabbitAdapter"]
 
 #: Tries at starting a worker's consumers (a fresh quorum queue can refuse the first).
 CONSUME_ATTEMPTS = 4
+#: Messages of one unconsumed queue a sweep takes, at most (those it leaves go to the end).
+SWEEP_BATCH = 1000
+#: Deliveries before a copy of a task a sweep left (added to ``x-delivery-count``).
+DELIVERIES_HEADER = "murmur-deliveries"
 
 _log = logging.getLogger("murmur.distributed")
 
@@ -116,6 +132,10 @@ class RabbitAdapter(BrokerAdapter):
         """The queue of this namespace's dead letters."""
         return RabbitQueue(self.dead_channel(), durable=True)
 
+    def agents_queue(self) -> RabbitQueue:
+        """The registry of the agents callers publish tasks to (a message per name)."""
+        return RabbitQueue(f"{self.namespace}.agents", durable=True)
+
     async def connect(self) -> None:
         await self._broker.start()
 
@@ -135,6 +155,8 @@ class RabbitAdapter(BrokerAdapter):
         name = self.task_channel(agent)
         if name not in self._declared:
             await self._broker.declare_queue(self.task_queue(agent))
+            registry = await self._broker.declare_queue(self.agents_queue())
+            await self._broker.publish(agent.encode(), queue=registry.name, persist=True)
             self._declared.add(name)
         await self._broker.publish(data, queue=name, persist=True)
 
@@ -201,11 +223,15 @@ class RabbitAdapter(BrokerAdapter):
             await subscriber.stop()
 
     async def publish_dead_letter(self, letter: DeadLetter) -> None:
+        await self._store(letter)
+
+    async def _store(self, letter: DeadLetter) -> str:
+        """Keep ``letter`` in the dead-letter queue; its id there."""
         queue = self.dead_queue()
         await self._broker.declare_queue(queue)
-        await self._broker.publish(
-            letter.to_json(), queue=queue.name, persist=True, message_id=uuid.uuid4().hex[:16]
-        )
+        key = uuid.uuid4().hex[:16]
+        await self._broker.publish(letter.to_json(), queue=queue.name, persist=True, message_id=key)
+        return key
 
     async def _take_all(self) -> list[Any]:
         """Every dead-letter message, oldest first, taken unacknowledged (the caller
@@ -223,7 +249,9 @@ class RabbitAdapter(BrokerAdapter):
         finally:
             await _put_back(taken)
 
-    async def replay_dead_letters(self, ids: Sequence[str] | None) -> list[DeadLetter]:
+    async def replay_dead_letters(
+        self, ids: Sequence[str] | None, *, deadline_in: float = DEFAULT_REPLAY_DEADLINE
+    ) -> list[DeadLetter]:
         taken = await self._take_all()
         wanted = None if ids is None else set(ids)
         replayed: list[DeadLetter] = []
@@ -232,13 +260,65 @@ class RabbitAdapter(BrokerAdapter):
                 if wanted is not None and message.message_id not in wanted:
                     continue
                 letter = _letter(message)
-                await self.publish_task(letter.agent, letter.data)
+                await self.publish_task(letter.agent, replayable(letter.data, deadline_in))
                 await message.ack()
                 taken.remove(message)
                 replayed.append(letter)
         finally:
             await _put_back(taken)
         return replayed
+
+    async def sweep_unserved(
+        self, served: Sequence[str], letter: UnservedLetter
+    ) -> list[DeadLetter]:
+        swept: list[DeadLetter] = []
+        for agent in sorted(await self._registered() - set(served)):
+            swept += await self._sweep(agent, letter)
+        return swept
+
+    async def _registered(self) -> set[str]:
+        """The agents named in the registry, which is left with one message per name."""
+        queue = await self._broker.declare_queue(self.agents_queue())
+        taken = []
+        while (message := await queue.get(no_ack=False, fail=False)) is not None:
+            taken.append(message)
+        names = {message.body.decode(errors="replace") for message in taken}
+        try:
+            for name in sorted(names):
+                await self._broker.publish(name.encode(), queue=queue.name, persist=True)
+        except BaseException:
+            with anyio.CancelScope(shield=True):
+                await _put_back(taken)
+            raise
+        for message in taken:
+            await message.ack()
+        return names
+
+    async def _sweep(self, agent: str, letter: UnservedLetter) -> list[DeadLetter]:
+        """Dead-letter what ``letter`` picks among the messages of ``agent``'s queue, if
+        nothing consumes it."""
+        queue = await self._broker.declare_queue(self.task_queue(agent))
+        counts = await queue.declare()  # now (FastStream keeps its first declaration)
+        if counts.consumer_count or not counts.message_count:
+            return []
+        swept: list[DeadLetter] = []
+        for _ in range(min(counts.message_count, SWEEP_BATCH)):
+            message = await queue.get(no_ack=False, fail=False)
+            if message is None:
+                break
+            before = _delivery_count(message)
+            made = letter(message.body, agent, before)
+            if made is None:
+                await self._broker.publish(
+                    message.body,
+                    queue=queue.name,
+                    persist=True,
+                    headers={DELIVERIES_HEADER: before},
+                )
+            else:
+                swept.append(made.stored_as(await self._store(made)))
+            await message.ack()
+        return swept
 
     async def publish_control(self, data: bytes) -> None:
         exchange = self.control_exchange()
@@ -266,9 +346,11 @@ class RabbitAdapter(BrokerAdapter):
 
 
 def _delivery_count(message: Any) -> int:
-    """A quorum queue's ``x-delivery-count`` header (earlier deliveries): 0 if absent."""
-    count = (message.headers or {}).get("x-delivery-count", 0)
-    return count if isinstance(count, int) and count > 0 else 0
+    """Earlier deliveries: a quorum queue's ``x-delivery-count`` header, plus, for a copy a
+    sweep made, the original's (``DELIVERIES_HEADER``); 0 if absent."""
+    headers = message.headers or {}
+    counts = (headers.get(name, 0) for name in ("x-delivery-count", DELIVERIES_HEADER))
+    return sum(count for count in counts if isinstance(count, int) and count > 0)
 
 
 def _letter(message: Any) -> DeadLetter:

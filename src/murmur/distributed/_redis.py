@@ -5,7 +5,8 @@
   The group is created at the start of the stream (id 0) by whichever side comes first,
   so tasks published before any worker started are not skipped. An entry is acknowledged
   (XACK) only once its result is published; until then it stays in the group's pending
-  list.
+  list. Once acknowledged it is deleted (XDEL, in the same round trip), so a task stream
+  holds only the tasks not yet settled.
 * Redelivery (FastStream does not reclaim pending entries on Redis before 8.4): while a
   worker consumes, it claims (XAUTOCLAIM) entries of its streams that no worker has
   touched for ``redeliver_after`` seconds (their worker died), as many as it has room for,
@@ -25,6 +26,11 @@
   but a server that lost its data lost the replies in it too.
 * Dead letters: the stream ``<namespace>.dead``, one entry (field ``letter``) each, its
   entry id the dead letter's id; a replay re-queues the entry and deletes it (XDEL).
+* Unserved tasks: a sweep finds the namespace's task streams (SCAN) whose group has no
+  consumer seen within ``redeliver_after`` (XINFO CONSUMERS), reads up to
+  ``SWEEP_BATCH`` of their entries not yet delivered to the group (going on from there
+  next time), and moves each one it picks to the dead letters in one script (XDEL, then
+  XADD; the XDEL succeeds for one sweeper only, and not once the group has delivered it).
 * Control: the pub/sub channel ``<namespace>.control``, subscribed to by every worker.
 """
 
@@ -45,12 +51,15 @@ from redis.backoff import NoBackoff
 from redis.exceptions import ResponseError
 
 from ._adapter import (
+    DEFAULT_REPLAY_DEADLINE,
     NO_LOGGER,
     BrokerAdapter,
     ControlHandler,
     DeadLetter,
     ReplyHandler,
     TaskHandler,
+    UnservedLetter,
+    replayable,
 )
 from ._faststream import MESSAGE as _MESSAGE
 from ._faststream import hand_over
@@ -82,6 +91,8 @@ CLAIM_EVERY = 1.0
 #: worker touches it, and the next claim takes it whatever its ``redeliver_after``.
 RELEASED = "murmur-released"
 RELEASED_IDLE_MS = 86_400_000
+#: Entries of one unserved stream a sweep reads, at most (the next goes on from there).
+SWEEP_BATCH = 1000
 
 _log = logging.getLogger("murmur.distributed")
 
@@ -125,6 +136,26 @@ for _, entry in ipairs(claimed[2]) do
     end
 end
 return {claimed[1], out}
+"""
+#: Move the entry ARGV[2] of KEYS[1], unless the group ARGV[1] has delivered it, to the
+#: dead-letter stream KEYS[2] (field ``letter`` ARGV[3]); its dead-letter id, or false if
+#: it is gone (another sweeper took it) or delivered.
+_SWEEP = """
+local function parts(id)
+    local ms, seq = string.match(id, '(%d+)-(%d+)')
+    return tonumber(ms), tonumber(seq)
+end
+local ms, seq = parts(ARGV[2])
+for _, group in ipairs(redis.call('XINFO', 'GROUPS', KEYS[1])) do
+    local fields = {}
+    for i = 1, #group, 2 do fields[group[i]] = group[i + 1] end
+    if fields['name'] == ARGV[1] then
+        local last_ms, last_seq = parts(fields['last-delivered-id'])
+        if ms < last_ms or (ms == last_ms and seq <= last_seq) then return false end
+    end
+end
+if redis.call('XDEL', KEYS[1], ARGV[2]) == 0 then return false end
+return redis.call('XADD', KEYS[2], '*', 'letter', ARGV[3])
 """
 
 
@@ -238,6 +269,8 @@ class RedisAdapter(BrokerAdapter):
         self._tasks: GroupCommit[tuple[str, bytes]] = GroupCommit(self._publish_tasks)
         self._replies_out: GroupCommit[tuple[str, bytes]] = GroupCommit(self._publish_replies)
         self._acks: GroupCommit[tuple[str, bytes]] = GroupCommit(self._ack_entries)
+        #: Per unserved stream, the last entry a sweep read (the next goes on from there).
+        self._swept: dict[str, str] = {}
 
     @property
     def group(self) -> str:
@@ -248,7 +281,8 @@ class RedisAdapter(BrokerAdapter):
         self._client = await self._broker.connect()
         await self._client.ping()  # the client connects lazily: fail here, not mid-consume
         self._retry.window = RECONNECT_SECONDS
-        for name, script in (("touch", _TOUCH), ("release", _RELEASE), ("claim", _CLAIM)):
+        scripts = (("touch", _TOUCH), ("release", _RELEASE), ("claim", _CLAIM), ("sweep", _SWEEP))
+        for name, script in scripts:
             self._scripts[name] = self._client.register_script(script)
 
     async def aclose(self) -> None:
@@ -331,6 +365,8 @@ class RedisAdapter(BrokerAdapter):
         async with self._slots, self._client.pipeline(transaction=False) as pipe:
             for stream, ids in by_stream.items():
                 pipe.xack(stream, self.group, *ids)
+                # Settled for good: deleted, or the stream would keep every task forever.
+                pipe.xdel(stream, *ids)
             await pipe.execute()
 
     async def consume(
@@ -378,9 +414,11 @@ class RedisAdapter(BrokerAdapter):
 
     # -- redelivery ----------------------------------------------------------------------
 
-    async def _run_script(self, name: str, stream: str, *args: Any) -> Any:
+    async def _run_script(
+        self, name: str, stream: str, *args: Any, extra: Sequence[str] = ()
+    ) -> Any:
         async with self._slots:
-            return await self._scripts[name](keys=[stream], args=[self.group, *args])
+            return await self._scripts[name](keys=[stream, *extra], args=[self.group, *args])
 
     async def _release(self, stream: str, entry: bytes) -> None:
         """Make ``entry`` (if this worker holds it) the next claim's, any worker's."""
@@ -452,7 +490,9 @@ class RedisAdapter(BrokerAdapter):
         entries = await self._client.xrevrange(self.dead_channel(), count=limit)
         return [_letter(entry) for entry in entries]
 
-    async def replay_dead_letters(self, ids: Sequence[str] | None) -> list[DeadLetter]:
+    async def replay_dead_letters(
+        self, ids: Sequence[str] | None, *, deadline_in: float = DEFAULT_REPLAY_DEADLINE
+    ) -> list[DeadLetter]:
         stream = self.dead_channel()
         if ids is None:
             entries = await self._client.xrange(stream)
@@ -466,9 +506,61 @@ class RedisAdapter(BrokerAdapter):
             entries.sort(key=lambda entry: _entry_id(entry[0]))
         letters = [_letter(entry) for entry in entries]
         for letter in letters:
-            await self.publish_task(letter.agent, letter.data)
+            await self.publish_task(letter.agent, replayable(letter.data, deadline_in))
             await self._client.xdel(stream, letter.id)
         return letters
+
+    # -- unserved tasks ------------------------------------------------------------------
+
+    async def sweep_unserved(
+        self, served: Sequence[str], letter: UnservedLetter
+    ) -> list[DeadLetter]:
+        mine = {self.task_channel(agent) for agent in served}
+        pattern = _glob_escaped(f"{self.namespace}.tasks.") + "*"
+        swept: list[DeadLetter] = []
+        async for key in self._client.scan_iter(match=pattern, _type="stream", count=1000):
+            stream = _text(key)
+            if stream not in mine:
+                swept += await self._sweep(stream, letter)
+        return swept
+
+    async def _sweep(self, stream: str, letter: UnservedLetter) -> list[DeadLetter]:
+        """Dead-letter what ``letter`` picks among the next undelivered entries of
+        ``stream``, if no live worker consumes it."""
+        try:
+            async with self._slots:
+                consumers = await self._client.xinfo_consumers(stream, self.group)
+                groups = await self._client.xinfo_groups(stream)
+        except ResponseError:
+            return []  # no group: not a stream of this namespace's workers
+        live_ms = self.redeliver_after * 1000
+        if any(_text(c["name"]) != RELEASED and c["idle"] < live_ms for c in consumers):
+            return []
+        delivered = [
+            _text(g["last-delivered-id"]) for g in groups if _text(g["name"]) == self.group
+        ]
+        if not delivered:
+            return []
+        start = max(delivered[0], self._swept.get(stream, "0-0"), key=_entry_id)
+        async with self._slots:
+            entries = await self._client.xrange(stream, min=f"({start}", count=SWEEP_BATCH)
+        if len(entries) < SWEEP_BATCH:
+            self._swept.pop(stream, None)  # read to the end: from the start next time
+        else:
+            self._swept[stream] = _text(entries[-1][0])
+        agent = self.agent_of(stream)
+        parse = self._broker.message_format.parse
+        swept: list[DeadLetter] = []
+        for entry, fields in entries:
+            made = letter(parse(fields.get(bDATA_KEY, b""))[0], agent, 0)
+            if made is None:
+                continue
+            key = await self._run_script(
+                "sweep", stream, entry, made.to_json(), extra=[self.dead_channel()]
+            )
+            if key:
+                swept.append(made.stored_as(_text(key)))
+        return swept
 
     async def publish_control(self, data: bytes) -> None:
         async with self._slots:
@@ -516,8 +608,16 @@ async def _cancelled(task: asyncio.Task[None] | None) -> None:
 
 
 def _entry_id(raw: bytes | str) -> tuple[int, ...]:
-    text = raw.decode() if isinstance(raw, bytes) else raw
-    return tuple(int(part) for part in text.split("-"))
+    return tuple(int(part) for part in _text(raw).split("-"))
+
+
+def _text(raw: bytes | str) -> str:
+    return raw.decode() if isinstance(raw, bytes) else raw
+
+
+def _glob_escaped(text: str) -> str:
+    """``text`` matched literally by a Redis glob pattern (SCAN MATCH)."""
+    return "".join(f"\\{ch}" if ch in "*?[]\\" else ch for ch in text)
 
 
 def _letter(entry: Any) -> DeadLetter:

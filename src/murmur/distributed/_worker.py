@@ -11,6 +11,10 @@ up) cancels the attempts it names that run here, and the worker remembers the ot
 while, acknowledging them without running them when they arrive. A ``ResendMessage`` (its
 caller's replies may have been lost) has the worker send again the results it still keeps
 (the last ``SENT_MAX`` it sent, for ``SENT_TTL`` seconds, ``SENT_MAX_BYTES`` in all).
+
+And it sweeps, every ``redeliver_after`` seconds or so, the task channels of the agents no
+live worker consumes: a task there whose deadline has passed is dead-lettered
+(``unserved``) and its caller told, as the tasks a worker sets aside itself.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ import json
 import logging
 import math
 import os
+import random
 import socket
 import sys
 import time
@@ -167,7 +172,9 @@ class Worker:
             or lost the broker) waits before another worker gets it; a live worker keeps
             the tasks it runs, however long they take. Redis and NATS (its consumer's ack
             wait); RabbitMQ redelivers when the worker's connection drops, Kafka after its
-            session timeout (see docs/distributed.md).
+            session timeout (see docs/distributed.md). Also about how often the worker
+            sweeps the channels of agents no live worker serves, dead-lettering their
+            tasks past their deadline (``unserved``).
 
     The worker runs on asyncio; under Trio its broker I/O and its tasks run on a helper
     asyncio loop.
@@ -424,6 +431,7 @@ class Worker:
             )
             async with anyio.create_task_group() as beat:
                 beat.start_soon(self._heartbeat)
+                beat.start_soon(self._sweep, adapter)
                 await started()
                 await self._stop_requested.wait()
                 beat.cancel_scope.cancel()
@@ -636,8 +644,13 @@ class Worker:
             reason,
             detail,
         )
+        await self._tell_caller(adapter, letter)
+        await _quietly(delivery.ack())
+
+    async def _tell_caller(self, adapter: BrokerAdapter, letter: DeadLetter) -> None:
+        """Send a dead letter's caller (if its message says who that is) its error result."""
         try:
-            reply = _dead_letter_reply(data, letter)
+            reply = _dead_letter_reply(letter.data, letter)
         except Exception:  # whatever the message holds, it never stops the worker
             _log.exception("worker %s: could not read a dead letter's caller", self.name)
             reply = None
@@ -645,7 +658,47 @@ class Worker:
             address, correlation_id, result = reply
             self._sent.add(correlation_id, address, result)
             await _quietly(adapter.publish_reply(address, result))
-        await _quietly(delivery.ack())
+
+    async def _sweep(self, adapter: BrokerAdapter) -> None:
+        """Every ``redeliver_after`` seconds or so (jittered, so that workers take turns),
+        dead-letter the tasks past their deadline in channels no live worker consumes."""
+        served = self.registry.names()
+        while True:
+            await anyio.sleep(self.redeliver_after * random.uniform(0.5, 1.5))
+            try:
+                letters = await adapter.sweep_unserved(served, self._unserved)
+            except Exception:
+                _log.warning(
+                    "worker %s: sweeping for unserved tasks failed", self.name, exc_info=True
+                )
+                continue
+            for letter in letters:
+                self.stats.rejected += 1
+                _log.error(
+                    "worker %s: dead-lettered a message for agent %r (unserved): %s",
+                    self.name,
+                    letter.agent,
+                    letter.detail,
+                )
+                await self._tell_caller(adapter, letter)
+
+    def _unserved(self, data: bytes, agent: str, deliveries: int) -> DeadLetter | None:
+        """The dead letter of a task waiting for ``agent``, whom no live worker serves, if
+        its deadline has passed; ``None`` to leave it (no deadline: it waits for a worker,
+        as in any queue; an unreadable message: a worker of the agent sets it aside)."""
+        deadline = _deadline(data)
+        now = time.time()
+        if deadline is None or deadline > now:
+            return None
+        return DeadLetter(
+            data=data,
+            reason="unserved",
+            detail=f"no worker served agent {agent!r} before the task's deadline",
+            agent=agent,
+            worker=self.name,
+            timestamp=now,
+            deliveries=deliveries,
+        )
 
     def _skip(self, envelope: TaskEnvelope, what: str) -> None:
         self.stats.revoked += 1
@@ -829,6 +882,22 @@ def _dead_letter_reply(data: bytes, letter: DeadLetter) -> tuple[str, str, bytes
     result = AgentResult._build(None, error, ZERO_USAGE, attempt, 0.0, task_id, agent)
     reply = ResultMessage(result=result, worker=letter.worker, correlation_id=correlation_id)
     return reply_to, correlation_id, encode(reply)
+
+
+def _deadline(data: bytes) -> float | None:
+    """A task message's deadline, read leniently; ``None`` if it has none or is not a
+    task message."""
+    try:
+        fields = json.loads(data)
+    except (ValueError, RecursionError):
+        return None
+    envelope = fields.get("envelope") if isinstance(fields, dict) else None
+    if not isinstance(envelope, dict) or fields.get("kind") != "task":
+        return None
+    deadline = envelope.get("deadline")
+    if isinstance(deadline, bool) or not isinstance(deadline, (int, float)):
+        return None
+    return float(deadline)
 
 
 def _expired(envelope: TaskEnvelope) -> AgentResult[Any]:
