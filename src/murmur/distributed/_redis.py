@@ -28,7 +28,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, TypeVar
@@ -40,6 +39,7 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import ResponseError
 
+from .._cancellation import cancel_and_wait
 from ._adapter import (
     NO_LOGGER,
     BrokerAdapter,
@@ -239,7 +239,7 @@ class RedisAdapter(BrokerAdapter):
         try:
             await self.stop_consuming()
             self._touch_on = False
-            await _cancelled(self._touching)  # what it still holds is reclaimed later
+            await cancel_and_wait(self._touching)  # what it still holds is reclaimed later
             self._touching = None
             replies, self._replies = self._replies, None
             if replies is not None:
@@ -325,7 +325,7 @@ class RedisAdapter(BrokerAdapter):
             await subscriber.stop()
         claiming, self._claiming = self._claiming, None
         self._claim_on = False
-        await _cancelled(claiming)
+        await cancel_and_wait(claiming)
         if claiming is not None:
             await self._release_unheld()
 
@@ -437,15 +437,6 @@ class RedisAdapter(BrokerAdapter):
         subscriber(on_control)
         await subscriber.start()
         self._control = subscriber
-
-
-async def _cancelled(task: asyncio.Task[None] | None) -> None:
-    """Cancel ``task`` (if any) and wait for it to end."""
-    if task is None:
-        return
-    task.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
-        await task
 
 
 def _entry_id(raw: bytes | str) -> tuple[int, ...]:
