@@ -1,16 +1,133 @@
-"""Review: the helper that stops an adapter's background loop never swallows the
-cancellation of the task stopping it."""
+"""Review: delivery keeps going through what a broker or an operator does to it.
+
+* Redis: a worker restarted under the same ``--name`` does not inherit (and keep alive
+  for good) the entries its killed predecessor held: they come back.
+* The helper that stops an adapter's background loop never swallows the cancellation of
+  the task stopping it.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
 
+import anyio
 import pytest
+import redis
 
+from distributed import app
+from distributed.brokers import REDIS_URL, cleanup, require
+from distributed.contract import HANG, worker_args
 from distributed.test_adapters import on_asyncio
+from murmur import AgentRuntime, EventType, RuntimeEvent, TaskSpec
 from murmur._cancellation import cancel_and_wait
+from murmur.distributed._transport import BrokerTransport
+from support import Recorder
+from workers import WorkerProcess
 
 pytestmark = pytest.mark.anyio
+
+#: Seconds a dead worker's tasks wait, as the same-name workers are told.
+REDELIVER_AFTER = 1.0
+
+
+@pytest.fixture
+def namespace() -> str:
+    return f"review-delivery-{uuid.uuid4().hex[:10]}"
+
+
+@pytest.fixture
+def redis_url(namespace: str) -> Iterator[str]:
+    url = require("redis")
+    yield url
+    cleanup("redis", namespace, [])
+
+
+def caller(url: str, namespace: str, events: Any = None) -> AgentRuntime:
+    return AgentRuntime(
+        transport=BrokerTransport(url, namespace=namespace), event_emitter=events or Recorder()
+    )
+
+
+# -- Redis: a worker restarted under the same name -------------------------------------
+
+
+class Running(Recorder):
+    """Records events; ``all_running`` is set once ``count`` tasks have started."""
+
+    def __init__(self, count: int) -> None:
+        super().__init__()
+        self.count = count
+        self.all_running = anyio.Event()
+
+    async def emit(self, event: RuntimeEvent) -> None:
+        await super().emit(event)
+        if len(self.of(EventType.CHILD_SPAWNED)) >= self.count:
+            self.all_running.set()
+
+
+async def test_a_redis_worker_restarted_under_the_same_name_gets_its_predecessors_tasks_back(
+    redis_url: str, namespace: str, tmp_path: Path
+) -> None:
+    """The new worker starts while the old one still runs, so the outcome does not hang
+    on how fast it starts: sharing one consumer name, the new one's touches would keep
+    the dead one's entries from ever going idle, and its reads never return them."""
+    gate, runs = tmp_path / "gate", tmp_path / "runs"
+    labels = [f"t{i}" for i in range(4)]  # fewer than a worker's slots: all taken at once
+    tasks = [
+        TaskSpec(input=app.Gated(label=label, gate=str(gate), runs=str(runs))) for label in labels
+    ]
+    args = [
+        *worker_args(redis_url, namespace),
+        *("--name", "same", "--redeliver-after", str(REDELIVER_AFTER)),
+    ]
+    events = Running(len(tasks))
+    results: list[Any] = []
+    old = WorkerProcess(*args)
+    new: WorkerProcess | None = None
+    try:
+        await old.wait_for("worker.started")
+        with anyio.fail_after(HANG):
+            async with (
+                caller(redis_url, namespace, events) as runtime,
+                anyio.create_task_group() as tg,
+            ):
+
+                async def gather() -> None:
+                    results.extend(await runtime.gather(app.gated, tasks))
+
+                tg.start_soon(gather)
+                await events.all_running.wait()  # the old worker holds every task
+                new = WorkerProcess(*args)
+                await new.wait_for("worker.started")
+                old.proc.kill()  # SIGKILL: it settles nothing
+                await old.exit_code()
+                gate.touch()
+        assert new.stop() == 0, new.output()
+    finally:
+        old.close()
+        if new is not None:
+            new.close()
+    assert [result.unwrap() for result in results] == labels  # each once, in order
+    ran: dict[str, set[str]] = {}
+    for line in runs.read_text().splitlines():
+        label, pid = line.split()
+        ran.setdefault(label, set()).add(pid)
+    assert ran == {label: {str(old.proc.pid), str(new.proc.pid)} for label in labels}
+    # Two consumers in the group, each named after the worker, each its own.
+    client = redis.Redis.from_url(REDIS_URL)
+    try:
+        stream = f"{namespace}.tasks.gated"
+        consumers = {
+            c["name"].decode() for c in client.xinfo_consumers(stream, f"{namespace}-workers")
+        }
+    finally:
+        client.close()
+    assert len(consumers) == 2
+    assert all(name.startswith("same-") for name in consumers), consumers
 
 
 # -- stopping a background loop --------------------------------------------------------

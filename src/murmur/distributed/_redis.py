@@ -5,7 +5,9 @@
   The group is created at the start of the stream (id 0) by whichever side comes first,
   so tasks published before any worker started are not skipped. An entry is acknowledged
   (XACK) only once its result is published; until then it stays in the group's pending
-  list.
+  list. A worker's consumer name is its name plus a suffix of its own (``<name>-xxxxxx``),
+  so a worker restarted under the same name neither inherits nor keeps alive the entries
+  its predecessor held: they go idle and are reclaimed.
 * Redelivery (FastStream does not reclaim pending entries on Redis before 8.4): while a
   worker consumes, it claims (XAUTOCLAIM) entries of its streams that no worker has
   touched for ``redeliver_after`` seconds (their worker died), as many as it has room for,
@@ -29,6 +31,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, TypeVar
 
@@ -209,7 +212,7 @@ class RedisAdapter(BrokerAdapter):
         self._subscribers: list[Any] = []
         self._replies: Any = None
         self._reply_stream: str | None = None
-        #: The consumer's streams and name (set by ``consume``).
+        #: The consumer's streams and name in the group (set by ``consume``).
         self._streams: list[str] = []
         self._consumer = ""
         #: Entries handed to the worker and not settled yet.
@@ -300,7 +303,10 @@ class RedisAdapter(BrokerAdapter):
             delivery = _RedisDelivery(self, raw["channel"], raw["message_ids"][0])
             await hand_over(handler, body, delivery)
 
-        self._consumer = consumer
+        # This process's own consumer: one restarted under the same name must not take
+        # over its predecessor's pending entries (it would touch them for good, and never
+        # read them: XREADGROUP gives a consumer only new entries).
+        self._consumer = consumer = f"{consumer}-{uuid.uuid4().hex[:6]}"
         for agent in agents:
             stream = self.task_channel(agent)
             await self._ensure_group(stream)
