@@ -1,5 +1,7 @@
 """Review: delivery keeps going through what a broker or an operator does to it.
 
+* Redis: a consumer group lost while workers run (its stream deleted, a server restarted
+  without persistence) is created again and the workers go on serving.
 * Redis: a worker restarted under the same ``--name`` does not inherit (and keep alive
   for good) the entries its killed predecessor held: they come back.
 * The helper that stops an adapter's background loop never swallows the cancellation of
@@ -9,6 +11,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,10 +24,12 @@ import redis
 from distributed import app
 from distributed.brokers import REDIS_URL, cleanup, require
 from distributed.contract import HANG, worker_args
+from distributed.servers import VolatileRedisServer
 from distributed.test_adapters import on_asyncio
 from murmur import AgentRuntime, EventType, RuntimeEvent, TaskSpec
 from murmur._cancellation import cancel_and_wait
 from murmur.distributed._transport import BrokerTransport
+from murmur.distributed._worker import Worker
 from support import Recorder
 from workers import WorkerProcess
 
@@ -50,6 +55,76 @@ def caller(url: str, namespace: str, events: Any = None) -> AgentRuntime:
     return AgentRuntime(
         transport=BrokerTransport(url, namespace=namespace), event_emitter=events or Recorder()
     )
+
+
+def shout_worker(url: str, namespace: str) -> Worker:
+    return Worker(
+        url,
+        [app.shout],
+        namespace=namespace,
+        event_emitter=Recorder(),
+        heartbeat_seconds=0,
+        grace_seconds=5,
+    )
+
+
+def lost_group_lines(caplog: pytest.LogCaptureFixture, stream: str) -> list[str]:
+    return [
+        record.getMessage()
+        for record in caplog.records
+        if "was gone" in record.getMessage() and stream in record.getMessage()
+    ]
+
+
+# -- Redis: a lost consumer group ------------------------------------------------------
+
+
+async def test_a_redis_worker_serves_again_after_its_task_stream_is_deleted(
+    redis_url: str, namespace: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.WARNING, logger="murmur.distributed")
+    stream = f"{namespace}.tasks.shout"
+
+    def delete_stream() -> None:
+        client = redis.Redis.from_url(REDIS_URL)
+        try:
+            assert client.delete(stream) == 1  # the stream and, with it, the group
+        finally:
+            client.close()
+
+    async with shout_worker(redis_url, namespace), caller(redis_url, namespace) as runtime:
+        with anyio.fail_after(HANG):
+            before = await runtime.run(app.shout, TaskSpec(input="before"))
+        await anyio.to_thread.run_sync(delete_stream)
+        with anyio.fail_after(HANG):
+            after = await runtime.gather(app.shout, [TaskSpec(input=f"a{i}") for i in range(5)])
+    assert before.unwrap() == "BEFORE"
+    assert [result.unwrap() for result in after] == [f"A{i}" for i in range(5)]
+    assert len(lost_group_lines(caplog, stream)) == 1, caplog.text
+
+
+async def test_a_redis_worker_serves_again_after_a_restart_without_persistence(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.WARNING, logger="murmur.distributed")
+    namespace = f"review-delivery-{uuid.uuid4().hex[:10]}"
+    server = VolatileRedisServer(tmp_path / "data")
+    server.start()
+    try:
+        async with (
+            shout_worker(server.url, namespace),
+            caller(server.url, namespace) as runtime,
+        ):
+            with anyio.fail_after(HANG):
+                before = await runtime.run(app.shout, TaskSpec(input="before"))
+            await anyio.to_thread.run_sync(server.restart)  # every stream and group gone
+            with anyio.fail_after(HANG):
+                after = await runtime.run(app.shout, TaskSpec(input="after"))
+    finally:
+        server.kill()
+    assert before.unwrap() == "BEFORE"
+    assert after.unwrap() == "AFTER"
+    assert len(lost_group_lines(caplog, f"{namespace}.tasks.shout")) == 1, caplog.text
 
 
 # -- Redis: a worker restarted under the same name -------------------------------------

@@ -8,6 +8,10 @@
   list. A worker's consumer name is its name plus a suffix of its own (``<name>-xxxxxx``),
   so a worker restarted under the same name neither inherits nor keeps alive the entries
   its predecessor held: they go idle and are reclaimed.
+* A lost group (its stream deleted, or a server restarted without persistence) is created
+  again, at id 0, by the consuming workers, which go on serving; logged once per worker.
+  FastStream stops a subscriber whose group is gone (NOGROUP): the claim loop, which
+  notices the loss too, starts it again.
 * Redelivery (FastStream does not reclaim pending entries on Redis before 8.4): while a
   worker consumes, it claims (XAUTOCLAIM) entries of its streams that no worker has
   touched for ``redeliver_after`` seconds (their worker died), as many as it has room for,
@@ -209,7 +213,11 @@ class RedisAdapter(BrokerAdapter):
         self._slots = asyncio.Semaphore(COMMAND_SLOTS)
         self._client: Any = None
         self._groups: set[str] = set()
-        self._subscribers: list[Any] = []
+        #: The task subscribers, by stream.
+        self._subscribers: dict[str, Any] = {}
+        #: Streams whose lost group is logged and not yet seen served again (a loss is
+        #: logged once, though noticed by the claim loop and the subscriber alike).
+        self._regrouped: set[str] = set()
         self._replies: Any = None
         self._reply_stream: str | None = None
         #: The consumer's streams and name in the group (set by ``consume``).
@@ -259,12 +267,18 @@ class RedisAdapter(BrokerAdapter):
     async def _ensure_group(self, stream: str) -> None:
         if stream in self._groups:
             return
+        await self._create_group(stream)
+        self._groups.add(stream)
+
+    async def _create_group(self, stream: str) -> bool:
+        """Create the group on ``stream`` (and the stream) at id 0; False if it exists."""
         try:
             await self._client.xgroup_create(stream, self.group, id="0", mkstream=True)
         except ResponseError as exc:
             if "BUSYGROUP" not in str(exc):
                 raise
-        self._groups.add(stream)
+            return False
+        return True
 
     async def publish_task(self, agent: str, data: bytes) -> None:
         stream = self.task_channel(agent)
@@ -319,19 +333,20 @@ class RedisAdapter(BrokerAdapter):
             )
             subscriber(on_task)
             await subscriber.start()
-            self._subscribers.append(subscriber)
+            self._subscribers[stream] = subscriber
         loop = asyncio.get_running_loop()
         self._claim_on = self._touch_on = True
         self._touching = loop.create_task(self._touch_held())
         self._claiming = loop.create_task(self._claim_idle(handler, prefetch))
 
     async def stop_consuming(self) -> None:
-        subscribers, self._subscribers = self._subscribers, []
-        for subscriber in subscribers:
-            await subscriber.stop()
+        # The claim loop first: it may start a subscriber again (a lost group).
         claiming, self._claiming = self._claiming, None
         self._claim_on = False
         await cancel_and_wait(claiming)
+        subscribers, self._subscribers = self._subscribers, {}
+        for subscriber in subscribers.values():
+            await subscriber.stop()
         if claiming is not None:
             await self._release_unheld()
 
@@ -367,6 +382,9 @@ class RedisAdapter(BrokerAdapter):
             for stream in self._streams:
                 try:
                     await self._run_script("touch", stream, self._consumer, 10_000)
+                except ResponseError as exc:
+                    if not _no_group(exc):  # lost: nothing held (the claim loop recreates it)
+                        _log.warning("could not keep the tasks of %s claimed: %s", stream, exc)
                 except Exception:
                     _log.warning("could not keep the tasks of %s claimed", stream, exc_info=True)
 
@@ -376,13 +394,47 @@ class RedisAdapter(BrokerAdapter):
         idle_ms = max(1, int(self.redeliver_after * 1000))
         while self._claim_on:
             for stream in self._streams:
+                lost = False
                 try:
                     cursors[stream] = await self._claim_from(
                         stream, cursors[stream], idle_ms, handler, prefetch
                     )
+                except ResponseError as exc:
+                    lost = _no_group(exc)
+                    if not lost:
+                        _log.warning("could not claim idle tasks of %s: %s", stream, exc)
                 except Exception:
                     _log.warning("could not claim idle tasks of %s", stream, exc_info=True)
+                try:
+                    await self._keep_group(stream, lost)
+                except Exception:
+                    _log.warning("could not recreate the group of %s", stream, exc_info=True)
             await asyncio.sleep(min(CLAIM_EVERY, self.redeliver_after / 3))
+
+    async def _keep_group(self, stream: str, lost: bool) -> None:
+        """If ``stream``'s group is gone (``lost``: a claim found no group; or FastStream
+        stopped its subscriber, which it does on NOGROUP and never undoes), create it
+        again at id 0, so the tasks published since the loss are read, and start the
+        subscriber again; logged once per loss."""
+        subscriber = self._subscribers.get(stream)
+        stopped = subscriber is not None and not subscriber.running
+        if not (lost or stopped):
+            self._regrouped.discard(stream)  # served again: a later loss is a new one
+            return
+        created = await self._create_group(stream)
+        if stopped and self._claim_on and subscriber is not None:
+            await subscriber.start()
+        if stream not in self._regrouped:
+            self._regrouped.add(stream)
+            _log.warning(
+                "the consumer group %s of %s was gone (the stream deleted, or the server "
+                "restarted without persistence): %s at the start of the stream; serving "
+                "again (tasks queued before the loss went with it: their callers' deadlines "
+                "report them)",
+                self.group,
+                stream,
+                "created again" if created else "found created again",
+            )
 
     async def _claim_from(
         self, stream: str, cursor: str, idle_ms: int, handler: TaskHandler, prefetch: int
@@ -443,6 +495,11 @@ class RedisAdapter(BrokerAdapter):
         subscriber(on_control)
         await subscriber.start()
         self._control = subscriber
+
+
+def _no_group(exc: ResponseError) -> bool:
+    """The error of a command (or script) on a stream with no such group, or no stream."""
+    return str(exc).startswith("NOGROUP")
 
 
 def _entry_id(raw: bytes | str) -> tuple[int, ...]:
