@@ -6,6 +6,7 @@
   for good) the entries its killed predecessor held: they come back.
 * The helper that stops an adapter's background loop never swallows the cancellation of
   the task stopping it.
+* NATS: one failed "still working on it" signal does not end a task's keep-alive.
 """
 
 from __future__ import annotations
@@ -28,7 +29,10 @@ from distributed.servers import VolatileRedisServer
 from distributed.test_adapters import on_asyncio
 from murmur import AgentRuntime, EventType, RuntimeEvent, TaskSpec
 from murmur._cancellation import cancel_and_wait
+from murmur.distributed._adapter import Delivery
+from murmur.distributed._nats import NatsAdapter
 from murmur.distributed._transport import BrokerTransport
+from murmur.distributed._url import parse_broker_url
 from murmur.distributed._worker import Worker
 from support import Recorder
 from workers import WorkerProcess
@@ -259,3 +263,61 @@ async def test_cancel_and_wait_raises_the_loops_own_failure() -> None:
         await cancel_and_wait(None)  # nothing to stop
 
     await on_asyncio(scenario)
+
+
+# -- NATS: keep-alive through a failed signal ------------------------------------------
+
+
+async def test_a_nats_keep_alive_survives_a_failed_progress_signal(
+    namespace: str, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The first "still working" signal fails; the next ones are sent, and the task is
+    not delivered again although it is held past the ack wait."""
+    caplog.set_level(logging.WARNING, logger="murmur.distributed")
+    url = parse_broker_url(require("nats"))
+    redeliver_after = 3.0  # signals a second apart: one missed still beats the ack wait
+    signals = 4  # more than the ack wait's worth
+
+    async def scenario() -> tuple[int, int]:
+        adapter = NatsAdapter(url, namespace=namespace, redeliver_after=redeliver_after)
+        taken: list[Delivery] = []
+        calls = 0
+        enough = asyncio.Event()
+
+        async def take(data: bytes, delivery: Delivery) -> None:
+            taken.append(delivery)
+            if len(taken) > 1:
+                enough.set()  # delivered again while held: the failure this test looks for
+                return
+            message = delivery._message  # type: ignore[attr-defined]
+            in_progress = message.in_progress
+
+            async def flaky() -> None:
+                nonlocal calls
+                calls += 1
+                if calls >= signals:
+                    enough.set()
+                if calls == 1:
+                    raise ConnectionError("a connection blip")
+                await in_progress()
+
+            monkeypatch.setattr(message, "in_progress", flaky)
+
+        try:
+            await adapter.connect()
+            await adapter.publish_task("shout", b"a long one")
+            await adapter.consume(["shout"], take, prefetch=1, consumer="k")
+            await asyncio.wait_for(enough.wait(), HANG)
+            await taken[0].ack()
+            return len(taken), calls
+        finally:
+            await adapter.aclose()
+
+    try:
+        deliveries, calls = await on_asyncio(scenario)
+    finally:
+        cleanup("nats", namespace, [])
+    assert deliveries == 1  # held past the ack wait, never delivered again
+    assert calls >= signals  # the signals went on after the failed one
+    failed = [r for r in caplog.records if "could not report progress" in r.getMessage()]
+    assert len(failed) == 1, caplog.text

@@ -8,10 +8,11 @@
   that every worker shares: competing consumers. A worker pulls one message at a time
   (answered as soon as one is there), so it never holds more than its slots plus one.
 * A message is acknowledged only once its result is published; until then the worker
-  tells the server it is still working on it (every third of the consumer's ack wait),
-  so a long task is not handed to another worker, while a dead worker's messages come
-  back after the ack wait: ``redeliver_after`` seconds for the consumers a worker creates
-  (an existing consumer keeps its own; the worker's signals follow the consumer's).
+  tells the server it is still working on it (every third of the consumer's ack wait; a
+  signal that fails is retried at the next), so a long task is not handed to another
+  worker, while a dead worker's messages come back after the ack wait:
+  ``redeliver_after`` seconds for the consumers a worker creates (an existing consumer
+  keeps its own; the worker's signals follow the consumer's).
   ``nack`` makes the message deliverable again at once.
 * A delivered message's count of deliveries is JetStream's own (``num_delivered``).
 * Replies: core NATS, subject ``<namespace>.reply.<caller>`` (nothing stored: the caller
@@ -31,6 +32,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Sequence
 from typing import Any
 
@@ -64,6 +66,8 @@ from ._outage import RECONNECT_SECONDS, OutageLog, backoff
 
 __all__ = ["PROGRESS_SHARE", "NatsAdapter"]
 
+_log = logging.getLogger("murmur.distributed")
+
 #: A worker's "still working on it" signals for each task it holds come this share of
 #: the consumer's ack wait apart (the ack wait: how long a dead worker's tasks wait).
 PROGRESS_SHARE = 1 / 3
@@ -96,12 +100,30 @@ class _NatsDelivery:
         adapter._held.add(self)
 
     async def _keep_alive(self) -> None:
+        """Tell the server the task is still being worked on, every ``_progress_every``
+        seconds, until it is settled (``_settled`` cancels this).
+
+        A signal that fails (a connection blip) is retried on the next tick, not given
+        up: a loop that ended there would let the server hand the task, still running, to
+        another worker after the ack wait. If the connection stays down, the server
+        redelivers it after the ack wait anyway."""
+        failing = False
         while True:
             await asyncio.sleep(self._adapter._progress_every)
             try:
                 await self._message.in_progress()
-            except Exception:
-                return  # disconnected: the server redelivers it after the ack wait
+            except Exception as exc:
+                # Once per run of failures, not every tick; an outage is logged already.
+                if not failing and not self._adapter._outage.down:
+                    _log.warning(
+                        "could not report progress on a task from %s (%s: %s): retrying",
+                        self.channel,
+                        type(exc).__name__,
+                        exc,
+                    )
+                failing = True
+            else:
+                failing = False
 
     @property
     def channel(self) -> str:
