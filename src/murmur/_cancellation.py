@@ -14,10 +14,12 @@ from __future__ import annotations
 
 import asyncio
 import sys
+from typing import Any
 
 from .errors import StrayCancellationError
 
 __all__ = [
+    "cancel_and_wait",
     "is_real_cancellation",
     "is_stray",
     "pending_cancellations",
@@ -72,3 +74,22 @@ def stray_cancellation(
     )
     error.__cause__ = exc
     return error
+
+
+async def cancel_and_wait(task: asyncio.Task[Any] | None) -> None:
+    """Cancel ``task`` (an adapter's own background loop; ``None``: nothing to do) and wait
+    for it to end; raise what it failed with, if not its cancellation.
+
+    ``asyncio.wait`` rather than ``await task``: awaiting the task raises its
+    ``CancelledError``, and a ``CancelledError`` caught there cannot be told from one sent
+    to the awaiter itself at the same moment (and ``task.cancel()`` on the awaiter would
+    reach through to the task), so suppressing it would swallow the awaiter's own
+    cancellation. ``asyncio.wait`` raises only the awaiter's, and never re-cancels the
+    task; a task that does not end when cancelled is waited for until it ends.
+    """
+    if task is None:
+        return
+    task.cancel()
+    await asyncio.wait([task])
+    if not task.cancelled():
+        task.result()  # its own failure, if any

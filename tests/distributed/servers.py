@@ -121,6 +121,17 @@ class RedisServer(BrokerServer):
         ]
 
 
+class VolatileRedisServer(RedisServer):
+    """``redis-server`` keeping nothing on disk: a kill loses every stream and group."""
+
+    def command(self) -> list[str]:
+        return [
+            "redis-server",
+            *("--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(self.data_dir)),
+            *("--save", "", "--appendonly", "no"),
+        ]
+
+
 class NatsServer(BrokerServer):
     """``nats-server`` with JetStream storing in ``data_dir`` (file storage survives a
     kill)."""

@@ -17,6 +17,7 @@ from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+from .._cancellation import cancel_and_wait
 from ._adapter import (
     DEFAULT_REPLAY_DEADLINE,
     BrokerAdapter,
@@ -198,9 +199,7 @@ class MemoryAdapter(BrokerAdapter):
 
     async def stop_consuming(self) -> None:
         pump, self._pump = self._pump, None
-        if pump is not None:
-            pump.cancel()
-            await asyncio.wait([pump])  # its cancellation stays its own; ours propagates
+        await cancel_and_wait(pump)  # its cancellation stays its own; ours propagates
         consumer, self._consumer = self._consumer, None
         if consumer is not None:
             for channel, data, before in self._hub.detach(consumer):

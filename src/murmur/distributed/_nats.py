@@ -12,10 +12,11 @@
   (a pull that finds fewer waits ``BUSY_PULL_TIMEOUT`` for the rest, then the worker goes
   back to one at a time). It never holds more tasks than its slots.
 * A message is acknowledged only once its result is published; until then the worker
-  tells the server it is still working on it (every third of the consumer's ack wait),
-  so a long task is not handed to another worker, while a dead worker's messages come
-  back after the ack wait: ``redeliver_after`` seconds for the consumers a worker creates
-  (an existing consumer keeps its own; the worker's signals follow the consumer's).
+  tells the server it is still working on it (every third of the consumer's ack wait; a
+  signal that fails is retried at the next), so a long task is not handed to another
+  worker, while a dead worker's messages come back after the ack wait:
+  ``redeliver_after`` seconds for the consumers a worker creates (an existing consumer
+  keeps its own; the worker's signals follow the consumer's).
   ``nack`` makes the message deliverable again at once.
 * A delivered message's count of deliveries is JetStream's own (``num_delivered``).
 * Replies: core NATS, subject ``<namespace>.reply.<caller>`` (nothing stored: the caller
@@ -44,6 +45,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 from collections.abc import Sequence
 from typing import Any
 
@@ -83,6 +85,8 @@ from ._faststream import hand_over, raw_body
 from ._outage import RECONNECT_SECONDS, OutageLog, backoff
 
 __all__ = ["PROGRESS_SHARE", "NatsAdapter"]
+
+_log = logging.getLogger("murmur.distributed")
 
 #: A worker's "still working on it" signals for each task it holds come this share of
 #: the consumer's ack wait apart (the ack wait: how long a dead worker's tasks wait).
@@ -382,13 +386,26 @@ class NatsAdapter(BrokerAdapter):
         """Tell the server, for each task this worker holds, that it is still working on
         it (every third of the ack wait), so a long task is not handed to another worker.
         A signal that fails (a connection blip) is sent again on the next round."""
+        failing = False
         while True:
             await asyncio.sleep(self._progress_every)
+            failed = False
             for delivery in list(self._held):
                 try:
                     await delivery._message.in_progress()
                 except Exception as exc:
-                    self._outage.lost(exc)
+                    # Once per run of failures, not every round; an outage is logged
+                    # already. If the connection stays down, the server redelivers the
+                    # task after the ack wait anyway.
+                    if not failing and not failed and not self._outage.down:
+                        _log.warning(
+                            "could not report progress on a task from %s (%s: %s): retrying",
+                            delivery.channel,
+                            type(exc).__name__,
+                            exc,
+                        )
+                    failed = True
+            failing = failed
 
     async def stop_consuming(self) -> None:
         pulling, self._pulling = self._pulling, []

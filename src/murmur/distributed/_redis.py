@@ -7,6 +7,13 @@
   (XACK) only once its result is published; until then it stays in the group's pending
   list. Once acknowledged it is deleted (XDEL, in the same round trip), so a task stream
   holds only the tasks not yet settled.
+  A worker's consumer name is its name plus a suffix of its own (``<name>-xxxxxx``),
+  so a worker restarted under the same name neither inherits nor keeps alive the entries
+  its predecessor held: they go idle and are reclaimed.
+* A lost group (its stream deleted, or a server restarted without persistence) is created
+  again, at id 0, by the consuming workers, which go on serving; logged once per worker.
+  FastStream stops a subscriber whose group is gone (NOGROUP): the claim loop, which
+  notices the loss too, starts it again.
 * Redelivery (FastStream does not reclaim pending entries on Redis before 8.4): while a
   worker consumes, it claims (XAUTOCLAIM) entries of its streams that no worker has
   touched for ``redeliver_after`` seconds (their worker died), as many as it has room for,
@@ -37,8 +44,8 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
+import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, TypeVar
 
@@ -50,6 +57,7 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import ResponseError
 
+from .._cancellation import cancel_and_wait
 from ._adapter import (
     DEFAULT_REPLAY_DEADLINE,
     NO_LOGGER,
@@ -250,10 +258,14 @@ class RedisAdapter(BrokerAdapter):
         self._slots = asyncio.Semaphore(COMMAND_SLOTS)
         self._client: Any = None
         self._groups: set[str] = set()
-        self._subscribers: list[Any] = []
+        #: The task subscribers, by stream.
+        self._subscribers: dict[str, Any] = {}
+        #: Streams whose lost group is logged and not yet seen served again (a loss is
+        #: logged once, though noticed by the claim loop and the subscriber alike).
+        self._regrouped: set[str] = set()
         self._replies: Any = None
         self._reply_stream: str | None = None
-        #: The consumer's streams and name (set by ``consume``).
+        #: The consumer's streams and name in the group (set by ``consume``).
         self._streams: list[str] = []
         self._consumer = ""
         #: Entries handed to the worker and not settled yet.
@@ -290,7 +302,7 @@ class RedisAdapter(BrokerAdapter):
         try:
             await self.stop_consuming()
             self._touch_on = False
-            await _cancelled(self._touching)  # what it still holds is reclaimed later
+            await cancel_and_wait(self._touching)  # what it still holds is reclaimed later
             self._touching = None
             replies, self._replies = self._replies, None
             if replies is not None:
@@ -307,12 +319,18 @@ class RedisAdapter(BrokerAdapter):
     async def _ensure_group(self, stream: str) -> None:
         if stream in self._groups:
             return
+        await self._create_group(stream)
+        self._groups.add(stream)
+
+    async def _create_group(self, stream: str) -> bool:
+        """Create the group on ``stream`` (and the stream) at id 0; False if it exists."""
         try:
             await self._client.xgroup_create(stream, self.group, id="0", mkstream=True)
         except ResponseError as exc:
             if "BUSYGROUP" not in str(exc):
                 raise
-        self._groups.add(stream)
+            return False
+        return True
 
     async def publish_task(self, agent: str, data: bytes) -> None:
         await self._tasks.write((self.task_channel(agent), data))
@@ -380,7 +398,10 @@ class RedisAdapter(BrokerAdapter):
             for entry, data in zip(raw["message_ids"], _bodies(raw, message_format), strict=True):
                 await hand_over(handler, data, _RedisDelivery(self, stream, entry))
 
-        self._consumer = consumer
+        # This process's own consumer: one restarted under the same name must not take
+        # over its predecessor's pending entries (it would touch them for good, and never
+        # read them: XREADGROUP gives a consumer only new entries).
+        self._consumer = consumer = f"{consumer}-{uuid.uuid4().hex[:6]}"
         for agent in agents:
             stream = self.task_channel(agent)
             await self._ensure_group(stream)
@@ -396,19 +417,20 @@ class RedisAdapter(BrokerAdapter):
             )
             subscriber(on_tasks)
             await subscriber.start()
-            self._subscribers.append(subscriber)
+            self._subscribers[stream] = subscriber
         loop = asyncio.get_running_loop()
         self._claim_on = self._touch_on = True
         self._touching = loop.create_task(self._touch_held())
         self._claiming = loop.create_task(self._claim_idle(handler, prefetch))
 
     async def stop_consuming(self) -> None:
-        subscribers, self._subscribers = self._subscribers, []
-        for subscriber in subscribers:
-            await subscriber.stop()
+        # The claim loop first: it may start a subscriber again (a lost group).
         claiming, self._claiming = self._claiming, None
         self._claim_on = False
-        await _cancelled(claiming)
+        await cancel_and_wait(claiming)
+        subscribers, self._subscribers = self._subscribers, {}
+        for subscriber in subscribers.values():
+            await subscriber.stop()
         if claiming is not None:
             await self._release_unheld()
 
@@ -446,6 +468,9 @@ class RedisAdapter(BrokerAdapter):
             for stream in self._streams:
                 try:
                     await self._run_script("touch", stream, self._consumer, 10_000)
+                except ResponseError as exc:
+                    if not _no_group(exc):  # lost: nothing held (the claim loop recreates it)
+                        _log.warning("could not keep the tasks of %s claimed: %s", stream, exc)
                 except Exception:
                     _log.warning("could not keep the tasks of %s claimed", stream, exc_info=True)
 
@@ -455,13 +480,47 @@ class RedisAdapter(BrokerAdapter):
         idle_ms = max(1, int(self.redeliver_after * 1000))
         while self._claim_on:
             for stream in self._streams:
+                lost = False
                 try:
                     cursors[stream] = await self._claim_from(
                         stream, cursors[stream], idle_ms, handler, prefetch
                     )
+                except ResponseError as exc:
+                    lost = _no_group(exc)
+                    if not lost:
+                        _log.warning("could not claim idle tasks of %s: %s", stream, exc)
                 except Exception:
                     _log.warning("could not claim idle tasks of %s", stream, exc_info=True)
+                try:
+                    await self._keep_group(stream, lost)
+                except Exception:
+                    _log.warning("could not recreate the group of %s", stream, exc_info=True)
             await asyncio.sleep(min(CLAIM_EVERY, self.redeliver_after / 3))
+
+    async def _keep_group(self, stream: str, lost: bool) -> None:
+        """If ``stream``'s group is gone (``lost``: a claim found no group; or FastStream
+        stopped its subscriber, which it does on NOGROUP and never undoes), create it
+        again at id 0, so the tasks published since the loss are read, and start the
+        subscriber again; logged once per loss."""
+        subscriber = self._subscribers.get(stream)
+        stopped = subscriber is not None and not subscriber.running
+        if not (lost or stopped):
+            self._regrouped.discard(stream)  # served again: a later loss is a new one
+            return
+        created = await self._create_group(stream)
+        if stopped and self._claim_on and subscriber is not None:
+            await subscriber.start()
+        if stream not in self._regrouped:
+            self._regrouped.add(stream)
+            _log.warning(
+                "the consumer group %s of %s was gone (the stream deleted, or the server "
+                "restarted without persistence): %s at the start of the stream; serving "
+                "again (tasks queued before the loss went with it: their callers' deadlines "
+                "report them)",
+                self.group,
+                stream,
+                "created again" if created else "found created again",
+            )
 
     async def _claim_from(
         self, stream: str, cursor: str, idle_ms: int, handler: TaskHandler, prefetch: int
@@ -549,10 +608,10 @@ class RedisAdapter(BrokerAdapter):
         else:
             self._swept[stream] = _text(entries[-1][0])
         agent = self.agent_of(stream)
-        parse = self._broker.message_format.parse
+        message_format = self._broker.message_format
         swept: list[DeadLetter] = []
         for entry, fields in entries:
-            made = letter(parse(fields.get(bDATA_KEY, b""))[0], agent, 0)
+            made = letter(_body(fields, message_format), agent, 0)
             if made is None:
                 continue
             key = await self._run_script(
@@ -598,13 +657,9 @@ def _body(fields: dict[bytes, bytes], message_format: Any) -> bytes:
     return body
 
 
-async def _cancelled(task: asyncio.Task[None] | None) -> None:
-    """Cancel ``task`` (if any) and wait for it to end."""
-    if task is None:
-        return
-    task.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
-        await task
+def _no_group(exc: ResponseError) -> bool:
+    """The error of a command (or script) on a stream with no such group, or no stream."""
+    return str(exc).startswith("NOGROUP")
 
 
 def _entry_id(raw: bytes | str) -> tuple[int, ...]:
