@@ -102,39 +102,41 @@ def test_a_write_cancelled_while_queued_is_never_flushed() -> None:
     asyncio.run(main())
 
 
-def test_a_flushing_writer_cancelled_hands_the_duty_on() -> None:
-    async def main() -> None:
-        store = Store()
-        group = GroupCommit(store.flush)
-        store.gate = asyncio.Event()  # never set: the first flush hangs until cancelled
-        leader = asyncio.ensure_future(group.write(0))
-        await store.entered.wait()
-        waiting = [asyncio.ensure_future(group.write(i)) for i in (1, 2)]
-        await asyncio.sleep(0)
-        leader.cancel()
-        await asyncio.wait_for(asyncio.gather(*waiting), timeout=5)
-        assert store.batches == [[1, 2]]
-        with pytest.raises(asyncio.CancelledError):
-            await leader
-
-    asyncio.run(main())
-
-
-def test_the_next_leader_cancelled_with_everyone_else_leaves_no_one_stuck() -> None:
+def test_a_writer_cancelled_while_its_batch_is_written_does_not_stop_the_batch() -> None:
     async def main() -> None:
         store = Store()
         group = GroupCommit(store.flush)
         store.gate = gate = asyncio.Event()
-        leader = asyncio.ensure_future(group.write(0))
+        first = asyncio.ensure_future(group.write(0))
+        await store.entered.wait()
+        queued = [asyncio.ensure_future(group.write(i)) for i in (1, 2)]
+        await asyncio.sleep(0)
+        first.cancel()  # its flush goes on, in a task of its own
+        await asyncio.sleep(0)
+        gate.set()
+        await asyncio.wait_for(asyncio.gather(*queued), timeout=5)
+        assert store.batches == [[0], [1, 2]]
+        with pytest.raises(asyncio.CancelledError):
+            await first
+
+    asyncio.run(main())
+
+
+def test_writers_cancelled_together_leave_no_one_stuck() -> None:
+    async def main() -> None:
+        store = Store()
+        group = GroupCommit(store.flush)
+        store.gate = gate = asyncio.Event()
+        first = asyncio.ensure_future(group.write(0))
         await store.entered.wait()
         waiting = [asyncio.ensure_future(group.write(i)) for i in range(1, 50)]
         await asyncio.sleep(0)
-        for task in waiting:
-            task.cancel()  # their futures are cancelled before the leader hands over
+        for task in [first, *waiting]:
+            task.cancel()
         gate.set()
-        await leader
-        await asyncio.gather(*waiting, return_exceptions=True)
-        await asyncio.wait_for(group.write(99), timeout=5)  # nobody holds the duty
+        await asyncio.gather(first, *waiting, return_exceptions=True)
+        await asyncio.wait_for(group.write(99), timeout=5)  # the group goes on
+        await group.drain()
         assert store.batches == [[0], [99]]
 
     asyncio.run(main())

@@ -1,16 +1,15 @@
 """Group commit: writes made at about the same time go to the broker in one round trip.
 
-A ``GroupCommit`` batches without a timer. The first writer to arrive while no flush is
-under way flushes at once (a lone ``run`` pays no added latency); writers that arrive
-while it waits on the broker queue up, and the same writer flushes them all together as
-soon as it is back — so the batch size follows the load by itself: one at a time when
-idle, hundreds at a time when a gather publishes a thousand tasks.
+A ``GroupCommit`` batches without a timer. A write that arrives while no flush is under
+way is flushed at once (a lone ``run`` pays no added latency); writes that arrive while a
+flush waits on the broker queue up, and go together in the next flush, started as soon as
+that one ends — so the batch size follows the load by itself: one at a time when idle,
+hundreds at a time when a gather publishes a thousand tasks.
 
-It needs no background task: the flushing is done by the writers themselves, one at a
-time. A writer cancelled while it flushes hands the duty to the next writer waiting, so
-no write is left unflushed. A writer cancelled while its write is still queued takes it
-back (it was never sent); once its batch is being written, the write may or may not
-reach the broker, as with any cancelled write.
+A flush runs in a task of its own, not in any writer's: a writer cancelled while its
+batch is being written stops waiting, and the batch is written all the same, for the
+others in it (its own write may or may not reach the broker, as with any cancelled
+write). A writer cancelled while its write is still queued takes it back: never sent.
 
 Runs on one asyncio loop (the adapters' own).
 """
@@ -19,7 +18,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from typing import Generic, TypeVar
 
 __all__ = ["GroupCommit"]
@@ -29,31 +28,30 @@ _T = TypeVar("_T")
 #: Writes in one round trip, at most.
 DEFAULT_LIMIT = 500
 
-_LEAD = object()
-_DONE = object()
-
 
 class _Write(Generic[_T]):
-    __slots__ = ("error", "item", "wake")
+    __slots__ = ("done", "item")
 
-    def __init__(self, item: _T, wake: asyncio.Future[object]) -> None:
+    def __init__(self, item: _T, done: asyncio.Future[None]) -> None:
         self.item = item
-        #: Resolved with ``_LEAD`` (flush now) or ``_DONE`` (written, or ``error``).
-        self.wake = wake
-        self.error: Exception | None = None
+        self.done = done
 
 
 class GroupCommit(Generic[_T]):
     """Calls ``flush`` with the writes queued together (in order, at most ``limit``)."""
 
     def __init__(
-        self, flush: Callable[[Sequence[_T]], Awaitable[None]], *, limit: int = DEFAULT_LIMIT
+        self,
+        flush: Callable[[Sequence[_T]], Coroutine[object, object, None]],
+        *,
+        limit: int = DEFAULT_LIMIT,
     ) -> None:
         self._flush = flush
         self._limit = limit
-        #: Writes not yet in a batch; empty whenever no writer is flushing.
+        #: Writes not yet in a batch.
         self._queue: deque[_Write[_T]] = deque()
-        self._flushing = False
+        #: The flush under way, if any.
+        self._flushing: asyncio.Task[None] | None = None
 
     async def write(self, item: _T) -> None:
         """Write ``item`` (with whatever else is queued now); returns once it is written.
@@ -63,65 +61,44 @@ class GroupCommit(Generic[_T]):
         """
         write = _Write(item, asyncio.get_running_loop().create_future())
         self._queue.append(write)
-        if self._flushing:
-            try:
-                woken = await write.wake
-            except asyncio.CancelledError:
-                if write in self._queue:  # not in a batch yet: never sent
-                    self._queue.remove(write)
-                    if not write.wake.cancelled() and write.wake.result() is _LEAD:
-                        self._flushing = False  # the duty came just as it was cancelled
-                        self._hand_over()
-                raise
-            if woken is _DONE:
-                if write.error is not None:
-                    raise write.error
-                return
-        await self._lead(write)
+        if self._flushing is None:
+            self._start()
+        try:
+            await write.done
+        except asyncio.CancelledError:
+            if write in self._queue:  # not in a batch yet: never sent
+                self._queue.remove(write)
+            raise
 
-    async def _lead(self, mine: _Write[_T]) -> None:
-        """Flush one batch (``mine`` first in it), then hand the duty on."""
-        self._flushing = True
+    async def drain(self) -> None:
+        """Wait for the writes under way and queued (their failures are their writers')."""
+        while self._flushing is not None:
+            await asyncio.wait([self._flushing])
+
+    def _start(self) -> None:
         batch: list[_Write[_T]] = []
         while self._queue and len(batch) < self._limit:
             write = self._queue.popleft()
-            if not write.wake.cancelled():  # else its writer was cancelled: not sent
+            if not write.done.done():  # else its writer was cancelled: not sent
                 batch.append(write)
-        try:
-            await self._flush([write.item for write in batch])
-        except asyncio.CancelledError:
-            # This writer was cancelled: the others' writes may or may not have gone;
-            # they fail rather than wait for good.
-            for write in batch:
-                _settle(write, ConnectionError("a batched write was interrupted"))
-            raise
-        except Exception as exc:
-            for write in batch:
-                _settle(write, exc)
-        else:
-            for write in batch:
-                _settle(write, None)
-        finally:
-            self._flushing = False
-            self._hand_over()
-        if mine.error is not None:
-            raise mine.error
-
-    def _hand_over(self) -> None:
-        """Make the first queued writer flush what is queued (none: nobody flushes)."""
-        while self._queue:
-            first = self._queue[0]
-            if first.wake.cancelled():
-                # Its writer was cancelled (asyncio cancels the future it waits on) and
-                # has yet to take its write back: it is not sent.
-                self._queue.popleft()
-                continue
-            self._flushing = True
-            first.wake.set_result(_LEAD)
+        if not batch:
+            self._flushing = None
             return
+        task = asyncio.get_running_loop().create_task(self._flush([w.item for w in batch]))
+        self._flushing = task
+        task.add_done_callback(lambda _: self._flushed(batch, task))
 
-
-def _settle(write: _Write[_T], error: Exception | None) -> None:
-    write.error = error
-    if not write.wake.done():
-        write.wake.set_result(_DONE)
+    def _flushed(self, batch: list[_Write[_T]], task: asyncio.Task[None]) -> None:
+        error = (
+            ConnectionError("a batched write was cancelled")
+            if task.cancelled()
+            else task.exception()
+        )
+        for write in batch:
+            if write.done.done():
+                continue  # its writer was cancelled meanwhile
+            if error is None:
+                write.done.set_result(None)
+            else:
+                write.done.set_exception(error)
+        self._start()  # what queued up meanwhile, at once
