@@ -10,17 +10,15 @@ from __future__ import annotations
 import asyncio
 import threading
 import uuid
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import Any
 
 import anyio
 import pytest
-import sniffio
 
-from distributed.brokers import cleanup, require
+from distributed.brokers import cleanup, on_asyncio, require
 from murmur import AgentRuntime, TaskSpec
-from murmur._bridge import AsyncioBridge
 from murmur.distributed._adapter import BrokerAdapter, Delivery, load_adapter
 from murmur.distributed._kafka import InMemoryKafka, in_memory_kafka
 from murmur.distributed._transport import BrokerTransport
@@ -28,8 +26,6 @@ from murmur.distributed._url import parse_broker_url
 from murmur.distributed._worker import Worker
 
 pytestmark = pytest.mark.anyio
-
-T = TypeVar("T")
 
 KAFKA_URL = "kafka://kafka.prod:9092"  # the product page's; served by in_memory_kafka()
 
@@ -68,17 +64,6 @@ def broker(request: pytest.FixtureRequest) -> Iterator[Broker]:
         yield spec
     finally:
         cleanup(kind, spec.namespace, ["shout"])
-
-
-async def on_asyncio(fn: Callable[[], Awaitable[T]]) -> T:
-    """Adapters are asyncio-only: run ``fn`` on this loop, or under Trio on a helper."""
-    if sniffio.current_async_library() == "asyncio":
-        return await fn()
-    bridge = AsyncioBridge(name="murmur-test-adapter")
-    try:
-        return await bridge.run(fn)
-    finally:
-        await bridge.aclose()
 
 
 # -- round trips -----------------------------------------------------------------------
