@@ -110,7 +110,8 @@ def delete_nats_stream(namespace: str, url: str = NATS_URL) -> None:
 def delete_rabbit_queues(namespace: str, agents: Iterable[str], url: str = RABBIT_URL) -> None:
     """Delete the namespace's task queues of ``agents`` (named as ``task_channel``; deleting
     a queue that does not exist is a no-op) its dead-letter queue and its control exchange. Reply
-    queues and workers' control queues go with their connections."""
+    queues are deleted by their callers as they close, workers' control queues go with their
+    connections."""
 
     async def delete() -> None:
         import aio_pika

@@ -7,6 +7,7 @@ Each test uses its own namespace and deletes the queues it made.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import uuid
 from collections.abc import Iterator
@@ -50,6 +51,92 @@ async def queue_counts(name: str) -> tuple[int, int]:
         return result.message_count or 0, result.consumer_count or 0
     finally:
         await connection.close()
+
+
+class Proxy:
+    """A TCP proxy to the local RabbitMQ server whose connections can be cut (a network
+    drop for the clients behind it alone); it keeps listening, so they reconnect."""
+
+    def __init__(self) -> None:
+        self._server: asyncio.Server | None = None
+        self._writers: list[asyncio.StreamWriter] = []
+        self.port = 0
+
+    async def __aenter__(self) -> Proxy:
+        self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        self.port = self._server.sockets[0].getsockname()[1]
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        self.cut()
+        assert self._server is not None
+        self._server.close()
+        await self._server.wait_closed()
+
+    def url(self) -> str:
+        return f"amqp://guest:guest@127.0.0.1:{self.port}/"
+
+    def cut(self) -> None:
+        for writer in self._writers:
+            writer.transport.abort()
+        self._writers.clear()
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        up_reader, up_writer = await asyncio.open_connection("127.0.0.1", 5672)
+        self._writers += [writer, up_writer]
+
+        async def pipe(source: asyncio.StreamReader, sink: asyncio.StreamWriter) -> None:
+            with contextlib.suppress(OSError):
+                while data := await source.read(65536):
+                    sink.write(data)
+                    await sink.drain()
+            sink.transport.abort()
+
+        await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer))
+
+
+async def test_a_reply_sent_while_its_caller_reconnects_waits_for_it(namespace: str) -> None:
+    async def scenario() -> list[bytes]:
+        replies: list[bytes] = []
+        got = asyncio.Event()
+
+        def on_reply(data: bytes) -> None:
+            replies.append(data)
+            got.set()
+
+        async with Proxy() as proxy:
+            caller_side = RabbitAdapter(parse_broker_url(proxy.url()), namespace=namespace)
+            worker_side = adapter(namespace)
+            await caller_side.connect()
+            await worker_side.connect()
+            try:
+                address = await caller_side.open_replies("c1", on_reply)
+                proxy.cut()  # the caller's connection drops; it reconnects a second later
+                await worker_side.publish_reply(address, b"the result")
+                await asyncio.wait_for(got.wait(), 20)
+            finally:
+                await caller_side.aclose()
+                await worker_side.aclose()
+        return replies
+
+    assert await on_asyncio(scenario) == [b"the result"]
+
+
+async def test_a_closing_caller_deletes_its_reply_queue(namespace: str) -> None:
+    async def scenario() -> bool:
+        caller_side = adapter(namespace)
+        await caller_side.connect()
+        try:
+            address = await caller_side.open_replies("c1", lambda data: None)
+        finally:
+            await caller_side.aclose()
+        try:
+            await queue_counts(address)
+        except aio_pika.exceptions.ChannelNotFoundEntity:
+            return False
+        return True
+
+    assert await on_asyncio(scenario) is False
 
 
 async def test_a_failed_consumer_start_leaves_no_consumer_behind(

@@ -24,8 +24,12 @@
   logged. A task or reply published while the connection is down is published again once
   it is back (for up to ``RECONNECT_SECONDS``); an ack or nack of a delivery taken before
   the outage fails (RabbitMQ requeued the message when the connection dropped).
-* Replies: one exclusive, auto-delete queue per caller (``<namespace>.reply.<caller>``),
-  gone with the caller's connection (and declared again when it reconnects).
+* Replies: one durable queue per caller (``<namespace>.reply.<caller>``), deleted when
+  the caller closes. It outlives the caller's connection, a broker restart included, so
+  replies sent while its caller reconnects wait for it (an exclusive queue would go with
+  the connection, and them with it); a caller that died leaves it to expire
+  ``REPLY_EXPIRES_SECONDS`` after its last use. Replies are not persistent: one the
+  caller has not taken yet when the server stops is lost.
 * Dead letters: the durable classic queue ``<namespace>.dead``, a persistent message
   each, its ``message_id`` the dead letter's id. Listing takes every message without
   acknowledging it (``basic.get``) and puts them all back (``nack`` with requeue: they
@@ -78,6 +82,10 @@ RECONNECT_INTERVAL = RETRY_CAP_SECONDS
 #: logged once: held past the server's ``consumer_timeout``, its channel is closed and
 #: what it held runs again elsewhere.
 CONSUMER_TIMEOUT_WARNING = 15 * 60.0
+#: A reply queue nobody uses (its caller died) is deleted by the server after this long.
+REPLY_EXPIRES_SECONDS = 3600
+#: Seconds a close may spend deleting the reply queue, and then closing the connections.
+CLOSE_SECONDS = 5.0
 #: What an operation fails with while the connection is down (it was not done, or not
 #: confirmed): tried again once reconnected.
 _OUTAGE = (ConnectionError, ChannelInvalidStateError)
@@ -124,6 +132,7 @@ class RabbitAdapter(BrokerAdapter):
         self._declaring: dict[str, asyncio.Lock] = {}
         self._subscribers: list[Any] = []
         self._replies: Any = None
+        self._reply_queue: RabbitQueue | None = None
         self._control: Any = None
         self._control_declared = False
         self._warned_held = False
@@ -172,6 +181,14 @@ class RabbitAdapter(BrokerAdapter):
         RabbitMQ refuse the second declaration)."""
         return RabbitQueue(self.task_channel(agent), QueueType.QUORUM, durable=True)
 
+    def reply_queue(self, caller: str) -> RabbitQueue:
+        """The queue of ``caller``'s replies."""
+        return RabbitQueue(
+            self.reply_channel(caller),
+            durable=True,
+            arguments={"x-expires": int(REPLY_EXPIRES_SECONDS * 1000)},
+        )
+
     def dead_queue(self) -> RabbitQueue:
         """The queue of this namespace's dead letters."""
         return RabbitQueue(self.dead_channel(), durable=True)
@@ -186,16 +203,34 @@ class RabbitAdapter(BrokerAdapter):
             replies, self._replies = self._replies, None
             if replies is not None:
                 await replies.stop()
+                await self._delete_replies()
             control, self._control = self._control, None
             if control is not None:
                 await control.stop()
         finally:
-            try:
-                consuming, self._consuming = self._consuming, None
-                if consuming is not None:
-                    await consuming.stop()  # what is still unacknowledged goes back
-            finally:
-                await self._broker.stop()  # the exclusive reply queue goes with it
+            # Even if this close is cancelled (its time is up): a connection left open
+            # would go on reconnecting for good.
+            with anyio.CancelScope(shield=True) as closing:
+                closing.deadline = anyio.current_time() + CLOSE_SECONDS
+                try:
+                    consuming, self._consuming = self._consuming, None
+                    if consuming is not None:
+                        await consuming.stop()  # what is still unacknowledged goes back
+                finally:
+                    await self._broker.stop()
+
+    async def _delete_replies(self) -> None:
+        """Delete this caller's reply queue (with any reply nobody waits for now); if the
+        broker is not reachable now, it expires by itself."""
+        queue, self._reply_queue = self._reply_queue, None
+        if queue is None or not await self._broker.ping(timeout=0.1):
+            return  # not waited for (a robust channel would wait for the reconnection)
+        try:
+            with anyio.fail_after(CLOSE_SECONDS):
+                declared = await self._broker.declare_queue(queue)
+                await declared.delete(if_unused=False, if_empty=False)
+        except Exception:
+            _log.warning("could not delete the reply queue %s", queue.name, exc_info=True)
 
     async def _again(self, operation: Callable[[], Awaitable[Any]]) -> None:
         """``operation``, done again while it fails for want of a connection (once the
@@ -236,20 +271,16 @@ class RabbitAdapter(BrokerAdapter):
                 self._declared.add(name)
 
     async def open_replies(self, caller: str, handler: ReplyHandler) -> str:
-        name = self.reply_channel(caller)
-
         async def on_reply(body: Any) -> None:
             handler(body)
 
-        subscriber = self._broker.subscriber(
-            RabbitQueue(name, durable=False, exclusive=True, auto_delete=True),
-            no_reply=True,
-            decoder=raw_body,
-        )
+        queue = self.reply_queue(caller)
+        subscriber = self._broker.subscriber(queue, no_reply=True, decoder=raw_body)
         subscriber(on_reply)
         await subscriber.start()
         self._replies = subscriber
-        return name
+        self._reply_queue = queue
+        return queue.name
 
     async def publish_reply(self, address: str, data: bytes) -> None:
         await self._again(lambda: self._broker.publish(data, queue=address))
