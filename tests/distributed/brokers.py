@@ -11,10 +11,15 @@ import contextlib
 import socket
 import threading
 from collections.abc import Awaitable, Callable, Iterable
+from typing import TypeVar
 
 import pytest
+import sniffio
 
+from murmur._bridge import AsyncioBridge
 from murmur.distributed._adapter import safe_name
+
+T = TypeVar("T")
 
 REDIS_URL = "redis://127.0.0.1:6379"
 NATS_URL = "nats://127.0.0.1:4222"
@@ -37,6 +42,17 @@ def require(kind: str) -> str:
             "servers with .ci/run (it starts Redis, NATS and RabbitMQ when they are down)",
             pytrace=False,
         )
+
+
+async def on_asyncio(fn: Callable[[], Awaitable[T]]) -> T:
+    """Adapters are asyncio-only: run ``fn`` on this loop, or under Trio on a helper."""
+    if sniffio.current_async_library() == "asyncio":
+        return await fn()
+    bridge = AsyncioBridge(name="murmur-test-adapter")
+    try:
+        return await bridge.run(fn)
+    finally:
+        await bridge.aclose()
 
 
 def run_asyncio(make: Callable[[], Awaitable[None]]) -> None:
@@ -94,7 +110,8 @@ def delete_nats_stream(namespace: str, url: str = NATS_URL) -> None:
 def delete_rabbit_queues(namespace: str, agents: Iterable[str], url: str = RABBIT_URL) -> None:
     """Delete the namespace's task queues of ``agents`` (named as ``task_channel``; deleting
     a queue that does not exist is a no-op) its dead-letter queue, its registry of agents and
-    its control exchange. Reply queues and workers' control queues go with their
+    its control exchange. Reply queues are deleted by their callers as they close, workers'
+    control queues go with their
     connections."""
 
     async def delete() -> None:

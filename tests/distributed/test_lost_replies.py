@@ -137,8 +137,8 @@ async def test_results_sent_while_the_caller_was_cut_off_come_again_once_it_reco
     kind: str, namespace: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """NATS: the caller is cut off, the server restarted, the worker reconnects and sends
-    the results to nobody. RabbitMQ: the caller's connection drops, its reply queue with
-    it, and the results go to no queue. Redis: the results are stored, and lost with the
+    the results to nobody. RabbitMQ: the caller's connection drops (its durable reply
+    queue keeps what is sent meanwhile). Redis: the results are stored, and lost with the
     server's data while the caller is cut off. Each time the caller, with no deadline, gets
     every result once it reconnects, and nothing runs twice."""
     server: NatsServer | None = None
@@ -206,7 +206,10 @@ async def test_results_sent_while_the_caller_was_cut_off_come_again_once_it_reco
         assert set(runs.labels) == set(LABELS)
     else:
         assert sorted(runs.labels) == LABELS  # sent again from the worker's copy, not rerun
-    assert worker.stats.resent >= TASKS
+    if kind != "rabbit":
+        assert worker.stats.resent >= TASKS
+    # RabbitMQ: the caller's reply queue is durable, so the results sent while it was cut
+    # off waited there for it (asked for again or not, each comes once).
 
 
 def _lose_stream(stream: str) -> None:

@@ -175,8 +175,11 @@ class BrokerAdapter(ABC):
         redeliver_after: Seconds a taken, unsettled task may go without a sign of life
             from its worker before it is delivered to another (a worker keeps the tasks it
             holds alive while it runs). Redis: live workers reclaim it; NATS: the
-            consumer's ack wait; RabbitMQ and Kafka have no such timer (their own
-            connection and session checks stand in) and ignore it.
+            consumer's ack wait. RabbitMQ and Kafka ignore it: RabbitMQ requeues a dead
+            worker's tasks when its connection drops, and has a timer of its own that
+            Murmur cannot set per queue (the server's ``consumer_timeout``, 30 minutes by
+            default: a task held longer is taken back and delivered again, even from a
+            live worker); Kafka re-reads them once its group's session times out.
     """
 
     def __init__(

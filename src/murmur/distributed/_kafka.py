@@ -13,9 +13,18 @@
   ones: at-least-once) to the partition's next owner, after the group's session timeout.
 * ``nack`` publishes the task again at the end of its topic, then lets its offset be
   committed (Kafka cannot redeliver a single record); the copy carries its count of
-  deliveries in the ``murmur-deliveries`` header. (A record re-read by a partition's next
-  owner after a worker died is not counted: Kafka keeps no count.)
-* Replies: one topic per caller (``<namespace>.reply.<caller>``), read without a group.
+  deliveries in the ``murmur-deliveries`` header. A copy that cannot be published is
+  tried again for up to ``RECONNECT_SECONDS``, then (logged as an error) at each later
+  settling of a task of its partition: until it is published, nothing past it in the
+  partition is committed. (A record re-read by a partition's next owner after a worker
+  died is not counted: Kafka keeps no count, and a record cannot be changed; so
+  ``max_deliveries`` does not stop a task that kills every worker running it.)
+* A worker polls for more records only when it hands one over: with every slot busy for
+  longer than the consumer's ``max_poll_interval_ms`` (aiokafka's default, 5 minutes),
+  the consumer leaves the group and its partitions' unfinished tasks go to another worker.
+* Replies: one topic per caller (``<namespace>.reply.<caller>``), read without a group,
+  deleted when the caller closes (best effort, ``DELETE_SECONDS``; a worker's late reply
+  to it may create it again where the cluster auto-creates topics).
 * Dead letters: the topic ``<namespace>.dead``, one record each keyed by the dead
   letter's id; a replay re-queues it and appends a record with that key and an empty value
   (a tombstone: the topic may be log-compacted). Listing reads the topic from its start.
@@ -56,6 +65,7 @@ from ._adapter import (
     replayable,
 )
 from ._faststream import MESSAGE, hand_over, raw_body
+from ._outage import RECONNECT_SECONDS, backoff
 
 __all__ = ["InMemoryKafka", "KafkaAdapter", "in_memory_kafka"]
 
@@ -63,10 +73,12 @@ _log = logging.getLogger("murmur.distributed")
 
 #: The record header carrying how many times a put-back task was delivered before.
 DELIVERIES_HEADER = "murmur-deliveries"
+#: Seconds a closing caller spends deleting its reply topic, at most.
+DELETE_SECONDS = 10.0
 
 
 class _Partition:
-    """A partition's records in the order this worker received them, and how far its
+    """A partition's records taken by this worker, in offset order, and how far its
     offset is committed: only ever past records that are settled."""
 
     __slots__ = ("committed", "lock", "records")
@@ -78,7 +90,15 @@ class _Partition:
 
 
 class _KafkaDelivery:
-    __slots__ = ("_adapter", "_consumer", "_partition", "_record", "deliveries", "settled")
+    __slots__ = (
+        "_adapter",
+        "_consumer",
+        "_partition",
+        "_record",
+        "deliveries",
+        "settled",
+        "unsent",
+    )
 
     def __init__(self, adapter: KafkaAdapter, message: Any) -> None:
         self._adapter = adapter
@@ -89,8 +109,17 @@ class _KafkaDelivery:
         self._consumer = message.consumer
         key = (id(self._consumer), self._record.topic, self._record.partition)
         self._partition = adapter._partitions.setdefault(key, _Partition())
-        self._partition.records.append(self)
+        # In offset order, whatever order they were handed over in: a commit must never
+        # pass a record still being worked on.
+        records, offset = self._partition.records, self._record.offset
+        at = len(records)
+        while at and records[at - 1]._record.offset > offset:
+            at -= 1
+        records.insert(at, self)
         self.settled = False
+        #: Put back (``nack``) but not published again yet: tried again by the next
+        #: settling of a task of its partition.
+        self.unsent = False
 
     @property
     def channel(self) -> str:
@@ -101,25 +130,60 @@ class _KafkaDelivery:
         await self._settle()
 
     async def nack(self) -> None:
-        if self.settled:
+        if self.settled or self.unsent:
             return
+        if await self._put_back(RECONNECT_SECONDS):
+            await self._settle()
+
+    async def _put_back(self, retry_for: float) -> bool:
+        """Publish the task again at the end of its topic, trying again through failures
+        for up to ``retry_for`` seconds; False if it could not (then it stays ``unsent``,
+        and uncommitted: if this worker stops first, the partition's next owner reads it
+        again)."""
+        first = not self.unsent
+        self.unsent = False  # being tried (not by two at once)
+        published = False
+        record = self._record
+        loop = asyncio.get_running_loop()
+        give_up = loop.time() + retry_for
+        failures = 0
         try:
-            await self._adapter._broker.publish(
-                self._record.value,
-                self._record.topic,
-                headers={DELIVERIES_HEADER: str(self.deliveries)},
-            )
-        except Exception:
-            # Left uncommitted: the partition's next owner reads it again.
-            _log.warning("could not queue a task again on %s", self._record.topic, exc_info=True)
-            return
-        await self._settle()
+            while True:
+                try:
+                    await self._adapter._broker.publish(
+                        record.value,
+                        record.topic,
+                        headers={DELIVERIES_HEADER: str(self.deliveries)},
+                    )
+                except Exception:
+                    failures += 1
+                    if loop.time() >= give_up:
+                        if first:
+                            _log.error(
+                                "could not queue a task again on %s (offset %d of partition "
+                                "%d): nothing past it in that partition is committed until "
+                                "it is (tried again as the partition's next tasks are settled)",
+                                record.topic,
+                                record.offset,
+                                record.partition,
+                                exc_info=True,
+                            )
+                        return False
+                    await asyncio.sleep(backoff(failures))
+                else:
+                    published = True
+                    return True
+        finally:
+            self.unsent = not published  # also if cancelled midway
 
     async def _settle(self) -> None:
         if self.settled:
             return
         self.settled = True
         partition = self._partition
+        stuck = partition.records[0] if partition.records else None
+        if stuck is not None and stuck.unsent and await stuck._put_back(0.0):
+            stuck.settled = True
         async with partition.lock:
             upto = None
             while partition.records and partition.records[0].settled:
@@ -150,6 +214,7 @@ class KafkaAdapter(BrokerAdapter):
             self._broker = KafkaBroker(list(self.url.hosts), logger=NO_LOGGER)
         self._subscribers: list[Any] = []
         self._replies: Any = None
+        self._reply_topic = ""
         self._control: Any = None
         self._partitions: dict[tuple[int, str, int], _Partition] = {}
 
@@ -168,12 +233,24 @@ class KafkaAdapter(BrokerAdapter):
             replies, self._replies = self._replies, None
             if replies is not None:
                 await self._stop([replies])
+                await self._delete_topic(self._reply_topic)
             control, self._control = self._control, None
             if control is not None:
                 await self._stop([control])
         finally:
             if self._cluster is None:
                 await self._broker.stop()
+
+    async def _delete_topic(self, topic: str) -> None:
+        """Delete ``topic`` from the cluster, best effort: a failure (a cluster refusing
+        deletions, unreachable, slow) is logged and the topic left."""
+        if self._cluster is not None:
+            self._cluster.delete_topic(topic)
+            return
+        try:
+            await asyncio.wait_for(_delete_topic(list(self.url.hosts), topic), DELETE_SECONDS)
+        except Exception:
+            _log.warning("could not delete the reply topic %s", topic, exc_info=True)
 
     async def _stop(self, subscribers: list[Any]) -> None:
         for subscriber in subscribers:
@@ -198,6 +275,7 @@ class KafkaAdapter(BrokerAdapter):
         subscriber(on_reply)
         await subscriber.start()
         self._replies = subscriber
+        self._reply_topic = topic
         return topic
 
     async def publish_reply(self, address: str, data: bytes) -> None:
@@ -289,6 +367,17 @@ def _delivered_before(record: Any) -> int:
     return 0
 
 
+async def _delete_topic(hosts: list[str], topic: str) -> None:
+    from aiokafka.admin import AIOKafkaAdminClient
+
+    admin = AIOKafkaAdminClient(bootstrap_servers=hosts)
+    await admin.start()
+    try:
+        await admin.delete_topics([topic])
+    finally:
+        await admin.close()
+
+
 async def _read_topic(hosts: list[str], topic: str) -> list[Any]:
     """Every record of ``topic``, read from its start to its current end, without a group
     (nothing committed)."""
@@ -332,7 +421,11 @@ class InMemoryKafka:
     * within a group each record goes to one member, in turn (as a topic with as many
       partitions as members would spread them); a paused member gets none;
     * each handler runs on its own subscriber's event loop (a Trio caller's broker I/O and
-      a worker each have one), the publisher waiting until the handler has returned.
+      a worker each have one), the publisher waiting until the handler has returned;
+    * a topic can be deleted (``delete_topic``; ``topics`` lists those that exist).
+
+    Unlike a cluster's consumer, a subscriber here may be handed a partition's records
+    out of offset order (each is handled in a task of its own).
     """
 
     def __init__(self) -> None:
@@ -352,6 +445,17 @@ class InMemoryKafka:
         """The records of ``topic``, in offset order."""
         with self._lock:
             return list(self._log.get(topic, ()))
+
+    def topics(self) -> set[str]:
+        """The topics that have had records and were not deleted since."""
+        with self._lock:
+            return set(self._log)
+
+    def delete_topic(self, topic: str) -> None:
+        """Forget ``topic``: its records, its offsets and what it kept for a group."""
+        with self._lock:
+            for kept in (self._log, self._offsets, self._backlog):
+                kept.pop(topic, None)
 
     def commit(self, group: str | None, offsets: dict[TopicPartition, int]) -> None:
         with self._lock:

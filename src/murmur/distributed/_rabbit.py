@@ -2,7 +2,8 @@
 
 * Tasks: one durable quorum queue per agent (``<namespace>.tasks.<agent>``) on the
   default exchange, declared (idempotently, same arguments) by whichever side comes first,
-  so tasks published before any worker started wait in it. Task messages are persistent.
+  so tasks published before any worker started wait in it; a caller declares each once
+  (concurrent first publishes share the declaration). Task messages are persistent.
   Every worker consumes the queue: competing consumers, each with at most ``prefetch``
   unacknowledged messages per queue (quorum queues refuse a channel-wide QoS).
 * Quorum queues because they count a message's deliveries (``x-delivery-count``: the
@@ -12,12 +13,25 @@
   declaration fail: delete it once drained.
 * A message is acknowledged only once its result is published; ``nack`` requeues it.
   A worker whose connection drops (it died) has its unacknowledged messages requeued by
-  the broker at once.
-* Replies: one exclusive, auto-delete queue per caller (``<namespace>.reply.<caller>``),
-  gone with the caller's connection: a reply sent while the caller reconnects is dropped.
-  aio-pika's robust connection declares the queue again and restores its consumer, then
-  calls its reconnect callbacks: the adapter tells its owner (``on_reconnect``), and the
-  caller asks the workers for the results again.
+  the broker at once. A worker consumes on a connection of its own (made afresh for each
+  try at starting its consumers), apart from the one it publishes on.
+* No timer of Murmur's: RabbitMQ's own ``consumer_timeout`` (30 minutes by default, set on
+  the server only in 3.10) closes the channel of a consumer that holds a delivery longer,
+  and every message it held goes back to the queue, to run again elsewhere. A task held
+  for ``CONSUMER_TIMEOUT_WARNING`` seconds or more is logged once (a warning).
+* Outages: each connection is aio-pika's robust one, reconnecting every
+  ``RECONNECT_INTERVAL`` seconds and restoring its queues and consumers; the outage is
+  logged. A task or reply published while the connection is down is published again once
+  it is back (for up to ``RECONNECT_SECONDS``); an ack or nack of a delivery taken before
+  the outage fails (RabbitMQ requeued the message when the connection dropped).
+* Replies: one durable queue per caller (``<namespace>.reply.<caller>``), deleted when
+  the caller closes. It outlives the caller's connection, a broker restart included, so
+  replies sent while its caller reconnects wait for it (an exclusive queue would go with
+  the connection, and them with it); a caller that died leaves it to expire
+  ``REPLY_EXPIRES_SECONDS`` after its last use. Replies are not persistent: one the
+  caller has not taken yet when the server stops is lost. Once aio-pika's robust
+  connection has restored the caller's queue and consumer, the adapter tells its owner
+  (``on_reconnect``), and the caller asks the workers for any result still missing.
 * Dead letters: the durable classic queue ``<namespace>.dead``, a persistent message
   each, its ``message_id`` the dead letter's id. Listing takes every message without
   acknowledging it (``basic.get``) and puts them all back (``nack`` with requeue: they
@@ -40,11 +54,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 import anyio
+from aiormq.exceptions import ChannelInvalidStateError
 from faststream import AckPolicy
 from faststream.rabbit import (
     Channel,
@@ -67,6 +83,7 @@ from ._adapter import (
     replayable,
 )
 from ._faststream import MESSAGE, hand_over, raw_body
+from ._outage import RECONNECT_SECONDS, RETRY_CAP_SECONDS, OutageLog, backoff
 
 __all__ = ["RabbitAdapter"]
 
@@ -76,15 +93,30 @@ CONSUME_ATTEMPTS = 4
 SWEEP_BATCH = 1000
 #: Deliveries before a copy of a task a sweep left (added to ``x-delivery-count``).
 DELIVERIES_HEADER = "murmur-deliveries"
+#: Seconds between two tries at reconnecting a lost connection (aio-pika's default: 5).
+RECONNECT_INTERVAL = RETRY_CAP_SECONDS
+#: A task held this long (half RabbitMQ's default ``consumer_timeout`` of 30 minutes) is
+#: logged once: held past the server's ``consumer_timeout``, its channel is closed and
+#: what it held runs again elsewhere.
+CONSUMER_TIMEOUT_WARNING = 15 * 60.0
+#: A reply queue nobody uses (its caller died) is deleted by the server after this long.
+REPLY_EXPIRES_SECONDS = 3600
+#: Seconds a close may spend deleting the reply queue, and then closing the connections.
+CLOSE_SECONDS = 5.0
+#: What an operation fails with while the connection is down (it was not done, or not
+#: confirmed): tried again once reconnected.
+_OUTAGE = (ConnectionError, ChannelInvalidStateError)
 
 _log = logging.getLogger("murmur.distributed")
 
 
 class _RabbitDelivery:
-    __slots__ = ("_message", "deliveries")
+    __slots__ = ("_adapter", "_message", "_taken", "deliveries")
 
-    def __init__(self, message: Any) -> None:
+    def __init__(self, adapter: RabbitAdapter, message: Any) -> None:
+        self._adapter = adapter
         self._message = message
+        self._taken = time.monotonic()
         #: How many times delivered (see ``Delivery.deliveries``): the quorum queue's
         #: count of earlier deliveries, plus this one.
         self.deliveries = _delivery_count(message.raw_message) + 1
@@ -95,9 +127,11 @@ class _RabbitDelivery:
         return queue
 
     async def ack(self) -> None:
+        self._adapter._held(self.channel, time.monotonic() - self._taken)
         await self._message.ack()
 
     async def nack(self) -> None:
+        self._adapter._held(self.channel, time.monotonic() - self._taken)
         await self._message.nack(requeue=True)
 
 
@@ -106,17 +140,56 @@ class RabbitAdapter(BrokerAdapter):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self._broker = RabbitBroker(
-            self.url.secret,
-            logger=NO_LOGGER,
-            # Called once the channels, their queues and consumers are restored.
-            on_reconnected=[lambda _connection: self._tell_reconnected()],
-        )
+        self._outage = OutageLog(self.url.redacted)
+        self._closing = False
+        self._broker = self._new_broker()
+        #: The worker's task consumers' connection (``consume``).
+        self._consuming: RabbitBroker | None = None
         self._declared: set[str] = set()
+        self._declaring: dict[str, asyncio.Lock] = {}
         self._subscribers: list[Any] = []
         self._replies: Any = None
+        self._reply_queue: RabbitQueue | None = None
         self._control: Any = None
         self._control_declared = False
+        self._warned_held = False
+
+    def _new_broker(self, channel: Channel | None = None) -> RabbitBroker:
+        """A broker (one robust connection) whose outages are logged."""
+        return RabbitBroker(
+            self.url.secret,
+            logger=NO_LOGGER,
+            reconnect_interval=RECONNECT_INTERVAL,
+            on_close=[self._lost],
+            on_reconnected=[self._back],
+            default_channel=channel,
+        )
+
+    def _lost(self, connection: Any, error: BaseException | None) -> None:
+        if error is None or self._closing or connection.close_called:
+            return  # closed by this side
+        self._outage.lost(error)
+
+    def _back(self, connection: Any) -> None:
+        self._outage.back()
+        # Its channels, queues and consumers are restored (a caller's reply queue too):
+        # the owner may ask for what it missed.
+        self._tell_reconnected()
+
+    def _held(self, queue: str, seconds: float) -> None:
+        """A delivery is settled after ``seconds``: warn (once) if that was close to
+        RabbitMQ's default ``consumer_timeout``."""
+        if seconds < CONSUMER_TIMEOUT_WARNING or self._warned_held:
+            return
+        self._warned_held = True
+        _log.warning(
+            "a task from %s was held %.0fs before it was settled: RabbitMQ's consumer_timeout "
+            "(30 minutes unless the server sets another) closes the channel of a consumer "
+            "holding a delivery longer, and what it held runs again on another worker; for "
+            "tasks this long, raise consumer_timeout on the server",
+            queue,
+            seconds,
+        )
 
     def control_exchange(self) -> RabbitExchange:
         """The fanout exchange every worker's control queue is bound to (declared alike by
@@ -127,6 +200,14 @@ class RabbitAdapter(BrokerAdapter):
         """The queue declaration callers and workers share (any difference would make
         RabbitMQ refuse the second declaration)."""
         return RabbitQueue(self.task_channel(agent), QueueType.QUORUM, durable=True)
+
+    def reply_queue(self, caller: str) -> RabbitQueue:
+        """The queue of ``caller``'s replies."""
+        return RabbitQueue(
+            self.reply_channel(caller),
+            durable=True,
+            arguments={"x-expires": int(REPLY_EXPIRES_SECONDS * 1000)},
+        )
 
     def dead_queue(self) -> RabbitQueue:
         """The queue of this namespace's dead letters."""
@@ -140,84 +221,146 @@ class RabbitAdapter(BrokerAdapter):
         await self._broker.start()
 
     async def aclose(self) -> None:
+        self._closing = True
         try:
             await self.stop_consuming()
             replies, self._replies = self._replies, None
             if replies is not None:
                 await replies.stop()
+                await self._delete_replies()
             control, self._control = self._control, None
             if control is not None:
                 await control.stop()
         finally:
-            await self._broker.stop()  # the exclusive reply queue goes with the connection
+            # Even if this close is cancelled (its time is up): a connection left open
+            # would go on reconnecting for good.
+            with anyio.CancelScope(shield=True) as closing:
+                closing.deadline = anyio.current_time() + CLOSE_SECONDS
+                try:
+                    consuming, self._consuming = self._consuming, None
+                    if consuming is not None:
+                        await consuming.stop()  # what is still unacknowledged goes back
+                finally:
+                    await self._broker.stop()
+
+    async def _delete_replies(self) -> None:
+        """Delete this caller's reply queue (with any reply nobody waits for now); if the
+        broker is not reachable now, it expires by itself."""
+        queue, self._reply_queue = self._reply_queue, None
+        if queue is None or not await self._broker.ping(timeout=0.1):
+            return  # not waited for (a robust channel would wait for the reconnection)
+        try:
+            with anyio.fail_after(CLOSE_SECONDS):
+                declared = await self._broker.declare_queue(queue)
+                await declared.delete(if_unused=False, if_empty=False)
+        except Exception:
+            _log.warning("could not delete the reply queue %s", queue.name, exc_info=True)
+
+    async def _again(self, operation: Callable[[], Awaitable[Any]]) -> None:
+        """``operation``, done again while it fails for want of a connection (once the
+        robust connection is back), for up to ``RECONNECT_SECONDS``."""
+        loop = asyncio.get_running_loop()
+        give_up = loop.time() + RECONNECT_SECONDS
+        failures = 0
+        while True:
+            try:
+                await operation()
+            except _OUTAGE:
+                failures += 1
+                if loop.time() >= give_up:
+                    raise
+                await asyncio.sleep(backoff(failures))
+            else:
+                return
 
     async def publish_task(self, agent: str, data: bytes) -> None:
+        # If the connection drops before the publish is confirmed, published again: at
+        # worst stored twice, run twice, and its caller keeps the first result.
+        async def publish() -> None:
+            await self._declare(agent)
+            await self._broker.publish(data, queue=self.task_channel(agent), persist=True)
+
+        await self._again(publish)
+
+    async def _declare(self, agent: str) -> None:
+        """Declare ``agent``'s task queue, once: the first publishes of a batch wait for
+        one declaration (a quorum queue is slow to create) rather than each send its own.
+        One cut short (its caller's deadline) is made again by the next."""
         name = self.task_channel(agent)
-        if name not in self._declared:
-            await self._broker.declare_queue(self.task_queue(agent))
-            registry = await self._broker.declare_queue(self.agents_queue())
-            await self._broker.publish(agent.encode(), queue=registry.name, persist=True)
-            self._declared.add(name)
-        await self._broker.publish(data, queue=name, persist=True)
+        if name in self._declared:
+            return
+        async with self._declaring.setdefault(name, asyncio.Lock()):
+            if name not in self._declared:
+                await self._broker.declare_queue(self.task_queue(agent))
+                registry = await self._broker.declare_queue(self.agents_queue())
+                await self._broker.publish(agent.encode(), queue=registry.name, persist=True)
+                self._declared.add(name)
 
     async def open_replies(self, caller: str, handler: ReplyHandler) -> str:
-        name = self.reply_channel(caller)
-
         async def on_reply(body: Any) -> None:
             handler(body)
 
-        subscriber = self._broker.subscriber(
-            RabbitQueue(name, durable=False, exclusive=True, auto_delete=True),
-            no_reply=True,
-            decoder=raw_body,
-        )
+        queue = self.reply_queue(caller)
+        subscriber = self._broker.subscriber(queue, no_reply=True, decoder=raw_body)
         subscriber(on_reply)
         await subscriber.start()
         self._replies = subscriber
-        return name
+        self._reply_queue = queue
+        return queue.name
 
     async def publish_reply(self, address: str, data: bytes) -> None:
-        await self._broker.publish(data, queue=address)
+        await self._again(lambda: self._broker.publish(data, queue=address))
 
     async def consume(
         self, agents: Sequence[str], handler: TaskHandler, *, prefetch: int, consumer: str
     ) -> None:
         async def on_task(body: Any, message: Any = MESSAGE) -> None:
-            await hand_over(handler, body, _RabbitDelivery(message))
+            await hand_over(handler, body, _RabbitDelivery(self, message))
 
         for attempt in range(CONSUME_ATTEMPTS):
+            # Each try on a connection of its own, made for it: a failed try is closed
+            # whole, with whatever consumers it had started (nothing was taken yet), and
+            # the next starts clean. Apart from the connection publishing results, as
+            # RabbitMQ advises (a publisher the server throttles does not hold the acks).
+            # One channel for all of this worker's queues; quorum queues take a QoS per
+            # consumer only, so each queue may have ``prefetch`` taken ahead.
+            broker = self._new_broker(Channel(prefetch_count=prefetch, global_qos=False))
+            subscribers = []
             try:
+                await broker.start()
                 # Declared first: a consumer on a quorum queue RabbitMQ has only just made
-                # can crash the connection (3.10: its Raft member is not running yet).
+                # can crash the connection (3.10: its Raft member is not running yet). On
+                # the consumers' channel: FastStream's consumer uses the channel the queue
+                # was first declared on.
                 for agent in agents:
-                    await self._broker.declare_queue(self.task_queue(agent))
-                # One channel for all of this worker's queues; quorum queues take a QoS per
-                # consumer only, so each queue may have ``prefetch`` taken ahead.
-                channel = Channel(prefetch_count=prefetch, global_qos=False)
+                    await broker.declare_queue(self.task_queue(agent))
                 for agent in agents:
-                    subscriber = self._broker.subscriber(
+                    subscriber = broker.subscriber(
                         self.task_queue(agent),
-                        channel=channel,
                         ack_policy=AckPolicy.MANUAL,
                         no_reply=True,
                         decoder=raw_body,
                     )
                     subscriber(on_task)
                     await subscriber.start()
-                    self._subscribers.append(subscriber)
-            except Exception:
-                if attempt + 1 == CONSUME_ATTEMPTS:
+                    subscribers.append(subscriber)
+            except BaseException as exc:
+                with anyio.CancelScope(shield=True):
+                    try:
+                        await broker.stop()
+                    except Exception:
+                        _log.debug("closing a failed consumer connection failed", exc_info=True)
+                if not isinstance(exc, Exception) or attempt + 1 == CONSUME_ATTEMPTS:
                     raise
-                # Nothing was taken yet: start over on a fresh connection.
                 _log.warning("starting the consumers failed; retrying", exc_info=True)
-                await self.stop_consuming()
-                await self._broker.stop()
                 await asyncio.sleep(0.05 * 2**attempt)
-                await self._broker.start()
             else:
+                self._consuming = broker
+                self._subscribers = subscribers
                 return
 
     async def stop_consuming(self) -> None:
+        # Their connection stays open: the tasks already taken are still to be settled.
         subscribers, self._subscribers = self._subscribers, []
         for subscriber in subscribers:
             await subscriber.stop()
