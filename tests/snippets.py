@@ -43,6 +43,7 @@ import re
 import sys
 import threading
 import tokenize
+import types
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -410,7 +411,11 @@ def namespace_for(block: Block, prints: Prints) -> dict[str, Any]:
     """The globals a block runs with."""
     import murmur
 
-    namespace: dict[str, Any] = {"__name__": "__docs__", "print": prints}
+    # A module of its own, as a script has: pydantic resolves a model's annotations there.
+    module = types.ModuleType(f"docs_block_{re.sub(r'[^A-Za-z0-9]', '_', block.id)}")
+    sys.modules[module.__name__] = module
+    namespace: dict[str, Any] = module.__dict__
+    namespace["print"] = prints
     if not imports_anything(block):
         namespace.update({name: getattr(murmur, name) for name in murmur.__all__})
     namespace.update(standins())
@@ -434,6 +439,7 @@ async def close_all(namespace: dict[str, Any]) -> None:
     """Close the runtimes and emitters a notebook block left open (its bridge thread)."""
     from murmur import SSEEventEmitter
 
+    sys.modules.pop(namespace["__name__"], None)
     for runtime in runtimes_in(namespace):
         await runtime.aclose()
     for value in list(namespace.values()):

@@ -8,6 +8,7 @@ with a real worker process when they call agents.
 
 from __future__ import annotations
 
+import sys
 import threading
 import uuid
 from collections.abc import Iterator
@@ -133,6 +134,7 @@ def test_program_block(block: Block, backend: str, monkeypatch: pytest.MonkeyPat
     try:
         exec(snippets.runnable_code(block, None), namespace)
     finally:
+        sys.modules.pop(namespace["__name__"], None)
         if client is not None:
             client.join(BLOCK_SECONDS)
         namespace["sse"].close()
@@ -165,3 +167,32 @@ def test_model_strings_become_the_offline_model() -> None:
     exec(snippets.runnable_code(block, None), seen)
     assert seen["a"] == ((), {"name": "x", "model": "offline"})
     assert seen["b"] == (("offline",), {})
+
+
+def test_the_api_reference_covers_every_public_name() -> None:
+    """Every name of ``murmur.__all__`` is on an API reference page (mkdocstrings), directly
+    or through the public subpackage that exports it; every public subpackage has a page."""
+    import importlib
+
+    import murmur
+
+    reference = snippets.REPO / "docs" / "reference"
+    text = "\n".join(p.read_text() for p in reference.glob("*.md"))
+    documented_modules = {
+        module
+        for module in ("events", "middleware", "groups", "transport", "distributed", "errors")
+        if f"::: murmur.{module}\n" in text
+    }
+    assert len(documented_modules) == 6, documented_modules
+    through_modules = {
+        name
+        for module in documented_modules
+        for name in importlib.import_module(f"murmur.{module}").__all__
+    }
+    missing = [
+        name
+        for name in murmur.__all__
+        if f"::: murmur.{name}\n" not in text and name not in through_modules
+    ]
+    assert missing == ["__version__"], missing
+    assert "`__version__`" in text

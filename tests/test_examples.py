@@ -110,3 +110,30 @@ def test_distributed_with_a_worker_on_redis(backend: str) -> None:
     finally:
         worker.close()
         delete_redis_keys(namespace, url)
+
+
+def test_the_deploy_files_use_real_worker_options() -> None:
+    """examples/deploy/ is not run here (no Docker), but every option its worker commands
+    pass is one ``murmur worker start`` accepts, and the files say what the guide says."""
+    import re
+
+    import typer.main
+
+    from murmur.cli import app
+
+    start = typer.main.get_command(app).commands["worker"].commands["start"]  # type: ignore[attr-defined]
+    accepted = {opt for param in start.params for opt in param.opts}
+    deploy = EXAMPLES / "deploy"
+    for name in ("Dockerfile", "compose.yaml", "murmur-worker@.service"):
+        text = (deploy / name).read_text()
+        used = set(re.findall(r"(?<![\w-])--[a-z][a-z-]+", text))
+        used -= {"--build", "--scale", "--appendonly", "--appendfsync", "--system", "--uid"}
+        assert used, name
+        assert used <= accepted, f"{name}: {sorted(used - accepted)} not worker options"
+    dockerfile = (deploy / "Dockerfile").read_text()
+    assert "STOPSIGNAL SIGTERM" in dockerfile
+    assert "COPY examples/distributed/research.py" in dockerfile
+    compose = (deploy / "compose.yaml").read_text()
+    grace = int(re.search(r'"--grace", "(\d+)"', compose)[1])  # type: ignore[index]
+    stop = int(re.search(r"stop_grace_period: (\d+)s", compose)[1])  # type: ignore[index]
+    assert stop > grace
