@@ -21,8 +21,8 @@ def tests(session: nox.Session) -> None:
 def lint(session: nox.Session) -> None:
     """ruff: lint and formatting."""
     session.install("ruff>=0.8")
-    session.run("ruff", "check", "src", "tests", "benchmarks", "noxfile.py")
-    session.run("ruff", "format", "--check", "src", "tests", "benchmarks", "noxfile.py")
+    session.run("ruff", "check", "src", "tests", "benchmarks", "examples", "noxfile.py")
+    session.run("ruff", "format", "--check", "src", "tests", "benchmarks", "examples", "noxfile.py")
 
 
 @nox.session(python=PYTHON)
@@ -48,10 +48,14 @@ def bench(session: nox.Session) -> None:
 
 @nox.session(python=PYTHON)
 def docs(session: nox.Session) -> None:
-    """Every snippet of the product page and the README runs as written (both backends)."""
-    session.install("-e", ".[dev]")
+    """The site, built strictly (broken links and references fail), and every Python block
+    of README.md and docs/ and every script of examples/ run as tests (both backends)."""
+    session.install("-e", ".[dev,docs]")
+    session.run("mkdocs", "build", "--strict")
     session.run(
         "pytest",
+        "tests/test_docs_snippets.py",
+        "tests/test_examples.py",
         "tests/test_seed.py",
         "tests/test_seed_snippets.py",
         "tests/middleware/test_seed_policies.py",

@@ -1,0 +1,1 @@
+"""The ``myproject`` the documentation's examples import (``myproject.agents``), offline."""
