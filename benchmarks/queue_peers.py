@@ -214,14 +214,18 @@ class _Caller:
             raise RuntimeError(f"{op} {n}: {reply['error']}")
         return reply
 
-    def close(self) -> None:
-        if self.proc.poll() is None:
+    def close(self, *, graceful: bool) -> None:
+        """Ask it to stop (``graceful``: it closes its client), else kill it."""
+        if self.proc.poll() is None and graceful:
+            self.timeout = 30
             try:
                 self.request("stop")
                 self.proc.wait(timeout=30)
             except (OSError, RuntimeError, TimeoutError, subprocess.TimeoutExpired):
-                self.proc.kill()
-                self.proc.wait()
+                pass
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.proc.wait()
 
 
 def _worker_cpu(pids: Sequence[int]) -> float | None:
@@ -239,12 +243,14 @@ def measure_peer(
     plan: PeerPlan,
     prefix: str,
     row: Any,
-) -> dict[str, Any]:
+    report: dict[str, Any],
+) -> None:
     """Start ``workers`` workers and a caller of ``peer`` on ``broker`` under ``prefix``;
     warm up, then ``plan.reps`` times a timed batch of ``plan.n`` (CPU readings into
     ``row.cpu_us``, tasks/s into ``row.tps``) and ``plan.latency_n`` single round trips
-    (``row.latency_ms``). Returns the versions the caller reported. Always stops every
-    process it started; the caller's keys are left to :func:`cleanup`."""
+    (``row.latency_ms``). What the caller reports when it starts (its versions) goes into
+    ``report``. Always stops every process it started; the keys are left to
+    :func:`cleanup`."""
     settings = {"url": REDIS_URL, "rabbit_url": RABBIT_URL, "prefix": prefix, "broker": broker}
     env = clean_env()
     env["PYTHONPATH"] = str(PEER_SCRIPTS_DIR)
@@ -256,6 +262,7 @@ def measure_peer(
     server = listener_pid(port, names)
     children: list[Child] = []
     caller: _Caller | None = None
+    finished = False
     try:
         for _ in range(workers):
             child = Child(argv, ready=peer.ready, stream=peer.stream, env=env, cwd=PEER_SCRIPTS_DIR)
@@ -263,6 +270,7 @@ def measure_peer(
         for child in children:
             child.wait_ready(START_SECONDS)
         caller = _Caller(python, peer.spec.script, env, plan.timeout)
+        report.update(caller.hello)
         caller.request("batch", min(plan.n, 100))
         caller.request("latency", 5)
         pids = [c.pid for c in children]
@@ -275,11 +283,10 @@ def measure_peer(
             for part, b, a in zip(("workers", "broker"), before, after, strict=True):
                 row.cpu_us[part].append(None if b is None or a is None else (a - b) / plan.n * 1e6)
             row.latency_ms.extend(caller.request("latency", plan.latency_n)["ms"])
-        hello: dict[str, Any] = caller.hello
-        return hello
+        finished = True
     finally:
         if caller is not None:
-            caller.close()
+            caller.close(graceful=finished)
         for child in children:
             child.signal_stop()
         for child in children:

@@ -625,7 +625,7 @@ def peer_rows(
         }
         for broker in (b for b in peer.brokers if b in kinds):
             if python is None:
-                reason = f"skipped: no virtualenv ({str(venv.get('error'))[:300]})"
+                reason = "skipped: no virtualenv (see the task-queue table)"
                 rows.append(Row(peer.label, broker, 1, plan.n, error=reason, config=peer.config))
                 continue
             for workers in peer_plan.workers:
@@ -635,14 +635,15 @@ def peer_rows(
                 config.log(f"    {peer.label} on {broker}, {workers} worker(s)")
                 began = time.perf_counter()
                 run: dict[str, Any] = {"broker": broker, "workers": workers}
+                hello: dict[str, Any] = {}
                 try:
-                    hello = queue_peers.measure_peer(
-                        peer, python, broker, workers, peer_plan, namespace, row
+                    queue_peers.measure_peer(
+                        peer, python, broker, workers, peer_plan, namespace, row, hello
                     )
-                    run["versions"] = hello.get("versions")
                 except Exception as exc:
                     row.error = repr(exc)
                 finally:
+                    run["versions"] = hello.get("versions")
                     queues = (
                         [namespace + s for s in peer.rabbit_queues] if broker == "rabbit" else []
                     )
@@ -667,7 +668,7 @@ def peers_table(info: dict[str, Any]) -> Table:
         table.rows.append(
             [
                 peer["label"],
-                "missing: not made in this mode"
+                f"missing: {str(venv['error'])[:300]}"
                 if venv.get("error")
                 else f"benchmarks/.venvs/{peer['venv_name']} (Python {venv.get('python')})",
                 ", ".join(f"{k} {v}" for k, v in versions.items()) or "-",
@@ -750,9 +751,16 @@ def run(config: RunConfig) -> ScenarioResult:
     ]
     if down:
         notes.append(f"No local server, not measured: {', '.join(down)}.")
-    errors = [f"{r.system} on {r.broker} ({r.workers}): {r.error}" for r in rows if r.error]
-    if errors:
+    failed = [r for r in rows if r.error and not r.error.startswith("skipped")]
+    if failed:
+        errors = [f"{r.system} on {r.broker} ({r.workers}): {r.error}" for r in failed]
         notes.append(f"Rows that failed: {errors}")
+    skipped = sorted({r.system for r in rows if r.error and r.error.startswith("skipped")})
+    if skipped:
+        notes.append(
+            f"Not measured, no virtualenv in this mode: {', '.join(skipped)} (a full run, or "
+            "`--setup-peers`, makes them under benchmarks/.venvs/)."
+        )
     status: Status = "reduced" if config.quick or down else "ok"
     if config.quick:
         notes.append(
