@@ -14,7 +14,7 @@ from pathlib import Path
 from . import scenarios as _scenarios  # noqa: F401 - registers every scenario
 from .harness import BACKENDS, REPO_ROOT, available_backends, environment, loadavg, quiet_logging
 from .registry import REGISTRY, RunConfig, Scenario, ScenarioResult, scenarios
-from .report import markdown, write
+from .report import DOCS, markdown, update_docs, write
 
 __all__ = ["main"]
 
@@ -62,6 +62,12 @@ def _parser() -> argparse.ArgumentParser:
         help="never create peer virtualenvs (skip peers whose venv is missing)",
     )
     parser.add_argument("--no-plots", action="store_true", help="do not draw PNG plots")
+    parser.add_argument(
+        "--update-docs",
+        action="store_true",
+        help="also write each scenario's results into its marked section of "
+        "docs/benchmarks.md (<!-- bench:NAME:start/end -->) and its plots into docs/img/",
+    )
     parser.add_argument(
         "--replot",
         action="store_true",
@@ -183,4 +189,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     json_path, md_path = write(out_dir, meta, results, planned)
     print(markdown(meta, results, planned, images=False))
     print(f"Wrote {json_path}, {md_path} and {sum(len(r.plots) for r in results)} plot(s).")
+    if args.update_docs:
+        updated = update_docs(meta, results, out_dir)
+        print(f"Updated {DOCS}: {', '.join(updated) or 'no marked section for these scenarios'}.")
     return 1 if failed else 0

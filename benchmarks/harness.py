@@ -23,6 +23,7 @@ import logging
 import os
 import platform
 import statistics
+import subprocess
 import sys
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
@@ -250,17 +251,18 @@ def _src_fingerprint() -> str | None:
 
 
 def _git_head() -> str | None:
-    head = REPO_ROOT / ".git" / "HEAD"
+    """The commit checked out (also in a linked worktree, whose ``.git`` is a file)."""
     try:
-        ref = head.read_text().strip()
-        if ref.startswith("ref: "):
-            target = REPO_ROOT / ".git" / ref[5:]
-            if target.exists():
-                return target.read_text().strip()[:12]
-            return None
-        return ref[:12]
-    except OSError:
+        done = subprocess.run(
+            ["git", "-C", str(REPO_ROOT), "rev-parse", "--short=12", "HEAD"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=True,
+        )
+    except (OSError, subprocess.SubprocessError):
         return None
+    return done.stdout.strip() or None
 
 
 def loadavg() -> list[float] | None:

@@ -28,20 +28,46 @@ _LEAKY_ENV = ("PYTHONPATH", "PYTHONHOME", "VIRTUAL_ENV", "PYTHONSTARTUP", "PYTHO
 
 @dataclass(frozen=True)
 class PeerSpec:
-    """A peer package pinned to one version, and the script that drives it."""
+    """A peer package pinned to one version, and the script that drives it.
+
+    ``extras`` are the package's own extras (``murmur-runtime[redis]``); ``also`` are
+    further pinned requirements installed beside it (``taskiq-redis==1.2.4``). The venv
+    records what it was made with, and one made with other requirements is made again.
+    """
 
     dist: str
     version: str
     import_name: str
     script: str
+    extras: tuple[str, ...] = ()
+    also: tuple[str, ...] = ()
 
     @property
     def requirement(self) -> str:
-        return f"{self.dist}=={self.version}"
+        extras = f"[{','.join(self.extras)}]" if self.extras else ""
+        return f"{self.dist}{extras}=={self.version}"
+
+    @property
+    def requirements(self) -> list[str]:
+        return [self.requirement, *self.also]
 
     @property
     def venv_name(self) -> str:
         return f"{self.dist}-{self.version}"
+
+
+#: Run in a new venv as ``python -c _PROBE <dist> <import name>``: where the package is
+#: imported from, and the version of every distribution installed there.
+_PROBE = """
+import importlib, importlib.metadata as m, json, sys
+dist, name = sys.argv[1], sys.argv[2]
+installed = {d.metadata["Name"]: d.version for d in m.distributions()}
+print(json.dumps({
+    "dist": dist, "version": m.version(dist), "file": importlib.import_module(name).__file__,
+    "python": sys.version.split()[0], "pydantic_ai": installed.get("pydantic-ai-slim"),
+    "installed": dict(sorted(installed.items())),
+}))
+"""
 
 
 def clean_env() -> dict[str, str]:
@@ -68,10 +94,15 @@ def ensure_venv(
     python = _python(venv)
     marker = venv / ".bench-ready.json"
     if marker.exists() and python.exists():
-        return python, json.loads(marker.read_text())
-    if not create:
+        ready: dict[str, Any] = json.loads(marker.read_text())
+        if ready.get("requirements", [peer.requirement]) == peer.requirements:
+            return python, ready
+        if not create:
+            return None, {"error": f"{venv} was made for {ready.get('requirements')}"}
+    elif not create:
         return None, {"error": f"{venv} does not exist (not created in this mode)"}
-    log(f"    creating {venv} and installing {peer.requirement} (one-off, may take minutes)")
+    wanted = " ".join(peer.requirements)
+    log(f"    creating {venv} and installing {wanted} (one-off, may take minutes)")
     venvs_dir.mkdir(parents=True, exist_ok=True)
     env = clean_env()
     try:
@@ -84,7 +115,7 @@ def ensure_venv(
             timeout=300,
         )
         subprocess.run(
-            [str(python), "-m", "pip", "install", "--quiet", peer.requirement],
+            [str(python), "-m", "pip", "install", "--quiet", *peer.requirements],
             check=True,
             env=env,
             capture_output=True,
@@ -92,15 +123,7 @@ def ensure_venv(
             timeout=1800,
         )
         probe = subprocess.run(
-            [
-                str(python),
-                "-c",
-                "import importlib.metadata as m, json, sys, "
-                f"{peer.import_name} as pkg; print(json.dumps({{"
-                f"'dist': '{peer.dist}', 'version': m.version('{peer.dist}'), "
-                "'pydantic_ai': m.version('pydantic-ai-slim'), 'file': pkg.__file__, "
-                "'python': sys.version.split()[0]}))",
-            ],
+            [str(python), "-c", _PROBE, peer.dist, peer.import_name],
             check=True,
             env=env,
             capture_output=True,
@@ -110,10 +133,11 @@ def ensure_venv(
         )
     except (subprocess.CalledProcessError, subprocess.TimeoutExpired, OSError) as exc:
         detail = getattr(exc, "stderr", None) or str(exc)
-        return None, {"error": f"setting up {peer.requirement} failed: {str(detail)[-1500:]}"}
+        return None, {"error": f"setting up {wanted} failed: {str(detail)[-1500:]}"}
     info: dict[str, Any] = json.loads(probe.stdout.strip().splitlines()[-1])
     if not str(info.get("file", "")).startswith(str(venv)):
         return None, {"error": f"{peer.import_name} resolved outside the venv: {info}"}
+    info["requirements"] = peer.requirements
     marker.write_text(json.dumps(info))
     return python, info
 

@@ -9,6 +9,7 @@ socket of its port, or else by its program name.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -16,7 +17,7 @@ import threading
 from collections.abc import Sequence
 from pathlib import Path
 
-__all__ = ["Child", "cpu_seconds", "listener_pid"]
+__all__ = ["Child", "cpu_seconds", "descendants", "listener_pid", "tree_cpu_seconds"]
 
 _TICKS = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
 
@@ -30,6 +31,35 @@ def cpu_seconds(pid: int) -> float | None:
     fields = stat.rpartition(")")[2].split()
     # After the command name: state is field 3, utime and stime are fields 14 and 15.
     return (int(fields[11]) + int(fields[12])) / _TICKS
+
+
+def descendants(pid: int) -> list[int]:
+    """The pids of ``pid``'s children, their children and so on (from ``/proc``)."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir() if Path("/proc").is_dir() else ():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rpartition(")")[2].split()
+        except OSError:
+            continue
+        children.setdefault(int(fields[1]), []).append(int(entry.name))
+    found: list[int] = []
+    todo = [pid]
+    while todo:
+        for child in children.get(todo.pop(), ()):
+            found.append(child)
+            todo.append(child)
+    return found
+
+
+def tree_cpu_seconds(pid: int) -> float | None:
+    """CPU seconds of ``pid`` and every process below it (a worker CLI that forks its
+    worker processes: dramatiq, taskiq); None if ``pid`` itself is not readable."""
+    own = cpu_seconds(pid)
+    if own is None:
+        return None
+    return own + sum(cpu_seconds(child) or 0.0 for child in descendants(pid))
 
 
 def _listening_inodes(port: int) -> set[str]:
@@ -84,6 +114,8 @@ class Child:
             text=True,
         )
         self.lines: list[str] = []
+        self._signalled = False
+        self._below: list[int] = []
         self._ready = threading.Event()
         self._marker = ready
         out = self.proc.stdout if stream == "stdout" else self.proc.stderr
@@ -110,13 +142,24 @@ class Child:
             tail = "\n".join(self.lines[-20:])
             raise RuntimeError(f"{self.proc.args!r} did not start in {timeout:.0f}s:\n{tail}")
 
-    def stop(self, timeout: float = 20.0) -> None:
-        """SIGTERM, then SIGKILL if it has not exited within ``timeout``."""
-        if self.proc.poll() is None:
+    def signal_stop(self) -> None:
+        """Send SIGTERM once (``stop`` then waits): stops several children at once."""
+        if self.proc.poll() is None and not self._signalled:
+            self._below = descendants(self.proc.pid)
+            self._signalled = True
             self.proc.send_signal(signal.SIGTERM)
+
+    def stop(self, timeout: float = 20.0) -> None:
+        """SIGTERM, then SIGKILL if it has not exited within ``timeout``; then SIGKILL
+        whatever it had started (worker processes of a worker CLI) that is still there."""
+        self.signal_stop()
         try:
             self.proc.wait(timeout=timeout)
         except subprocess.TimeoutExpired:
             self.proc.kill()
             self.proc.wait()
+        for pid in self._below:
+            if cpu_seconds(pid) is not None:  # still there
+                with contextlib.suppress(OSError):
+                    os.kill(pid, signal.SIGKILL)
         self._reader.join(timeout=5)

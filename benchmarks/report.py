@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from collections.abc import Sequence
 from dataclasses import asdict
 from pathlib import Path
@@ -10,7 +11,19 @@ from typing import Any
 
 from .registry import Headline, Scenario, ScenarioResult, Table
 
-__all__ = ["TARGETS", "markdown", "render_table", "to_json", "write"]
+__all__ = [
+    "DOCS",
+    "TARGETS",
+    "markdown",
+    "render_table",
+    "scenario_section",
+    "to_json",
+    "update_docs",
+    "write",
+]
+
+#: The page the results go to (``--update-docs``), and where its plots live.
+DOCS = Path(__file__).resolve().parents[1] / "docs" / "benchmarks.md"
 
 #: The project's stated targets (docs/benchmarks.md).
 TARGETS: dict[str, str] = {
@@ -140,3 +153,61 @@ def write(
     json_path.write_text(json.dumps(to_json(meta, results, planned), indent=1, default=str) + "\n")
     md_path.write_text(markdown(meta, results, planned))
     return json_path, md_path
+
+
+def _markers(name: str) -> tuple[str, str]:
+    return f"<!-- bench:{name}:start -->", f"<!-- bench:{name}:end -->"
+
+
+def scenario_section(meta: dict[str, Any], result: ScenarioResult, image_dir: str) -> str:
+    """One scenario's results as a section of docs/benchmarks.md: the run, its summary
+    figures, its tables and notes, and its plots (under ``image_dir``, as copied)."""
+    versions = ", ".join(f"{k} {v}" for k, v in meta["versions"].items() if v)
+    command = " ".join(["python -m benchmarks", *meta.get("argv", [])])
+    out = [
+        f"#### {result.title}: {meta['mode']} run, {meta['started']}",
+        "",
+        f"`{command}` on {meta['platform']}, {meta['cpu_count']} CPUs, Python "
+        f"{meta['python']}; murmur {meta['murmur']} (git {meta['git_head']}, src "
+        f"{meta['src_fingerprint']}); {versions}. Load average at start "
+        f"{meta['loadavg_start']}, at end {meta.get('loadavg_end')}; the scenario took "
+        f"{result.seconds:.0f} s.",
+        "",
+    ]
+    summary = _summary([result])
+    if summary.rows:
+        out += [render_table(summary), ""]
+    for table in result.tables:
+        out += [f"*{table.title}*", "", render_table(table), ""]
+    out += [f"- {note}" for note in result.notes]
+    out += ["", *(f"![{result.name}]({image_dir}/bench-{name})" for name in result.plots)]
+    return "\n".join(out).rstrip() + "\n"
+
+
+def update_docs(
+    meta: dict[str, Any],
+    results: Sequence[ScenarioResult],
+    out_dir: Path,
+    docs: Path = DOCS,
+) -> list[str]:
+    """Replace, in ``docs``, the section between ``<!-- bench:NAME:start -->`` and
+    ``<!-- bench:NAME:end -->`` of each result (scenarios without those markers are left
+    alone), and copy its plots beside the page (``img/bench-<plot>``). Returns the names
+    of the scenarios whose section was replaced."""
+    text = docs.read_text()
+    done: list[str] = []
+    for result in results:
+        start, end = _markers(result.name)
+        if result.status == "error" or start not in text or end not in text:
+            continue
+        images = docs.parent / "img"
+        images.mkdir(exist_ok=True)
+        for plot in result.plots:
+            shutil.copyfile(out_dir / plot, images / f"bench-{plot}")
+        section = scenario_section(meta, result, "img")
+        head, _, rest = text.partition(start)
+        tail = rest.partition(end)[2]
+        text = f"{head}{start}\n{section}{end}{tail}"
+        done.append(result.name)
+    docs.write_text(text)
+    return done

@@ -18,8 +18,10 @@ works within one process (in-process ``Worker`` objects; their CPU is the caller
 
 Beside them, on the same broker and in the same run: a raw FastStream caller/worker pair
 (``benchmarks/faststream_pair.py``: one message at a time, and batched where FastStream
-has batch subscribers). And a pydantic-ai ``FunctionModel`` row: the same agent through
-one Redis worker vs in-process, paired repetitions.
+has batch subscribers), and the task queues saq, taskiq, arq, dramatiq, celery and the
+PyPI package murmur-runtime 0.1.0, each in its own virtualenv (``benchmarks/queue_peers.py``;
+on Redis, dramatiq on RabbitMQ too). And a pydantic-ai ``FunctionModel`` row: the same
+agent through one Redis worker vs in-process, paired repetitions.
 
 Everything a run creates on a broker lives under a namespace of its own and is deleted at
 the end (streams, JetStream streams and consumers, queues).
@@ -40,6 +42,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .. import queue_peers
+from ..faststream_pair import CHUNK
 from ..harness import REPO_ROOT, Stats, save_figure
 from ..peer_venv import clean_env
 from ..procs import Child, cpu_seconds, listener_pid
@@ -65,8 +69,16 @@ START_SECONDS = 60.0
 MURMUR = "murmur (this repo)"
 FS_ONE = "FastStream raw, one at a time"
 FS_BATCH = "FastStream raw, batched"
-#: Peers named by the issue, each meant to run in its own virtualenv: not measured yet.
-PEERS = ("saq", "taskiq + taskiq-redis", "arq", "dramatiq", "celery", "murmur-runtime 0.1.0")
+#: The task queues measured beside Murmur (row names: "<dist> <version>").
+PEERS = tuple(peer.label for peer in queue_peers.QUEUE_PEERS)
+MURMUR_CONFIG = (
+    f"`gather(max_concurrency={CAP})`; `murmur worker start --concurrency {WORKER_CONCURRENCY}`"
+)
+FS_CONFIG = {
+    "one": f"≤ {CAP} outstanding, one publish per task; the worker acks each after its reply",
+    "batch": f"batch subscriber ({CHUNK} a read), replies and the caller's publishes "
+    f"pipelined in chunks of {CHUNK}",
+}
 
 
 @dataclass(frozen=True)
@@ -93,6 +105,8 @@ class Row:
         default_factory=lambda: {"caller": [], "workers": [], "broker": []}
     )
     error: str | None = None
+    #: How the system was configured (the table's "configuration" column).
+    config: str = ""
 
     def median(self, part: str) -> float | None:
         values = self.cpu_us[part]
@@ -123,6 +137,7 @@ class Row:
             "latency_samples": len(self.latency_ms),
             "cpu_us_per_task": self.cpu_us,
             "error": self.error,
+            "config": self.config,
         }
 
 
@@ -263,7 +278,7 @@ async def _murmur_rows(
         for count in (1, 2):
             log(f"    murmur on {kind}, {count} worker(s)")
             await add_worker()
-            row = Row(MURMUR, kind, count, plan.n)
+            row = Row(MURMUR, kind, count, plan.n, config=MURMUR_CONFIG)
             rows.append(row)
             try:
                 await _measure(row, plan, batch, one, list(worker_pids), broker_pid)
@@ -307,7 +322,7 @@ async def _faststream_row(kind: str, mode: str, namespace: str, plan: Plan) -> R
     from ..faststream_pair import FastStreamCaller
 
     url, port, names = BROKERS[kind]
-    row = Row(FS_ONE if mode == "one" else FS_BATCH, kind, 1, plan.n)
+    row = Row(FS_ONE if mode == "one" else FS_BATCH, kind, 1, plan.n, config=FS_CONFIG[mode])
     child = _faststream_worker(kind, url, namespace, mode)
     caller = FastStreamCaller(kind, url, namespace, mode)
     try:
@@ -416,10 +431,18 @@ def rows_table(rows: Sequence[Row]) -> Table:
             "CPU worker(s)",
             "CPU broker",
             "CPU total",
+            "÷ best task queue",
+            "configuration",
         ],
     )
     for row in rows:
         stats = row.tps_stats()
+        best = best_peer(rows, row.broker, row.workers)
+        vs_best = (
+            "-"
+            if best is None or stats is None
+            else f"{stats.median / statistics.median(best.tps):.2f}x"
+        )
         parts = [row.median(p) for p in ("caller", "workers", "broker")]
         if row.broker == "memory":
             parts[1] = parts[2] = None
@@ -430,7 +453,7 @@ def rows_table(rows: Sequence[Row]) -> Table:
                 LABEL[row.broker],
                 str(row.workers),
                 f"{row.n:,}",
-                f"error: {row.error}"
+                _failed(row)
                 if stats is None
                 else f"{stats.median:,.0f} [{stats.min:,.0f}-{stats.max:,.0f}]",
                 _fmt(row.percentile(0.5), 2),
@@ -439,9 +462,24 @@ def rows_table(rows: Sequence[Row]) -> Table:
                 "in caller" if row.broker == "memory" else _fmt(parts[1]),
                 "-" if row.broker == "memory" else _fmt(parts[2]),
                 _fmt(total),
+                vs_best,
+                row.config,
             ]
         )
     return table
+
+
+def _failed(row: Row) -> str:
+    text = row.error or "no result"
+    return text if text.startswith("skipped") else f"error: {text}"
+
+
+def best_peer(rows: Sequence[Row], broker: str, workers: int) -> Row | None:
+    """The task-queue peer with the highest median tasks/s on ``broker`` with ``workers``
+    worker processes (None if none was measured there)."""
+    measured = [r for r in rows if r.system in PEERS and (r.broker, r.workers) == (broker, workers)]
+    measured = [r for r in measured if r.tps]
+    return max(measured, key=lambda r: statistics.median(r.tps), default=None)
 
 
 def _find(rows: Sequence[Row], system: str, broker: str, workers: int = 1) -> Row | None:
@@ -471,16 +509,29 @@ def headlines(rows: Sequence[Row], fm: dict[str, Any] | None) -> list[Headline]:
     redis, nats = _find(rows, MURMUR, "redis"), _find(rows, MURMUR, "nats")
     tps("distributed, Redis Streams, 1 worker: tasks/s end to end", redis, 5000)
     tps("distributed, NATS JetStream, 1 worker: tasks/s end to end", nats, 3000)
-    # Murmur ÷ FastStream one-at-a-time: judged on RabbitMQ; on Redis, a stand-in for the
-    # "≥ 5x the best peer" target until the peers are measured.
+    for workers in (1, 2):
+        ours, best = _find(rows, MURMUR, "redis", workers), best_peer(rows, "redis", workers)
+        if ours is not None and best is not None:
+            value = statistics.median(ours.tps) / statistics.median(best.tps)
+            out.append(
+                Headline(
+                    f"distributed, Redis, {workers} worker(s): murmur ÷ the best task queue "
+                    f"beside it ({best.system}, {statistics.median(best.tps):,.0f} tasks/s)",
+                    value,
+                    "x",
+                    "",
+                    "≥ 5x" if workers == 1 else "",
+                    value >= 5 if workers == 1 else None,
+                )
+            )
     for kind, label, floor in (
-        ("redis", "Redis: murmur ÷ FastStream one-at-a-time (peers not measured yet)", None),
+        ("redis", "Redis, 1 worker: murmur ÷ FastStream one-at-a-time", None),
         ("rabbit", "RabbitMQ, 1 worker: murmur ÷ FastStream one-at-a-time", 2.0),
     ):
         ours, theirs = _find(rows, MURMUR, kind), _find(rows, FS_ONE, kind)
         if ours is not None and theirs is not None:
             value = statistics.median(ours.tps) / statistics.median(theirs.tps)
-            target = "≥ 5x the best peer" if floor is None else f"≥ {floor:g}x"
+            target = "" if floor is None else f"≥ {floor:g}x"
             passed = None if floor is None else value >= floor
             out.append(Headline(f"distributed, {label}", value, "x", "", target, passed))
     for row, limit in ((redis, 3.0), (nats, 2.0)):
@@ -543,12 +594,100 @@ async def measure(
     return rows, fm
 
 
+def peer_rows(
+    config: RunConfig, plan: Plan, kinds: Sequence[str], prefix: str = ""
+) -> tuple[list[Row], dict[str, Any]]:
+    """The task queues (``queue_peers.QUEUE_PEERS``) on the brokers ``kinds`` that are up,
+    each in its own virtualenv: made when missing in a full run (or with
+    ``--setup-peers``), else the peer's row says it was skipped. One worker, and two in a
+    full run; every key and queue a peer made is deleted after it."""
+    prefix = prefix or f"bench-{uuid.uuid4().hex[:8]}"
+    create = config.setup_peers if config.setup_peers is not None else not config.quick
+    peer_plan = queue_peers.PeerPlan(
+        n=plan.n,
+        latency_n=plan.latency_n,
+        reps=plan.reps,
+        workers=(1,) if config.quick else (1, 2),
+        timeout=plan.batch_timeout,
+    )
+    peers = queue_peers.QUEUE_PEERS
+    venvs = queue_peers.prepare(peers, config.venvs_dir, create=create, log=config.log)
+    rows: list[Row] = []
+    info: dict[str, Any] = {}
+    for peer in peers:
+        python, venv = venvs[peer.key]
+        info[peer.key] = {
+            "label": peer.label,
+            "config": peer.config,
+            "venv_name": peer.spec.venv_name,
+            "venv": venv,
+            "runs": [],
+        }
+        for broker in (b for b in peer.brokers if b in kinds):
+            if python is None:
+                reason = "skipped: no virtualenv (see the task-queue table)"
+                rows.append(Row(peer.label, broker, 1, plan.n, error=reason, config=peer.config))
+                continue
+            for workers in peer_plan.workers:
+                namespace = f"{prefix}-{peer.key}-{broker}-{workers}"
+                row = Row(peer.label, broker, workers, plan.n, config=peer.config)
+                rows.append(row)
+                config.log(f"    {peer.label} on {broker}, {workers} worker(s)")
+                began = time.perf_counter()
+                run: dict[str, Any] = {"broker": broker, "workers": workers}
+                hello: dict[str, Any] = {}
+                try:
+                    queue_peers.measure_peer(
+                        peer, python, broker, workers, peer_plan, namespace, row, hello
+                    )
+                except Exception as exc:
+                    row.error = repr(exc)
+                finally:
+                    run["versions"] = hello.get("versions")
+                    queues = (
+                        [namespace + s for s in peer.rabbit_queues] if broker == "rabbit" else []
+                    )
+                    run["keys_deleted"] = queue_peers.cleanup(namespace, queues)
+                    run["seconds"] = round(time.perf_counter() - began, 1)
+                    info[peer.key]["runs"].append(run)
+                if row.error is not None:
+                    break
+    return rows, info
+
+
+def peers_table(info: dict[str, Any]) -> Table:
+    """What each task queue ran with: its virtualenv, versions and run times."""
+    table = Table(
+        "Task queues: virtualenvs and runs",
+        ["peer", "virtualenv", "versions (caller)", "runs (broker, workers: seconds)", "keys"],
+    )
+    for peer in info.values():
+        venv = peer["venv"]
+        runs = peer["runs"]
+        versions = next((r["versions"] for r in runs if r.get("versions")), None) or {}
+        table.rows.append(
+            [
+                peer["label"],
+                f"missing: {str(venv['error'])[:300]}"
+                if venv.get("error")
+                else f"benchmarks/.venvs/{peer['venv_name']} (Python {venv.get('python')})",
+                ", ".join(f"{k} {v}" for k, v in versions.items()) or "-",
+                ", ".join(f"{r['broker']} {r['workers']}: {r['seconds']:.0f}" for r in runs) or "-",
+                str(sum(r["keys_deleted"] for r in runs)) + " deleted" if runs else "-",
+            ]
+        )
+    return table
+
+
 def run(config: RunConfig) -> ScenarioResult:
     started = time.perf_counter()
     plan = _plan(config)
     kinds = [k for k, (_, port, _) in BROKERS.items() if _server_up(port)]
     down = [k for k in BROKERS if k not in kinds]
     rows, fm = asyncio.run(measure(kinds, plan, config.log))
+    peer_results, peer_info = peer_rows(config, plan, kinds)
+    order = list(BROKERS)
+    rows = sorted([*rows, *peer_results], key=lambda r: order.index(r.broker))
     tables = [rows_table(rows)]
     if fm is not None:
         tables.append(
@@ -569,13 +708,7 @@ def run(config: RunConfig) -> ScenarioResult:
                 ],
             )
         )
-    tables.append(
-        Table(
-            "Peers on Redis (each in its own virtualenv)",
-            ["peer", "status"],
-            [[peer, "not yet measured"] for peer in PEERS],
-        )
-    )
+    tables.append(peers_table(peer_info))
     notes = [
         f"No-op async function agent; N={plan.n:,} tasks per batch, max_concurrency={CAP}, "
         f"{plan.reps} repetition(s) after a warm-up; latency: {plan.latency_n} sequential "
@@ -599,21 +732,43 @@ def run(config: RunConfig) -> ScenarioResult:
         "200: with a small N (quick mode) the last partial batch's wait dominates that row.",
         "Each system's repetitions run back to back (workers started once per system); "
         "systems on one broker run one after the other, minutes apart at most.",
-        "Peers (saq, taskiq, arq, dramatiq, celery, murmur-runtime 0.1.0 on Redis, each in "
-        "its own virtualenv) are not measured yet: the '≥ 5x the best peer' target is read "
-        "against FastStream one-at-a-time for now.",
+        "Task queues (benchmarks/queue_peers.py, benchmarks/peer_scripts/*_queue.py): each "
+        "in its own virtualenv under benchmarks/.venvs/, its workers started with its own "
+        "worker command (or what that command runs) as separate processes, its caller a "
+        "separate process that times each batch itself (wall clock and its own CPU) and sends "
+        "the same no-op task (returns its integer input; results checked). A batch sends all "
+        "N tasks the way the library sends many (its batch call, or one call per task), then "
+        "waits for every result; no per-task log lines on any worker (Murmur's logs none). "
+        "Their 'CPU worker(s)' counts every process a worker command forks. The "
+        "configuration column says how each ran; '÷ best task queue' divides a row's median "
+        "tasks/s by the best task queue's on the same broker with the same number of "
+        "workers.",
+        "murmur-runtime 0.1.0 has no plain-function agents: its no-op task runs a "
+        "pydantic-ai agent on a FunctionModel (structured output), a few ms of CPU per task "
+        "that the other rows do not pay.",
+        "The task queues run after Murmur and FastStream on every broker, one after the "
+        "other, each with a namespace of its own that is deleted after it.",
     ]
     if down:
         notes.append(f"No local server, not measured: {', '.join(down)}.")
-    errors = [f"{r.system} on {r.broker} ({r.workers}): {r.error}" for r in rows if r.error]
-    if errors:
+    failed = [r for r in rows if r.error and not r.error.startswith("skipped")]
+    if failed:
+        errors = [f"{r.system} on {r.broker} ({r.workers}): {r.error}" for r in failed]
         notes.append(f"Rows that failed: {errors}")
+    skipped = sorted({r.system for r in rows if r.error and r.error.startswith("skipped")})
+    if skipped:
+        notes.append(
+            f"Not measured, no virtualenv in this mode: {', '.join(skipped)} (a full run, or "
+            "`--setup-peers`, makes them under benchmarks/.venvs/)."
+        )
     status: Status = "reduced" if config.quick or down else "ok"
     if config.quick:
         notes.append(
             f"Quick mode: N={plan.n}, {plan.latency_n} latency samples, one repetition, "
-            f"FunctionModel N={plan.fm_n}; the full run uses N=10,000, 300 samples, 3 "
-            "repetitions and 2,000 FunctionModel tasks."
+            f"FunctionModel N={plan.fm_n}, task queues with one worker only, and only those "
+            "whose virtualenv exists already (`--setup-peers` makes them); the full run uses "
+            "N=10,000, 300 samples, 3 repetitions, 2,000 FunctionModel tasks and one and two "
+            "workers for every task queue."
         )
     return ScenarioResult(
         name=NAME,
@@ -627,7 +782,7 @@ def run(config: RunConfig) -> ScenarioResult:
             "rows": [r.to_json() for r in rows],
             "function_model": fm,
             "brokers_down": down,
-            "peers_not_measured": list(PEERS),
+            "peers": peer_info,
         },
         seconds=time.perf_counter() - started,
     )
@@ -643,11 +798,11 @@ def plot(result: ScenarioResult, out_dir: Path) -> list[Path]:
     import matplotlib.pyplot as plt
 
     colors = {MURMUR: "tab:blue", FS_ONE: "tab:orange", FS_BATCH: "navajowhite"}
-    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
+    fig, (left, right) = plt.subplots(1, 2, figsize=(14, 4.8))
     short = {MURMUR: "murmur", FS_ONE: "FastStream one", FS_BATCH: "FastStream batch"}
     labels = [
         f"{LABEL[r['broker']]}\n{short.get(r['system'], r['system'])}"
-        + (f" x{r['workers']}" if r["system"] == MURMUR else "")
+        + (f" x{r['workers']}" if r["system"] == MURMUR or r["workers"] > 1 else "")
         for r in rows
     ]
     stats = [r["tasks_per_s_stats"] for r in rows]
@@ -658,7 +813,8 @@ def plot(result: ScenarioResult, out_dir: Path) -> list[Path]:
         capsize=2,
         color=[colors.get(r["system"], "grey") for r in rows],
     )
-    left.set_ylabel("tasks/s end to end (median)")
+    left.set_yscale("log")
+    left.set_ylabel("tasks/s end to end (median, log scale)")
     left.set_title("Throughput, no-op tasks", fontsize=9)
     p50 = [r["latency_p50_ms"] or 0 for r in rows]
     p99 = [r["latency_p99_ms"] or 0 for r in rows]
@@ -666,7 +822,8 @@ def plot(result: ScenarioResult, out_dir: Path) -> list[Path]:
     right.bar(
         range(len(rows)), p50, color=[colors.get(r["system"], "grey") for r in rows], label="p50"
     )
-    right.set_ylabel("single-task round trip, ms")
+    right.set_yscale("log")
+    right.set_ylabel("single-task round trip, ms (log scale)")
     right.set_title("Latency (p50 over p99)", fontsize=9)
     for ax in (left, right):
         ax.set_xticks(range(len(rows)), labels, fontsize=6, rotation=60, ha="right")

@@ -26,8 +26,13 @@ from ..workloads import IMPL_ASYNCIO_GATHER, IMPL_MURMUR, IO_SLEEP_S
 __all__ = ["MURMUR_RUNTIME", "run"]
 
 NAME = "peers"
+#: With its ``redis`` extra: the ``distributed`` scenario runs the same virtualenv.
 MURMUR_RUNTIME = PeerSpec(
-    dist="murmur-runtime", version="0.1.0", import_name="murmur", script="murmur_runtime_peer.py"
+    dist="murmur-runtime",
+    version="0.1.0",
+    import_name="murmur",
+    script="murmur_runtime_peer.py",
+    extras=("redis",),
 )
 PEER_OFF = "murmur-runtime (events off)"
 PEER_DEFAULT = "murmur-runtime (default log events)"
