@@ -76,7 +76,7 @@ BASELINE = "bare, no events"
 ALL_POLICIES = "retry 3 + timeout 60 s + budget"
 LOG_FILTERED = "LogEventEmitter, structlog ≥ WARNING"
 NOOP_EMITTER = "no-op emitter (every event)"
-SEED_STEP_5 = "seed step 5: Multi([Log, SSE]), no clients"
+SEED_STEP_5 = "adoption step 5: Multi([Log, SSE]), no clients"
 EMIT_FLOOR = "floor: 2 no-op emits/task, no event"
 
 
@@ -482,7 +482,7 @@ def run(config: RunConfig) -> ScenarioResult:
         "event is built and awaited. SSEEventEmitter has no client (events go to its replay "
         "buffer); OpenTelemetryEmitter exports spans to an in-memory exporter through a "
         "SimpleSpanProcessor and metrics to an InMemoryMetricReader. The MultiEventEmitter row "
-        "is the seed's adoption step 5 as written (default levels: the log child declares "
+        "is adoption step 5 of the migration guide as written (default levels: the log child declares "
         "no per-task types, so only the SSE child receives them).",
         "Floor row (no-op agents only): the bare runtime, no events, with an agent that "
         "awaits a no-op `emit(event)` twice on an event built once, before the run. It is "
