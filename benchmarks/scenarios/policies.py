@@ -482,8 +482,8 @@ def run(config: RunConfig) -> ScenarioResult:
         "event is built and awaited. SSEEventEmitter has no client (events go to its replay "
         "buffer); OpenTelemetryEmitter exports spans to an in-memory exporter through a "
         "SimpleSpanProcessor and metrics to an InMemoryMetricReader. The MultiEventEmitter row "
-        "is adoption step 5 of the migration guide as written (default levels: the log child declares "
-        "no per-task types, so only the SSE child receives them).",
+        "is adoption step 5 of the migration guide as written (default levels: the log child "
+        "declares no per-task types, so only the SSE child receives them).",
         "Floor row (no-op agents only): the bare runtime, no events, with an agent that "
         "awaits a no-op `emit(event)` twice on an event built once, before the run. It is "
         "the least that handing two events per task to an `async def emit` can cost, with "
