@@ -8,6 +8,7 @@ The whole hierarchy::
     │   ├── TaskCancelledError ─────── the task was cancelled by its batch (``fail_fast``)
     │   ├── AgentTimeoutError ──────── an attempt ran past ``timeout_seconds`` (a ``TimeoutError``)
     │   ├── BudgetExceededError ────── the shared ``TokenBudget`` is spent
+    │   ├── BudgetStoreError ───────── a budget's store is down, closed (``ConnectionError``)
     │   ├── RateLimitError ─────────── a call can never fit a ``RateLimit`` (more than its tpm)
     │   ├── RateLimitStoreError ────── a limit's store is down, closed (``ConnectionError``)
     │   ├── SpawnDepthExceededError ── a spawn went deeper than ``max_spawn_depth``
@@ -45,6 +46,7 @@ __all__ = [
     "AgentTimeoutError",
     "BrokerUnavailableError",
     "BudgetExceededError",
+    "BudgetStoreError",
     "DeadLetteredError",
     "InputValidationError",
     "InvalidStateError",
@@ -95,6 +97,11 @@ class AgentTimeoutError(AgentError, TimeoutError):
 
 class BudgetExceededError(AgentError):
     """The shared ``TokenBudget`` is spent, or a run hit the cap it reserved."""
+
+
+class BudgetStoreError(AgentError, ConnectionError):
+    """A ``TokenBudget``'s store (Redis) could not be reached in time and the budget fails
+    closed (``on_store_error="closed"``); the URL shown has no password."""
 
 
 class RateLimitError(AgentError):

@@ -6,8 +6,6 @@ their keys."""
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,8 +16,8 @@ import pytest
 import redis
 from pydantic_ai.exceptions import ModelHTTPError
 from tests.distributed.brokers import require
+from tests.middleware import fleet
 from tests.support import Recorder
-from tests.workers import REPO, command_env
 
 from murmur import (
     AgentRuntime,
@@ -171,29 +169,13 @@ def test_three_processes_share_one_rpm_at_the_model(tmp_path: Path, names: list[
     name = fresh(names, "fleet")
     rpm, period, tasks = 30, 6.0, 20
     outs = [tmp_path / f"p{i}.txt" for i in range(3)]
-    procs = [
-        subprocess.Popen(
-            [sys.executable, str(APP), name, str(rpm), str(period), str(tasks), backend, str(out)],
-            cwd=REPO,
-            env=command_env(),
-        )
-        for out, backend in zip(outs, ["asyncio", "trio", "asyncio"], strict=True)
-    ]
-    try:
-        deadline = time.monotonic() + 60
-        while not all(Path(f"{out}.ready").exists() for out in outs):
-            assert time.monotonic() < deadline, "the fleet's processes did not start"
-            assert all(p.poll() is None for p in procs), "a fleet process died"
-            time.sleep(0.05)  # polling for files the processes write
-        for out in outs:
-            Path(f"{out}.go").write_text("1")
-        for proc in procs:
-            assert proc.wait(timeout=120) == 0
-    finally:
-        for proc in procs:
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
+    fleet.run(
+        APP,
+        [
+            [name, str(rpm), str(period), str(tasks), backend, str(out)]
+            for out, backend in zip(outs, ["asyncio", "trio", "asyncio"], strict=True)
+        ],
+    )
     seen = [float(line) for out in outs for line in out.read_text().split()]
     assert len(seen) == 3 * tasks
     # rpm in any period; the documented burst in any period/60 ("1 s" at this scale) and

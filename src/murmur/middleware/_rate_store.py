@@ -18,17 +18,13 @@ after the call, or several limits in one atomic step; the script is 60 lines.
 
 from __future__ import annotations
 
-import asyncio
-import weakref
-from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
-from urllib.parse import urlsplit, urlunsplit
 
 import anyio
 import anyio.lowlevel
-import sniffio
 
-from ..errors import MissingDependencyError, RateLimitStoreError
+from ..errors import RateLimitStoreError
+from ._redis import RedisScripts, redacted, store_errors, text
 
 if TYPE_CHECKING:
     from .rate_limit import RateLimit, _Plan
@@ -152,16 +148,6 @@ return 1
 """
 
 
-def redacted(url: str) -> str:
-    """``url`` without its password."""
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    netloc = parts.netloc.rsplit("@", 1)[1]
-    user = f"{parts.username}:***@" if parts.username else ":***@"
-    return urlunsplit(parts._replace(netloc=user + netloc))
-
-
 def key_of(limit: RateLimit) -> str:
     """The Redis key of a limit's state."""
     return _PREFIX + limit.name
@@ -179,65 +165,17 @@ class _Place:
 
 
 class RedisRateStores:
-    """The Redis connections of one runtime's stored limits, by URL and event loop.
+    """The Redis connections of one runtime's stored limits, by URL and event loop."""
 
-    Args:
-        bridge: Returns the runtime's asyncio helper loop (used under Trio).
-    """
-
-    def __init__(self, bridge: Callable[[], Any]) -> None:
-        self._bridge = bridge
-        #: Per asyncio loop (the caller's, or the bridge's under Trio): clients by URL.
-        self._clients: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[str, Any]] = (
-            weakref.WeakKeyDictionary()
+    def __init__(self) -> None:
+        self.redis = RedisScripts(
+            {"reserve": _RESERVE, "give_back": _GIVE_BACK, "throttle": _THROTTLE},
+            "a RateLimit with store=",
         )
         #: Corrections not sent yet, by limit key: [extra requests, extra tokens].
         self._pending: dict[str, list[int]] = {}
         #: Pauses this process learnt of (its own 429s), by model: until (monotonic).
         self._paused: dict[str | None, float] = {}
-
-    # -- on the asyncio side -----------------------------------------------------------
-
-    def _client(self, url: str, timeout: float) -> tuple[Any, dict[str, Any]]:
-        loop = asyncio.get_running_loop()
-        clients = self._clients.get(loop)
-        if clients is None:
-            clients = self._clients[loop] = {}
-        client = clients.get(url)
-        if client is None:
-            try:
-                import redis.asyncio as aioredis
-            except ModuleNotFoundError as exc:
-                raise MissingDependencyError(
-                    "RateLimit(store='redis://...') needs the 'redis' package; install it "
-                    "with: pip install 'murmur-agents[redis]'",
-                    name="redis",
-                ) from exc
-            client = aioredis.Redis.from_url(
-                url, socket_timeout=timeout, socket_connect_timeout=timeout
-            )
-            scripts = {
-                name: client.register_script(text)
-                for name, text in (
-                    ("reserve", _RESERVE),
-                    ("give_back", _GIVE_BACK),
-                    ("throttle", _THROTTLE),
-                )
-            }
-            clients[url] = client = (client, scripts)
-        return client
-
-    async def _script(
-        self, url: str, seconds: float, name: str, keys: list[str], args: list[Any]
-    ) -> Any:
-        _, scripts = self._client(url, seconds)
-        with anyio.fail_after(seconds):
-            return await scripts[name](keys=keys, args=args)
-
-    async def _call(self, fn: Callable[..., Awaitable[Any]], *args: Any) -> Any:
-        if sniffio.current_async_library() == "asyncio":
-            return await fn(*args)
-        return await self._bridge().run(fn, *args)
 
     async def _run(
         self, limits: tuple[RateLimit, ...], name: str, keys: list[str], args: list[Any]
@@ -247,8 +185,8 @@ class RedisRateStores:
         assert url is not None
         timeout = max(limit.store_timeout for limit in limits)
         try:
-            return await self._call(self._script, url, timeout, name, keys, args)
-        except (OSError, TimeoutError, _redis_errors()) as exc:
+            return await self.redis.run(url, timeout, name, keys, args)
+        except store_errors() as exc:
             if all(limit.on_store_error == "open" for limit in limits):
                 return None
             raise RateLimitStoreError(
@@ -294,7 +232,7 @@ class RedisRateStores:
             if out is None:  # failed open
                 continue
             start = int(out[0]) / _US
-            place = _Place(limits, [_text(v) for v in out[2:]], anyio.current_time() + start)
+            place = _Place(limits, [text(v) for v in out[2:]], anyio.current_time() + start)
             places.append(place)
             try:
                 await anyio.lowlevel.checkpoint_if_cancelled()
@@ -337,28 +275,4 @@ class RedisRateStores:
 
     async def aclose(self) -> None:
         """Close the connections (on their loops)."""
-        clients = [(loop, c) for loop, by_url in self._clients.items() for c, _ in by_url.values()]
-        self._clients = weakref.WeakKeyDictionary()
-        for loop, client in clients:
-            if loop.is_closed():
-                continue
-            try:
-                if sniffio.current_async_library() == "asyncio":
-                    if loop is asyncio.get_running_loop():
-                        await client.aclose()
-                else:
-                    await self._bridge().run(client.aclose)
-            except (OSError, RuntimeError):
-                pass
-
-
-def _text(value: Any) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
-
-
-def _redis_errors() -> type[Exception]:
-    try:
-        from redis.exceptions import RedisError
-    except ModuleNotFoundError:  # pragma: no cover - the client import fails first
-        return OSError
-    return RedisError
+        await self.redis.aclose()

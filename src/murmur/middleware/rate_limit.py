@@ -62,13 +62,13 @@ import pydantic_core
 from pydantic import BaseModel
 
 from ..errors import (
-    InvalidStateError,
     InvalidTypeError,
     InvalidValueError,
     RateLimitError,
     RemoteAgentError,
 )
 from ..events.types import EventType
+from ._redis import check_store
 from .retry import retry_after_seconds
 
 if TYPE_CHECKING:
@@ -264,20 +264,7 @@ class RateLimit:
             raise InvalidValueError(f"RateLimit burst={burst} is more than rpm={rpm}")
         if not (isinstance(period, (int, float)) and math.isfinite(period) and period > 0):
             raise InvalidValueError(f"RateLimit period must be seconds > 0, got {period!r}")
-        if store is not None and (
-            not isinstance(store, str) or not store.startswith(("redis://", "rediss://"))
-        ):
-            raise InvalidValueError(
-                f"RateLimit store must be None or a redis:// or rediss:// URL, got {store!r}"
-            )
-        if on_store_error not in ("closed", "open"):
-            raise InvalidValueError(
-                f"RateLimit on_store_error must be 'closed' or 'open', got {on_store_error!r}"
-            )
-        if not (isinstance(store_timeout, (int, float)) and store_timeout > 0):
-            raise InvalidValueError(
-                f"RateLimit store_timeout must be seconds > 0, got {store_timeout!r}"
-            )
+        check_store("RateLimit", store, on_store_error, store_timeout)
         if clock is not None and not isinstance(clock, Clock):
             raise InvalidTypeError(
                 "RateLimit clock must have now() and `async def sleep_until(deadline)`"
@@ -593,25 +580,17 @@ class RateLimitMiddleware:
             raise InvalidValueError("the in-process rate_limits of a runtime must share one clock")
         self._estimate = estimator if estimator is not None else estimate_input_tokens
         self._plans: dict[tuple[str, str | None], Any] = {}
-        self._bridge: Callable[[], Any] | None = None
         #: The Redis connections of the limits with ``store=`` (fleet-wide), if any.
         self.stores: Any = None
         if any(limit.store is not None for limit in self.limits):
             from ._rate_store import RedisRateStores
 
-            self.stores = RedisRateStores(self._asyncio_bridge)
+            self.stores = RedisRateStores()
 
     def use_bridge(self, bridge: Callable[[], Any]) -> None:
         """Run the Redis client on ``bridge()``'s asyncio loop under Trio (the runtime's)."""
-        self._bridge = bridge
-
-    def _asyncio_bridge(self) -> Any:
-        if self._bridge is None:
-            raise InvalidStateError(
-                "a RateLimit with store= needs an asyncio loop under Trio: use the stage "
-                "through an AgentRuntime (RuntimeOptions(rate_limits=...)), which lends its own"
-            )
-        return self._bridge()
+        if self.stores is not None:
+            self.stores.redis.bridge = bridge
 
     async def aclose(self) -> None:
         """Close the store connections, if any."""
