@@ -21,6 +21,7 @@ import pytest
 import redis
 from pydantic_ai import RunContext
 from tests.distributed.brokers import require
+from tests.distributed.proxy import tcp_proxy
 from tests.middleware import fleet
 
 import murmur
@@ -327,66 +328,20 @@ def test_bad_store_options_are_refused(bad: dict[str, Any]) -> None:
 # -- outages ------------------------------------------------------------------------------
 
 
-class Proxy:
-    """A TCP proxy to the local Redis that a test can take down (its connections cut and
-    its port refusing), bring back on the same port, or make silent (it accepts and reads,
-    and never answers)."""
-
-    def __init__(self, tg: anyio.abc.TaskGroup) -> None:
-        self._tg = tg
-        self.port = 0
-        self.silent = False
-        self._scope: anyio.CancelScope | None = None
-
-    @property
-    def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}"
-
-    async def up(self) -> None:
-        listener = await anyio.create_tcp_listener(local_host="127.0.0.1", local_port=self.port)
-        self.port = listener.extra(anyio.abc.SocketAttribute.local_port)
-        scope = self._scope = anyio.CancelScope()
-
-        async def serve() -> None:
-            with scope:
-                async with listener:
-                    await listener.serve(self._handle)
-
-        self._tg.start_soon(serve)
-
-    def down(self) -> None:
-        if self._scope is not None:
-            self._scope.cancel()
-
-    async def _handle(self, client: anyio.abc.SocketStream) -> None:
-        async with client:
-            if self.silent:
-                async for _ in client:
-                    pass
-                return
-            async with await anyio.connect_tcp("127.0.0.1", 6379) as server:
-
-                async def pipe(a: anyio.abc.SocketStream, b: anyio.abc.SocketStream) -> None:
-                    try:
-                        async for chunk in a:
-                            await b.send(chunk)
-                    except (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError):
-                        pass
-                    finally:
-                        tg.cancel_scope.cancel()
-
-                async with anyio.create_task_group() as tg:
-                    tg.start_soon(pipe, client, server)
-                    tg.start_soon(pipe, server, client)
-
-
 @asynccontextmanager
-async def proxy() -> AsyncIterator[Proxy]:
-    require("redis")
-    async with anyio.create_task_group() as tg:
-        running = Proxy(tg)
-        await running.up()
-        yield running
+async def silent_store() -> AsyncIterator[str]:
+    """The URL of a server that accepts connections and reads, and never answers."""
+
+    async def swallow(client: anyio.abc.SocketStream) -> None:
+        async with client:
+            async for _ in client:
+                pass
+
+    listener = await anyio.create_tcp_listener(local_host="127.0.0.1", local_port=0)
+    port = listener.extra(anyio.abc.SocketAttribute.local_port)
+    async with listener, anyio.create_task_group() as tg:
+        tg.start_soon(listener.serve, swallow)
+        yield f"redis://127.0.0.1:{port}"
         tg.cancel_scope.cancel()
 
 
@@ -408,9 +363,8 @@ async def test_an_unreachable_store_fails_closed_in_time(url: str) -> None:
 
 
 async def test_a_silent_store_fails_closed_in_time() -> None:
-    async with proxy() as store:
-        store.silent = True
-        budget = TokenBudget(limit=1_000, store=store.url, store_timeout=0.3, name="silent")
+    async with silent_store() as url:
+        budget = TokenBudget(limit=1_000, store=url, store_timeout=0.3, name="silent")
         options = RuntimeOptions(token_budget=budget)
         async with AgentRuntime(options=options, event_emitter=QUIET) as runtime:
             with anyio.fail_after(10):  # a bound on the test, not a measurement
@@ -433,10 +387,11 @@ async def test_a_store_that_goes_down_and_comes_back(
         ctx.report_usage(output_tokens=10)
         return value
 
-    async with proxy() as store:
+    require("redis")
+    async with tcp_proxy(6379) as store:
         budget = TokenBudget(
             limit=1_000,
-            store=store.url,
+            store=store.url("redis"),
             store_timeout=0.5,
             name=name,
             on_store_error=on_store_error,
@@ -444,7 +399,7 @@ async def test_a_store_that_goes_down_and_comes_back(
         options = RuntimeOptions(token_budget=budget)
         async with AgentRuntime(options=options, event_emitter=QUIET) as runtime:
             assert (await runtime.run(capped, TaskSpec(input=0))).is_ok()
-            store.down()
+            await store.cut()
             with anyio.fail_after(10):  # a bound on the test, not a measurement
                 down = await runtime.gather(capped, [TaskSpec(input=i) for i in range(3)])
             if on_store_error == "closed":
@@ -452,7 +407,7 @@ async def test_a_store_that_goes_down_and_comes_back(
             else:
                 assert [r.output for r in down] == [0, 1, 2]
                 assert caps[1:] == [None] * 3
-            await store.up()
+            store.restore()
             assert (await runtime.run(capped, TaskSpec(input=9))).is_ok()
     fields = state(name)
     used = 20 if on_store_error == "closed" else 50
