@@ -13,6 +13,15 @@ import anyio.lowlevel
 from murmur import EventType, RuntimeEvent
 
 
+def crossed(error: Exception) -> Exception:
+    """``error`` as a caller gets it back from a worker (through JSON)."""
+    from murmur import ErrorInfo
+
+    return ErrorInfo.model_validate_json(
+        ErrorInfo.from_exception(error).model_dump_json()
+    ).to_exception()
+
+
 class Recorder:
     """An event emitter that keeps every event it is handed."""
 

@@ -142,7 +142,9 @@ class RemoteAgentError(AgentError):
 
     ``kinds`` names the original exception's classes (``"builtins.ConnectionError"``,
     ``"builtins.OSError"``, ...), so that ``retry_on`` and the default retry rule judge it
-    as they would the original; ``status_code`` is the HTTP status it carried, if any.
+    as they would the original; ``status_code`` is the HTTP status it carried, if any, and
+    ``retry_after`` the seconds its response asked to wait (``Retry-After`` or a provider's
+    reset headers, read where it happened), if it said.
     """
 
     def __init__(
@@ -153,12 +155,14 @@ class RemoteAgentError(AgentError):
         *,
         kinds: tuple[str, ...] = (),
         status_code: int | None = None,
+        retry_after: float | None = None,
     ) -> None:
         self.type_name = type_name
         self.message = message
         self.remote_traceback = traceback
         self.kinds = kinds
         self.status_code = status_code
+        self.retry_after = retry_after
         super().__init__(f"{type_name}: {message}")
 
     def is_a(self, kind: type[BaseException]) -> bool:

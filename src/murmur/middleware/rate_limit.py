@@ -50,9 +50,7 @@ pool, where every other task waits for the same limits anyway.
 
 from __future__ import annotations
 
-import email.utils
 import math
-import re
 import time
 from collections.abc import Callable, Iterable, Sequence
 from typing import TYPE_CHECKING, Any, Literal, Protocol, runtime_checkable
@@ -61,6 +59,7 @@ import anyio
 import pydantic_core
 from pydantic import BaseModel
 
+from .._http import retry_hint
 from ..errors import (
     InvalidTypeError,
     InvalidValueError,
@@ -69,7 +68,6 @@ from ..errors import (
 )
 from ..events.types import EventType
 from ._redis import check_store
-from .retry import retry_after_seconds
 
 if TYPE_CHECKING:
     from .._context import AgentContext
@@ -458,65 +456,13 @@ def throttle_seconds(error: BaseException) -> float | None:
     A 429 is any exception with ``status_code == 429``: pydantic-ai's ``ModelHTTPError``,
     the provider SDKs' own errors (``openai.RateLimitError``, ...), or a worker's failure
     (``RemoteAgentError``) that carried it. Its headers are read from ``error.headers`` or
-    ``error.response.headers``.
+    ``error.response.headers`` (``murmur._http.retry_hint``); a worker read them where
+    the failure happened and sent the reading back (``RemoteAgentError.retry_after``).
     """
     if getattr(error, "status_code", None) != 429:
         return None
-    if isinstance(error, RemoteAgentError):
-        return DEFAULT_PAUSE  # the headers stayed in the other process
-    hinted = retry_after_seconds(error)  # pydantic-ai's own reading, if it is one of its
-    if hinted is not None:
-        return hinted
-    headers = getattr(error, "headers", None)
-    if headers is None:
-        headers = getattr(getattr(error, "response", None), "headers", None)
-    if not headers:
-        return DEFAULT_PAUSE
-    waits = []
-    try:
-        items = list(headers.items())
-    except (AttributeError, TypeError):
-        return DEFAULT_PAUSE
-    for name, value in items:
-        if isinstance(name, str) and isinstance(value, str):
-            seconds = _header_seconds(name.lower(), value)
-            if seconds is not None:
-                waits.append(seconds)
-    return max(waits) if waits else DEFAULT_PAUSE
-
-
-_DURATION = re.compile(r"(\d+(?:\.\d+)?)(ms|h|m|s)")
-_UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
-
-
-def _header_seconds(name: str, value: str) -> float | None:
-    """Seconds a ``Retry-After`` or a provider's rate-limit reset header asks to wait."""
-    if name in ("retry-after", "retry-after-ms"):
-        try:
-            seconds = float(value) / (1000.0 if name == "retry-after-ms" else 1.0)
-        except ValueError:
-            try:
-                return max(0.0, email.utils.parsedate_to_datetime(value).timestamp() - time.time())
-            except (TypeError, ValueError):
-                return None
-        return max(0.0, seconds) if math.isfinite(seconds) else None
-    if name.startswith("x-ratelimit-reset"):  # OpenAI: "1s", "6m0s", "20ms"
-        parts = _DURATION.findall(value.strip())
-        if not parts:
-            return None
-        return sum(float(number) * _UNIT_SECONDS[unit] for number, unit in parts)
-    if name.startswith("anthropic-ratelimit-") and name.endswith("-reset"):  # RFC 3339
-        try:
-            from datetime import datetime
-
-            when = datetime.fromisoformat(value.strip().replace("Z", "+00:00"))
-        except ValueError:
-            try:
-                when = email.utils.parsedate_to_datetime(value)
-            except (TypeError, ValueError):
-                return None
-        return max(0.0, when.timestamp() - time.time())
-    return None
+    hinted = error.retry_after if isinstance(error, RemoteAgentError) else retry_hint(error)
+    return DEFAULT_PAUSE if hinted is None else hinted
 
 
 # -- the stage --------------------------------------------------------------------------
