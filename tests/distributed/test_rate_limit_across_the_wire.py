@@ -15,7 +15,6 @@ from murmur import (
     AgentRuntime,
     ErrorInfo,
     EventType,
-    FunctionAgent,
     RateLimit,
     RemoteAgentError,
     RuntimeOptions,
@@ -23,7 +22,7 @@ from murmur import (
 )
 from murmur.distributed import BrokerTransport, Worker
 from murmur.middleware.rate_limit import DEFAULT_PAUSE, throttle_seconds
-from support import FakeClock, Recorder, crossed
+from support import FakeClock, Recorder, crossed, throttled_once
 
 pytestmark = pytest.mark.anyio
 
@@ -64,15 +63,7 @@ async def test_a_429_on_a_worker_pauses_its_model_for_its_retry_after() -> None:
     to it waits exactly that long."""
     namespace = f"t-{uuid.uuid4().hex[:8]}"
     clock = FakeClock(start=100.0)
-    calls: list[int] = []
-
-    async def storm(value: Any) -> Any:
-        calls.append(value)
-        if len(calls) == 1:
-            raise ModelHTTPError(429, "gpt-4o", headers={"retry-after": "7"})
-        return value
-
-    agent = FunctionAgent(storm, name="storm", model=MODEL)
+    agent = throttled_once("storm", MODEL, "7")
     limit = RateLimit(model=MODEL, rpm=6_000, clock=clock)
     recorder = Recorder()
     async with (
@@ -93,9 +84,7 @@ async def test_a_429_on_a_worker_pauses_its_model_for_its_retry_after() -> None:
 
         async with anyio.create_task_group() as tg:
             tg.start_soon(second)
-            with anyio.fail_after(10):  # a bound on the test, not a measurement
-                while clock.sleeping == 0:
-                    await anyio.sleep(0.005)  # polling for the call to wait on the clock
+            await clock.until_sleeping()
             assert clock.next_deadline() == pytest.approx(107.0)
             clock.advance_to(107.0)
     assert results[0].output == 2

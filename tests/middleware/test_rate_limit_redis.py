@@ -135,6 +135,10 @@ async def test_a_429_storm_pauses_only_its_model_fleet_wide(names: list[str]) ->
     assert not any(field.startswith("p:") for field in calm_state)
     assert "sf" not in calm_state
     assert {e.data["limit"] for e in recorder.of(EventType.RATE_LIMIT_WAITED)} <= {calm}
+    # What a worker's heartbeat would show: gpt-4o's limit slowed and paused, the other not.
+    assert limits[0].state()["factor"] == 0.5
+    assert limits[0].state()["paused_until"] is not None
+    assert limits[1].state() == {"limit": calm, "factor": 1.0, "waiting": 0, "paused_until": None}
 
 
 @pytest.mark.parametrize("url", ["redis://127.0.0.1:1", "redis://10.255.255.1:6379"])

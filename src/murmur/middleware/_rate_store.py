@@ -18,6 +18,7 @@ after the call, or several limits in one atomic step; the script is 60 lines.
 
 from __future__ import annotations
 
+import time
 from typing import TYPE_CHECKING, Any
 
 import anyio
@@ -38,7 +39,8 @@ _PREFIX = "murmur:ratelimit:"
 # (KEYS[i]): rate of requests per period (0: no rpm), burst, tpm (0: none), period (µs),
 # and the pending correction: extra requests, extra tokens (may be < 0).
 # Returns: start - now (µs), index of the binding limit (0: none), then per limit the
-# request and token TATs before and after.
+# request and token TATs before and after, then per limit its AIMD scale and its pause of
+# the model - now (µs; what ``RateLimit.state`` shows).
 _RESERVE = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
@@ -74,7 +76,7 @@ for i = 1, #KEYS do
   if interval > 0 then e = math.max(e, rt - (burst - 1) * interval) end
   if cost > 0 then e = math.max(e, tt + cost - window) end
   if e > start then start = e; binding = i end
-  st[i] = {rt, tt, interval, cost, period}
+  st[i] = {rt, tt, interval, cost, period, scale, pause}
 end
 local out = {0, binding}
 for i = 1, #KEYS do
@@ -85,6 +87,10 @@ for i = 1, #KEYS do
   redis.call('HSET', KEYS[i], 'rt', string.format('%.0f', nrt), 'tt', string.format('%.0f', ntt))
   redis.call('PEXPIRE', KEYS[i], math.ceil((math.max(nrt, ntt) - now + 2 * s[5]) / 1000))
   for _, v in ipairs({s[1], nrt, s[2], ntt}) do table.insert(out, string.format('%.0f', v)) end
+end
+for i = 1, #KEYS do
+  table.insert(out, string.format('%.6f', st[i][6]))
+  table.insert(out, string.format('%.0f', st[i][7] - now))
 end
 out[1] = string.format('%.0f', start - now)
 return out
@@ -123,28 +129,31 @@ return 1
 """
 
 # A 429: ARGV pause (µs), model, then per limit its period (µs). Pauses the model and
-# halves the rates, once per pause (see rate_limit).
+# halves the rates, once per pause (see rate_limit). Returns per limit its scale now.
 _THROTTLE = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
 local untl = now + tonumber(ARGV[1])
 local field = 'p:' .. ARGV[2]
+local out = {}
 for i = 1, #KEYS do
   local period = tonumber(ARGV[2 + i])
   local h = redis.call('HMGET', KEYS[i], field, 'sf', 'sa', 'du')
   if (tonumber(h[1]) or 0) < untl then
     redis.call('HSET', KEYS[i], field, string.format('%.0f', untl))
   end
+  local sf, sa = tonumber(h[2]) or 1, tonumber(h[3]) or 0
+  local scale = 1
+  if sf < 1 then scale = math.min(1, sf + math.max(0, now - sa) * 0.5 / period) end
   if now >= (tonumber(h[4]) or 0) then
-    local sf, sa = tonumber(h[2]) or 1, tonumber(h[3]) or 0
-    local scale = 1
-    if sf < 1 then scale = math.min(1, sf + math.max(0, now - sa) * 0.5 / period) end
-    redis.call('HSET', KEYS[i], 'sf', tostring(math.max(1 / 16, scale * 0.5)),
+    scale = math.max(1 / 16, scale * 0.5)
+    redis.call('HSET', KEYS[i], 'sf', tostring(scale),
       'sa', string.format('%.0f', untl), 'du', string.format('%.0f', untl))
   end
+  table.insert(out, string.format('%.6f', scale))
   redis.call('PEXPIRE', KEYS[i], math.ceil((untl - now + 4 * period) / 1000))
 end
-return 1
+return out
 """
 
 
@@ -232,7 +241,13 @@ class RedisRateStores:
             if out is None:  # failed open
                 continue
             start = int(out[0]) / _US
-            place = _Place(limits, [text(v) for v in out[2:]], anyio.current_time() + start)
+            seen = 2 + 4 * len(limits)
+            place = _Place(limits, [text(v) for v in out[2:seen]], anyio.current_time() + start)
+            for j, limit in enumerate(limits):
+                limit._seen_scale = float(text(out[seen + 2 * j]))
+                paused = int(text(out[seen + 2 * j + 1])) / _US
+                if paused > 0:
+                    limit._seen_pause = max(limit._seen_pause, time.monotonic() + paused)
             places.append(place)
             try:
                 await anyio.lowlevel.checkpoint_if_cancelled()
@@ -267,11 +282,15 @@ class RedisRateStores:
     async def throttle(self, plan: _Plan, pause: float) -> None:
         """A 429 for ``plan.model``: pause it and slow the stored limits, fleet-wide."""
         self._paused[plan.model] = anyio.current_time() + pause
+        for limit in plan.stored:
+            limit._seen_pause = max(limit._seen_pause, time.monotonic() + pause)
         for limits in self._groups(plan).values():
             keys = [key_of(limit) for limit in limits]
             args: list[Any] = [round(pause * _US), plan.model or ""]
             args += [round(limit.period * _US) for limit in limits]
-            await self._run(limits, "throttle", keys, args)
+            out = await self._run(limits, "throttle", keys, args)
+            for limit, scale in zip(limits, out or (), strict=False):
+                limit._seen_scale = float(text(scale))
 
     async def aclose(self) -> None:
         """Close the connections (on their loops)."""

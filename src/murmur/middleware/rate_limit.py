@@ -214,8 +214,11 @@ class RateLimit:
         "_req_tat",
         "_scale_at",
         "_scale_from",
+        "_seen_pause",
+        "_seen_scale",
         "_tok_holes",
         "_tok_tat",
+        "_waiting",
         "agent",
         "burst",
         "clock",
@@ -305,9 +308,37 @@ class RateLimit:
         self._scale_from = 1.0
         self._scale_at = 0
         self._decreased_until = 0
+        #: Calls of this process sleeping until this limit (and the others of their call)
+        #: admits them.
+        self._waiting = 0
+        #: A stored limit's AIMD scale and pause (until, on ``time.monotonic``), as this
+        #: process last saw them (its admissions, its own 429s).
+        self._seen_scale = 1.0
+        self._seen_pause = 0.0
 
     def __repr__(self) -> str:
         return f"RateLimit({self.name!r})"
+
+    def state(self) -> dict[str, Any]:
+        """What the limit is doing, cheaply (a worker's heartbeat and status line show it):
+        ``factor``, the fraction of the configured rates in force (below 1 after a 429:
+        AIMD); ``waiting``, the calls of this process waiting for it; ``paused_until``, the
+        time (``time.time()``) until which a 429 paused a model it applies to, or ``None``.
+        A stored limit's factor and pause are those this process last saw (at its last
+        admission under it, or its own 429)."""
+        if self.store is None:
+            now = round(self.clock.now() * _US)
+            factor = self.scale(now)
+            left = (max(self._pauses.values(), default=0) - now) / _US
+        else:
+            factor = self._seen_scale
+            left = self._seen_pause - time.monotonic()
+        return {
+            "limit": self.name,
+            "factor": round(factor, 4),
+            "waiting": self._waiting,
+            "paused_until": time.time() + left if left > 0 else None,
+        }
 
     def applies(self, agent: str, model: str | None) -> bool:
         """Whether calls of ``agent`` to ``model`` are held to this limit."""
@@ -471,10 +502,11 @@ def throttle_seconds(error: BaseException) -> float | None:
 class _Plan:
     """The limits that apply to one (agent, model), in-process ones and stored ones."""
 
-    __slots__ = ("clock", "local", "model", "stored", "tokens", "tpm_floor")
+    __slots__ = ("clock", "limits", "local", "model", "stored", "tokens", "tpm_floor")
 
     def __init__(self, model: str | None, limits: Sequence[RateLimit]) -> None:
         self.model = model
+        self.limits = tuple(limits)
         self.local = tuple(limit for limit in limits if limit.store is None)
         self.stored = tuple(limit for limit in limits if limit.store is not None)
         self.clock = self.local[0].clock if self.local else _MONOTONIC
@@ -542,6 +574,10 @@ class RateLimitMiddleware:
         """Close the store connections, if any."""
         if self.stores is not None:
             await self.stores.aclose()
+
+    def state(self) -> list[dict[str, Any]]:
+        """Each limit's ``RateLimit.state()``."""
+        return [limit.state() for limit in self.limits]
 
     def _plan(self, agent: str, model: str | None) -> _Plan | None:
         key = (agent, model)
@@ -639,7 +675,13 @@ class RateLimitMiddleware:
             try:
                 if start > now:
                     slept = True
-                    await clock.sleep_until(start / _US)
+                    for limit in plan.limits:
+                        limit._waiting += 1
+                    try:
+                        await clock.sleep_until(start / _US)
+                    finally:
+                        for limit in plan.limits:
+                            limit._waiting -= 1
             except BaseException:
                 with anyio.CancelScope(shield=True):
                     await self._give_back(plan, places, stored_place)
