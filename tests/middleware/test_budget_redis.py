@@ -191,13 +191,13 @@ async def test_waiters_are_served_in_the_order_they_reached_redis(names: list[st
     order: as the holders settle one by one, each freed place goes to the waiter that
     asked first, across runtimes."""
     name = fresh(names, "fifo")
-    release = {i: anyio.Event() for i in range(3)}
+    release = {value: anyio.Event() for value in ("hold0", "hold1", "hold2", "waiters")}
     started: list[str] = []
 
     async def work(value: str) -> str:
         started.append(value)
-        if value.startswith("hold"):
-            await release[int(value[-1])].wait()
+        # Every task keeps its place until let go: each release frees exactly one.
+        await release[value if value.startswith("hold") else "waiters"].wait()
         return value
 
     def runtime() -> AgentRuntime:
@@ -213,8 +213,9 @@ async def test_waiters_are_served_in_the_order_they_reached_redis(names: list[st
             tg.start_soon(who.run, work, TaskSpec(input=value))
             await until(lambda waiting=waiting: queued(name) == waiting + 1)
         for i in range(3):
-            release[i].set()  # the place it frees goes to the longest waiting, fleet-wide
+            release[f"hold{i}"].set()  # the place it frees goes to the longest waiting
             await until(lambda i=i: len(started) == 4 + i)
+        release["waiters"].set()
     assert started[3:] == ["b1", "a4", "b2"]
     assert state(name)["reserved"] == "0"
 
