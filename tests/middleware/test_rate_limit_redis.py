@@ -28,6 +28,7 @@ from murmur import (
     RuntimeOptions,
     TaskSpec,
 )
+from murmur.middleware import RateLimitMiddleware
 
 pytestmark = pytest.mark.anyio
 
@@ -139,6 +140,36 @@ async def test_a_429_storm_pauses_only_its_model_fleet_wide(names: list[str]) ->
     assert limits[0].state()["factor"] == 0.5
     assert limits[0].state()["paused_until"] is not None
     assert limits[1].state() == {"limit": calm, "factor": 1.0, "waiting": 0, "paused_until": None}
+
+
+async def test_a_runtime_sends_its_admissions_one_at_a_time(names: list[str]) -> None:
+    """A burst of 50 calls: their admissions reach Redis one after the other, each answer
+    read as it arrives (a queue of answers would start the first-admitted calls late,
+    together with later ones, and bunch them at the provider), one round trip each."""
+    name = fresh(names, "serial")
+
+    async def fine(value: Any) -> Any:
+        return value
+
+    limit = RateLimit(agent="fine", rpm=60_000, store=require("redis"), name=name)
+    in_flight = most = calls = 0
+    async with AgentRuntime(options=RuntimeOptions(rate_limits=[limit])) as runtime:
+        [stage] = [s for s in runtime._core.stages if isinstance(s, RateLimitMiddleware)]
+        original = stage.stores.redis.run
+
+        async def run(*args: Any) -> Any:
+            nonlocal in_flight, most, calls
+            in_flight, calls = in_flight + 1, calls + 1
+            most = max(most, in_flight)
+            try:
+                return await original(*args)
+            finally:
+                in_flight -= 1
+
+        stage.stores.redis.run = run
+        results = await runtime.gather(fine, [TaskSpec(input=i) for i in range(50)])
+    assert [r.output for r in results] == list(range(50))
+    assert (most, calls) == (1, 50)
 
 
 @pytest.mark.parametrize("url", ["redis://127.0.0.1:1", "redis://10.255.255.1:6379"])

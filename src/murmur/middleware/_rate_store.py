@@ -185,6 +185,7 @@ class RedisRateStores:
         self._pending: dict[str, list[int]] = {}
         #: Pauses this process learnt of (its own 429s), by model: until (monotonic).
         self._paused: dict[str | None, float] = {}
+        self._asking: anyio.Lock | None = None
 
     async def _run(
         self, limits: tuple[RateLimit, ...], name: str, keys: list[str], args: list[Any]
@@ -221,23 +222,30 @@ class RedisRateStores:
         binding: RateLimit | None = None
         places: list[_Place] = []
         model = plan.model or ""
+        if self._asking is None:
+            self._asking = anyio.Lock()
         for limits in self._groups(plan).values():
             keys = [key_of(limit) for limit in limits]
-            args: list[Any] = [round(delay * _US), model, tokens]
-            for limit, key in zip(limits, keys, strict=True):
-                extra = self._pending.pop(key, None) or [0, 0]
-                rpm = limit.rpm
-                args += [
-                    0 if rpm is None else max(1, rpm - limit.burst),
-                    limit.burst,
-                    limit.tpm or 0,
-                    round(limit.period * _US),
-                    *extra,
-                ]
-            # Shielded: once the script ran, its places are taken; a cancellation now must
-            # give them back, which needs the answer.
-            with anyio.CancelScope(shield=True):
-                out = await self._run(limits, "reserve", keys, args)
+            # One admission at a time per runtime, in the order they came (the lock is
+            # fair): each answer is read as soon as it arrives, so that the moment a call
+            # starts (counted from its answer) is late by one round trip, not by a queue
+            # of answers to a burst of calls, which would bunch their starts.
+            async with self._asking:
+                args: list[Any] = [round(delay * _US), model, tokens]
+                for limit, key in zip(limits, keys, strict=True):
+                    extra = self._pending.pop(key, None) or [0, 0]
+                    rpm = limit.rpm
+                    args += [
+                        0 if rpm is None else max(1, rpm - limit.burst),
+                        limit.burst,
+                        limit.tpm or 0,
+                        round(limit.period * _US),
+                        *extra,
+                    ]
+                # Shielded: once the script ran, its places are taken; a cancellation now
+                # must give them back, which needs the answer.
+                with anyio.CancelScope(shield=True):
+                    out = await self._run(limits, "reserve", keys, args)
             if out is None:  # failed open
                 continue
             start = int(out[0]) / _US

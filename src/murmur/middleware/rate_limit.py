@@ -437,6 +437,8 @@ class RateLimit:
 
     def _correct(self, now: int, extra_requests: int, extra_tokens: int) -> None:
         """Charge what an attempt used beyond its reservation (or give back tokens below)."""
+        if (self.tpm is None or not extra_tokens) and (self.rpm is None or extra_requests <= 0):
+            return
         scale = self.scale(now)
         if self.rpm is not None and extra_requests > 0:
             tat = self._req_tat
@@ -522,11 +524,15 @@ class _Plan:
         model = self.model
         if len(local) == 1:
             return local[0]._take_now(now, tokens, model)
+        taken: list[tuple[RateLimit, int, int]] = []
         for limit in local:
-            if limit._earliest(now, tokens, model) > now:
+            before = (limit, limit._req_tat, limit._tok_tat)
+            if not limit._take_now(now, tokens, model):
+                for earlier, req_tat, tok_tat in taken:  # all or none: put those back
+                    earlier._req_tat = req_tat
+                    earlier._tok_tat = tok_tat
                 return False
-        for limit in local:
-            limit._take(now, tokens)
+            taken.append(before)
         return True
 
 
