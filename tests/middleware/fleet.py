@@ -4,6 +4,7 @@ writes ``OUT.ready`` once it can start, waits for ``OUT.go``, and writes its rep
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import time
@@ -11,6 +12,13 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from tests.workers import REPO, command_env
+
+
+def fresh(names: list[str], label: str) -> str:
+    """A name no other test uses, noted in ``names`` (the fixture deletes its keys)."""
+    name = f"test-{label}-{os.getpid()}-{time.monotonic_ns()}"
+    names.append(name)
+    return name
 
 
 def start(app: Path, argvs: Sequence[Sequence[str]]) -> list[subprocess.Popen[bytes]]:

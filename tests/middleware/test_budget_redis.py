@@ -6,12 +6,10 @@ and deletes their keys."""
 
 from __future__ import annotations
 
+import contextlib
 import json
-import os
 import signal
-import time
-from collections.abc import AsyncIterator, Iterator
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any, Literal
 
@@ -23,6 +21,7 @@ from pydantic_ai import RunContext
 from tests.distributed.brokers import require
 from tests.distributed.proxy import tcp_proxy
 from tests.middleware import fleet
+from tests.middleware.fleet import fresh
 
 import murmur
 from murmur import (
@@ -42,28 +41,6 @@ pytestmark = pytest.mark.anyio
 
 APP = Path(__file__).with_name("budget_fleet_app.py")
 QUIET = MultiEventEmitter([])
-
-
-@pytest.fixture
-def names() -> Iterator[list[str]]:
-    """Unique budget names for one test; their Redis keys are deleted after it."""
-    url = require("redis")
-    made: list[str] = []
-    yield made
-    client = redis.Redis.from_url(url)
-    try:
-        for name in made:
-            keys = list(client.scan_iter(match=f"murmur:budget:{name}*"))
-            if keys:
-                client.delete(*keys)
-    finally:
-        client.close()
-
-
-def fresh(names: list[str], label: str) -> str:
-    name = f"test-{label}-{os.getpid()}-{time.monotonic_ns()}"
-    names.append(name)
-    return name
 
 
 def state(name: str) -> dict[str, str]:
@@ -329,7 +306,7 @@ def test_bad_store_options_are_refused(bad: dict[str, Any]) -> None:
 # -- outages ------------------------------------------------------------------------------
 
 
-@asynccontextmanager
+@contextlib.asynccontextmanager
 async def silent_store() -> AsyncIterator[str]:
     """The URL of a server that accepts connections and reads, and never answers."""
 
@@ -351,26 +328,21 @@ async def fine(value: int, ctx: AgentContext) -> int:
     return value
 
 
-@pytest.mark.parametrize("url", ["redis://127.0.0.1:1", "redis://10.255.255.1:6379"])
-async def test_an_unreachable_store_fails_closed_in_time(url: str) -> None:
-    budget = TokenBudget(limit=1_000, store=url, store_timeout=0.3, name="unreachable")
-    options = RuntimeOptions(token_budget=budget)
-    async with AgentRuntime(options=options, event_emitter=QUIET) as runtime:
-        with anyio.fail_after(10):  # a bound on the test, not a measurement
-            result = await runtime.run(fine, TaskSpec(input=1))
-    assert isinstance(result.error, BudgetStoreError)
-    assert isinstance(result.error, ConnectionError)
-    assert "fails closed" in str(result.error)
+UNANSWERING = {"refused": "redis://127.0.0.1:1", "unroutable": "redis://10.255.255.1:6379"}
 
 
-async def test_a_silent_store_fails_closed_in_time() -> None:
-    async with silent_store() as url:
-        budget = TokenBudget(limit=1_000, store=url, store_timeout=0.3, name="silent")
+@pytest.mark.parametrize("store", ["refused", "unroutable", "silent"])
+async def test_a_store_that_does_not_answer_fails_closed_in_time(store: str) -> None:
+    async with contextlib.AsyncExitStack() as stack:
+        url = UNANSWERING.get(store) or await stack.enter_async_context(silent_store())
+        budget = TokenBudget(limit=1_000, store=url, store_timeout=0.3, name=store)
         options = RuntimeOptions(token_budget=budget)
         async with AgentRuntime(options=options, event_emitter=QUIET) as runtime:
             with anyio.fail_after(10):  # a bound on the test, not a measurement
                 result = await runtime.run(fine, TaskSpec(input=1))
     assert isinstance(result.error, BudgetStoreError)
+    assert isinstance(result.error, ConnectionError)
+    assert "fails closed" in str(result.error)
 
 
 @pytest.mark.parametrize("on_store_error", ["closed", "open"])

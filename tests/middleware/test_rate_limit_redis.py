@@ -5,9 +5,7 @@ their keys."""
 
 from __future__ import annotations
 
-import os
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +15,7 @@ import redis
 from pydantic_ai.exceptions import ModelHTTPError
 from tests.distributed.brokers import require
 from tests.middleware import fleet
+from tests.middleware.fleet import fresh
 from tests.support import Recorder
 
 from murmur import (
@@ -33,26 +32,6 @@ from murmur.middleware import RateLimitMiddleware
 pytestmark = pytest.mark.anyio
 
 APP = Path(__file__).with_name("ratelimit_fleet_app.py")
-
-
-@pytest.fixture
-def names() -> Iterator[list[str]]:
-    """Unique limit names for one test; their Redis keys are deleted after it."""
-    url = require("redis")
-    made: list[str] = []
-    yield made
-    client = redis.Redis.from_url(url)
-    try:
-        for name in made:
-            client.delete(f"murmur:ratelimit:{name}", f"murmur:ratelimit:{name}:h")
-    finally:
-        client.close()
-
-
-def fresh(names: list[str], label: str) -> str:
-    name = f"test-{label}-{os.getpid()}-{time.monotonic_ns()}"
-    names.append(name)
-    return name
 
 
 def most_in_window(times: list[float], width: float) -> int:
