@@ -13,6 +13,33 @@ import anyio.lowlevel
 from murmur import EventType, RuntimeEvent
 
 
+def throttled_once(name: str, model: str, retry_after: str) -> Any:
+    """A function agent of ``model`` whose first call fails with a provider's 429 asking to
+    wait ``retry_after`` seconds; later calls return their input."""
+    from pydantic_ai.exceptions import ModelHTTPError
+
+    from murmur import FunctionAgent
+
+    calls: list[Any] = []
+
+    async def call(value: Any) -> Any:
+        calls.append(value)
+        if len(calls) == 1:
+            raise ModelHTTPError(429, model, headers={"retry-after": retry_after})
+        return value
+
+    return FunctionAgent(call, name=name, model=model)
+
+
+def crossed(error: Exception) -> Exception:
+    """``error`` as a caller gets it back from a worker (through JSON)."""
+    from murmur import ErrorInfo
+
+    return ErrorInfo.model_validate_json(
+        ErrorInfo.from_exception(error).model_dump_json()
+    ).to_exception()
+
+
 class Recorder:
     """An event emitter that keeps every event it is handed."""
 
@@ -182,6 +209,13 @@ class FakeClock:
     def sleeping(self) -> int:
         """How many tasks are waiting for a later time."""
         return len(self._sleepers)
+
+    async def until_sleeping(self, count: int = 1) -> None:
+        """Until ``count`` tasks wait on this clock (they may be on another thread: a
+        worker's loop), at most 10 s."""
+        with anyio.fail_after(10):  # a bound on the test, not a measurement
+            while len(self._sleepers) < count:
+                await anyio.sleep(0.005)  # polling: the sleepers may be on another thread
 
     def next_deadline(self) -> float | None:
         return min((deadline for deadline, _ in self._sleepers), default=None)

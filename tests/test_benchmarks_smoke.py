@@ -47,6 +47,7 @@ def test_registry_lists_implemented_and_planned_scenarios() -> None:
         "scaling",
         "peers",
         "policies",
+        "rate_limits",
         "groups",
         "imports",
         "distributed",
@@ -253,6 +254,37 @@ def test_distributed_rows_on_memory_and_redis_and_nothing_left_on_the_broker() -
         assert list(client.scan_iter(match=f"{prefix}*")) == []
     finally:
         client.close()
+
+
+def test_rate_limits_cells_run_and_count_round_trips() -> None:
+    """A tiny overhead cell in-process and in Redis (round trips counted per call), and
+    the achieved-rpm arithmetic on made-up starts."""
+    rate_limits = _bench("scenarios.rate_limits")
+    local = rate_limits.measure_overhead(None, 50, ("asyncio",), 1)
+    stored = rate_limits.measure_overhead("redis://127.0.0.1:6379", 20, ("asyncio", "trio"), 1)
+    for cell in (local, stored):
+        data = json.loads(json.dumps(cell.to_json()))
+        variants = {row["impl"] for row in data["results"]}
+        assert variants == {rate_limits.BARE, rate_limits.ONE, rate_limits.TWO}
+    assert set(stored.round_trips) == {
+        (variant, backend)
+        for variant in (rate_limits.ONE, rate_limits.TWO)
+        for backend in ("asyncio", "trio")
+    }
+    # One script call admits a call under every limit in one Redis (corrections ride along).
+    assert all(trips == [1.0] for trips in stored.round_trips.values())
+    pace = rate_limits.Pace(runtimes=1, rpm=4, period=1.0, periods=2)
+    pace.starts = [0.0, 0.5, 1.0, 1.5, 2.0, 2.5]
+    assert (pace.achieved, pace.most_in_a_period, pace.passed) == (2.0, 2, False)
+    pace.starts = [0.0, 0.25, 0.5, 0.75, 1.0, 1.25, 1.5, 1.75]
+    assert (pace.achieved, pace.most_in_a_period, pace.passed) == (4.0, 4, True)
+    pace.starts = [0.0, 0.2, 0.4, 0.6, 0.8, 1.0]
+    assert (pace.achieved, pace.most_in_a_period, pace.passed) == (5.0, 5, False)
+    rows = rate_limits._overhead_rows([local, stored])
+    assert len(rows) == 3 + 6
+    labels = [h.label for h in rate_limits.summarise([local, stored], [pace])]
+    assert any("round trips per call" in label for label in labels)
+    assert any("achieved" in label for label in labels)
 
 
 def test_report_renders_a_scenario_result(tmp_path: Path) -> None:

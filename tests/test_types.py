@@ -149,6 +149,8 @@ def test_result_json_form_of_an_error_is_type_message_traceback() -> None:
         # Its classes and HTTP status: what retry rules judge a remote failure by.
         "kinds": ["builtins.ValueError"],
         "status_code": None,
+        # How long an HTTP error's response asked to wait: what a 429 pauses its model for.
+        "retry_after": None,
     }
 
 

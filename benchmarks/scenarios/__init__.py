@@ -2,7 +2,18 @@
 
 from __future__ import annotations
 
-from . import distributed, fidelity, groups, imports, overhead, peers, planned, policies, scaling
+from . import (
+    distributed,
+    fidelity,
+    groups,
+    imports,
+    overhead,
+    peers,
+    planned,
+    policies,
+    rate_limits,
+    scaling,
+)
 
 __all__ = [
     "distributed",
@@ -13,5 +24,6 @@ __all__ = [
     "peers",
     "planned",
     "policies",
+    "rate_limits",
     "scaling",
 ]

@@ -22,6 +22,7 @@ from .errors import AgentError as AgentError
 from .errors import AgentTimeoutError as AgentTimeoutError
 from .errors import BrokerUnavailableError as BrokerUnavailableError
 from .errors import BudgetExceededError as BudgetExceededError
+from .errors import BudgetStoreError as BudgetStoreError
 from .errors import DeadLetteredError as DeadLetteredError
 from .errors import InputValidationError as InputValidationError
 from .errors import InvalidStateError as InvalidStateError
@@ -69,6 +70,7 @@ __all__ = [
     "AgentTimeoutError",
     "BrokerUnavailableError",
     "BudgetExceededError",
+    "BudgetStoreError",
     "BufferedEmitter",
     "CallNext",
     "DeadLetteredError",

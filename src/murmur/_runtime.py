@@ -132,7 +132,7 @@ class AgentRuntime:
             transport=transport,
         )
         for stage in caller_stages:
-            if isinstance(stage, RateLimitMiddleware):
+            if isinstance(stage, (RateLimitMiddleware, CostTrackingMiddleware)):
                 stage.use_bridge(self._core._asyncio_bridge)
 
     @property
@@ -421,7 +421,7 @@ class _RuntimeCore(Host):
         with anyio.CancelScope(shield=True):
             try:
                 for stage in self.stages:
-                    if isinstance(stage, RateLimitMiddleware):
+                    if isinstance(stage, (RateLimitMiddleware, CostTrackingMiddleware)):
                         await stage.aclose()
                 await self.transport.aclose()
             finally:

@@ -18,6 +18,7 @@ from pydantic import (
 )
 
 from . import errors as _errors
+from ._http import retry_hint
 from .errors import InvalidValueError, RemoteAgentError
 
 __all__ = ["AgentResult", "ErrorInfo", "TaskSpec", "Usage", "new_task_id"]
@@ -96,6 +97,10 @@ class ErrorInfo(BaseModel):
     kinds: tuple[str, ...] = ()
     #: The HTTP status the exception carried (a provider's 429 or 503), if any.
     status_code: int | None = None
+    #: Seconds its response asked to wait (``Retry-After`` or a provider's rate-limit reset
+    #: headers, read where it happened), if an HTTP error said. (Optional within wire
+    #: version 1: a peer that does not know it ignores it, or sends none.)
+    retry_after: float | None = None
 
     @classmethod
     def from_exception(cls, error: BaseException) -> ErrorInfo:
@@ -107,6 +112,7 @@ class ErrorInfo(BaseModel):
                 traceback=error.remote_traceback,
                 kinds=error.kinds,
                 status_code=error.status_code,
+                retry_after=error.retry_after,
             )
         kind = type(error)
         name = (
@@ -121,12 +127,15 @@ class ErrorInfo(BaseModel):
             if issubclass(base, BaseException) and base not in _ROOTS
         )
         status = getattr(error, "status_code", None)
+        if not isinstance(status, int):
+            status = None
         return cls(
             type=name,
             message=str(error),
             traceback=tb,
             kinds=kinds,
-            status_code=status if isinstance(status, int) else None,
+            status_code=status,
+            retry_after=None if status is None else retry_hint(error),
         )
 
     def to_exception(self) -> Exception:
@@ -141,6 +150,7 @@ class ErrorInfo(BaseModel):
                 self.traceback,
                 kinds=self.kinds,
                 status_code=self.status_code,
+                retry_after=self.retry_after,
             )
         error = own(self.message)
         if self.traceback:

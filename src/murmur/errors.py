@@ -8,6 +8,7 @@ The whole hierarchy::
     │   ├── TaskCancelledError ─────── the task was cancelled by its batch (``fail_fast``)
     │   ├── AgentTimeoutError ──────── an attempt ran past ``timeout_seconds`` (a ``TimeoutError``)
     │   ├── BudgetExceededError ────── the shared ``TokenBudget`` is spent
+    │   ├── BudgetStoreError ───────── a budget's store is down, closed (``ConnectionError``)
     │   ├── RateLimitError ─────────── a call can never fit a ``RateLimit`` (more than its tpm)
     │   ├── RateLimitStoreError ────── a limit's store is down, closed (``ConnectionError``)
     │   ├── SpawnDepthExceededError ── a spawn went deeper than ``max_spawn_depth``
@@ -45,6 +46,7 @@ __all__ = [
     "AgentTimeoutError",
     "BrokerUnavailableError",
     "BudgetExceededError",
+    "BudgetStoreError",
     "DeadLetteredError",
     "InputValidationError",
     "InvalidStateError",
@@ -97,6 +99,11 @@ class BudgetExceededError(AgentError):
     """The shared ``TokenBudget`` is spent, or a run hit the cap it reserved."""
 
 
+class BudgetStoreError(AgentError, ConnectionError):
+    """A ``TokenBudget``'s store (Redis) could not be reached in time and the budget fails
+    closed (``on_store_error="closed"``); the URL shown has no password."""
+
+
 class RateLimitError(AgentError):
     """A call can never be admitted by a ``RateLimit``: its estimated tokens exceed the tpm."""
 
@@ -135,7 +142,9 @@ class RemoteAgentError(AgentError):
 
     ``kinds`` names the original exception's classes (``"builtins.ConnectionError"``,
     ``"builtins.OSError"``, ...), so that ``retry_on`` and the default retry rule judge it
-    as they would the original; ``status_code`` is the HTTP status it carried, if any.
+    as they would the original; ``status_code`` is the HTTP status it carried, if any, and
+    ``retry_after`` the seconds its response asked to wait (``Retry-After`` or a provider's
+    reset headers, read where it happened), if it said.
     """
 
     def __init__(
@@ -146,12 +155,14 @@ class RemoteAgentError(AgentError):
         *,
         kinds: tuple[str, ...] = (),
         status_code: int | None = None,
+        retry_after: float | None = None,
     ) -> None:
         self.type_name = type_name
         self.message = message
         self.remote_traceback = traceback
         self.kinds = kinds
         self.status_code = status_code
+        self.retry_after = retry_after
         super().__init__(f"{type_name}: {message}")
 
     def is_a(self, kind: type[BaseException]) -> bool:

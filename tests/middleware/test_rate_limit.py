@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -234,6 +235,35 @@ async def test_a_429_pauses_the_model_and_halves_then_restores_the_rate() -> Non
     assert starts[:3] == [0.0, 1.0, 11.0]
     assert starts[3] == pytest.approx(13.0, abs=0.01)
     assert limit.scale(round(11e6 + 120e6)) == 1.0  # fully recovered two periods on
+
+
+async def test_state_shows_the_factor_the_waiting_calls_and_the_pause() -> None:
+    """What a worker's heartbeat shows of a limit: after a 429 with Retry-After 10, half
+    the configured rates and the model paused 10 s; calls waiting for it, counted while
+    they wait."""
+    clock = FakeClock(start=0.0)
+    starts: list[float] = []
+    limit = RateLimit(provider="openai", rpm=61, clock=clock, name="openai")
+    assert limit.state() == {"limit": "openai", "factor": 1.0, "waiting": 0, "paused_until": None}
+
+    def fail(n: int) -> BaseException | None:
+        return ModelHTTPError(429, "gpt-4o", headers={"retry-after": "10"}) if n == 1 else None
+
+    agent = recording_agent(clock, starts, model="openai:gpt-4o", fail=fail)
+    async with AgentRuntime(options=RuntimeOptions(rate_limits=[limit])) as runtime:
+        await gather_on(clock, runtime, agent, [TaskSpec(input=0)])
+        state = limit.state()
+        assert (state["factor"], state["waiting"]) == (0.5, 0)
+        # The fake clock stands still: the pause ends 10 s from now, on the wall clock.
+        assert state["paused_until"] == pytest.approx(time.time() + 10, abs=1)
+        with anyio.CancelScope() as scope:
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(runtime.gather, agent, [TaskSpec(input=i) for i in range(3)])
+                await anyio.wait_all_tasks_blocked()
+                assert clock.sleeping == 3
+                assert limit.state()["waiting"] == 3
+                scope.cancel()
+    assert limit.state()["waiting"] == 0
 
 
 async def test_a_429_on_one_model_does_not_slow_another() -> None:

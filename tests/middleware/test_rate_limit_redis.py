@@ -5,11 +5,7 @@ their keys."""
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -18,8 +14,9 @@ import pytest
 import redis
 from pydantic_ai.exceptions import ModelHTTPError
 from tests.distributed.brokers import require
+from tests.middleware import fleet
+from tests.middleware.fleet import fresh
 from tests.support import Recorder
-from tests.workers import REPO, command_env
 
 from murmur import (
     AgentRuntime,
@@ -30,30 +27,11 @@ from murmur import (
     RuntimeOptions,
     TaskSpec,
 )
+from murmur.middleware import RateLimitMiddleware
 
 pytestmark = pytest.mark.anyio
 
 APP = Path(__file__).with_name("ratelimit_fleet_app.py")
-
-
-@pytest.fixture
-def names() -> Iterator[list[str]]:
-    """Unique limit names for one test; their Redis keys are deleted after it."""
-    url = require("redis")
-    made: list[str] = []
-    yield made
-    client = redis.Redis.from_url(url)
-    try:
-        for name in made:
-            client.delete(f"murmur:ratelimit:{name}", f"murmur:ratelimit:{name}:h")
-    finally:
-        client.close()
-
-
-def fresh(names: list[str], label: str) -> str:
-    name = f"test-{label}-{os.getpid()}-{time.monotonic_ns()}"
-    names.append(name)
-    return name
 
 
 def most_in_window(times: list[float], width: float) -> int:
@@ -137,6 +115,40 @@ async def test_a_429_storm_pauses_only_its_model_fleet_wide(names: list[str]) ->
     assert not any(field.startswith("p:") for field in calm_state)
     assert "sf" not in calm_state
     assert {e.data["limit"] for e in recorder.of(EventType.RATE_LIMIT_WAITED)} <= {calm}
+    # What a worker's heartbeat would show: gpt-4o's limit slowed and paused, the other not.
+    assert limits[0].state()["factor"] == 0.5
+    assert limits[0].state()["paused_until"] is not None
+    assert limits[1].state() == {"limit": calm, "factor": 1.0, "waiting": 0, "paused_until": None}
+
+
+async def test_a_runtime_sends_its_admissions_one_at_a_time(names: list[str]) -> None:
+    """A burst of 50 calls: their admissions reach Redis one after the other, each answer
+    read as it arrives (a queue of answers would start the first-admitted calls late,
+    together with later ones, and bunch them at the provider), one round trip each."""
+    name = fresh(names, "serial")
+
+    async def fine(value: Any) -> Any:
+        return value
+
+    limit = RateLimit(agent="fine", rpm=60_000, store=require("redis"), name=name)
+    in_flight = most = calls = 0
+    async with AgentRuntime(options=RuntimeOptions(rate_limits=[limit])) as runtime:
+        [stage] = [s for s in runtime._core.stages if isinstance(s, RateLimitMiddleware)]
+        original = stage.stores.redis.run
+
+        async def run(*args: Any) -> Any:
+            nonlocal in_flight, most, calls
+            in_flight, calls = in_flight + 1, calls + 1
+            most = max(most, in_flight)
+            try:
+                return await original(*args)
+            finally:
+                in_flight -= 1
+
+        stage.stores.redis.run = run
+        results = await runtime.gather(fine, [TaskSpec(input=i) for i in range(50)])
+    assert [r.output for r in results] == list(range(50))
+    assert (most, calls) == (1, 50)
 
 
 @pytest.mark.parametrize("url", ["redis://127.0.0.1:1", "redis://10.255.255.1:6379"])
@@ -171,29 +183,13 @@ def test_three_processes_share_one_rpm_at_the_model(tmp_path: Path, names: list[
     name = fresh(names, "fleet")
     rpm, period, tasks = 30, 6.0, 20
     outs = [tmp_path / f"p{i}.txt" for i in range(3)]
-    procs = [
-        subprocess.Popen(
-            [sys.executable, str(APP), name, str(rpm), str(period), str(tasks), backend, str(out)],
-            cwd=REPO,
-            env=command_env(),
-        )
-        for out, backend in zip(outs, ["asyncio", "trio", "asyncio"], strict=True)
-    ]
-    try:
-        deadline = time.monotonic() + 60
-        while not all(Path(f"{out}.ready").exists() for out in outs):
-            assert time.monotonic() < deadline, "the fleet's processes did not start"
-            assert all(p.poll() is None for p in procs), "a fleet process died"
-            time.sleep(0.05)  # polling for files the processes write
-        for out in outs:
-            Path(f"{out}.go").write_text("1")
-        for proc in procs:
-            assert proc.wait(timeout=120) == 0
-    finally:
-        for proc in procs:
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
+    fleet.run(
+        APP,
+        [
+            [name, str(rpm), str(period), str(tasks), backend, str(out)]
+            for out, backend in zip(outs, ["asyncio", "trio", "asyncio"], strict=True)
+        ],
+    )
     seen = [float(line) for out in outs for line in out.read_text().split()]
     assert len(seen) == 3 * tasks
     # rpm in any period; the documented burst in any period/60 ("1 s" at this scale) and

@@ -5,19 +5,13 @@ from __future__ import annotations
 import pytest
 from pydantic_ai.exceptions import ModelHTTPError
 
-from murmur import ErrorInfo, InputValidationError, RemoteAgentError
+from murmur import InputValidationError, RemoteAgentError
 from murmur.middleware.retry import _as_predicate, is_retryable
+from support import crossed
 
 
 class QuotaError(ConnectionError):
     """A user's own transient error class."""
-
-
-def crossed(error: Exception) -> Exception:
-    """``error`` as the caller gets it back from a worker (through JSON)."""
-    return ErrorInfo.model_validate_json(
-        ErrorInfo.from_exception(error).model_dump_json()
-    ).to_exception()
 
 
 @pytest.mark.parametrize(

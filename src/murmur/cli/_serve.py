@@ -331,7 +331,27 @@ def _console_line(event: str, timestamp: float, data: dict[str, Any]) -> str:
 
 
 def _pairs(fields: dict[str, Any]) -> list[str]:
-    return [f"{key}={_plain(value)}" for key, value in fields.items()]
+    return [
+        f"{key}={_limits_text(value) if key == 'rate_limits' else _plain(value)}"
+        for key, value in fields.items()
+    ]
+
+
+def _limits_text(states: list[dict[str, Any]]) -> str:
+    """A worker's rate limits (``Worker.rate_limit_state()``), one ``; `` apart: each one's
+    name, the fraction of its rates in force, how many calls wait for it, how long its
+    model is paused."""
+    now = time.time()
+    texts = []
+    for state in states:
+        text = f"{state['limit']} x{state['factor']:.2f}"
+        if state["waiting"]:
+            text += f" {state['waiting']} waiting"
+        until = state["paused_until"]
+        if until is not None and until > now:
+            text += f" paused {until - now:.1f}s"
+        texts.append(text)
+    return "; ".join(texts)
 
 
 def _plain(value: Any) -> str:
@@ -415,6 +435,10 @@ class _LiveReporter(_Reporter):
                 f"{name} {count}" for name, count in sorted(stats.per_agent.items())
             )
             status.append(f"  ({per_agent})", style="dim")
+        limits = worker.rate_limit_state()
+        if limits:
+            slowed = any(state["factor"] < 1 or state["paused_until"] for state in limits)
+            status.append(f"  limits: {_limits_text(limits)}", style="yellow" if slowed else "dim")
         return status
 
     def close(self) -> None:

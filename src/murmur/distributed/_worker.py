@@ -55,6 +55,7 @@ from ..errors import (
 )
 from ..events.log import LogEventEmitter
 from ..events.types import EventEmitter, EventType, RuntimeEvent
+from ..middleware.rate_limit import RateLimit, RateLimitMiddleware
 from ._adapter import DEFAULT_REDELIVER_AFTER, BrokerAdapter, DeadLetter, Delivery, load_adapter
 from ._registry import AgentRegistry
 from ._spawns import InheritedLimits
@@ -175,6 +176,10 @@ class Worker:
             session timeout (see docs/distributed.md). Also about how often the worker
             sweeps the channels of agents no live worker serves, dead-lettering their
             tasks past their deadline (``unserved``).
+        rate_limits: ``RateLimit``s the children its tasks spawn are admitted under (before
+            they are published, as a caller's are). The state of these, and of any
+            ``RateLimitMiddleware`` in ``middleware``, is in ``rate_limit_state()``, the
+            heartbeats and the CLI's status line.
 
     The worker runs on asyncio; under Trio its broker I/O and its tasks run on a helper
     asyncio loop.
@@ -194,6 +199,7 @@ class Worker:
         grace_seconds: float = 30.0,
         max_deliveries: int = DEFAULT_MAX_DELIVERIES,
         redeliver_after: float = DEFAULT_REDELIVER_AFTER,
+        rate_limits: Sequence[RateLimit] = (),
     ) -> None:
         self.url = parse_broker_url(broker)
         self._adapter_class = load_adapter(self.url)
@@ -227,6 +233,12 @@ class Worker:
         self.stats = WorkerStats()
         self._emitter = event_emitter if event_emitter is not None else LogEventEmitter()
         self._executor = Executor(list(middleware), agents=self.registry.as_mapping())
+        #: The spawns' limiter (caller-side, in the spawner runtime), if any.
+        self._spawn_limits = [RateLimitMiddleware(rate_limits)] if rate_limits else []
+        self._limiters = [
+            *(stage for stage in middleware if isinstance(stage, RateLimitMiddleware)),
+            *self._spawn_limits,
+        ]
         self._group: anyio.abc.TaskGroup | None = None
         self._scope: anyio.CancelScope | None = None
         self._stop_flag = False
@@ -388,7 +400,7 @@ class Worker:
         # their caller set (see _spawns).
         spawner = AgentRuntime(
             transport=BrokerTransport(self.url.secret, namespace=self.namespace),
-            middleware=[InheritedLimits()],
+            middleware=[InheritedLimits(), *self._spawn_limits],
             event_emitter=_HomeEmitter(self),
         )
         self._executor.host = spawner.__murmur_host__()
@@ -710,14 +722,20 @@ class Worker:
             what,
         )
 
+    def rate_limit_state(self) -> list[dict[str, Any]]:
+        """The state of the worker's rate limits, one dict per limit (``RateLimit.state``):
+        ``limit``, ``factor``, ``waiting``, ``paused_until``."""
+        return [state for limiter in self._limiters for state in limiter.state()]
+
     async def _heartbeat(self) -> None:
         if self.heartbeat_seconds <= 0:
             return
         while True:
             await anyio.sleep(self.heartbeat_seconds)
-            await self._emit(
-                EventType.WORKER_HEARTBEAT, {**self.stats.as_dict(), "rate": self.stats.rate()}
-            )
+            data = {**self.stats.as_dict(), "rate": self.stats.rate()}
+            if self._limiters:
+                data["rate_limits"] = self.rate_limit_state()
+            await self._emit(EventType.WORKER_HEARTBEAT, data)
 
     async def _emit(self, kind: EventType, data: dict[str, Any]) -> None:
         await self._emit_event(RuntimeEvent(type=kind, data={"worker": self.name, **data}))

@@ -18,17 +18,14 @@ after the call, or several limits in one atomic step; the script is 60 lines.
 
 from __future__ import annotations
 
-import asyncio
-import weakref
-from collections.abc import Awaitable, Callable
+import time
 from typing import TYPE_CHECKING, Any
-from urllib.parse import urlsplit, urlunsplit
 
 import anyio
 import anyio.lowlevel
-import sniffio
 
-from ..errors import MissingDependencyError, RateLimitStoreError
+from ..errors import RateLimitStoreError
+from ._redis import RedisScripts, redacted, store_errors, text
 
 if TYPE_CHECKING:
     from .rate_limit import RateLimit, _Plan
@@ -42,7 +39,8 @@ _PREFIX = "murmur:ratelimit:"
 # (KEYS[i]): rate of requests per period (0: no rpm), burst, tpm (0: none), period (µs),
 # and the pending correction: extra requests, extra tokens (may be < 0).
 # Returns: start - now (µs), index of the binding limit (0: none), then per limit the
-# request and token TATs before and after.
+# request and token TATs before and after, then per limit its AIMD scale and its pause of
+# the model - now (µs; what ``RateLimit.state`` shows).
 _RESERVE = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
@@ -78,7 +76,7 @@ for i = 1, #KEYS do
   if interval > 0 then e = math.max(e, rt - (burst - 1) * interval) end
   if cost > 0 then e = math.max(e, tt + cost - window) end
   if e > start then start = e; binding = i end
-  st[i] = {rt, tt, interval, cost, period}
+  st[i] = {rt, tt, interval, cost, period, scale, pause}
 end
 local out = {0, binding}
 for i = 1, #KEYS do
@@ -89,6 +87,10 @@ for i = 1, #KEYS do
   redis.call('HSET', KEYS[i], 'rt', string.format('%.0f', nrt), 'tt', string.format('%.0f', ntt))
   redis.call('PEXPIRE', KEYS[i], math.ceil((math.max(nrt, ntt) - now + 2 * s[5]) / 1000))
   for _, v in ipairs({s[1], nrt, s[2], ntt}) do table.insert(out, string.format('%.0f', v)) end
+end
+for i = 1, #KEYS do
+  table.insert(out, string.format('%.6f', st[i][6]))
+  table.insert(out, string.format('%.0f', st[i][7] - now))
 end
 out[1] = string.format('%.0f', start - now)
 return out
@@ -127,39 +129,32 @@ return 1
 """
 
 # A 429: ARGV pause (µs), model, then per limit its period (µs). Pauses the model and
-# halves the rates, once per pause (see rate_limit).
+# halves the rates, once per pause (see rate_limit). Returns per limit its scale now.
 _THROTTLE = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
 local untl = now + tonumber(ARGV[1])
 local field = 'p:' .. ARGV[2]
+local out = {}
 for i = 1, #KEYS do
   local period = tonumber(ARGV[2 + i])
   local h = redis.call('HMGET', KEYS[i], field, 'sf', 'sa', 'du')
   if (tonumber(h[1]) or 0) < untl then
     redis.call('HSET', KEYS[i], field, string.format('%.0f', untl))
   end
+  local sf, sa = tonumber(h[2]) or 1, tonumber(h[3]) or 0
+  local scale = 1
+  if sf < 1 then scale = math.min(1, sf + math.max(0, now - sa) * 0.5 / period) end
   if now >= (tonumber(h[4]) or 0) then
-    local sf, sa = tonumber(h[2]) or 1, tonumber(h[3]) or 0
-    local scale = 1
-    if sf < 1 then scale = math.min(1, sf + math.max(0, now - sa) * 0.5 / period) end
-    redis.call('HSET', KEYS[i], 'sf', tostring(math.max(1 / 16, scale * 0.5)),
+    scale = math.max(1 / 16, scale * 0.5)
+    redis.call('HSET', KEYS[i], 'sf', tostring(scale),
       'sa', string.format('%.0f', untl), 'du', string.format('%.0f', untl))
   end
+  table.insert(out, string.format('%.6f', scale))
   redis.call('PEXPIRE', KEYS[i], math.ceil((untl - now + 4 * period) / 1000))
 end
-return 1
+return out
 """
-
-
-def redacted(url: str) -> str:
-    """``url`` without its password."""
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    netloc = parts.netloc.rsplit("@", 1)[1]
-    user = f"{parts.username}:***@" if parts.username else ":***@"
-    return urlunsplit(parts._replace(netloc=user + netloc))
 
 
 def key_of(limit: RateLimit) -> str:
@@ -179,65 +174,18 @@ class _Place:
 
 
 class RedisRateStores:
-    """The Redis connections of one runtime's stored limits, by URL and event loop.
+    """The Redis connections of one runtime's stored limits, by URL and event loop."""
 
-    Args:
-        bridge: Returns the runtime's asyncio helper loop (used under Trio).
-    """
-
-    def __init__(self, bridge: Callable[[], Any]) -> None:
-        self._bridge = bridge
-        #: Per asyncio loop (the caller's, or the bridge's under Trio): clients by URL.
-        self._clients: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[str, Any]] = (
-            weakref.WeakKeyDictionary()
+    def __init__(self) -> None:
+        self.redis = RedisScripts(
+            {"reserve": _RESERVE, "give_back": _GIVE_BACK, "throttle": _THROTTLE},
+            "a RateLimit with store=",
         )
         #: Corrections not sent yet, by limit key: [extra requests, extra tokens].
         self._pending: dict[str, list[int]] = {}
         #: Pauses this process learnt of (its own 429s), by model: until (monotonic).
         self._paused: dict[str | None, float] = {}
-
-    # -- on the asyncio side -----------------------------------------------------------
-
-    def _client(self, url: str, timeout: float) -> tuple[Any, dict[str, Any]]:
-        loop = asyncio.get_running_loop()
-        clients = self._clients.get(loop)
-        if clients is None:
-            clients = self._clients[loop] = {}
-        client = clients.get(url)
-        if client is None:
-            try:
-                import redis.asyncio as aioredis
-            except ModuleNotFoundError as exc:
-                raise MissingDependencyError(
-                    "RateLimit(store='redis://...') needs the 'redis' package; install it "
-                    "with: pip install 'murmur-agents[redis]'",
-                    name="redis",
-                ) from exc
-            client = aioredis.Redis.from_url(
-                url, socket_timeout=timeout, socket_connect_timeout=timeout
-            )
-            scripts = {
-                name: client.register_script(text)
-                for name, text in (
-                    ("reserve", _RESERVE),
-                    ("give_back", _GIVE_BACK),
-                    ("throttle", _THROTTLE),
-                )
-            }
-            clients[url] = client = (client, scripts)
-        return client
-
-    async def _script(
-        self, url: str, seconds: float, name: str, keys: list[str], args: list[Any]
-    ) -> Any:
-        _, scripts = self._client(url, seconds)
-        with anyio.fail_after(seconds):
-            return await scripts[name](keys=keys, args=args)
-
-    async def _call(self, fn: Callable[..., Awaitable[Any]], *args: Any) -> Any:
-        if sniffio.current_async_library() == "asyncio":
-            return await fn(*args)
-        return await self._bridge().run(fn, *args)
+        self._asking: anyio.Lock | None = None
 
     async def _run(
         self, limits: tuple[RateLimit, ...], name: str, keys: list[str], args: list[Any]
@@ -247,8 +195,8 @@ class RedisRateStores:
         assert url is not None
         timeout = max(limit.store_timeout for limit in limits)
         try:
-            return await self._call(self._script, url, timeout, name, keys, args)
-        except (OSError, TimeoutError, _redis_errors()) as exc:
+            return await self.redis.run(url, timeout, name, keys, args)
+        except store_errors() as exc:
             if all(limit.on_store_error == "open" for limit in limits):
                 return None
             raise RateLimitStoreError(
@@ -274,27 +222,40 @@ class RedisRateStores:
         binding: RateLimit | None = None
         places: list[_Place] = []
         model = plan.model or ""
+        if self._asking is None:
+            self._asking = anyio.Lock()
         for limits in self._groups(plan).values():
             keys = [key_of(limit) for limit in limits]
-            args: list[Any] = [round(delay * _US), model, tokens]
-            for limit, key in zip(limits, keys, strict=True):
-                extra = self._pending.pop(key, None) or [0, 0]
-                rpm = limit.rpm
-                args += [
-                    0 if rpm is None else max(1, rpm - limit.burst),
-                    limit.burst,
-                    limit.tpm or 0,
-                    round(limit.period * _US),
-                    *extra,
-                ]
-            # Shielded: once the script ran, its places are taken; a cancellation now must
-            # give them back, which needs the answer.
-            with anyio.CancelScope(shield=True):
-                out = await self._run(limits, "reserve", keys, args)
+            # One admission at a time per runtime, in the order they came (the lock is
+            # fair): each answer is read as soon as it arrives, so that the moment a call
+            # starts (counted from its answer) is late by one round trip, not by a queue
+            # of answers to a burst of calls, which would bunch their starts.
+            async with self._asking:
+                args: list[Any] = [round(delay * _US), model, tokens]
+                for limit, key in zip(limits, keys, strict=True):
+                    extra = self._pending.pop(key, None) or [0, 0]
+                    rpm = limit.rpm
+                    args += [
+                        0 if rpm is None else max(1, rpm - limit.burst),
+                        limit.burst,
+                        limit.tpm or 0,
+                        round(limit.period * _US),
+                        *extra,
+                    ]
+                # Shielded: once the script ran, its places are taken; a cancellation now
+                # must give them back, which needs the answer.
+                with anyio.CancelScope(shield=True):
+                    out = await self._run(limits, "reserve", keys, args)
             if out is None:  # failed open
                 continue
             start = int(out[0]) / _US
-            place = _Place(limits, [_text(v) for v in out[2:]], anyio.current_time() + start)
+            seen = 2 + 4 * len(limits)
+            place = _Place(limits, [text(v) for v in out[2:seen]], anyio.current_time() + start)
+            for j, limit in enumerate(limits):
+                limit._seen_scale = float(text(out[seen + 2 * j]))
+                paused = int(text(out[seen + 2 * j + 1])) / _US
+                if paused > 0:
+                    limit._seen_pause = max(limit._seen_pause, time.monotonic() + paused)
             places.append(place)
             try:
                 await anyio.lowlevel.checkpoint_if_cancelled()
@@ -329,36 +290,16 @@ class RedisRateStores:
     async def throttle(self, plan: _Plan, pause: float) -> None:
         """A 429 for ``plan.model``: pause it and slow the stored limits, fleet-wide."""
         self._paused[plan.model] = anyio.current_time() + pause
+        for limit in plan.stored:
+            limit._seen_pause = max(limit._seen_pause, time.monotonic() + pause)
         for limits in self._groups(plan).values():
             keys = [key_of(limit) for limit in limits]
             args: list[Any] = [round(pause * _US), plan.model or ""]
             args += [round(limit.period * _US) for limit in limits]
-            await self._run(limits, "throttle", keys, args)
+            out = await self._run(limits, "throttle", keys, args)
+            for limit, scale in zip(limits, out or (), strict=False):
+                limit._seen_scale = float(text(scale))
 
     async def aclose(self) -> None:
         """Close the connections (on their loops)."""
-        clients = [(loop, c) for loop, by_url in self._clients.items() for c, _ in by_url.values()]
-        self._clients = weakref.WeakKeyDictionary()
-        for loop, client in clients:
-            if loop.is_closed():
-                continue
-            try:
-                if sniffio.current_async_library() == "asyncio":
-                    if loop is asyncio.get_running_loop():
-                        await client.aclose()
-                else:
-                    await self._bridge().run(client.aclose)
-            except (OSError, RuntimeError):
-                pass
-
-
-def _text(value: Any) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
-
-
-def _redis_errors() -> type[Exception]:
-    try:
-        from redis.exceptions import RedisError
-    except ModuleNotFoundError:  # pragma: no cover - the client import fails first
-        return OSError
-    return RedisError
+        await self.redis.aclose()

@@ -68,6 +68,12 @@ run's cap itself: each child's reservation comes off it and the unspent part goe
 the parent's run and its children share one allowance. A child's run grows from the pool it
 reserved from (a borrower from what its parent has left), and a parent's run grows from the
 budget, which also lets its borrowing children have more.
+
+Shared by a fleet (``store="redis://..."``): the same reservations, shares, queue and
+refusal, kept in Redis and changed by Lua scripts (see ``_budget_store``), so the bound
+above holds fleet-wide. A run cannot grow there (it would need a round trip from inside
+pydantic-ai's synchronous check): it is capped at what its task reserved, and a task of an
+agent not known yet reserves ``reserve_per_task``.
 """
 
 from __future__ import annotations
@@ -76,16 +82,19 @@ import contextlib
 import threading
 from collections import deque
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 import anyio
 
-from ..errors import BudgetExceededError, InvalidTypeError, InvalidValueError
+from ..errors import BudgetExceededError, InvalidStateError, InvalidTypeError, InvalidValueError
 from ..events.types import EventType
+from ._redis import check_store
 
 if TYPE_CHECKING:
     from .._context import AgentContext
     from .._pipeline import CallNext
+    from ._budget_store import RedisBudget
+    from ._redis import RedisScripts
 
 __all__ = ["CostTrackingMiddleware", "TokenBudget"]
 
@@ -108,6 +117,18 @@ class TokenBudget:
             each agent's tasks spend and a capped run may grow it while tokens are free (see
             docs/policies.md); this attribute then holds ``min(limit, 4096)``, the most a
             task of an agent whose spend is not known yet is granted.
+        store: ``None`` (this process), or a ``redis://`` / ``rediss://`` URL: the budget
+            is then shared by every process using the same URL and ``name`` (see
+            ``_budget_store`` and docs/policies.md: its runs do not grow, and a task of an
+            agent whose spend is not known yet reserves ``reserve_per_task``).
+        name: The budget's name in the store; by default made from its numbers.
+        on_store_error: What a task does when the store cannot be reached within
+            ``store_timeout``: ``"closed"`` fails it with ``BudgetStoreError``, ``"open"``
+            runs it unbudgeted (its spend is charged once the store answers again).
+        store_timeout: Seconds a task may wait for the store (each round trip).
+        lease: Seconds what a process holds outlives its last round trip to the store: a
+            process that died (or was not heard of for that long) has its reservations
+            charged as spent.
 
     ``used``, ``reserved`` and ``remaining`` can be read, and ``charge`` called, at any time
     from any thread. Share one budget among runtimes on the same event loop: tasks reserve
@@ -115,10 +136,21 @@ class TokenBudget:
     each reservation and settlement is a few plain steps with no ``await`` in between, which
     makes it atomic without a lock. (Under Trio, agents on the asyncio bridge thread report
     usage to their context, and the task settles at home.) ``charge`` keeps its own count,
-    under a lock, so it never races with them.
+    under a lock, so it never races with them. With a ``store``, the counters are those of
+    this process's last round trip, and ``charge`` is sent with its next one.
     """
 
-    def __init__(self, limit: int, *, reserve_per_task: int | None = None) -> None:
+    def __init__(
+        self,
+        limit: int,
+        *,
+        reserve_per_task: int | None = None,
+        store: str | None = None,
+        name: str | None = None,
+        on_store_error: Literal["closed", "open"] = "closed",
+        store_timeout: float = 2.0,
+        lease: float = 600.0,
+    ) -> None:
         if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
             raise InvalidValueError(f"TokenBudget limit must be an int >= 1, got {limit!r}")
         adaptive = reserve_per_task is None
@@ -132,8 +164,20 @@ class TokenBudget:
             raise InvalidValueError(
                 f"TokenBudget reserve_per_task must be an int >= 1, got {reserve_per_task!r}"
             )
+        check_store("TokenBudget", store, on_store_error, store_timeout)
+        if isinstance(lease, bool) or not isinstance(lease, (int, float)) or not lease > 0:
+            raise InvalidValueError(f"TokenBudget lease must be seconds > 0, got {lease!r}")
+        if name is None:
+            name = f"limit={limit}" + ("" if adaptive else f",reserve_per_task={reserve_per_task}")
+        elif not isinstance(name, str) or not name:
+            raise InvalidValueError("TokenBudget name must be a non-empty str")
         self.limit = limit
         self.reserve_per_task = reserve_per_task
+        self.store = store
+        self.name = name
+        self.on_store_error: Literal["closed", "open"] = on_store_error
+        self.store_timeout = float(store_timeout)
+        self.lease = float(lease)
         self._used = 0  # charged by settle(), on the event loop's thread
         self._charged = 0  # charged by charge(), from any thread, under _charge_lock
         self._charge_lock = threading.Lock()
@@ -160,6 +204,14 @@ class TokenBudget:
         #: spend from then on is charged there directly (it can no longer be counted with
         #: the lender's task).
         self._closed_into: TokenBudget | None = None
+        #: Shared through Redis: this process's view of the fleet-wide budget (then
+        #: ``_used`` and ``_reserved`` hold what the store said last, and ``_charged`` what
+        #: ``charge`` took since).
+        self._store: RedisBudget | None = None
+        if store is not None:
+            from ._budget_store import RedisBudget
+
+            self._store = RedisBudget(self)
 
     @property
     def used(self) -> int:
@@ -191,9 +243,13 @@ class TokenBudget:
 
         Raises:
             BudgetExceededError: the budget is spent.
+            InvalidStateError: the budget is shared through a store (only the runtime's
+                stage reserves from it).
         """
         if self._queue:
             return None
+        if self._store is not None:
+            raise self._stored_refusal()
         share = self._shares.get(key, self._first if self._holders else self._lone)
         floor = share.floor
         free = self.limit - self._used - self._charged - self._reserved
@@ -271,6 +327,7 @@ class TokenBudget:
 
         Raises:
             BudgetExceededError: the budget is spent.
+            InvalidStateError: as for ``try_reserve``.
         """
         granted = self.try_reserve(key)
         if granted is not None:
@@ -297,8 +354,23 @@ class TokenBudget:
             reservation: What ``reserve`` or ``try_reserve`` granted.
             used: What the task spent; it also sizes later reservations under ``key``.
             key: As given to ``reserve``.
+
+        Raises:
+            InvalidStateError: as for ``try_reserve``.
         """
+        if self._store is not None:
+            raise self._stored_refusal()
         self._settle(reservation, used, key, True)
+
+    def _stored(self) -> RedisBudget:
+        assert self._store is not None
+        return self._store
+
+    def _stored_refusal(self) -> InvalidStateError:
+        return InvalidStateError(
+            f"TokenBudget {self.name!r} is shared through a store: its tasks reserve and "
+            "settle through an AgentRuntime's stage, not directly"
+        )
 
     def _settle(self, reservation: int, used: int, key: str | None, learn: bool) -> None:
         self._reserved -= reservation
@@ -351,6 +423,10 @@ class TokenBudget:
     def _release_orphan(self, reservation: int, used: int, *, last: bool) -> None:
         """Settle a loan kept here for a borrower that outlived its lender's task; ``last``:
         no loan of that lender is out any more."""
+        if self._store is not None:
+            # The lender was charged the whole loan: only what went beyond it is left.
+            self.charge(used - reservation)
+            return
         self._reserved -= reservation
         if last:
             self._holders -= 1
@@ -419,42 +495,68 @@ class CostTrackingMiddleware:
             raise InvalidTypeError(f"budget must be a TokenBudget, got {type(budget).__name__}")
         self.budget = budget
         self._lenders = budget._lenders
+        #: A budget shared through Redis: this runtime's connections to it.
+        self._redis: RedisScripts | None = None
+        if budget._store is not None:
+            from ._budget_store import budget_scripts
+
+            self._redis = budget_scripts()
+
+    def use_bridge(self, bridge: Callable[[], Any]) -> None:
+        """Run the Redis client on ``bridge()``'s asyncio loop under Trio (the runtime's)."""
+        if self._redis is not None:
+            self._redis.bridge = bridge
+
+    async def aclose(self) -> None:
+        """Close the store connections, if any."""
+        if self._redis is not None:
+            await self._redis.aclose()
 
     async def __call__(self, ctx: AgentContext, call_next: CallNext) -> Any:
         budget = self.budget
         pool = budget
         key = ctx.agent
+        # Shared through Redis (``store=``): a round trip reserves (or queues, first come
+        # first served across the fleet) and one settles; `n` names the reservation there.
+        redis = self._redis
+        n = 0
+        reservation: int | None  # None: the store failed open
         try:
             parent = ctx.parent
             if parent is None:
                 parent = _outer_holder(ctx, budget)
             if parent is None or parent.token_cap is None:
-                granted = budget.try_reserve(key)  # the common case: no waiting, no coroutine
-                reservation = await budget.reserve(key) if granted is None else granted
+                if redis is None:
+                    granted = budget.try_reserve(key)  # the common case: no waiting, no coroutine
+                    reservation = await budget.reserve(key) if granted is None else granted
+                else:
+                    reservation, n = await budget._stored().reserve(redis, key)
             else:
                 # A spawned child never waits on the shared budget: its ancestors hold
                 # reservations there while they wait for it. A share if one is free now
                 # (ahead of waiting tasks: it finishes admitted work), or borrow.
-                granted = budget._try_reserve_now(key)
-                if granted is None:
+                held = await self._reserve_now(key)
+                if held is None:
                     try:
                         pool = self._lender(parent)
-                        granted = await pool.reserve(key)
+                        held = await pool.reserve(key), 0
                     except BudgetExceededError:
                         # The parent's share is spent; tokens may have come free meanwhile.
                         pool = budget
-                        granted = budget._try_reserve_now(key)
-                        if granted is None:
+                        held = await self._reserve_now(key)
+                        if held is None:
                             raise
-                reservation = granted
+                reservation, n = held
         except BudgetExceededError:
             await ctx.emit(EventType.BUDGET_EXCEEDED, data=_budget_data(budget))
             raise
+        # No cap when a store failed open: the task runs unbudgeted, and is charged later.
         ctx.token_cap = reservation
         ctx._budget = budget
         growth = None
-        if ctx.impl.asyncio_only and pool._adaptive:
-            # A pydantic-ai run, which may grow the reservation as it goes (`run_growth`).
+        if ctx.impl.asyncio_only and pool._adaptive and (redis is None or pool is not budget):
+            # A pydantic-ai run, which may grow the reservation as it goes (`run_growth`);
+            # not from a store, which cannot be asked from inside the run.
             growth = _growing[ctx] = _Growth(ctx, pool, key)
         ended = False  # by a result or an error, not cancelled: its spend is worth learning
         try:
@@ -473,7 +575,7 @@ class CostTrackingMiddleware:
             if growth is not None:
                 del _growing[ctx]
                 growth.pool = None  # grows no more
-                reservation += growth.grown
+                reservation = (reservation or 0) + growth.grown
             spent = ctx._input_tokens + ctx._output_tokens  # ctx.total_tokens, inlined
             kept = 0
             if self._lenders:
@@ -485,15 +587,31 @@ class CostTrackingMiddleware:
                     # are charged there directly when they settle.
                     kept = lent._reserved
                     lent._closed_into = pool
-            # What is still out on loan stays reserved here, held by one holder until the
-            # last borrower settles (newcomers wait for it: it is neither granted nor
-            # counted as spent).
-            pool._settle(reservation - kept, spent, key, ended)
-            if kept:
-                pool._holders += 1
-            if pool is not budget and parent is not None and parent.token_cap is not None:
-                # What a borrower spent is gone from its parent's reservation for good.
-                parent.token_cap -= spent
+            if redis is not None and pool is budget:
+                # Borrowers still running are charged their whole loan now, and what they
+                # spend beyond it when they settle (``_release_orphan``).
+                with anyio.CancelScope(shield=True):
+                    await budget._stored().settle(
+                        redis, n, reservation or 0, spent + kept, key, learn=ended
+                    )
+            else:
+                # What is still out on loan stays reserved here, held by one holder until
+                # the last borrower settles (newcomers wait for it: it is neither granted
+                # nor counted as spent).
+                pool._settle((reservation or 0) - kept, spent, key, ended)
+                if kept:
+                    pool._holders += 1
+                if pool is not budget and parent is not None and parent.token_cap is not None:
+                    # What a borrower spent is gone from its parent's reservation for good.
+                    parent.token_cap -= spent
+
+    async def _reserve_now(self, key: str) -> tuple[int | None, int] | None:
+        """A spawned child's share of the budget if one is free now (ahead of waiting
+        tasks), with its id in the store; ``None`` when none is."""
+        if self._redis is None:
+            granted = self.budget._try_reserve_now(key)
+            return None if granted is None else (granted, 0)
+        return await self.budget._stored().reserve_now(self._redis, key)
 
     def _lender(self, parent: AgentContext) -> TokenBudget:
         lent = self._lenders.get(parent)

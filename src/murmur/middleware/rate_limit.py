@@ -50,9 +50,7 @@ pool, where every other task waits for the same limits anyway.
 
 from __future__ import annotations
 
-import email.utils
 import math
-import re
 import time
 from collections.abc import Callable, Iterable, Sequence
 from typing import TYPE_CHECKING, Any, Literal, Protocol, runtime_checkable
@@ -61,15 +59,15 @@ import anyio
 import pydantic_core
 from pydantic import BaseModel
 
+from .._http import retry_hint
 from ..errors import (
-    InvalidStateError,
     InvalidTypeError,
     InvalidValueError,
     RateLimitError,
     RemoteAgentError,
 )
 from ..events.types import EventType
-from .retry import retry_after_seconds
+from ._redis import check_store
 
 if TYPE_CHECKING:
     from .._context import AgentContext
@@ -216,8 +214,11 @@ class RateLimit:
         "_req_tat",
         "_scale_at",
         "_scale_from",
+        "_seen_pause",
+        "_seen_scale",
         "_tok_holes",
         "_tok_tat",
+        "_waiting",
         "agent",
         "burst",
         "clock",
@@ -264,20 +265,7 @@ class RateLimit:
             raise InvalidValueError(f"RateLimit burst={burst} is more than rpm={rpm}")
         if not (isinstance(period, (int, float)) and math.isfinite(period) and period > 0):
             raise InvalidValueError(f"RateLimit period must be seconds > 0, got {period!r}")
-        if store is not None and (
-            not isinstance(store, str) or not store.startswith(("redis://", "rediss://"))
-        ):
-            raise InvalidValueError(
-                f"RateLimit store must be None or a redis:// or rediss:// URL, got {store!r}"
-            )
-        if on_store_error not in ("closed", "open"):
-            raise InvalidValueError(
-                f"RateLimit on_store_error must be 'closed' or 'open', got {on_store_error!r}"
-            )
-        if not (isinstance(store_timeout, (int, float)) and store_timeout > 0):
-            raise InvalidValueError(
-                f"RateLimit store_timeout must be seconds > 0, got {store_timeout!r}"
-            )
+        check_store("RateLimit", store, on_store_error, store_timeout)
         if clock is not None and not isinstance(clock, Clock):
             raise InvalidTypeError(
                 "RateLimit clock must have now() and `async def sleep_until(deadline)`"
@@ -320,9 +308,37 @@ class RateLimit:
         self._scale_from = 1.0
         self._scale_at = 0
         self._decreased_until = 0
+        #: Calls of this process sleeping until this limit (and the others of their call)
+        #: admits them.
+        self._waiting = 0
+        #: A stored limit's AIMD scale and pause (until, on ``time.monotonic``), as this
+        #: process last saw them (its admissions, its own 429s).
+        self._seen_scale = 1.0
+        self._seen_pause = 0.0
 
     def __repr__(self) -> str:
         return f"RateLimit({self.name!r})"
+
+    def state(self) -> dict[str, Any]:
+        """What the limit is doing, cheaply (a worker's heartbeat and status line show it):
+        ``factor``, the fraction of the configured rates in force (below 1 after a 429:
+        AIMD); ``waiting``, the calls of this process waiting for it; ``paused_until``, the
+        time (``time.time()``) until which a 429 paused a model it applies to, or ``None``.
+        A stored limit's factor and pause are those this process last saw (at its last
+        admission under it, or its own 429)."""
+        if self.store is None:
+            now = round(self.clock.now() * _US)
+            factor = self.scale(now)
+            left = (max(self._pauses.values(), default=0) - now) / _US
+        else:
+            factor = self._seen_scale
+            left = self._seen_pause - time.monotonic()
+        return {
+            "limit": self.name,
+            "factor": round(factor, 4),
+            "waiting": self._waiting,
+            "paused_until": time.time() + left if left > 0 else None,
+        }
 
     def applies(self, agent: str, model: str | None) -> bool:
         """Whether calls of ``agent`` to ``model`` are held to this limit."""
@@ -421,6 +437,8 @@ class RateLimit:
 
     def _correct(self, now: int, extra_requests: int, extra_tokens: int) -> None:
         """Charge what an attempt used beyond its reservation (or give back tokens below)."""
+        if (self.tpm is None or not extra_tokens) and (self.rpm is None or extra_requests <= 0):
+            return
         scale = self.scale(now)
         if self.rpm is not None and extra_requests > 0:
             tat = self._req_tat
@@ -471,65 +489,13 @@ def throttle_seconds(error: BaseException) -> float | None:
     A 429 is any exception with ``status_code == 429``: pydantic-ai's ``ModelHTTPError``,
     the provider SDKs' own errors (``openai.RateLimitError``, ...), or a worker's failure
     (``RemoteAgentError``) that carried it. Its headers are read from ``error.headers`` or
-    ``error.response.headers``.
+    ``error.response.headers`` (``murmur._http.retry_hint``); a worker read them where
+    the failure happened and sent the reading back (``RemoteAgentError.retry_after``).
     """
     if getattr(error, "status_code", None) != 429:
         return None
-    if isinstance(error, RemoteAgentError):
-        return DEFAULT_PAUSE  # the headers stayed in the other process
-    hinted = retry_after_seconds(error)  # pydantic-ai's own reading, if it is one of its
-    if hinted is not None:
-        return hinted
-    headers = getattr(error, "headers", None)
-    if headers is None:
-        headers = getattr(getattr(error, "response", None), "headers", None)
-    if not headers:
-        return DEFAULT_PAUSE
-    waits = []
-    try:
-        items = list(headers.items())
-    except (AttributeError, TypeError):
-        return DEFAULT_PAUSE
-    for name, value in items:
-        if isinstance(name, str) and isinstance(value, str):
-            seconds = _header_seconds(name.lower(), value)
-            if seconds is not None:
-                waits.append(seconds)
-    return max(waits) if waits else DEFAULT_PAUSE
-
-
-_DURATION = re.compile(r"(\d+(?:\.\d+)?)(ms|h|m|s)")
-_UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
-
-
-def _header_seconds(name: str, value: str) -> float | None:
-    """Seconds a ``Retry-After`` or a provider's rate-limit reset header asks to wait."""
-    if name in ("retry-after", "retry-after-ms"):
-        try:
-            seconds = float(value) / (1000.0 if name == "retry-after-ms" else 1.0)
-        except ValueError:
-            try:
-                return max(0.0, email.utils.parsedate_to_datetime(value).timestamp() - time.time())
-            except (TypeError, ValueError):
-                return None
-        return max(0.0, seconds) if math.isfinite(seconds) else None
-    if name.startswith("x-ratelimit-reset"):  # OpenAI: "1s", "6m0s", "20ms"
-        parts = _DURATION.findall(value.strip())
-        if not parts:
-            return None
-        return sum(float(number) * _UNIT_SECONDS[unit] for number, unit in parts)
-    if name.startswith("anthropic-ratelimit-") and name.endswith("-reset"):  # RFC 3339
-        try:
-            from datetime import datetime
-
-            when = datetime.fromisoformat(value.strip().replace("Z", "+00:00"))
-        except ValueError:
-            try:
-                when = email.utils.parsedate_to_datetime(value)
-            except (TypeError, ValueError):
-                return None
-        return max(0.0, when.timestamp() - time.time())
-    return None
+    hinted = error.retry_after if isinstance(error, RemoteAgentError) else retry_hint(error)
+    return DEFAULT_PAUSE if hinted is None else hinted
 
 
 # -- the stage --------------------------------------------------------------------------
@@ -538,10 +504,11 @@ def _header_seconds(name: str, value: str) -> float | None:
 class _Plan:
     """The limits that apply to one (agent, model), in-process ones and stored ones."""
 
-    __slots__ = ("clock", "local", "model", "stored", "tokens", "tpm_floor")
+    __slots__ = ("clock", "limits", "local", "model", "stored", "tokens", "tpm_floor")
 
     def __init__(self, model: str | None, limits: Sequence[RateLimit]) -> None:
         self.model = model
+        self.limits = tuple(limits)
         self.local = tuple(limit for limit in limits if limit.store is None)
         self.stored = tuple(limit for limit in limits if limit.store is not None)
         self.clock = self.local[0].clock if self.local else _MONOTONIC
@@ -557,11 +524,15 @@ class _Plan:
         model = self.model
         if len(local) == 1:
             return local[0]._take_now(now, tokens, model)
+        taken: list[tuple[RateLimit, int, int]] = []
         for limit in local:
-            if limit._earliest(now, tokens, model) > now:
+            before = (limit, limit._req_tat, limit._tok_tat)
+            if not limit._take_now(now, tokens, model):
+                for earlier, req_tat, tok_tat in taken:  # all or none: put those back
+                    earlier._req_tat = req_tat
+                    earlier._tok_tat = tok_tat
                 return False
-        for limit in local:
-            limit._take(now, tokens)
+            taken.append(before)
         return True
 
 
@@ -593,30 +564,26 @@ class RateLimitMiddleware:
             raise InvalidValueError("the in-process rate_limits of a runtime must share one clock")
         self._estimate = estimator if estimator is not None else estimate_input_tokens
         self._plans: dict[tuple[str, str | None], Any] = {}
-        self._bridge: Callable[[], Any] | None = None
         #: The Redis connections of the limits with ``store=`` (fleet-wide), if any.
         self.stores: Any = None
         if any(limit.store is not None for limit in self.limits):
             from ._rate_store import RedisRateStores
 
-            self.stores = RedisRateStores(self._asyncio_bridge)
+            self.stores = RedisRateStores()
 
     def use_bridge(self, bridge: Callable[[], Any]) -> None:
         """Run the Redis client on ``bridge()``'s asyncio loop under Trio (the runtime's)."""
-        self._bridge = bridge
-
-    def _asyncio_bridge(self) -> Any:
-        if self._bridge is None:
-            raise InvalidStateError(
-                "a RateLimit with store= needs an asyncio loop under Trio: use the stage "
-                "through an AgentRuntime (RuntimeOptions(rate_limits=...)), which lends its own"
-            )
-        return self._bridge()
+        if self.stores is not None:
+            self.stores.redis.bridge = bridge
 
     async def aclose(self) -> None:
         """Close the store connections, if any."""
         if self.stores is not None:
             await self.stores.aclose()
+
+    def state(self) -> list[dict[str, Any]]:
+        """Each limit's ``RateLimit.state()``."""
+        return [limit.state() for limit in self.limits]
 
     def _plan(self, agent: str, model: str | None) -> _Plan | None:
         key = (agent, model)
@@ -714,7 +681,13 @@ class RateLimitMiddleware:
             try:
                 if start > now:
                     slept = True
-                    await clock.sleep_until(start / _US)
+                    for limit in plan.limits:
+                        limit._waiting += 1
+                    try:
+                        await clock.sleep_until(start / _US)
+                    finally:
+                        for limit in plan.limits:
+                            limit._waiting -= 1
             except BaseException:
                 with anyio.CancelScope(shield=True):
                     await self._give_back(plan, places, stored_place)

@@ -2,16 +2,15 @@
 
 from __future__ import annotations
 
-import email.utils
 import math
 import random
-import time
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, TypeGuard
 
 import anyio
 
 from .._cancellation import stray_cancellation
+from .._http import retry_after
 from .._lazy import loaded_class
 from ..errors import (
     BudgetExceededError,
@@ -85,27 +84,8 @@ def _is_model_http_error(error: BaseException) -> TypeGuard[ModelHTTPError]:
     return http_error is not None and isinstance(error, http_error)
 
 
-def retry_after_seconds(error: BaseException) -> float | None:
-    """The ``Retry-After`` a 429/503 response asked for, in seconds, if any."""
-    if not _is_model_http_error(error):
-        return None
-    parsed = getattr(error, "retry_after", None)  # pydantic-ai's reading (retry-after-ms too)
-    if parsed is not None:
-        return max(0.0, float(parsed))
-    value = error.headers.get("retry-after") if error.headers else None
-    if value is None:
-        return None
-    try:
-        seconds = float(value)
-    except ValueError:
-        pass
-    else:
-        return max(0.0, seconds) if math.isfinite(seconds) else None
-    try:
-        when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    return max(0.0, when.timestamp() - time.time())
+#: The ``Retry-After`` a 429/503 response asked for, in seconds, if any.
+retry_after_seconds = retry_after
 
 
 class RetryMiddleware:
