@@ -7,8 +7,9 @@ message can only run an agent the worker registered: the name is looked up in it
 registry, nothing is imported.
 
 A worker also hears the namespace's control channel: a ``CancelMessage`` (its caller gave
-up) cancels the attempts it names that run here, and the worker remembers the others for a
-while, acknowledging them without running them when they arrive.
+up) cancels the attempts it names (by correlation id, or by the batch they belong to) that
+run here, and the worker remembers the others for a while, acknowledging them without
+running them when they arrive.
 """
 
 from __future__ import annotations
@@ -215,10 +216,13 @@ class Worker:
         self._portal: HomePortal | None = None
         #: Tasks cancelled by a stop, to hand back once the worker consumes no more.
         self._cut_off: list[Delivery] = []
-        #: The attempts running here, by correlation id, to cancel if their caller does.
+        #: The attempts running here, by correlation id and by batch id, to cancel if their
+        #: caller does.
         self._running: dict[str, set[anyio.CancelScope]] = {}
-        #: Attempts their callers cancelled, not to be run if they arrive.
+        self._running_batches: dict[str, set[anyio.CancelScope]] = {}
+        #: Attempts (and batches) their callers cancelled, not to be run if they arrive.
         self._revoked = _Revoked()
+        self._revoked_batches = _Revoked()
         self._state = "new"
 
     def __repr__(self) -> str:
@@ -431,6 +435,10 @@ class Worker:
             _log.debug("worker %s: ignored a control message of a kind it does not know", self.name)
             return
         until = message.until if message.until is not None else time.time() + REVOKED_TTL
+        for batch_id in message.batch_ids:
+            self._revoked_batches.add(batch_id, until)  # its queued attempts too
+            for scope in self._running_batches.get(batch_id, ()):
+                scope.cancel()
         for correlation_id in message.correlation_ids:
             self._revoked.add(correlation_id, until)  # a copy may be on its way here too
             for scope in self._running.get(correlation_id, ()):
@@ -468,26 +476,25 @@ class Worker:
             return
         stats = self.stats
         correlation_id = message.correlation_id
-        if self._revoked.holds(correlation_id):
+        batch_id = envelope.batch_id
+        if self._revoked.holds(correlation_id) or (
+            batch_id is not None and self._revoked_batches.holds(batch_id)
+        ):
             self._skip(envelope, "skipped")  # its caller cancelled it: never run, never redone
             await _quietly(delivery.ack())
             return
         stats.in_flight += 1
         try:
             sink = _ReplySink(adapter, message, self.name)
-            with anyio.CancelScope() as revoked:
-                running = self._running.setdefault(correlation_id, set())
-                running.add(revoked)
-                try:
-                    if envelope.deadline is not None and time.time() >= envelope.deadline:
-                        result = _expired(envelope)  # never start a paid call nobody waits for
-                    else:
-                        with _trace_context(envelope.trace_context):
-                            result = await self._executor.execute(envelope, sink)
-                finally:
-                    running.discard(revoked)
-                    if not running:
-                        del self._running[correlation_id]
+            with (
+                anyio.CancelScope() as revoked,
+                self._cancellable(correlation_id, batch_id, revoked),
+            ):
+                if envelope.deadline is not None and time.time() >= envelope.deadline:
+                    result = _expired(envelope)  # never start a paid call nobody waits for
+                else:
+                    with _trace_context(envelope.trace_context):
+                        result = await self._executor.execute(envelope, sink)
             if revoked.cancel_called:
                 # Its caller cancelled it (it may have finished first): nobody waits for a
                 # result; settled, never run again.
@@ -587,6 +594,25 @@ class Worker:
             address, result = reply
             await _quietly(adapter.publish_reply(address, result))
         await _quietly(delivery.ack())
+
+    @contextmanager
+    def _cancellable(
+        self, correlation_id: str, batch_id: str | None, scope: anyio.CancelScope
+    ) -> Iterator[None]:
+        """Where a revoke naming the attempt (or its batch) finds ``scope``, while it runs."""
+        indexes = [(self._running, correlation_id)]
+        if batch_id is not None:
+            indexes.append((self._running_batches, batch_id))
+        for index, key in indexes:
+            index.setdefault(key, set()).add(scope)
+        try:
+            yield
+        finally:
+            for index, key in indexes:
+                running = index[key]
+                running.discard(scope)
+                if not running:
+                    del index[key]
 
     def _skip(self, envelope: TaskEnvelope, what: str) -> None:
         self.stats.revoked += 1
