@@ -49,10 +49,12 @@ from ..errors import (
 from ..events.log import LogEventEmitter
 from ..events.types import EventEmitter, EventType, RuntimeEvent
 from ._adapter import DEFAULT_REDELIVER_AFTER, BrokerAdapter, DeadLetter, Delivery, load_adapter
+from ._outage import backoff
 from ._registry import AgentRegistry
 from ._spawns import InheritedLimits
 from ._transport import (
     DEFAULT_CONNECT_TIMEOUT,
+    DEFAULT_REPLY_GRACE,
     BrokerTransport,
     namespace_from_env,
     not_run,
@@ -84,6 +86,9 @@ _log = logging.getLogger("murmur.worker")
 REVOKED_MAX = 100_000
 #: Seconds a revoked attempt with no deadline is remembered.
 REVOKED_TTL = 3600.0
+#: Seconds a worker's stop waits, at most, for a result being sent and its task message
+#: acknowledged (the two go together: a stop between them would run the task again).
+SETTLE_SECONDS = 5.0
 
 
 @dataclass
@@ -99,9 +104,9 @@ class WorkerStats:
     #: Messages set aside as dead letters (unreadable, not for this worker, or delivered
     #: more than ``max_deliveries`` times).
     rejected: int = 0
-    #: Tasks taken but not finished (the worker stopped past its grace): left
-    #: unacknowledged for the broker to deliver again. (A task whose result could not be
-    #: sent ran: it counts as failed and is acknowledged.)
+    #: Tasks taken but not finished (the worker stopped past its grace), or run but their
+    #: result could not be sent while their caller waited: left unacknowledged for the
+    #: broker to deliver again.
     returned: int = 0
     #: Tasks their caller cancelled: stopped mid-run, or skipped when they arrived.
     revoked: int = 0
@@ -530,32 +535,87 @@ class Worker:
         stats.in_flight -= 1
         stats.per_agent[envelope.agent] += 1
         try:
-            await adapter.publish_reply(message.reply_to, data)
-        except Exception:
-            # The attempt ran (and was paid for); running it again would not make its reply
-            # deliverable. Its caller's deadline reports it lost; the worker goes on.
-            stats.failed += 1
-            _log.exception(
-                "worker %s: the result of task %s of agent %r could not be sent to %s",
-                self.name,
-                envelope.task.task_id,
-                envelope.agent,
-                message.reply_to,
-            )
-        else:
-            if result.error is None:
-                stats.processed += 1
+            sent = await self._reply(adapter, message, delivery, data)
+        except BaseException as exc:
+            # Stopped (past the grace) while its result could not be sent: not
+            # acknowledged, delivered again.
+            stats.returned += 1
+            if isinstance(exc, anyio.get_cancelled_exc_class()):
+                self._cut_off.append(delivery)  # released as those cut off mid-run are
             else:
-                stats.failed += 1
-        # Not acknowledged if the broker's connection fails here: the task comes again,
-        # and its caller drops the second result.
-        await _quietly(delivery.ack())
+                with anyio.CancelScope(shield=True):
+                    await _quietly(delivery.nack())
+            raise
+        if not sent:
+            # Run, but its result never reached the broker: left for the broker to deliver
+            # again (at worst run twice, never lost).
+            stats.returned += 1
+            with anyio.move_on_after(SETTLE_SECONDS, shield=True):
+                await _quietly(delivery.nack())
+        elif result.error is None:
+            stats.processed += 1
+        else:
+            stats.failed += 1
+
+    async def _reply(
+        self, adapter: BrokerAdapter, message: TaskMessage, delivery: Delivery, data: bytes
+    ) -> bool:
+        """Send an attempt's result (``data``) to its caller, then acknowledge its task
+        message; whether the result was sent.
+
+        The two go together, shielded from the worker's stop, within ``SETTLE_SECONDS``: a
+        stop between them would have the task run again after its result was sent. While
+        the broker does not take the result, it is tried again for as long as its caller
+        may wait: until the attempt's deadline plus ``DEFAULT_REPLY_GRACE``, or (no
+        deadline) until the worker stops past its grace, which cancels this wait."""
+        envelope = message.envelope
+        last = None if envelope.deadline is None else envelope.deadline + DEFAULT_REPLY_GRACE
+        failures = 0
+        while True:
+            sent = False
+            error = f"not sent within {SETTLE_SECONDS:g}s"
+            with anyio.move_on_after(SETTLE_SECONDS, shield=True):
+                try:
+                    await adapter.publish_reply(message.reply_to, data)
+                except Exception as exc:
+                    error = f"{type(exc).__name__}: {exc}"
+                else:
+                    sent = True
+                    # Not acknowledged if the broker's connection fails here: the task
+                    # comes again, and its caller drops the second result.
+                    await _quietly(delivery.ack())
+            if sent:
+                return True
+            failures += 1
+            if failures == 1:
+                _log.warning(
+                    "worker %s: the result of task %s of agent %r could not be sent to %s "
+                    "(%s); trying again while its caller may wait",
+                    self.name,
+                    envelope.task.task_id,
+                    envelope.agent,
+                    message.reply_to,
+                    scrub(error, self.url),
+                )
+            if last is not None and time.time() >= last:
+                _log.error(
+                    "worker %s: the result of task %s of agent %r could not be sent to %s "
+                    "before its caller stopped waiting: left unacknowledged, to be "
+                    "delivered again",
+                    self.name,
+                    envelope.task.task_id,
+                    envelope.agent,
+                    message.reply_to,
+                )
+                return False
+            await anyio.sleep(backoff(failures))
 
     async def _dead_letter(
         self, adapter: BrokerAdapter, data: bytes, delivery: Delivery, reason: str, detail: str
     ) -> None:
         """Set the message aside in the dead-letter store instead of running it, tell its
-        caller (if the message says who that is), then acknowledge it."""
+        caller (if the message says who that is), then acknowledge it (within
+        ``SETTLE_SECONDS``)."""
         self.stats.rejected += 1
         letter = DeadLetter(
             data=data,
@@ -566,34 +626,37 @@ class Worker:
             timestamp=time.time(),
             deliveries=delivery.deliveries,
         )
-        try:
-            await adapter.publish_dead_letter(letter)
-        except Exception:
-            # Never dropped unrecorded: left on the broker, to be delivered again.
-            _log.exception(
-                "worker %s: could not dead-letter a message (%s) from %s; put back",
+        # Shielded from the worker's stop, within a bound: a stop between storing it and
+        # acknowledging it would have it delivered and stored again.
+        with anyio.move_on_after(SETTLE_SECONDS, shield=True):
+            try:
+                await adapter.publish_dead_letter(letter)
+            except Exception:
+                # Never dropped unrecorded: left on the broker, to be delivered again.
+                _log.exception(
+                    "worker %s: could not dead-letter a message (%s) from %s; put back",
+                    self.name,
+                    reason,
+                    delivery.channel,
+                )
+                await _quietly(delivery.nack())
+                return
+            _log.error(
+                "worker %s: dead-lettered a message from %s (%s): %s",
                 self.name,
-                reason,
                 delivery.channel,
+                reason,
+                detail,
             )
-            await _quietly(delivery.nack())
-            return
-        _log.error(
-            "worker %s: dead-lettered a message from %s (%s): %s",
-            self.name,
-            delivery.channel,
-            reason,
-            detail,
-        )
-        try:
-            reply = _dead_letter_reply(data, letter)
-        except Exception:  # whatever the message holds, it never stops the worker
-            _log.exception("worker %s: could not read a dead letter's caller", self.name)
-            reply = None
-        if reply is not None:
-            address, result = reply
-            await _quietly(adapter.publish_reply(address, result))
-        await _quietly(delivery.ack())
+            try:
+                reply = _dead_letter_reply(data, letter)
+            except Exception:  # whatever the message holds, it never stops the worker
+                _log.exception("worker %s: could not read a dead letter's caller", self.name)
+                reply = None
+            if reply is not None:
+                address, result = reply
+                await _quietly(adapter.publish_reply(address, result))
+            await _quietly(delivery.ack())
 
     @contextmanager
     def _cancellable(
