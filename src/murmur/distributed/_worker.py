@@ -627,7 +627,8 @@ class Worker:
             deliveries=delivery.deliveries,
         )
         # Shielded from the worker's stop, within a bound: a stop between storing it and
-        # acknowledging it would have it delivered and stored again.
+        # acknowledging it would have it delivered and stored again (a copy ``murmur dlq``
+        # shows and replays once, as one whose acknowledgement failed).
         with anyio.move_on_after(SETTLE_SECONDS, shield=True):
             try:
                 await adapter.publish_dead_letter(letter)
