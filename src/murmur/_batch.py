@@ -4,6 +4,9 @@ Shared by ``gather`` and by a group's fanned-out nodes. Nothing is lost: every s
 exactly one ``AgentResult`` (a task cut off by ``fail_fast`` gets a ``TaskCancelledError``
 result carrying what it had spent), and a ``Tally`` keeps what finished and what was cut
 off, for a caller that may itself cancel the batch (a group under ``fail_fast``).
+
+A batch whose attempts run elsewhere (a transport) also has a ``BatchGuard``: cancelled as
+a whole, it is revoked as a whole, before any of its tasks sees the cancellation.
 """
 
 from __future__ import annotations
@@ -18,8 +21,9 @@ import anyio.lowlevel
 from ._context import Ledger
 from ._types import ZERO_USAGE, AgentResult, TaskSpec, Usage
 from .errors import TaskCancelledError
+from .events.log import log_exception
 
-__all__ = ["Tally", "run_pool", "single_exception"]
+__all__ = ["BatchGuard", "Tally", "run_pool", "single_exception"]
 
 #: Runs one task of the batch: ``submit(impl, spec, origin)``.
 Submit = Callable[[Any, TaskSpec, Any], Awaitable[AgentResult[Any]]]
@@ -59,6 +63,68 @@ class Tally:
 _NOTHING_SPENT: tuple[Usage, int, float] = (ZERO_USAGE, 0, 0.0)
 
 
+class BatchGuard:
+    """Revokes a batch whose attempts run elsewhere as one, when it is cancelled as one.
+
+    Every attempt of the batch carries ``batch_id``. Cancelled as a whole (its caller's
+    scope, ``fail_fast``), the batch calls ``revoke(batch_id)`` (the transport tells the
+    workers, naming the batch) before any of its tasks sees the cancellation: the workers
+    then skip its queued attempts and cancel its running ones together, rather than hear
+    of them in several messages while the slots the first ones free take the next queued
+    ones. So each task runs in a shielded scope (``task_scope``) and the pool's own task
+    waits in ``watch`` for the batch's cancellation: it revokes, then cancels the tasks.
+    A cancellation from inside one task (a caller-side stage's timeout around its
+    attempt) never reaches ``watch``: that attempt alone is stopped (by its transport),
+    and the batch, whose later attempts carry the same id, goes on.
+    """
+
+    __slots__ = ("_closing", "_revoke", "_scopes", "batch_id", "revoked")
+
+    def __init__(self, batch_id: str, revoke: Callable[[str], Awaitable[None]]) -> None:
+        self.batch_id = batch_id
+        self._revoke = revoke
+        #: The scopes of the tasks running now.
+        self._scopes: set[anyio.CancelScope] = set()
+        self._closing = anyio.CancelScope()
+        #: Set once the batch's cancellation is being passed on: no task starts after it.
+        self.revoked = False
+
+    @contextmanager
+    def task_scope(self) -> Iterator[anyio.CancelScope]:
+        """Where one task of the batch runs: shielded from the batch's cancellation, which
+        ``watch`` passes on once the batch is revoked."""
+        with anyio.CancelScope(shield=True) as scope:
+            if self.revoked:
+                scope.cancel()  # started as its batch is revoked: never to be sent
+            self._scopes.add(scope)
+            try:
+                yield scope
+            finally:
+                self._scopes.discard(scope)
+
+    async def watch(self) -> None:
+        """Wait (in the pool's own task) until ``close``, or until the batch is cancelled:
+        then revoke it, cancel its tasks, and let the cancellation go on."""
+        try:
+            with self._closing:
+                await anyio.sleep_forever()
+        except BaseException:
+            self.revoked = True
+            try:
+                with anyio.CancelScope(shield=True):
+                    await self._revoke(self.batch_id)
+            except Exception:
+                log_exception("revoking a cancelled batch failed", batch_id=self.batch_id)
+            finally:
+                for scope in list(self._scopes):
+                    scope.cancel()
+            raise
+
+    def close(self) -> None:
+        """Every task of the batch has ended: ``watch`` returns."""
+        self._closing.cancel()
+
+
 async def run_pool(
     specs: Sequence[TaskSpec],
     submit: Submit,
@@ -70,13 +136,14 @@ async def run_pool(
     fail_fast: bool,
     start_whole: bool,
     tally: Tally,
+    guard: BatchGuard | None = None,
 ) -> list[AgentResult[Any]]:
     """Run ``submit(impl, spec, origin)`` for every spec, at most ``limit`` at a time; one
     result per spec.
 
     ``start_whole``: start all ``limit`` workers at once (agents that always suspend);
     otherwise the pool grows by one each time work suspends. Cancellation of the caller
-    propagates once every worker has stopped.
+    propagates once every worker has stopped; with a ``guard``, once the batch is revoked.
     """
     count = len(specs)
     results = tally.slots
@@ -90,6 +157,7 @@ async def run_pool(
     max_workers = min(limit, count)
     first_failure: list[AgentResult[Any]] = []
     workers = 0
+    finished = 0
     spawn_pending = False
     checkpoint_if_cancelled = anyio.lowlevel.checkpoint_if_cancelled
     checkpoint = anyio.lowlevel.checkpoint
@@ -105,27 +173,42 @@ async def run_pool(
                 tg.start_soon(worker)
 
             async def worker() -> None:
-                nonlocal spawn_pending
+                nonlocal spawn_pending, finished
                 spawn_pending = False
-                for done, i in enumerate(indices, 1):
-                    if first_failure:
-                        return  # fail_fast fired: also stops workers whose agents never yield
-                    if not spawn_pending and workers < max_workers:
-                        grow()
-                    result = await submit(impl, specs[i], origin)
-                    results[i] = result
-                    if fail_fast and result.error is not None and not first_failure:
-                        first_failure.append(result)
-                        cancel_scope.cancel()
-                    # Cancellation is delivered after every task, even to agents that never
-                    # suspend; a full yield every 64 keeps such a batch from starving the loop.
-                    if done % 64:
-                        await checkpoint_if_cancelled()
-                    else:
-                        await checkpoint()
+                try:
+                    for done, i in enumerate(indices, 1):
+                        if first_failure:
+                            return  # fail_fast fired: also stops workers whose agents never yield
+                        if not spawn_pending and workers < max_workers:
+                            grow()
+                        if guard is None:
+                            result = await submit(impl, specs[i], origin)
+                        else:
+                            with guard.task_scope() as scope:
+                                result = await submit(impl, specs[i], origin)
+                            if scope.cancelled_caught:
+                                await checkpoint()  # the batch's cancellation, passed on
+                                return
+                        results[i] = result
+                        if fail_fast and result.error is not None and not first_failure:
+                            first_failure.append(result)
+                            cancel_scope.cancel()
+                        # Cancellation is delivered after every task, even to agents that
+                        # never suspend; a full yield every 64 keeps such a batch from
+                        # starving the loop.
+                        if done % 64:
+                            await checkpoint_if_cancelled()
+                        else:
+                            await checkpoint()
+                finally:
+                    finished += 1
+                    if guard is not None and finished == workers:
+                        guard.close()
 
             for _ in range(max_workers if start_whole else 1):
                 grow()
+            if guard is not None:
+                await guard.watch()
 
     if first_failure:
         failed = first_failure[0]

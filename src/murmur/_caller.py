@@ -192,6 +192,7 @@ class _RemoteAttempt:
             trace_id=origin.trace_id,
             call_id=origin.call_id,
             parent_call_id=origin.parent_call_id,
+            batch_id=origin.batch_id,
             parent_task_id=origin.parent_task_id,
             depth=origin.depth,
             deadline=deadline,

@@ -38,6 +38,7 @@ class CallOrigin:
     """
 
     __slots__ = (
+        "batch_id",
         "bridge",
         "call_id",
         "caller_cancels",
@@ -90,6 +91,9 @@ class CallOrigin:
         #: and the enclosing call's (a group's, for the calls running its nodes).
         self.call_id = call_id if call_id is not None else (new_task_id() if wants else None)
         self.parent_call_id = parent_call_id
+        #: The id its attempts carry to be revoked together (a batch whose attempts run
+        #: elsewhere; see ``BatchGuard``), whether or not events are wanted.
+        self.batch_id: str | None = None
         #: Cancellation requests the task running this call's tasks had pending when they
         #: started (asyncio; see ``_cancellation``): only later ones were sent to them.
         self.cancels = 0

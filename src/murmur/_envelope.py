@@ -39,6 +39,10 @@ class TaskEnvelope(BaseModel):
     trace_id: str
     call_id: str | None = None
     parent_call_id: str | None = None
+    #: The batch (a ``gather``, a group node's fan-out) this attempt belongs to, where its
+    #: attempts run elsewhere: the caller revokes them all by it at once if the batch is
+    #: cancelled as a whole (``Transport.revoke_batch``). ``None`` for a single task.
+    batch_id: str | None = None
     parent_task_id: str | None = None
     depth: int = Field(default=0, ge=0)
     deadline: float | None = None

@@ -13,7 +13,7 @@ import anyio
 import sniffio
 
 from ._agents import AgentImpl, AgentLike, resolve_agent
-from ._batch import Tally, run_pool
+from ._batch import BatchGuard, Tally, run_pool
 from ._bridge import AsyncioBridge
 from ._caller import TaskRunner
 from ._cancellation import pending_cancellations, running_task
@@ -384,6 +384,7 @@ class _RuntimeCore(Host):
         self._emitter_failed = False
         self._bridge: AsyncioBridge | None = None
         self._closed = False
+        self._remote = transport is not None
         if transport is None:
             executor = Executor(executor_stages, bridge=self._asyncio_bridge)
             self.transport: Transport = LocalTransport(executor)
@@ -506,6 +507,11 @@ class _RuntimeCore(Host):
         if count == 0:
             tally.slots[:] = []
             return []
+        guard = None
+        if self._remote:
+            # Its attempts run elsewhere: cancelled as a whole, it is revoked as a whole.
+            guard = BatchGuard(new_task_id(), self.transport.revoke_batch)
+            origin.batch_id = guard.batch_id
         started = perf_counter()
         await self.emit_call_event(
             origin,
@@ -524,6 +530,7 @@ class _RuntimeCore(Host):
             fail_fast=fail_fast,
             start_whole=impl.asyncio_only,
             tally=tally,
+            guard=guard,
         )
         if EventType.BATCH_COMPLETED in origin.wants:
             failed_count = sum(1 for r in results if r.error is not None)

@@ -404,6 +404,44 @@ class BrokerContract:
         assert len(ran) <= WORKER_CONCURRENCY * max(1, len(workers.names))
         assert len(ledger.started()) < size
 
+    async def test_a_cancelled_gather_is_revoked_by_its_batch_id_alone(
+        self,
+        broker_url: str,
+        namespace: str,
+        workers: Workers,
+        tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch,
+    ) -> None:
+        # The cancel names one attempt and the batch: the workers stop the others, running
+        # or queued, by the batch id their envelopes carry.
+        send_cancel = BrokerTransport._send_cancel
+        named: list[list[str]] = []
+
+        async def first_id_only(
+            self: BrokerTransport, adapter: Any, ids: list[str], *args: Any
+        ) -> None:
+            named.append(ids)
+            await send_cancel(self, adapter, ids[:1], *args)
+
+        monkeypatch.setattr(BrokerTransport, "_send_cancel", first_id_only)
+        ledger = Ledger(tmp_path)
+        size = 50
+        tasks = [TaskSpec(input=app.Meter(dir=str(tmp_path), index=i)) for i in range(size)]
+        slots = WORKER_CONCURRENCY * max(1, len(workers.names))
+        with anyio.fail_after(HANG):
+            async with self.caller(broker_url, namespace) as runtime:
+                async with anyio.create_task_group() as task_group:
+                    task_group.start_soon(runtime.gather, app.metered, tasks)
+                    await ledger.wait(lambda seen: len(seen.started()) >= slots, "running")
+                    task_group.cancel_scope.cancel()
+                await ledger.wait(
+                    lambda seen: seen.running_or_stopped() <= seen.stopped(), "all stopped"
+                )
+                await ledger.drain(runtime)
+        assert len(named) == 1  # one cancel, for the whole batch
+        assert len(ledger.started()) == slots  # the queued ones never ran
+        assert ledger.started() <= ledger.stopped()
+
     async def test_a_cancelled_run_cancels_its_attempt_on_the_worker(
         self, broker_url: str, namespace: str, workers: Workers, tmp_path: Path
     ) -> None:

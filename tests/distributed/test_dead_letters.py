@@ -22,7 +22,7 @@ import uuid
 from collections import defaultdict
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, TypeVar
 
 import anyio
@@ -597,3 +597,51 @@ def test_max_deliveries_must_be_a_positive_int() -> None:
     for bad in (0, -1, 1.5, True):
         with pytest.raises(InvalidValueError, match="max_deliveries"):
             Worker("memory://", [app.shout], max_deliveries=bad)  # type: ignore[arg-type]
+
+
+async def test_a_message_dead_lettered_twice_is_listed_and_replayed_once(broker: Broker) -> None:
+    async def scenario() -> None:
+        caller = Caller(broker.adapter())
+        try:
+            await caller.open()
+            task_id, task = caller.task("twice")
+            letter = DeadLetter(
+                data=task,
+                reason="delivery-limit",
+                detail="delivered 2 times",
+                agent=AGENT,
+                worker="w-1",
+                timestamp=time.time(),
+                deliveries=2,
+            )
+            # Stored twice: the worker's acknowledgement after storing it failed, and the
+            # broker delivered the message again.
+            await caller.adapter.publish_dead_letter(letter)
+            await caller.adapter.publish_dead_letter(replace(letter, deliveries=3))
+            first, second = await stored(caller.adapter, 2)
+
+            code, out, err = await broker.dlq("list", "--json")
+            assert code == 0, err
+            (row,) = json.loads(out)
+            assert {row["id"], *row["other_copies"]} == {first.id, second.id}
+            code, out, err = await broker.dlq("list")
+            assert code == 0, err
+            assert "copies" in out
+
+            code, out, err = await broker.dlq("replay", "--all")
+            assert code == 0, err
+            assert "1 dead letter replayed" in out
+            assert "a copy of a message replayed above" in out
+            assert await caller.adapter.dead_letters(10) == []
+            async with broker.worker():
+                assert (await caller.result(task_id)).unwrap() == "TWICE"
+                # Queued after it: a second copy, had one been queued, would have gone to
+                # the worker first.
+                probe_id, probe = caller.task("probe")
+                await caller.adapter.publish_task(AGENT, probe)
+                await caller.result(probe_id)
+            assert len(caller.results[task_id]) == 1
+        finally:
+            await caller.adapter.aclose()
+
+    await on_asyncio(scenario)

@@ -153,3 +153,27 @@ def test_a_cancel_message_is_no_task_or_reply_and_needs_ids() -> None:
         decode_control(json.dumps(empty))
     with pytest.raises(WireVersionError):
         decode_control(json.dumps({**empty, "version": WIRE_VERSION + 1}))
+
+
+def test_batch_ids_are_optional_both_ways_within_wire_version_1() -> None:
+    # A batch id travels in the envelope and in a cancel; a peer that predates them sends
+    # neither (read as none here), and one that postdates them is read without error by
+    # a process that ignores fields it does not know.
+    message = task_message()
+    fields = json.loads(encode(message))
+    assert fields["envelope"]["batch_id"] is None
+    del fields["envelope"]["batch_id"]
+    assert decode(json.dumps(fields)) == message
+    batched = message.model_copy(
+        update={"envelope": message.envelope.model_copy(update={"batch_id": "b1"})}
+    )
+    assert decode(encode(batched)).envelope.batch_id == "b1"
+
+    cancel = CancelMessage(correlation_ids=("c1",), batch_ids=("b1",))
+    assert decode_control(encode(cancel)) == cancel
+    older = {"version": WIRE_VERSION, "kind": "cancel", "correlation_ids": ["c1"]}
+    assert decode_control(json.dumps(older)) == CancelMessage(correlation_ids=("c1",))
+    newer = {**older, "batch_ids": ["b1"], "a_later_field": [1]}
+    back = decode_control(json.dumps(newer))
+    assert back is not None
+    assert back.batch_ids == ("b1",)

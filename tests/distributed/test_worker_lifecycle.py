@@ -8,6 +8,7 @@ here signal the test through thread-safe events.
 from __future__ import annotations
 
 import threading
+import time
 import uuid
 
 import anyio
@@ -15,6 +16,7 @@ import pytest
 
 from murmur import AgentRuntime, RuntimeOptions, TaskSpec
 from murmur.distributed import BrokerTransport, Worker, parse_broker_url
+from murmur.distributed._adapter import DeadLetter
 from murmur.distributed._memory import MemoryAdapter
 from murmur.distributed._wire import TaskMessage, encode
 from murmur.transport import TaskEnvelope
@@ -109,7 +111,9 @@ async def test_a_result_that_cannot_be_sent_does_not_stop_the_worker() -> None:
     async def echo(text: str) -> str:
         return text
 
-    worker = Worker(URL, [echo], namespace=namespace, heartbeat_seconds=0)
+    # Grace 0: the poisoned task's result, tried again while its caller may wait (it has
+    # no deadline: until the worker stops), is cut off by the stop.
+    worker = Worker(URL, [echo], namespace=namespace, heartbeat_seconds=0, grace_seconds=0)
     worker._adapter_class = _UnreachableReplies
     async with worker:
         poisoned = TaskMessage(
@@ -125,8 +129,42 @@ async def test_a_result_that_cannot_be_sent_does_not_stop_the_worker() -> None:
             result = await runtime.run(echo, TaskSpec(input="after"))
     assert result.output == "after"
     assert worker.stats.processed == 1
-    assert worker.stats.failed == 1  # the poisoned one: run, its result undeliverable
-    assert worker.stats.returned == 0
+    assert worker.stats.failed == 0
+    assert worker.stats.returned == 1  # the poisoned one: run, never acknowledged unsent
+
+
+async def test_a_result_not_sent_before_its_caller_gives_up_is_left_for_redelivery() -> None:
+    # Its deadline long past: not run, and its (timeout) result cannot be sent either. Each
+    # delivery puts it back rather than acknowledging it, until the delivery limit sets it
+    # aside as a dead letter: never acknowledged as if answered.
+    namespace = f"t-{uuid.uuid4().hex[:8]}"
+    dead_lettered = threading.Event()
+
+    class Observed(_UnreachableReplies):
+        async def publish_dead_letter(self, letter: DeadLetter) -> None:
+            await super().publish_dead_letter(letter)
+            dead_lettered.set()
+
+    async def echo(text: str) -> str:
+        raise AssertionError("a task past its deadline never runs")
+
+    worker = Worker(URL, [echo], namespace=namespace, heartbeat_seconds=0, max_deliveries=2)
+    worker._adapter_class = Observed
+    adapter = Observed(parse_broker_url(URL), namespace=namespace)
+    expired = TaskMessage(
+        envelope=TaskEnvelope(
+            agent="echo", task=TaskSpec(input="late"), trace_id="t", deadline=time.time() - 60
+        ),
+        reply_to=f"{namespace}.reply.poisoned",
+        correlation_id="c-2",
+    )
+    async with worker:
+        await adapter.publish_task("echo", encode(expired))
+        with anyio.fail_after(20):
+            await anyio.to_thread.run_sync(dead_lettered.wait, abandon_on_cancel=True)
+    (letter,) = await adapter.dead_letters(10)
+    assert letter.reason == "delivery-limit"
+    assert (worker.stats.returned, worker.stats.rejected, worker.stats.processed) == (2, 1, 0)
 
 
 async def test_a_message_nested_too_deep_to_parse_is_dead_lettered_and_the_worker_goes_on() -> None:

@@ -44,10 +44,12 @@ def list_dead_letters(
     letters = _run(broker, namespace, newest)
     if isinstance(letters, int):
         return letters
+    messages = _one_row_per_message(letters)
     if as_json:
-        sys.stdout.write(json.dumps([_as_dict(letter) for letter in letters], indent=2) + "\n")
+        rows = [_as_dict(letter, copies) for letter, copies in messages]
+        sys.stdout.write(json.dumps(rows, indent=2) + "\n")
     else:
-        _print_table(letters)
+        _print_table(messages)
     return 0
 
 
@@ -72,9 +74,14 @@ def replay_dead_letters(
     letters = _run(broker, namespace, replay)
     if isinstance(letters, int):
         return letters
-    for letter in letters:
-        sys.stdout.write(f"replayed {letter.id} to agent {letter.agent!r}\n")
-    sys.stdout.write(f"{len(letters)} dead letter{'' if len(letters) == 1 else 's'} replayed\n")
+    replayed = 0
+    for letter, first in DeadLetter.first_copies(letters):
+        if first:
+            replayed += 1
+            sys.stdout.write(f"replayed {letter.id} to agent {letter.agent!r}\n")
+        else:
+            sys.stdout.write(f"removed {letter.id}: a copy of a message replayed above\n")
+    sys.stdout.write(f"{replayed} dead letter{'' if replayed == 1 else 's'} replayed\n")
     missing = [key for key in dict.fromkeys(ids) if key not in {x.id for x in letters}]
     if missing:
         return _error(f"no dead letter with id {', '.join(missing)}", FAILED)
@@ -121,9 +128,22 @@ def _when(timestamp: float) -> str:
     return moment.isoformat(timespec="seconds").replace("+00:00", "Z")
 
 
-def _as_dict(letter: DeadLetter) -> dict[str, object]:
+def _one_row_per_message(letters: list[DeadLetter]) -> list[tuple[DeadLetter, list[str]]]:
+    """Each message once, as its first (newest) copy in ``letters`` with the ids of its
+    other copies (a message stored twice: the worker's acknowledgement after storing it
+    failed, and the broker delivered it again)."""
+    rows: dict[str, tuple[DeadLetter, list[str]]] = {}
+    for letter in letters:
+        row = rows.setdefault(letter.fingerprint, (letter, []))
+        if row[0] is not letter:
+            row[1].append(letter.id)
+    return list(rows.values())
+
+
+def _as_dict(letter: DeadLetter, copies: list[str]) -> dict[str, object]:
     return {
         "id": letter.id,
+        "other_copies": copies,
         "timestamp": _when(letter.timestamp),
         "agent": letter.agent,
         "reason": letter.reason,
@@ -135,14 +155,15 @@ def _as_dict(letter: DeadLetter) -> dict[str, object]:
     }
 
 
-def _print_table(letters: list[DeadLetter]) -> None:
+def _print_table(messages: list[tuple[DeadLetter, list[str]]]) -> None:
     from rich.console import Console
     from rich.table import Table
 
     console = Console(highlight=False)
-    if not letters:
+    if not messages:
         console.print("no dead letters")
         return
+    letters = [letter for letter, _ in messages]
     table = Table(box=None, header_style="bold")
     # Ids and times are never cut short (an id is what replay takes); the rest wraps.
     table.add_column("id", no_wrap=True, min_width=max(len(x.id) for x in letters))
@@ -150,9 +171,9 @@ def _print_table(letters: list[DeadLetter]) -> None:
     table.add_column("agent", overflow="fold")
     table.add_column("reason", no_wrap=True)
     table.add_column("worker", overflow="fold")
-    for column in ("deliveries", "size"):
+    for column in ("deliveries", "size", "copies"):
         table.add_column(column, justify="right", no_wrap=True)
-    for letter in letters:
+    for letter, copies in messages:
         table.add_row(
             letter.id,
             _when(letter.timestamp),
@@ -161,5 +182,6 @@ def _print_table(letters: list[DeadLetter]) -> None:
             letter.worker,
             str(letter.deliveries),
             str(len(letter.data)),
+            str(1 + len(copies)),
         )
     console.print(table)

@@ -26,12 +26,13 @@ caller's loop under asyncio, the runtime's helper loop under Trio.
 from __future__ import annotations
 
 import base64
+import hashlib
 import importlib
 import json
 import logging
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, replace
 from typing import Any, Protocol
 
@@ -157,6 +158,23 @@ class DeadLetter:
 
     def stored_as(self, id: str) -> DeadLetter:
         return replace(self, id=id)
+
+    @property
+    def fingerprint(self) -> str:
+        """The same for every copy of one message from one agent's channel: a worker whose
+        acknowledgement failed after it stored the dead letter gets the message again, and
+        stores it again (``murmur dlq`` shows and replays such copies once)."""
+        return hashlib.sha256(self.agent.encode() + b"\0" + self.data).hexdigest()[:16]
+
+    @staticmethod
+    def first_copies(letters: Iterable[DeadLetter]) -> Iterator[tuple[DeadLetter, bool]]:
+        """Each letter, and whether it is the first of ``letters`` with its
+        ``fingerprint`` (a replay queues a message once, and removes every copy of it)."""
+        seen: set[str] = set()
+        for letter in letters:
+            key = letter.fingerprint
+            yield letter, key not in seen
+            seen.add(key)
 
 
 #: Called with a task message waiting in a channel no live worker consumes, its agent and
@@ -288,7 +306,8 @@ class BrokerAdapter(ABC):
         """Queue the dead letters ``ids`` (``None``: all) again on their agent's task
         channel, oldest first (as ``replayable`` makes them: a passed deadline is moved to
         ``deadline_in`` seconds from now), and remove them from the store; returns those
-        replayed (an id not in the store is left out)."""
+        removed (an id not in the store is left out). A copy of a message already queued by
+        this call (``DeadLetter.first_copies``) is removed without being queued again."""
         raise NotAvailableError(f"{type(self).__name__} keeps no dead letters")
 
     async def sweep_unserved(

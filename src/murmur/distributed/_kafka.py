@@ -337,8 +337,9 @@ class KafkaAdapter(BrokerAdapter):
         if ids is not None:
             wanted = set(ids)
             letters = [letter for letter in letters if letter.id in wanted]
-        for letter in letters:
-            await self.publish_task(letter.agent, replayable(letter.data, deadline_in))
+        for letter, first in DeadLetter.first_copies(letters):
+            if first:
+                await self.publish_task(letter.agent, replayable(letter.data, deadline_in))
             await self._broker.publish(b"", self.dead_channel(), key=letter.id.encode())
         return letters
 

@@ -223,8 +223,9 @@ class MemoryAdapter(BrokerAdapter):
         with hub.lock:
             chosen = list(hub.dead) if ids is None else [i for i in hub.dead if i in set(ids)]
             letters = [hub.dead.pop(key) for key in chosen]
-        for letter in letters:
-            await self.publish_task(letter.agent, replayable(letter.data, deadline_in))
+        for letter, first in DeadLetter.first_copies(letters):
+            if first:
+                await self.publish_task(letter.agent, replayable(letter.data, deadline_in))
         return letters
 
     async def sweep_unserved(

@@ -464,8 +464,9 @@ class NatsAdapter(BrokerAdapter):
             seqs = sorted(seq for seq in wanted if seq in stored)
         letters = await self._stored(seqs, len(seqs))
         jetstream = self._client.jetstream()
-        for letter in letters:
-            await self.publish_task(letter.agent, replayable(letter.data, deadline_in))
+        for letter, first in DeadLetter.first_copies(letters):
+            if first:
+                await self.publish_task(letter.agent, replayable(letter.data, deadline_in))
             await jetstream.delete_msg(self.dead_stream, int(letter.id))
         return letters
 

@@ -398,12 +398,15 @@ class RabbitAdapter(BrokerAdapter):
         taken = await self._take_all()
         wanted = None if ids is None else set(ids)
         replayed: list[DeadLetter] = []
+        queued: set[str] = set()
         try:
             for message in list(taken):
                 if wanted is not None and message.message_id not in wanted:
                     continue
                 letter = _letter(message)
-                await self.publish_task(letter.agent, replayable(letter.data, deadline_in))
+                if letter.fingerprint not in queued:  # a copy is only removed
+                    await self.publish_task(letter.agent, replayable(letter.data, deadline_in))
+                    queued.add(letter.fingerprint)
                 await message.ack()
                 taken.remove(message)
                 replayed.append(letter)

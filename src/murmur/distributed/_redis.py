@@ -564,8 +564,9 @@ class RedisAdapter(BrokerAdapter):
                     continue  # not a stream id: not in the store
             entries.sort(key=lambda entry: _entry_id(entry[0]))
         letters = [_letter(entry) for entry in entries]
-        for letter in letters:
-            await self.publish_task(letter.agent, replayable(letter.data, deadline_in))
+        for letter, first in DeadLetter.first_copies(letters):
+            if first:
+                await self.publish_task(letter.agent, replayable(letter.data, deadline_in))
             await self._client.xdel(stream, letter.id)
         return letters
 

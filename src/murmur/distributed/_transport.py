@@ -9,10 +9,15 @@ or one that arrived after its attempt gave up) is dropped.
 Broker I/O (FastStream is asyncio-only) runs on the caller's own asyncio loop, or under
 Trio on the runtime's helper loop, cancellation crossing both ways.
 
-An attempt whose caller is cancelled (a cancelled ``gather``, a ``fail_fast`` stop) tells
-the workers on the control channel before the cancellation goes on: one ``CancelMessage``
-for all the attempts cancelled together, sent within ``CANCEL_SEND_TIMEOUT``. The worker
-running one cancels it; the others are skipped when they reach a worker.
+An attempt whose caller is cancelled tells the workers on the control channel before the
+cancellation goes on, in a ``CancelMessage`` sent within ``CANCEL_SEND_TIMEOUT``. A batch
+(a ``gather``, a group node's fan-out) cancelled as a whole is revoked by its batch id,
+which all its attempts carry, in one message sent before any of them is cancelled
+(``revoke_batch``); an attempt cancelled on its own (a single ``run``, a caller-side
+stage's timeout) by its correlation id, with the others cancelled at the same time. The
+worker running a revoked attempt cancels it; the others are skipped when they reach a
+worker. An attempt whose publish failed or timed out may still have reached the broker:
+it is revoked too.
 
 A reply can be lost on the way (a core NATS reply sent while its caller reconnects, a
 RabbitMQ reply queue gone with its connection, a Redis server that lost its data), and the
@@ -32,6 +37,7 @@ import os
 import time
 import uuid
 import weakref
+from collections import OrderedDict
 from typing import TYPE_CHECKING, Any
 
 import anyio
@@ -80,6 +86,9 @@ DEFAULT_CONNECT_TIMEOUT = 10.0
 CANCEL_SEND_TIMEOUT = 1.0
 #: Correlation ids in one cancel message, at most.
 CANCEL_BATCH = 1000
+#: Revoked batches a caller remembers (their attempts being cancelled need no message of
+#: their own), at most; the oldest are forgotten first.
+_REVOKED_BATCHES_MAX = 1000
 #: Seconds a cancel waits for more attempts cancelled with it (again while more come)...
 _COLLECT_SECONDS = 0.05
 #: ...and at most this long in all.
@@ -161,6 +170,8 @@ class BrokerTransport(Transport):
         self._waiting: dict[str, _Attempt] = {}
         #: The cancels being collected into one message (on the home loop).
         self._revoking: _Revocation | None = None
+        #: The batches revoked as a whole (``revoke_batch``), newest last.
+        self._revoked_batches: OrderedDict[str, None] = OrderedDict()
 
     def __repr__(self) -> str:
         return f"BrokerTransport({self.url.redacted!r}, namespace={self.namespace!r})"
@@ -215,15 +226,36 @@ class BrokerTransport(Transport):
             try:
                 sent = True  # perhaps, if cancelled midway
                 # The adapter reconnects through an outage; the attempt's deadline bounds it.
-                with anyio.fail_after(_until(envelope.deadline)):
-                    await adapter.publish_task(envelope.agent, data)
-            except TimeoutError:
-                raise BrokerUnavailableError(
-                    f"broker {self.url.redacted}: unreachable: task {envelope.task.task_id} "
-                    f"for agent {envelope.agent!r} could not be sent before its deadline"
-                ) from None
+                # A revoke of its batch cuts it short (``_revoke_batch_home``): perhaps sent,
+                # then, and revoked; the batch's cancellation is on its way here.
+                try:
+                    with anyio.fail_after(_until(envelope.deadline)), anyio.CancelScope() as cut:
+                        attempt.publishing = cut
+                        await adapter.publish_task(envelope.agent, data)
+                finally:
+                    attempt.publishing = None
+                    if attempt.unwound is not None:
+                        attempt.unwound.set()
             except Exception as exc:
+                # It may have reached the broker all the same (the connection dropped after
+                # the bytes went out): no worker is to run it now.
+                with anyio.CancelScope(shield=True):
+                    await self._revoke(adapter, attempt, "its publish failed")
+                if isinstance(exc, TimeoutError):
+                    raise BrokerUnavailableError(
+                        f"broker {self.url.redacted}: unreachable: task "
+                        f"{envelope.task.task_id} for agent {envelope.agent!r} could not be "
+                        "sent before its deadline"
+                    ) from None
                 raise self._unavailable("publishing a task failed", exc) from None
+            if attempt.cancelling():
+                # Cancelled while it was being sent. Delivered here if still pending; but
+                # a library may have swallowed it (redis-py can, as a reply arrives), and
+                # then nothing would ever wake this attempt.
+                await anyio.lowlevel.checkpoint()
+                with anyio.CancelScope(shield=True):
+                    await self._revoke(adapter, attempt)
+                return _revoked(envelope)
             wait = _until(envelope.deadline, self.reply_grace)
             with anyio.move_on_after(wait):
                 async with receive:
@@ -263,15 +295,20 @@ class BrokerTransport(Transport):
             del self._waiting[correlation_id]
             send.close()
 
-    async def _revoke(self, adapter: BrokerAdapter, attempt: _Attempt) -> None:
+    async def _revoke(
+        self, adapter: BrokerAdapter, attempt: _Attempt, reason: str = "cancelled by its caller"
+    ) -> None:
         """Tell the workers an attempt is cancelled, in one message with the attempts
         cancelled together with it; returns once it is sent (or could not be, within
-        ``CANCEL_SEND_TIMEOUT``). Runs shielded, on the home loop.
+        ``CANCEL_SEND_TIMEOUT``). Runs shielded, on the home loop. Nothing to do for an
+        attempt whose batch was revoked as a whole (``revoke_batch``).
 
         The attempts of a cancelled batch reach this one by one, over a while (a thousand
         take a good part of a second): the first collects the others, those whose task
         was cancelled already (and has yet to get here) included, so the workers hear of
         them all at once, before a running one's slot could take a queued one."""
+        if attempt.batch is None and attempt.batch_id in self._revoked_batches:
+            return  # its batch's cancel, sent before it was cancelled, names it
         batch = attempt.batch or self._revoking
         if batch is not None:
             batch.add(attempt)
@@ -280,43 +317,40 @@ class BrokerTransport(Transport):
         batch = self._revoking = _Revocation()
         batch.add(attempt)
         try:
-            with anyio.move_on_after(CANCEL_SEND_TIMEOUT):
-                with anyio.move_on_after(_COLLECT_MAX):
-                    seen = 0
-                    while len(batch.ids) != seen:  # until no more join
-                        seen = len(batch.ids)
-                        for other in self._waiting.values():
-                            if other.batch is None and other.cancelling():
-                                batch.add(other)
-                                # Its cancellation wakes it; if that was lost, this does.
-                                self._pending[other.correlation_id].close()
-                        await anyio.sleep(_COLLECT_SECONDS)
-                self._revoking = None
-                ids = list(batch.ids)
-                await self._send_cancel(adapter, ids, batch.until, "cancelled by its caller")
+            with anyio.move_on_after(_COLLECT_MAX):
+                seen = 0
+                while len(batch.ids) != seen:  # until no more join
+                    seen = len(batch.ids)
+                    for other in self._waiting.values():
+                        if other.batch is None and other.cancelling():
+                            batch.add(other)
+                            # Its cancellation wakes it; if that was lost, this does.
+                            self._pending[other.correlation_id].close()
+                    await anyio.sleep(_COLLECT_SECONDS)
+            self._revoking = None
+            await self._send_cancel(adapter, list(batch.ids), batch.until, reason)
         finally:
             if self._revoking is batch:
                 self._revoking = None
             batch.sent.set()
 
-    async def _send_cancel(
-        self, adapter: BrokerAdapter, ids: list[str], until: float | None, reason: str
-    ) -> None:
-        """Publish cancels for ``ids`` on the control channel; a failure is logged (the
-        workers then finish those attempts, and their results are dropped)."""
+    async def revoke_batch(self, batch_id: str) -> None:
+        """Tell the workers the batch ``batch_id`` is cancelled, naming it (and the
+        attempts of it waiting here, for workers that predate batch ids): they skip its
+        queued attempts and cancel its running ones. Its publishes in progress are cut
+        short first (within half a second): its attempts are cancelled next (the core's
+        ``BatchGuard`` calls this). Returns once sent, or within ``CANCEL_SEND_TIMEOUT``
+        more; a failure is logged."""
+        if self._closed or self._adapter is None:
+            return  # nothing of it was sent
         try:
-            for start in range(0, len(ids), CANCEL_BATCH):
-                message = CancelMessage(
-                    correlation_ids=tuple(ids[start : start + CANCEL_BATCH]),
-                    caller=self.caller_id,
-                    reason=reason,
-                    until=until,
-                )
-                await adapter.publish_control(encode(message))
+            if sniffio.current_async_library() == "asyncio":
+                await self._revoke_batch_home(batch_id)
+            else:
+                await self._helper_bridge().run(self._revoke_batch_home, batch_id)
         except Exception as exc:
             _log.warning(
-                "could not tell the workers that %d task(s) were cancelled: %s",
-                len(ids),
+                "could not tell the workers that a batch was cancelled: %s",
                 scrub(f"{type(exc).__name__}: {exc}", self.url),
             )
 
@@ -358,6 +392,69 @@ class BrokerTransport(Transport):
             # An attempt that stopped waiting (cancelled: telling the workers) needs none.
             with contextlib.suppress(anyio.BrokenResourceError, anyio.ClosedResourceError):
                 send.send_nowait(now)
+
+    async def _revoke_batch_home(self, batch_id: str) -> None:
+        adapter = self._adapter
+        if adapter is None or self._home is not asyncio.get_running_loop():
+            return
+        revoked = self._revoked_batches
+        revoked[batch_id] = None
+        while len(revoked) > _REVOKED_BATCHES_MAX:
+            revoked.popitem(last=False)
+        batch = _Revocation()
+        cut: list[anyio.Event] = []
+        for attempt in self._waiting.values():
+            if attempt.batch_id == batch_id and attempt.batch is None:
+                batch.add(attempt)
+                if attempt.publishing is not None:
+                    # Its publish would hold up the cancel (hundreds of them on one
+                    # connection take a good while to be confirmed): cut short first.
+                    attempt.unwound = anyio.Event()
+                    cut.append(attempt.unwound)
+                    attempt.publishing.cancel()
+        if not batch.ids:
+            return  # none of it was sent (or all of it answered)
+        with anyio.move_on_after(_COLLECT_MAX):
+            for unwound in cut:
+                await unwound.wait()
+        try:
+            reason = "its batch was cancelled"
+            await self._send_cancel(adapter, list(batch.ids), batch.until, reason, batch_id)
+        finally:
+            batch.sent.set()
+
+    async def _send_cancel(
+        self,
+        adapter: BrokerAdapter,
+        ids: list[str],
+        until: float | None,
+        reason: str,
+        batch_id: str | None = None,
+    ) -> None:
+        """Publish cancels for ``ids`` (and ``batch_id``, in the first) on the control
+        channel, within ``CANCEL_SEND_TIMEOUT``; a failure is logged (the workers then
+        finish those attempts, and their results are dropped)."""
+        try:
+            with anyio.fail_after(CANCEL_SEND_TIMEOUT):
+                for start in range(0, len(ids), CANCEL_BATCH):
+                    message = CancelMessage(
+                        correlation_ids=tuple(ids[start : start + CANCEL_BATCH]),
+                        batch_ids=(batch_id,) if batch_id is not None and not start else (),
+                        caller=self.caller_id,
+                        reason=reason,
+                        until=until,
+                    )
+                    await adapter.publish_control(encode(message))
+        except Exception as exc:
+            why = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+            if isinstance(exc, TimeoutError):
+                why = f"not sent within {CANCEL_SEND_TIMEOUT:g}s ({why})"
+            _log.warning(
+                "could not tell the workers that %d task(s) were cancelled (%s): %s",
+                len(ids),
+                reason,
+                scrub(why, self.url),
+            )
 
     def _on_reply(self, data: bytes) -> None:
         """Route one reply to the attempt awaiting it (runs on the home loop, never blocks)."""
@@ -457,8 +554,7 @@ class BrokerTransport(Transport):
         """On the home loop: revoke the attempts still waiting and end them (their results
         come back as errors), then close the connection."""
         if adapter is not None and self._pending:
-            with anyio.move_on_after(CANCEL_SEND_TIMEOUT):
-                await self._send_cancel(adapter, list(self._pending), None, "its caller closed")
+            await self._send_cancel(adapter, list(self._pending), None, "its caller closed")
         for send in list(self._pending.values()):
             send.close()
         if adapter is not None:
@@ -538,11 +634,27 @@ def _lost(envelope: TaskEnvelope, waited: float, grace: float) -> AgentResult[An
 class _Attempt:
     """An attempt waiting for its reply, as its revocation needs it."""
 
-    __slots__ = ("asked", "baseline", "batch", "correlation_id", "deadline", "task")
+    __slots__ = (
+        "asked",
+        "baseline",
+        "batch",
+        "batch_id",
+        "correlation_id",
+        "deadline",
+        "publishing",
+        "task",
+        "unwound",
+    )
 
     def __init__(self, correlation_id: str, envelope: TaskEnvelope, baseline: int) -> None:
         self.correlation_id = correlation_id
         self.deadline = envelope.deadline
+        #: The batch it belongs to (``TaskEnvelope.batch_id``), if any.
+        self.batch_id = envelope.batch_id
+        #: The scope of its publish, while it is being published, and (once a revoke cut it
+        #: short) what tells the revoke it has ended.
+        self.publishing: anyio.CancelScope | None = None
+        self.unwound: anyio.Event | None = None
         #: The asyncio task waiting for it, and its cancellations pending when it began.
         self.task = asyncio.current_task()
         self.baseline = baseline

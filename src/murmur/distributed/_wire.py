@@ -8,10 +8,11 @@ Replies go to a per-caller reply address, matched by correlation id: no broker's
 relied on (Kafka has none). A message of another version is refused, naming both.
 
 Workers also hear a per-namespace control channel (every worker, not one of them): a
-``CancelMessage`` revokes attempts by correlation id, a ``ResendMessage`` asks for the
-results of attempts again (their replies may have been lost). It is read with
-``decode_control``, which passes over control kinds this process does not know (a newer
-peer's), so a new kind needs no new wire version.
+``CancelMessage`` revokes attempts by correlation id, and whole batches by the batch id
+their envelopes carry (an optional field: a worker that predates it revokes the attempts
+named); a ``ResendMessage`` asks for the results of attempts again (their replies may have
+been lost). It is read with ``decode_control``, which passes over control kinds this
+process does not know (a newer peer's), so a new kind needs no new wire version.
 """
 
 from __future__ import annotations
@@ -97,6 +98,9 @@ class CancelMessage(BaseModel):
     kind: Literal["cancel"] = "cancel"
     #: The revoked attempts (one message for all those cancelled together).
     correlation_ids: tuple[str, ...] = Field(min_length=1)
+    #: Revoked batches: every attempt whose envelope carries one of these ``batch_id``s,
+    #: named above or not (a batch cancelled as a whole; see ``Transport.revoke_batch``).
+    batch_ids: tuple[str, ...] = ()
     #: The caller that sent them.
     caller: str = ""
     reason: str = ""

@@ -7,10 +7,11 @@ message can only run an agent the worker registered: the name is looked up in it
 registry, nothing is imported.
 
 A worker also hears the namespace's control channel: a ``CancelMessage`` (its caller gave
-up) cancels the attempts it names that run here, and the worker remembers the others for a
-while, acknowledging them without running them when they arrive. A ``ResendMessage`` (its
-caller's replies may have been lost) has the worker send again the results it still keeps
-(the last ``SENT_MAX`` it sent, for ``SENT_TTL`` seconds, ``SENT_MAX_BYTES`` in all).
+up) cancels the attempts it names (by correlation id, or by the batch they belong to) that
+run here, and the worker remembers the others for a while, acknowledging them without
+running them when they arrive. A ``ResendMessage`` (its caller's replies may have been
+lost) has the worker send again the results it still keeps (the last ``SENT_MAX`` it sent,
+for ``SENT_TTL`` seconds, ``SENT_MAX_BYTES`` in all).
 
 And it sweeps, every ``redeliver_after`` seconds or so, the task channels of the agents no
 live worker consumes: a task there whose deadline has passed is dead-lettered
@@ -57,10 +58,12 @@ from ..events.log import LogEventEmitter
 from ..events.types import EventEmitter, EventType, RuntimeEvent
 from ..middleware.rate_limit import RateLimit, RateLimitMiddleware
 from ._adapter import DEFAULT_REDELIVER_AFTER, BrokerAdapter, DeadLetter, Delivery, load_adapter
+from ._outage import backoff
 from ._registry import AgentRegistry
 from ._spawns import InheritedLimits
 from ._transport import (
     DEFAULT_CONNECT_TIMEOUT,
+    DEFAULT_REPLY_GRACE,
     BrokerTransport,
     namespace_from_env,
     not_run,
@@ -102,6 +105,9 @@ SENT_MAX = 10_000
 SENT_TTL = 600.0
 #: ...and at most this many bytes in all (the oldest are forgotten first).
 SENT_MAX_BYTES = 64 * 1024 * 1024
+#: Seconds a worker's stop waits, at most, for a result being sent and its task message
+#: acknowledged (the two go together: a stop between them would run the task again).
+SETTLE_SECONDS = 5.0
 
 
 @dataclass
@@ -117,9 +123,9 @@ class WorkerStats:
     #: Messages set aside as dead letters (unreadable, not for this worker, or delivered
     #: more than ``max_deliveries`` times).
     rejected: int = 0
-    #: Tasks taken but not finished (the worker stopped past its grace): left
-    #: unacknowledged for the broker to deliver again. (A task whose result could not be
-    #: sent ran: it counts as failed and is acknowledged.)
+    #: Tasks taken but not finished (the worker stopped past its grace), or run but their
+    #: result could not be sent while their caller waited: left unacknowledged for the
+    #: broker to deliver again.
     returned: int = 0
     #: Tasks their caller cancelled: stopped mid-run, or skipped when they arrived.
     revoked: int = 0
@@ -250,13 +256,16 @@ class Worker:
         self._portal: HomePortal | None = None
         #: Tasks cancelled by a stop, to hand back once the worker consumes no more.
         self._cut_off: list[Delivery] = []
-        #: The attempts running here, by correlation id, to cancel if their caller does.
+        #: The attempts running here, by correlation id and by batch id, to cancel if their
+        #: caller does.
         self._running: dict[str, set[anyio.CancelScope]] = {}
-        #: Attempts their callers cancelled, not to be run if they arrive.
+        self._running_batches: dict[str, set[anyio.CancelScope]] = {}
+        #: Attempts (and batches) their callers cancelled, not to be run if they arrive.
         self._revoked = _Revoked()
         #: The results sent lately, and those to send again (while consuming).
         self._sent = _Sent()
         self._resends: MemoryObjectSendStream[tuple[str, bytes]] | None = None
+        self._revoked_batches = _Revoked()
         self._state = "new"
 
     def __repr__(self) -> str:
@@ -477,6 +486,10 @@ class Worker:
             self._resend_asked(message)
             return
         until = message.until if message.until is not None else time.time() + REVOKED_TTL
+        for batch_id in message.batch_ids:
+            self._revoked_batches.add(batch_id, until)  # its queued attempts too
+            for scope in self._running_batches.get(batch_id, ()):
+                scope.cancel()
         for correlation_id in message.correlation_ids:
             self._revoked.add(correlation_id, until)  # a copy may be on its way here too
             for scope in self._running.get(correlation_id, ()):
@@ -543,26 +556,25 @@ class Worker:
             return
         stats = self.stats
         correlation_id = message.correlation_id
-        if self._revoked.holds(correlation_id):
+        batch_id = envelope.batch_id
+        if self._revoked.holds(correlation_id) or (
+            batch_id is not None and self._revoked_batches.holds(batch_id)
+        ):
             self._skip(envelope, "skipped")  # its caller cancelled it: never run, never redone
             await _quietly(delivery.ack())
             return
         stats.in_flight += 1
         try:
             sink = _ReplySink(adapter, message, self.name)
-            with anyio.CancelScope() as revoked:
-                running = self._running.setdefault(correlation_id, set())
-                running.add(revoked)
-                try:
-                    if envelope.deadline is not None and time.time() >= envelope.deadline:
-                        result = _expired(envelope)  # never start a paid call nobody waits for
-                    else:
-                        with _trace_context(envelope.trace_context):
-                            result = await self._executor.execute(envelope, sink)
-                finally:
-                    running.discard(revoked)
-                    if not running:
-                        del self._running[correlation_id]
+            with (
+                anyio.CancelScope() as revoked,
+                self._cancellable(correlation_id, batch_id, revoked),
+            ):
+                if envelope.deadline is not None and time.time() >= envelope.deadline:
+                    result = _expired(envelope)  # never start a paid call nobody waits for
+                else:
+                    with _trace_context(envelope.trace_context):
+                        result = await self._executor.execute(envelope, sink)
             if revoked.cancel_called:
                 # Its caller cancelled it (it may have finished first): nobody waits for a
                 # result; settled, never run again.
@@ -601,32 +613,87 @@ class Worker:
         # fails; the ack will then most likely fail too, and the task run again).
         self._sent.add(correlation_id, message.reply_to, data)
         try:
-            await adapter.publish_reply(message.reply_to, data)
-        except Exception:
-            # The attempt ran (and was paid for); running it again would not make its reply
-            # deliverable. Its caller's deadline reports it lost; the worker goes on.
-            stats.failed += 1
-            _log.exception(
-                "worker %s: the result of task %s of agent %r could not be sent to %s",
-                self.name,
-                envelope.task.task_id,
-                envelope.agent,
-                message.reply_to,
-            )
-        else:
-            if result.error is None:
-                stats.processed += 1
+            sent = await self._reply(adapter, message, delivery, data)
+        except BaseException as exc:
+            # Stopped (past the grace) while its result could not be sent: not
+            # acknowledged, delivered again.
+            stats.returned += 1
+            if isinstance(exc, anyio.get_cancelled_exc_class()):
+                self._cut_off.append(delivery)  # released as those cut off mid-run are
             else:
-                stats.failed += 1
-        # Not acknowledged if the broker's connection fails here: the task comes again,
-        # and its caller drops the second result.
-        await _quietly(delivery.ack())
+                with anyio.CancelScope(shield=True):
+                    await _quietly(delivery.nack())
+            raise
+        if not sent:
+            # Run, but its result never reached the broker: left for the broker to deliver
+            # again (at worst run twice, never lost).
+            stats.returned += 1
+            with anyio.move_on_after(SETTLE_SECONDS, shield=True):
+                await _quietly(delivery.nack())
+        elif result.error is None:
+            stats.processed += 1
+        else:
+            stats.failed += 1
+
+    async def _reply(
+        self, adapter: BrokerAdapter, message: TaskMessage, delivery: Delivery, data: bytes
+    ) -> bool:
+        """Send an attempt's result (``data``) to its caller, then acknowledge its task
+        message; whether the result was sent.
+
+        The two go together, shielded from the worker's stop, within ``SETTLE_SECONDS``: a
+        stop between them would have the task run again after its result was sent. While
+        the broker does not take the result, it is tried again for as long as its caller
+        may wait: until the attempt's deadline plus ``DEFAULT_REPLY_GRACE``, or (no
+        deadline) until the worker stops past its grace, which cancels this wait."""
+        envelope = message.envelope
+        last = None if envelope.deadline is None else envelope.deadline + DEFAULT_REPLY_GRACE
+        failures = 0
+        while True:
+            sent = False
+            error = f"not sent within {SETTLE_SECONDS:g}s"
+            with anyio.move_on_after(SETTLE_SECONDS, shield=True):
+                try:
+                    await adapter.publish_reply(message.reply_to, data)
+                except Exception as exc:
+                    error = f"{type(exc).__name__}: {exc}"
+                else:
+                    sent = True
+                    # Not acknowledged if the broker's connection fails here: the task
+                    # comes again, and its caller drops the second result.
+                    await _quietly(delivery.ack())
+            if sent:
+                return True
+            failures += 1
+            if failures == 1:
+                _log.warning(
+                    "worker %s: the result of task %s of agent %r could not be sent to %s "
+                    "(%s); trying again while its caller may wait",
+                    self.name,
+                    envelope.task.task_id,
+                    envelope.agent,
+                    message.reply_to,
+                    scrub(error, self.url),
+                )
+            if last is not None and time.time() >= last:
+                _log.error(
+                    "worker %s: the result of task %s of agent %r could not be sent to %s "
+                    "before its caller stopped waiting: left unacknowledged, to be "
+                    "delivered again",
+                    self.name,
+                    envelope.task.task_id,
+                    envelope.agent,
+                    message.reply_to,
+                )
+                return False
+            await anyio.sleep(backoff(failures))
 
     async def _dead_letter(
         self, adapter: BrokerAdapter, data: bytes, delivery: Delivery, reason: str, detail: str
     ) -> None:
         """Set the message aside in the dead-letter store instead of running it, tell its
-        caller (if the message says who that is), then acknowledge it."""
+        caller (if the message says who that is), then acknowledge it (within
+        ``SETTLE_SECONDS``)."""
         self.stats.rejected += 1
         letter = DeadLetter(
             data=data,
@@ -637,27 +704,31 @@ class Worker:
             timestamp=time.time(),
             deliveries=delivery.deliveries,
         )
-        try:
-            await adapter.publish_dead_letter(letter)
-        except Exception:
-            # Never dropped unrecorded: left on the broker, to be delivered again.
-            _log.exception(
-                "worker %s: could not dead-letter a message (%s) from %s; put back",
+        # Shielded from the worker's stop, within a bound: a stop between storing it and
+        # acknowledging it would have it delivered and stored again (a copy ``murmur dlq``
+        # shows and replays once, as one whose acknowledgement failed).
+        with anyio.move_on_after(SETTLE_SECONDS, shield=True):
+            try:
+                await adapter.publish_dead_letter(letter)
+            except Exception:
+                # Never dropped unrecorded: left on the broker, to be delivered again.
+                _log.exception(
+                    "worker %s: could not dead-letter a message (%s) from %s; put back",
+                    self.name,
+                    reason,
+                    delivery.channel,
+                )
+                await _quietly(delivery.nack())
+                return
+            _log.error(
+                "worker %s: dead-lettered a message from %s (%s): %s",
                 self.name,
-                reason,
                 delivery.channel,
+                reason,
+                detail,
             )
-            await _quietly(delivery.nack())
-            return
-        _log.error(
-            "worker %s: dead-lettered a message from %s (%s): %s",
-            self.name,
-            delivery.channel,
-            reason,
-            detail,
-        )
-        await self._tell_caller(adapter, letter)
-        await _quietly(delivery.ack())
+            await self._tell_caller(adapter, letter)
+            await _quietly(delivery.ack())
 
     async def _tell_caller(self, adapter: BrokerAdapter, letter: DeadLetter) -> None:
         """Send a dead letter's caller (if its message says who that is) its error result."""
@@ -711,6 +782,25 @@ class Worker:
             timestamp=now,
             deliveries=deliveries,
         )
+
+    @contextmanager
+    def _cancellable(
+        self, correlation_id: str, batch_id: str | None, scope: anyio.CancelScope
+    ) -> Iterator[None]:
+        """Where a revoke naming the attempt (or its batch) finds ``scope``, while it runs."""
+        indexes = [(self._running, correlation_id)]
+        if batch_id is not None:
+            indexes.append((self._running_batches, batch_id))
+        for index, key in indexes:
+            index.setdefault(key, set()).add(scope)
+        try:
+            yield
+        finally:
+            for index, key in indexes:
+                running = index[key]
+                running.discard(scope)
+                if not running:
+                    del index[key]
 
     def _skip(self, envelope: TaskEnvelope, what: str) -> None:
         self.stats.revoked += 1
