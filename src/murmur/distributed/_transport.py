@@ -38,6 +38,7 @@ import time
 import uuid
 import weakref
 from collections import OrderedDict
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 import anyio
@@ -369,14 +370,15 @@ class BrokerTransport(Transport):
         if not ids:
             return
         try:
-            with anyio.fail_after(RESEND_SEND_TIMEOUT):
-                for start in range(0, len(ids), RESEND_BATCH):
-                    message = ResendMessage(
-                        correlation_ids=tuple(ids[start : start + RESEND_BATCH]),
-                        reply_to=self._reply_to,
-                        caller=self.caller_id,
-                    )
-                    await adapter.publish_control(encode(message))
+            await _publish_control(
+                adapter,
+                ids,
+                RESEND_BATCH,
+                RESEND_SEND_TIMEOUT,
+                lambda chunk, _first: ResendMessage(
+                    correlation_ids=chunk, reply_to=self._reply_to, caller=self.caller_id
+                ),
+            )
         except Exception as exc:
             _log.warning(
                 "could not ask the workers again for the results of %d task(s): %s",
@@ -435,16 +437,19 @@ class BrokerTransport(Transport):
         channel, within ``CANCEL_SEND_TIMEOUT``; a failure is logged (the workers then
         finish those attempts, and their results are dropped)."""
         try:
-            with anyio.fail_after(CANCEL_SEND_TIMEOUT):
-                for start in range(0, len(ids), CANCEL_BATCH):
-                    message = CancelMessage(
-                        correlation_ids=tuple(ids[start : start + CANCEL_BATCH]),
-                        batch_ids=(batch_id,) if batch_id is not None and not start else (),
-                        caller=self.caller_id,
-                        reason=reason,
-                        until=until,
-                    )
-                    await adapter.publish_control(encode(message))
+            await _publish_control(
+                adapter,
+                ids,
+                CANCEL_BATCH,
+                CANCEL_SEND_TIMEOUT,
+                lambda chunk, first: CancelMessage(
+                    correlation_ids=chunk,
+                    batch_ids=(batch_id,) if batch_id is not None and first else (),
+                    caller=self.caller_id,
+                    reason=reason,
+                    until=until,
+                ),
+            )
         except Exception as exc:
             why = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
             if isinstance(exc, TimeoutError):
@@ -559,6 +564,21 @@ class BrokerTransport(Transport):
             send.close()
         if adapter is not None:
             await _close_quietly(adapter)
+
+
+async def _publish_control(
+    adapter: BrokerAdapter,
+    ids: Sequence[str],
+    size: int,
+    seconds: float,
+    message: Callable[[tuple[str, ...], bool], CancelMessage | ResendMessage],
+) -> None:
+    """Publish ``message(chunk, first)`` on the control channel for each ``size`` of
+    ``ids``, all within ``seconds`` (raises what failed, or ``TimeoutError``)."""
+    with anyio.fail_after(seconds):
+        for start in range(0, len(ids), size):
+            chunk = tuple(ids[start : start + size])
+            await adapter.publish_control(encode(message(chunk, not start)))
 
 
 async def _close_quietly(adapter: BrokerAdapter) -> None:
