@@ -12,7 +12,7 @@ from collections.abc import Sequence
 
 import pytest
 
-from murmur.distributed._group import GroupCommit
+from murmur.distributed._group import DEFAULT_LIMIT, GroupCommit
 
 
 class Store:
@@ -24,6 +24,17 @@ class Store:
         self.gate: asyncio.Event | None = None
         #: A batch holding this item fails.
         self.poison: int | None = None
+
+    async def held_flush(
+        self, limit: int = DEFAULT_LIMIT
+    ) -> tuple[GroupCommit[int], asyncio.Event, asyncio.Future[None]]:
+        """A group writing here, its first write (0) flushing and held: the gate that lets
+        it go on, and that write."""
+        group = GroupCommit(self.flush, limit=limit)
+        self.gate = gate = asyncio.Event()
+        first = asyncio.ensure_future(group.write(0))
+        await self.entered.wait()
+        return group, gate, first
 
     async def flush(self, items: Sequence[int]) -> None:
         self.entered.set()
@@ -49,10 +60,7 @@ def test_a_lone_write_is_flushed_at_once_and_alone() -> None:
 def test_writes_queued_during_a_flush_go_together_in_order() -> None:
     async def main() -> None:
         store = Store()
-        group = GroupCommit(store.flush, limit=3)
-        store.gate = gate = asyncio.Event()
-        first = asyncio.ensure_future(group.write(0))
-        await store.entered.wait()
+        group, gate, first = await store.held_flush(limit=3)
         rest = [asyncio.ensure_future(group.write(i)) for i in range(1, 6)]
         await asyncio.sleep(0)  # the others queue behind the held flush
         gate.set()
@@ -65,11 +73,8 @@ def test_writes_queued_during_a_flush_go_together_in_order() -> None:
 def test_a_failed_flush_fails_every_write_of_its_batch_and_no_other() -> None:
     async def main() -> None:
         store = Store()
-        group = GroupCommit(store.flush)
-        store.gate = gate = asyncio.Event()
         store.poison = 2
-        first = asyncio.ensure_future(group.write(0))
-        await store.entered.wait()
+        group, gate, first = await store.held_flush()
         batch = [asyncio.ensure_future(group.write(i)) for i in (1, 2)]
         await asyncio.sleep(0)
         gate.set()
@@ -85,10 +90,7 @@ def test_a_failed_flush_fails_every_write_of_its_batch_and_no_other() -> None:
 def test_a_write_cancelled_while_queued_is_never_flushed() -> None:
     async def main() -> None:
         store = Store()
-        group = GroupCommit(store.flush)
-        store.gate = gate = asyncio.Event()
-        first = asyncio.ensure_future(group.write(0))
-        await store.entered.wait()
+        group, gate, first = await store.held_flush()
         cancelled = asyncio.ensure_future(group.write(1))
         kept = asyncio.ensure_future(group.write(2))
         await asyncio.sleep(0)
@@ -105,10 +107,7 @@ def test_a_write_cancelled_while_queued_is_never_flushed() -> None:
 def test_a_writer_cancelled_while_its_batch_is_written_does_not_stop_the_batch() -> None:
     async def main() -> None:
         store = Store()
-        group = GroupCommit(store.flush)
-        store.gate = gate = asyncio.Event()
-        first = asyncio.ensure_future(group.write(0))
-        await store.entered.wait()
+        group, gate, first = await store.held_flush()
         queued = [asyncio.ensure_future(group.write(i)) for i in (1, 2)]
         await asyncio.sleep(0)
         first.cancel()  # its flush goes on, in a task of its own
@@ -125,10 +124,7 @@ def test_a_writer_cancelled_while_its_batch_is_written_does_not_stop_the_batch()
 def test_writers_cancelled_together_leave_no_one_stuck() -> None:
     async def main() -> None:
         store = Store()
-        group = GroupCommit(store.flush)
-        store.gate = gate = asyncio.Event()
-        first = asyncio.ensure_future(group.write(0))
-        await store.entered.wait()
+        group, gate, first = await store.held_flush()
         waiting = [asyncio.ensure_future(group.write(i)) for i in range(1, 50)]
         await asyncio.sleep(0)
         for task in [first, *waiting]:
