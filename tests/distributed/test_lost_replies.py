@@ -64,43 +64,47 @@ class Held:
         self.adapter: Any = None
 
     def patch(self, monkeypatch: pytest.MonkeyPatch, url: str) -> None:
+        """Hold the worker's first send of each result (``settle``: the result, then its
+        task's acknowledgement; a result sent again goes by ``publish_reply``)."""
         adapter_class = load_adapter(parse_broker_url(url))
-        original = adapter_class.publish_reply
+        original = adapter_class.settle
 
-        async def publish_reply(adapter: Any, address: str, data: bytes) -> None:
+        async def settle(adapter: Any, address: str, data: bytes, delivery: Any) -> None:
             message = json.loads(data)
-            if message["kind"] != "result" or message["correlation_id"] in self.ids:
-                await original(adapter, address, data)
+            if message["correlation_id"] in self.ids:
+                await original(adapter, address, data, delivery)
                 return
             self.adapter = adapter
             self.ids.add(message["correlation_id"])
             if len(self.ids) == self.count:
                 self.arrived.set()
             await asyncio.to_thread(self.release.wait)
-            await original(adapter, address, data)
+            await original(adapter, address, data, delivery)
             if isinstance(adapter, NatsAdapter):
                 await adapter._client.flush()  # the server has had it: routed, or dropped
             self._sent += 1
             if self._sent == self.count:
                 self.sent.set()
 
-        monkeypatch.setattr(adapter_class, "publish_reply", publish_reply)
+        monkeypatch.setattr(adapter_class, "settle", settle)
 
 
 def lose_first_results(monkeypatch: pytest.MonkeyPatch, url: str) -> set[str]:
-    """Make the worker's first send of each result vanish on the way; returns their ids."""
+    """Make the worker's first send of each result vanish on the way (its task is
+    acknowledged, as after a send that went out); returns their ids."""
     adapter_class = load_adapter(parse_broker_url(url))
-    original = adapter_class.publish_reply
+    original = adapter_class.settle
     lost: set[str] = set()
 
-    async def publish_reply(adapter: Any, address: str, data: bytes) -> None:
+    async def settle(adapter: Any, address: str, data: bytes, delivery: Any) -> None:
         message = json.loads(data)
-        if message["kind"] == "result" and message["correlation_id"] not in lost:
+        if message["correlation_id"] not in lost:
             lost.add(message["correlation_id"])
+            await delivery.ack()
             return
-        await original(adapter, address, data)
+        await original(adapter, address, data, delivery)
 
-    monkeypatch.setattr(adapter_class, "publish_reply", publish_reply)
+    monkeypatch.setattr(adapter_class, "settle", settle)
     return lost
 
 

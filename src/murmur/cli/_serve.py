@@ -73,12 +73,41 @@ def run_worker(options: StartOptions) -> int:
     with reporter.capturing_logs():
         try:
             worker = _build_worker(options, reporter)
+            loop_options = _loop_options()
         except (InvalidValueError, MissingDependencyError) as exc:
             return _error(str(exc), USAGE)
         try:
-            return anyio.run(_serve, worker, reporter)
+            return anyio.run(_serve, worker, reporter, backend_options=loop_options)
         except KeyboardInterrupt:  # Ctrl-C after the signal handlers were restored
             return 128 + signal.SIGINT
+
+
+def _loop_options() -> dict[str, Any]:
+    """The worker's event loop (``MURMUR_WORKER_LOOP``): ``auto`` (the default) uvloop
+    where it is installed (the broker extras install it where it builds), else asyncio's
+    own; ``asyncio`` insists on the latter, ``uvloop`` on the former. A worker's own CPU
+    per task is most of what it spends on a cheap task.
+
+    Raises:
+        InvalidValueError: another value, or ``uvloop`` where it is not installed.
+    """
+    wanted = os.environ.get("MURMUR_WORKER_LOOP", "auto").strip().lower() or "auto"
+    if wanted not in ("auto", "asyncio", "uvloop"):
+        raise InvalidValueError(
+            f"MURMUR_WORKER_LOOP must be auto, asyncio or uvloop, got {wanted!r}"
+        )
+    if wanted == "asyncio":
+        return {}
+    try:
+        import uvloop  # noqa: F401
+    except ImportError:
+        if wanted == "uvloop":
+            raise InvalidValueError(
+                "MURMUR_WORKER_LOOP=uvloop, but uvloop is not installed "
+                "(pip install uvloop, or a broker extra such as murmur-agents[redis])"
+            ) from None
+        return {}
+    return {"use_uvloop": True}
 
 
 def _build_worker(options: StartOptions, reporter: _Reporter) -> Worker:

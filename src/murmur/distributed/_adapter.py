@@ -279,6 +279,20 @@ class BrokerAdapter(ABC):
     async def publish_reply(self, address: str, data: bytes) -> None:
         """Send a result or event to the caller listening at ``address``."""
 
+    async def settle(self, address: str, data: bytes, delivery: Delivery) -> None:
+        """Send a task's result (``data``) to the caller at ``address``, then acknowledge
+        the task's message (``delivery``): never the acknowledgement without the result.
+
+        Raises (the result was not sent, nor the message acknowledged) if the broker did
+        not take the result; a failed acknowledgement is logged, not raised (the task is
+        delivered again, and its caller drops the second result). Adapters that can do
+        both in one round trip do."""
+        await self.publish_reply(address, data)
+        try:
+            await delivery.ack()
+        except Exception:
+            _log.warning("acknowledging a task on %s failed", delivery.channel, exc_info=True)
+
     @abstractmethod
     async def consume(
         self, agents: Sequence[str], handler: TaskHandler, *, prefetch: int, consumer: str

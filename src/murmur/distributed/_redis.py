@@ -64,12 +64,12 @@ from ._adapter import (
     BrokerAdapter,
     ControlHandler,
     DeadLetter,
+    Delivery,
     ReplyHandler,
     TaskHandler,
     UnservedLetter,
     replayable,
 )
-from ._faststream import MESSAGE as _MESSAGE
 from ._faststream import hand_over
 from ._faststream import raw_body as _raw_body
 from ._group import GroupCommit
@@ -164,6 +164,29 @@ for _, group in ipairs(redis.call('XINFO', 'GROUPS', KEYS[1])) do
 end
 if redis.call('XDEL', KEYS[1], ARGV[2]) == 0 then return false end
 return redis.call('XADD', KEYS[2], '*', 'letter', ARGV[3])
+"""
+#: Send results and acknowledge their tasks, in one round trip, in that order: for each
+#: of the ARGV[1] results, XADD to KEYS[i] (capped at ARGV[2] entries) the body ARGV[4 + i]
+#: and expire the stream in ARGV[3] s; then, per task stream KEYS[k] after those, XACK
+#: and XDEL (group ARGV[4]) the next ARGV count and that many ids. A failed XADD (out of
+#: memory) stops the script before any acknowledgement.
+_SETTLE = """
+local n = tonumber(ARGV[1])
+for i = 1, n do
+    redis.call('XADD', KEYS[i], 'MAXLEN', '~', ARGV[2], '*', 'm', ARGV[4 + i])
+end
+for i = 1, n do
+    redis.call('EXPIRE', KEYS[i], ARGV[3])
+end
+local at = 5 + n
+for k = n + 1, #KEYS do
+    local count = tonumber(ARGV[at])
+    local ids = {unpack(ARGV, at + 1, at + count)}
+    redis.call('XACK', KEYS[k], ARGV[4], unpack(ids))
+    redis.call('XDEL', KEYS[k], unpack(ids))
+    at = at + count + 1
+end
+return n
 """
 
 
@@ -281,6 +304,7 @@ class RedisAdapter(BrokerAdapter):
         self._tasks: GroupCommit[tuple[str, bytes]] = GroupCommit(self._publish_tasks)
         self._replies_out: GroupCommit[tuple[str, bytes]] = GroupCommit(self._publish_replies)
         self._acks: GroupCommit[tuple[str, bytes]] = GroupCommit(self._ack_entries)
+        self._settles: GroupCommit[tuple[str, bytes, str, bytes]] = GroupCommit(self._settle_batch)
         #: Per unserved stream, the last entry a sweep read (the next goes on from there).
         self._swept: dict[str, str] = {}
 
@@ -293,7 +317,13 @@ class RedisAdapter(BrokerAdapter):
         self._client = await self._broker.connect()
         await self._client.ping()  # the client connects lazily: fail here, not mid-consume
         self._retry.window = RECONNECT_SECONDS
-        scripts = (("touch", _TOUCH), ("release", _RELEASE), ("claim", _CLAIM), ("sweep", _SWEEP))
+        scripts = (
+            ("touch", _TOUCH),
+            ("release", _RELEASE),
+            ("claim", _CLAIM),
+            ("sweep", _SWEEP),
+            ("settle", _SETTLE),
+        )
         for name, script in scripts:
             self._scripts[name] = self._client.register_script(script)
 
@@ -347,15 +377,15 @@ class RedisAdapter(BrokerAdapter):
     async def open_replies(self, caller: str, handler: ReplyHandler) -> str:
         stream = self.reply_channel(caller)
 
-        async def on_replies(body: Any, message: Any = _MESSAGE) -> None:
-            for data in _bodies(message.raw_message, self._broker.message_format):
+        async def on_replies(batch: _Batch) -> None:
+            for data in _bodies(batch.raw, self._broker.message_format):
                 handler(data)
 
         subscriber = self._broker.subscriber(
             stream=StreamSub(stream, last_id="0-0", batch=True, max_records=BATCH_RECORDS),
             no_reply=True,
             parser=_unparsed,
-            decoder=_raw_body,
+            decoder=_raw_batch,
         )
         subscriber(on_replies)
         await subscriber.start()
@@ -376,6 +406,28 @@ class RedisAdapter(BrokerAdapter):
                 pipe.expire(address, REPLY_TTL_SECONDS)
             await pipe.execute()
 
+    async def settle(self, address: str, data: bytes, delivery: Delivery) -> None:
+        if not isinstance(delivery, _RedisDelivery) or delivery._adapter is not self:
+            await super().settle(address, data, delivery)
+            return
+        self._held.discard(delivery)
+        await self._settles.write((address, data, delivery._stream, delivery._entry))
+
+    async def _settle_batch(self, batch: Sequence[tuple[str, bytes, str, bytes]]) -> None:
+        """The results of ``batch`` sent, then its tasks acknowledged: one script call."""
+        entries: dict[str, list[bytes]] = {}
+        for _, _, stream, entry in batch:
+            entries.setdefault(stream, []).append(entry)
+        keys: list[str] = [address for address, _, _, _ in batch]
+        args: list[Any] = [len(batch), REPLY_MAXLEN, REPLY_TTL_SECONDS, self.group]
+        args += [data for _, data, _, _ in batch]
+        for stream, ids in entries.items():
+            keys.append(stream)
+            args.append(len(ids))
+            args += ids
+        async with self._slots:
+            await self._scripts["settle"](keys=keys, args=args)
+
     async def _ack_entries(self, entries: Sequence[tuple[str, bytes]]) -> None:
         by_stream: dict[str, list[bytes]] = {}
         for stream, entry in entries:
@@ -392,8 +444,8 @@ class RedisAdapter(BrokerAdapter):
     ) -> None:
         message_format = self._broker.message_format
 
-        async def on_tasks(body: Any, message: Any = _MESSAGE) -> None:
-            raw = message.raw_message
+        async def on_tasks(batch: _Batch) -> None:
+            raw = batch.raw
             stream = raw["channel"]
             for entry, data in zip(raw["message_ids"], _bodies(raw, message_format), strict=True):
                 await hand_over(handler, data, _RedisDelivery(self, stream, entry))
@@ -413,7 +465,7 @@ class RedisAdapter(BrokerAdapter):
                 ack_policy=AckPolicy.MANUAL,
                 no_reply=True,
                 parser=_unparsed,
-                decoder=_raw_body,
+                decoder=_raw_batch,
             )
             subscriber(on_tasks)
             await subscriber.start()
@@ -642,6 +694,22 @@ async def _unparsed(raw: Any, original: Any = None) -> StreamMessage[Any]:
     """FastStream's parser of a batch, replaced: the entries are read by ``_bodies`` (its
     own would decode every body as JSON and encode the list again)."""
     return StreamMessage(raw_message=raw, body=b"", correlation_id="-")
+
+
+class _Batch:
+    """A batch of stream entries as read (``raw``), handed to a handler as its one
+    argument: a handler that asked FastStream for the message object instead (a
+    ``Context`` parameter) would pay a thread hop per batch, FastStream resolving it."""
+
+    __slots__ = ("raw",)
+
+    def __init__(self, raw: Any) -> None:
+        self.raw = raw
+
+
+async def _raw_batch(message: Any, original: Any = None) -> _Batch:
+    """FastStream's decoder of a batch, replaced: the batch as read, untouched."""
+    return _Batch(message.raw_message)
 
 
 def _bodies(raw: Any, message_format: Any) -> list[bytes]:

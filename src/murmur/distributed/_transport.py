@@ -30,14 +30,13 @@ nothing for ``resend_every`` seconds.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import math
 import os
 import time
 import uuid
 import weakref
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -69,8 +68,6 @@ from ._wire import (
 )
 
 if TYPE_CHECKING:
-    from anyio.streams.memory import MemoryObjectSendStream
-
     from .._envelope import EventSink, TaskEnvelope
 
 __all__ = ["CANCEL_SEND_TIMEOUT", "DEFAULT_REPLY_GRACE", "DEFAULT_RESEND_EVERY", "BrokerTransport"]
@@ -105,6 +102,53 @@ RESEND_SEND_TIMEOUT = 1.0
 
 #: What a waiting attempt hears: its replies, and when the broker connection came back.
 _Reply = ResultMessage | EventMessage | float
+
+
+class _Quiet:
+    """No reply came within a wait (its deadline, or time to ask again)."""
+
+
+_QUIET: Any = _Quiet()
+
+
+class _Inbox:
+    """The replies of one waiting attempt, on the home loop (always asyncio): what a
+    memory object stream would do here, at a fraction of its cost on this per-attempt
+    path. ``put`` never blocks; once closed, ``get`` drains what came, then gives None
+    and ``put`` drops (the attempt stopped waiting)."""
+
+    __slots__ = ("_items", "_waiter", "closed")
+
+    def __init__(self) -> None:
+        self._items: deque[_Reply] = deque()
+        self._waiter: asyncio.Future[None] | None = None
+        self.closed = False
+
+    def put(self, item: _Reply) -> None:
+        if not self.closed:
+            self._items.append(item)
+            self._wake()
+
+    def close(self) -> None:
+        self.closed = True
+        self._wake()
+
+    def _wake(self) -> None:
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    async def get(self) -> _Reply | None:
+        """The next reply, waiting for it; None once closed and drained."""
+        while not self._items:
+            if self.closed:
+                return None
+            waiter = self._waiter = asyncio.get_running_loop().create_future()
+            try:
+                await waiter
+            finally:
+                self._waiter = None
+        return self._items.popleft()
 
 
 def namespace_from_env() -> str:
@@ -164,7 +208,7 @@ class BrokerTransport(Transport):
         self._connect_failed: tuple[float, str] | None = None
         self._reply_to = ""
         #: Each waiting attempt's replies, and (a float) when the connection came back.
-        self._pending: dict[str, MemoryObjectSendStream[_Reply]] = {}
+        self._pending: dict[str, _Inbox] = {}
         self._bridge: AsyncioBridge | None = None
         self._closed = False
         #: The attempts waiting for their replies (as ``_pending``), to revoke if cancelled.
@@ -206,9 +250,9 @@ class BrokerTransport(Transport):
         baseline = pending_cancellations()
         adapter = await self._connected()
         correlation_id = uuid.uuid4().hex
-        send, receive = anyio.create_memory_object_stream[_Reply](math.inf)
-        self._pending[correlation_id] = send
+        inbox = self._pending[correlation_id] = _Inbox()
         attempt = self._waiting[correlation_id] = _Attempt(correlation_id, envelope, baseline)
+        loop = asyncio.get_running_loop()
         sent = False
         try:
             message = TaskMessage(
@@ -228,15 +272,19 @@ class BrokerTransport(Transport):
                 sent = True  # perhaps, if cancelled midway
                 # The adapter reconnects through an outage; the attempt's deadline bounds it.
                 # A revoke of its batch cuts it short (``_revoke_batch_home``): perhaps sent,
-                # then, and revoked; the batch's cancellation is on its way here.
+                # then, and revoked; the batch's cancellation is on its way here. One scope
+                # for both (this runs for every attempt): the revoke says it cut it.
                 try:
-                    with anyio.fail_after(_until(envelope.deadline)), anyio.CancelScope() as cut:
+                    until = loop.time() + _until(envelope.deadline)
+                    with anyio.CancelScope(deadline=until) as cut:
                         attempt.publishing = cut
                         await adapter.publish_task(envelope.agent, data)
                 finally:
                     attempt.publishing = None
                     if attempt.unwound is not None:
                         attempt.unwound.set()
+                if cut.cancelled_caught and attempt.unwound is None:
+                    raise TimeoutError  # its deadline came first
             except Exception as exc:
                 # It may have reached the broker all the same (the connection dropped after
                 # the bytes went out): no worker is to run it now.
@@ -258,33 +306,37 @@ class BrokerTransport(Transport):
                     await self._revoke(adapter, attempt)
                 return _revoked(envelope)
             wait = _until(envelope.deadline, self.reply_grace)
-            with anyio.move_on_after(wait):
-                async with receive:
-                    while True:
-                        reply: _Reply | None = None
-                        with anyio.move_on_after(self.resend_every):
-                            try:
-                                reply = await receive.receive()
-                            except anyio.EndOfStream:
-                                break
-                        if reply is None:
-                            # Nothing for a while: its result may have been lost.
-                            quiet = time.monotonic() - self.resend_every / 2
-                            await self._ask_again(adapter, quiet)
-                        elif isinstance(reply, float):
-                            # The connection came back: replies may have been lost meanwhile.
-                            await self._ask_again(adapter, reply)
-                        elif isinstance(reply, ResultMessage):
-                            return reply.result
-                        else:
-                            await events.emit(_with_worker(reply))
-                if attempt.batch is not None:
-                    # Revoked as cancelled, and yet not cancelled: its cancellation was lost
-                    # on the way (a library swallowed it). Nothing will answer it now.
-                    return _revoked(envelope)
-                # The stream ended: this transport was closed under the attempt.
-                raise InvalidStateError("the runtime was closed while the task was running")
-            return _lost(envelope, wait, self.reply_grace)
+            give_up = loop.time() + wait
+            while True:
+                # One scope per wait (this runs for every attempt): until the deadline, or
+                # until it is time to ask again for a result that may have been lost.
+                reply: _Reply | None = _QUIET
+                with anyio.CancelScope(deadline=min(give_up, loop.time() + self.resend_every)):
+                    reply = await inbox.get()
+                if reply is None:
+                    break  # closed
+                if reply is _QUIET:
+                    if loop.time() >= give_up:
+                        return _lost(envelope, wait, self.reply_grace)
+                    # Nothing for a while: its result may have been lost.
+                    quiet = time.monotonic() - self.resend_every / 2
+                    with anyio.CancelScope(deadline=give_up):
+                        await self._ask_again(adapter, quiet)
+                elif isinstance(reply, float):
+                    # The connection came back: replies may have been lost meanwhile.
+                    with anyio.CancelScope(deadline=give_up):
+                        await self._ask_again(adapter, reply)
+                elif isinstance(reply, ResultMessage):
+                    return reply.result
+                else:
+                    with anyio.CancelScope(deadline=give_up):
+                        await events.emit(_with_worker(reply))
+            if attempt.batch is not None:
+                # Revoked as cancelled, and yet not cancelled: its cancellation was lost
+                # on the way (a library swallowed it). Nothing will answer it now.
+                return _revoked(envelope)
+            # The inbox was closed: this transport was closed under the attempt.
+            raise InvalidStateError("the runtime was closed while the task was running")
         except BaseException as exc:
             if sent and is_real_cancellation(exc, baseline):
                 # The caller gave up on it: so should the worker (or the queue).
@@ -294,7 +346,7 @@ class BrokerTransport(Transport):
         finally:
             del self._pending[correlation_id]
             del self._waiting[correlation_id]
-            send.close()
+            inbox.close()
 
     async def _revoke(
         self, adapter: BrokerAdapter, attempt: _Attempt, reason: str = "cancelled by its caller"
@@ -390,10 +442,8 @@ class BrokerTransport(Transport):
         """The broker connection came back (on the home loop): every waiting attempt hears
         when, and the first to wake asks for them all (``_ask_again``)."""
         now = time.monotonic()
-        for send in self._pending.values():
-            # An attempt that stopped waiting (cancelled: telling the workers) needs none.
-            with contextlib.suppress(anyio.BrokenResourceError, anyio.ClosedResourceError):
-                send.send_nowait(now)
+        for inbox in self._pending.values():
+            inbox.put(now)
 
     async def _revoke_batch_home(self, batch_id: str) -> None:
         adapter = self._adapter
@@ -471,14 +521,9 @@ class BrokerTransport(Transport):
         if isinstance(message, TaskMessage):
             _log.warning("dropped a task message sent to a reply channel")
             return
-        send = self._pending.get(message.correlation_id)
-        if send is None:
-            # A duplicate (the task was delivered twice) or a late reply: already answered.
-            return
-        try:
-            send.send_nowait(message)
-        except (anyio.BrokenResourceError, anyio.ClosedResourceError):
-            return  # the attempt stopped waiting (cancelled: telling the workers)
+        inbox = self._pending.get(message.correlation_id)
+        if inbox is not None:  # else a duplicate (delivered twice) or late: answered already
+            inbox.put(message)
 
     # -- connection --------------------------------------------------------------------
 
@@ -560,8 +605,8 @@ class BrokerTransport(Transport):
         come back as errors), then close the connection."""
         if adapter is not None and self._pending:
             await self._send_cancel(adapter, list(self._pending), None, "its caller closed")
-        for send in list(self._pending.values()):
-            send.close()
+        for inbox in list(self._pending.values()):
+            inbox.close()
         if adapter is not None:
             await _close_quietly(adapter)
 

@@ -654,14 +654,13 @@ class Worker:
             error = f"not sent within {SETTLE_SECONDS:g}s"
             with anyio.move_on_after(SETTLE_SECONDS, shield=True):
                 try:
-                    await adapter.publish_reply(message.reply_to, data)
+                    # Not acknowledged if the broker's connection fails after the result
+                    # went: the task comes again, and its caller drops the second result.
+                    await adapter.settle(message.reply_to, data, delivery)
                 except Exception as exc:
                     error = f"{type(exc).__name__}: {exc}"
                 else:
                     sent = True
-                    # Not acknowledged if the broker's connection fails here: the task
-                    # comes again, and its caller drops the second result.
-                    await _quietly(delivery.ack())
             if sent:
                 return True
             failures += 1
