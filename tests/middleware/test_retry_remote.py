@@ -6,8 +6,6 @@ from __future__ import annotations
 import uuid
 from typing import Any
 
-import anyio
-import anyio.lowlevel
 import pytest
 from pydantic_ai.exceptions import ModelHTTPError
 
@@ -22,7 +20,7 @@ from murmur import (
 from murmur.distributed import BrokerTransport, Worker
 from murmur.middleware import RetryMiddleware
 from murmur.middleware.retry import _as_predicate, is_retryable
-from support import Recorder, crossed
+from support import FakeSleep, Recorder, crossed
 
 
 class QuotaError(ConnectionError):
@@ -71,17 +69,6 @@ def test_retry_on_types_match_a_remote_failure_by_its_classes() -> None:
 
 
 # -- Retry-After from a worker --------------------------------------------------------------
-
-
-class FakeSleep:
-    """Stands in for ``anyio.sleep``: records each requested wait and returns at once."""
-
-    def __init__(self) -> None:
-        self.delays: list[float] = []
-
-    async def __call__(self, delay: float) -> None:
-        self.delays.append(delay)
-        await anyio.lowlevel.checkpoint()
 
 
 def on_a_worker(*failures: Exception) -> tuple[Any, list[int]]:
