@@ -13,6 +13,17 @@ import anyio.lowlevel
 from murmur import EventType, RuntimeEvent
 
 
+class FakeSleep:
+    """Stands in for ``anyio.sleep`` (backoff waits): records each wait, returns at once."""
+
+    def __init__(self) -> None:
+        self.delays: list[float] = []
+
+    async def __call__(self, delay: float) -> None:
+        self.delays.append(delay)
+        await anyio.lowlevel.checkpoint()
+
+
 def throttled_once(name: str, model: str, retry_after: str) -> Any:
     """A function agent of ``model`` whose first call fails with a provider's 429 asking to
     wait ``retry_after`` seconds; later calls return their input."""

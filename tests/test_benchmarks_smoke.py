@@ -287,6 +287,41 @@ def test_rate_limits_cells_run_and_count_round_trips() -> None:
     assert any("achieved" in label for label in labels)
 
 
+def test_rate_limit_library_rows_are_shaped() -> None:
+    """The libraries' table: a measured row, a skipped one (no virtualenv), and the
+    sharing arithmetic on made-up admissions."""
+    rate_limits = _bench("scenarios.rate_limits")
+    assert [spec.dist for spec in rate_limits.LIMITER_PEERS] == [
+        "limits",
+        "pyrate-limiter",
+        "redis-rate-limiters",
+    ]
+    share = rate_limits.Share([0.0, 0.5, 1.0, 1.5, 2.0, 2.5], 0.0, 4, 1.0, 3)
+    assert share.to_json() == {
+        "admissions": 6,
+        "achieved_per_period": 2.0,
+        "most_in_any_period": 2,
+    }
+    measured = {
+        "dist": "limits",
+        "version": "5.8.0",
+        "local_cpu_us": 2.5,
+        "redis_cpu_us": 60.0,
+        "redis_trips": 1.0,
+        "two_trips": None,
+        "facts": {"weights": "yes", "correction": "no", "waiting": "none"},
+        "order": {"admitted": [0, 2, 1], "trips_per_admission": 24.5},
+        "share": share.to_json(),
+    }
+    skipped = {"dist": "pyrate-limiter", "version": "4.5.1", "skipped": "no venv"}
+    rows = rate_limits._peer_rows([measured, skipped])
+    assert rows[0][:5] == ["limits 5.8.0", "2.5", "60.0", "1.00", "not expressible"]
+    assert rows[0][-2] == "1 out of order, 24.50 trips per admission"
+    assert rows[0][-1] == "2 most in any period, 2 per period"
+    assert rows[1][:2] == ["pyrate-limiter 4.5.1", "skipped: no venv"]
+    assert len(rows[0]) == len(rows[1]) == 10
+
+
 def test_report_renders_a_scenario_result(tmp_path: Path) -> None:
     registry = _bench("registry")
     report = _bench("report")

@@ -24,9 +24,10 @@ from typer.testing import CliRunner
 from distributed.app import explode, hold, shout
 from distributed.brokers import REDIS_URL as REDIS
 from distributed.brokers import delete_redis_keys, require
-from murmur import AgentRuntime, RemoteAgentError, TaskSpec
+from murmur import AgentRuntime, EventType, RemoteAgentError, TaskSpec
 from murmur.cli import app
 from murmur.cli._serve import _console_line
+from support import Recorder
 from workers import REPO, STEP_SECONDS, WorkerProcess, command_env
 
 APP = "tests.distributed.app"
@@ -162,6 +163,52 @@ async def test_a_second_signal_stops_at_once(
     assert await worker.exit_code() == 128 + signal.SIGINT
 
 
+@pytest.mark.anyio
+async def test_a_rate_limit_on_the_command_line_limits_the_tasks_the_worker_runs(
+    start_worker: Any, namespace: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """burst=2 and one request per 2 s after it (rpm=2 over period=2, less the burst): of
+    three tasks sent at once, two start at once and the third waits on the worker, which
+    says so in its heartbeats, its caller's events and the third task's result."""
+    import redis
+
+    name = f"{namespace}-shout"
+    spec = f"agent=shout,rpm=2,burst=2,period=2,store={REDIS},name={name}"
+    worker = start_worker("--app", APP, "--broker", REDIS, "--rate-limit", spec, *FAST_HEARTBEAT)
+    started = await worker.wait_for("worker.started")
+    assert started["rate_limits"] == [
+        {"limit": name, "factor": 1.0, "waiting": 0, "paused_until": None}
+    ]
+    recorder = Recorder()
+    monkeypatch.setenv("MURMUR_NAMESPACE", namespace)
+    try:
+        async with AgentRuntime(broker=REDIS, event_emitter=recorder) as runtime:
+            with anyio.fail_after(STEP_SECONDS):
+                results = await runtime.gather(
+                    shout, [TaskSpec(input=word) for word in ("a", "b", "c")]
+                )
+        assert [result.output for result in results] == ["A", "B", "C"]
+        assert sorted(result.rate_limit_wait > 0 for result in results) == [False, False, True]
+        [waited] = recorder.of(EventType.RATE_LIMIT_WAITED)
+        assert (waited.data["limit"], waited.data["limits"]) == (name, [name])
+        assert waited.data["waited"] == max(result.rate_limit_wait for result in results)
+        # A heartbeat while the third task waited says so; read up to the one after all ran.
+        waiting_seen = False
+        while True:
+            beat = await worker.wait_for("worker.heartbeat")
+            [state] = beat["rate_limits"]
+            waiting_seen = waiting_seen or state["waiting"] == 1
+            if beat["processed"] == 3:
+                break
+        assert waiting_seen, worker.output()
+        assert state == {"limit": name, "factor": 1.0, "waiting": 0, "paused_until": None}
+        assert worker.stop() == 0
+    finally:
+        client = redis.Redis.from_url(REDIS)
+        client.delete(f"murmur:ratelimit:{name}")
+        client.close()
+
+
 # -- one-line errors at start -------------------------------------------------------------
 
 
@@ -271,6 +318,10 @@ def test_worker_start_help_reads_well() -> None:
         "A second signal stops it at once",
         "130 for Ctrl-C, 143 for SIGTERM",
         "auto|console|json",
+        "--rate-limit 'model=openai:gpt-4o,rpm=500,tpm=200000,store=redis://localhost:6379/0'",
+        "--rate-limit 'provider=anthropic,rpm=50'",
+        "env var: MURMUR_RATE_LIMITS",
+        "a bad broker URL or --rate-limit",
     ):
         assert expected in text, expected
 

@@ -31,7 +31,14 @@ def command_env(**extra: str) -> dict[str, str]:
     env = {
         key: value
         for key, value in os.environ.items()
-        if key not in {"MURMUR_APP", "MURMUR_BROKER", "MURMUR_NAMESPACE", "PYTHONPATH"}
+        if key
+        not in {
+            "MURMUR_APP",
+            "MURMUR_BROKER",
+            "MURMUR_NAMESPACE",
+            "MURMUR_RATE_LIMITS",
+            "PYTHONPATH",
+        }
     }
     path = os.pathsep.join((str(REPO / "src"), str(REPO / "tests")))
     return {**env, "PYTHONPATH": path, "COLUMNS": "100", **extra}

@@ -45,6 +45,7 @@ from ..harness import (
     run_on,
     timed,
 )
+from ..peer_venv import PEER_SCRIPTS_DIR, PeerSpec, ensure_venv, run_peer_script
 from ..registry import Headline, RunConfig, Scenario, ScenarioResult, Status, Table, register
 
 __all__ = ["OVERHEAD_TARGET_US", "RPM_TOLERANCE", "ROUND_TRIP_TARGET", "run"]
@@ -83,12 +84,17 @@ def _limits(variant: str, store: str | None) -> list[RateLimit]:
     ]
 
 
-def _delete(limits: Sequence[RateLimit]) -> None:
+def _delete(limits: Sequence[RateLimit] = (), *, matching: str | None = None) -> None:
+    """Delete the limits' keys, and those ``matching`` a pattern."""
     import redis
 
     client = redis.Redis.from_url(REDIS_URL)
     try:
-        client.delete(*(f"murmur:ratelimit:{limit.name}" for limit in limits))
+        keys: list[Any] = [f"murmur:ratelimit:{limit.name}" for limit in limits]
+        if matching is not None:
+            keys += client.scan_iter(match=matching)
+        if keys:
+            client.delete(*keys)
     finally:
         client.close()
 
@@ -288,6 +294,204 @@ def measure_pace(counts: Sequence[int], rpm: int, period: float, periods: int) -
     return paces
 
 
+# -- the libraries weighed (peers) -------------------------------------------------------
+
+#: Rate-limiter libraries, each in its own virtualenv, driven by its peer script.
+LIMITER_PEERS = (
+    PeerSpec("limits", "5.8.0", "limits", "ratelimit_limits.py", extras=("redis",)),
+    PeerSpec(
+        "pyrate-limiter",
+        "4.5.1",
+        "pyrate_limiter",
+        "ratelimit_pyrate.py",
+        also=("redis==8.1.0",),
+    ),
+    PeerSpec("redis-rate-limiters", "0.5.0", "limiters", "ratelimit_redis_rate_limiters.py"),
+)
+MURMUR_SHARE_SCRIPT = PEER_SCRIPTS_DIR / "ratelimit_murmur.py"
+#: The fleet measurement: 3 processes sharing rpm=600, the "minute" scaled to 3 s.
+SHARE: dict[str, Any] = {"rpm": 600, "period": 3.0, "periods": 2, "threads": 8, "processes": 3}
+#: Waiters of the order measurement (arriving 10 ms apart at a limit of 10 a second).
+WAITERS = 10
+MURMUR_FACTS = {
+    "weights": "yes (tpm: estimated tokens)",
+    "correction": "yes (from the usage reported)",
+    "waiting": "reserves its place in every limit at once, sleeps until it "
+    "(first come, first served)",
+    "several_limits": "all limits of one Redis in one script",
+}
+
+
+@dataclass
+class Share:
+    """``processes`` processes sharing ``rpm`` per ``period``: their admission times."""
+
+    stamps: list[float]
+    start: float
+    rpm: int
+    period: float
+    periods: int
+
+    @property
+    def achieved(self) -> float:
+        """Admissions per period over the measured periods."""
+        return len(self.stamps) / self.periods
+
+    @property
+    def most_in_a_period(self) -> int:
+        pace = Pace(runtimes=1, rpm=self.rpm, period=self.period, periods=self.periods)
+        pace.starts = self.stamps
+        return pace.most_in_a_period
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "admissions": len(self.stamps),
+            "achieved_per_period": self.achieved,
+            "most_in_any_period": self.most_in_a_period,
+        }
+
+
+def _share(run: Callable[[dict[str, Any]], dict[str, Any]], prefix: str) -> Share:
+    out = run({**SHARE, "mode": "share", "url": REDIS_URL, "prefix": prefix})
+    return Share(out["stamps"], out["start"], SHARE["rpm"], SHARE["period"], SHARE["periods"])
+
+
+def _murmur_share(prefix: str) -> Share:
+    import json
+    import os
+    import subprocess
+    import sys
+
+    def run(config: dict[str, Any]) -> dict[str, Any]:
+        done = subprocess.run(
+            [sys.executable, str(MURMUR_SHARE_SCRIPT), json.dumps(config)],
+            env=os.environ.copy(),  # this interpreter's murmur
+            capture_output=True,
+            text=True,
+            timeout=300,
+            check=True,
+        )
+        result: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
+        return result
+
+    return _share(run, prefix)
+
+
+async def _murmur_order(prefix: str, trips: _RoundTrips) -> dict[str, Any]:
+    """``WAITERS`` calls arriving 10 ms apart at a stored limit of 10 a second whose
+    capacity is spent: the order they start in, and the round trips each cost."""
+    started: list[int] = []
+
+    async def call(value: int) -> int:
+        if value >= 0:
+            started.append(value)
+        return value
+
+    agent = FunctionAgent(call, name="order")
+    limit = RateLimit(rpm=11, period=1.0, store=REDIS_URL, name=f"{prefix}-order")
+    async with AgentRuntime(options=RuntimeOptions(rate_limits=[limit])) as runtime:
+        for _ in range(50):  # spend the capacity (until a call had to wait)
+            if (await runtime.run(agent, TaskSpec(input=-1))).rate_limit_wait >= 0.03:
+                break
+        before = trips.count
+        async with anyio.create_task_group() as tg:
+            for index in range(WAITERS):
+                tg.start_soon(runtime.run, agent, TaskSpec(input=index))
+                await anyio.sleep(0.01)
+        count = trips.count - before
+    return {"admitted": started, "trips_per_admission": count / max(1, len(started))}
+
+
+def _inversions(order: Sequence[int]) -> int:
+    """Pairs admitted out of arrival order (0: first come, first served)."""
+    return sum(1 for i, a in enumerate(order) for b in order[i + 1 :] if a > b)
+
+
+def measure_peers(config: RunConfig, cells: Sequence[OverheadCell]) -> list[dict[str, Any]]:
+    """Murmur's limiter and each library of ``LIMITER_PEERS`` (in its own virtualenv: made
+    when missing in a full run or with ``--setup-peers``, else its row says it was
+    skipped), measured alike: per-acquisition cost, round trips, order of waiters, and 3
+    processes sharing one limit."""
+    create = config.setup_peers if config.setup_peers is not None else not config.quick
+    rows: list[dict[str, Any]] = []
+    prefix = f"bench-rlpeer-{uuid.uuid4().hex[:8]}"
+    local, stored = cells[0], cells[1]
+    trips = _RoundTrips()
+    try:
+        with trips.counting():
+            order = run_on("asyncio", functools.partial(_murmur_order, f"{prefix}-murmur", trips))
+        murmur: dict[str, Any] = {
+            "dist": "murmur (this repo)",
+            "version": "",
+            "local_cpu_us": local.added_us(ONE, "asyncio", cpu=True).median,
+            "redis_cpu_us": stored.added_us(ONE, "asyncio", cpu=True).median,
+            "redis_trips": statistics.median(stored.round_trips[(ONE, "asyncio")]),
+            "two_trips": statistics.median(stored.round_trips[(TWO, "asyncio")]),
+            "order": order,
+            "facts": MURMUR_FACTS,
+            "share": _murmur_share(f"{prefix}-murmur").to_json(),
+        }
+        rows.append(murmur)
+        config.log("    peers: murmur measured")
+        for spec in LIMITER_PEERS:
+            python, info = ensure_venv(spec, config.venvs_dir, create=create, log=config.log)
+            if python is None:
+                rows.append({"dist": spec.dist, "version": spec.version, "skipped": info["error"]})
+                continue
+            tag = f"{prefix}-{spec.dist}"
+            measured = run_peer_script(
+                python,
+                spec,
+                {"url": REDIS_URL, "prefix": tag, "n": 300, "n_local": 3_000, "waiters": WAITERS},
+                timeout=300,
+            )
+            measured["share"] = _share(
+                functools.partial(run_peer_script, python, spec), tag
+            ).to_json()
+            local_us, redis_us = measured.pop("local_us"), measured.pop("redis_us")
+            measured["local_cpu_us"] = None if local_us is None else local_us[1]
+            measured["redis_cpu_us"] = redis_us[1]
+            measured["local_wall_us"] = None if local_us is None else local_us[0]
+            measured["redis_wall_us"] = redis_us[0]
+            rows.append(measured)
+            config.log(f"    peers: {spec.dist} measured")
+    finally:
+        _delete(matching=f"*{prefix}*")
+    return rows
+
+
+def _us(value: float | None) -> str:
+    return "-" if value is None else f"{value:.1f}"
+
+
+def _peer_rows(peers: Sequence[dict[str, Any]]) -> list[list[str]]:
+    rows = []
+    for peer in peers:
+        label = f"{peer['dist']} {peer['version']}".strip()
+        if "skipped" in peer:
+            rows.append([label, f"skipped: {peer['skipped']}", *["-"] * 8])
+            continue
+        facts, order, share = peer["facts"], peer["order"], peer["share"]
+        two = peer["two_trips"]
+        rows.append(
+            [
+                label,
+                _us(peer["local_cpu_us"]),
+                _us(peer["redis_cpu_us"]),
+                f"{peer['redis_trips']:.2f}",
+                "not expressible" if two is None else f"{two:.2f}",
+                facts["weights"],
+                facts["correction"],
+                facts["waiting"],
+                f"{_inversions(order['admitted'])} out of order, "
+                f"{order['trips_per_admission']:.2f} trips per admission",
+                f"{share['most_in_any_period']} most in any period, "
+                f"{share['achieved_per_period']:.0f} per period",
+            ]
+        )
+    return rows
+
+
 # -- report ------------------------------------------------------------------------------
 
 
@@ -398,6 +602,7 @@ def run(config: RunConfig) -> ScenarioResult:
     cells = [measure_overhead(None, 3_000 if quick else 50_000, backends, reps)]
     config.log(f"    in-process: {time.perf_counter() - started:.1f}s")
     paces: list[Pace] = []
+    peers: list[dict[str, Any]] = []
     up = _redis_up()
     if up:
         cells.append(measure_overhead(REDIS_URL, 200 if quick else 3_000, backends, reps))
@@ -410,6 +615,8 @@ def run(config: RunConfig) -> ScenarioResult:
         rpm, period, periods = (100, 5.0, 1) if quick else (300, 30.0, 1)
         paces = measure_pace((1, 3, 10), rpm, period, periods)
         config.log(f"    achieved rpm: {time.perf_counter() - started:.1f}s")
+        peers = measure_peers(config, cells)
+        config.log(f"    libraries: {time.perf_counter() - started:.1f}s")
     notes = [
         "Overhead: `runtime.gather` of no-op function agents (each reports 5 tokens of "
         f"usage), cap {CAP}, in a fresh event loop per repetition, {reps} repetitions "
@@ -435,6 +642,30 @@ def run(config: RunConfig) -> ScenarioResult:
         "machine shared with other work) delays the calls due meanwhile, which then start "
         "together: one of slack absorbs a stall of up to one interval.",
     ]
+    notes.append(
+        "Libraries: Murmur's limiter beside `limits`, `pyrate-limiter` and "
+        "`redis-rate-limiters`, each library in its own virtualenv (made by a full run or "
+        "`--setup-peers`; a quick run measures those that exist) through its synchronous "
+        "API (benchmarks/peer_scripts/ratelimit_*.py). 'CPU µs per acquisition': process "
+        "CPU time of 3,000 acquisitions in-process and 300 in Redis of one limit that never "
+        "refuses (Murmur: the added CPU µs per call of the overhead table, one limit, "
+        "asyncio, which also counts the stage and the correction after the call). 'Round "
+        "trips': commands redis-py writes per acquisition, one limit, and rpm + tpm (100 "
+        "tokens) for one call (Murmur: its two-limit variant). 'Order': "
+        f"{WAITERS} waiters arriving 10 ms apart at a Redis limit of 10 a second whose "
+        "capacity is spent: pairs admitted out of arrival order, and Redis round trips per "
+        "admission while they waited. 'Shared': "
+        f"{SHARE['processes']} processes sharing {SHARE['rpm']} per {SHARE['period']:g} s "
+        f"(a minute scaled down) through Redis, each with {SHARE['threads']} threads (Murmur: "
+        f"a gather of at most {SHARE['threads']} calls) acquiring as fast as it admits, "
+        f"for {SHARE['periods']} periods: the most admissions (`time.time()` when the "
+        "acquisition returned, or the agent started) in any window of one period, which must "
+        f"not pass {SHARE['rpm']}, and admissions per period. limits has no waiting: the "
+        "caller polls (every 2 ms here); its limit is a moving window. pyrate-limiter: its "
+        "default sliding-window-log buckets. redis-rate-limiters: a token bucket of "
+        "capacity 1 refilled one token per interval, Redis only. limits' never-refusing "
+        "limit is a fixed window (a moving window of 10^9 keeps a list of every hit)."
+    )
     if not up:
         notes.append("No Redis on 127.0.0.1:6379: the Redis rows were not measured.")
     if quick:
@@ -469,6 +700,28 @@ def run(config: RunConfig) -> ScenarioResult:
                 _pace_rows(paces),
             )
         )
+    if peers:
+        tables.append(
+            Table(
+                "Rate-limit libraries beside Murmur's limiter: CPU µs per acquisition, Redis "
+                "round trips, weights, corrections, waiting, order of waiters, and "
+                f"{SHARE['processes']} processes sharing {SHARE['rpm']} per "
+                f"{SHARE['period']:g} s",
+                [
+                    "limiter",
+                    "CPU µs in-process",
+                    "CPU µs Redis",
+                    "round trips, 1 limit",
+                    "round trips, rpm + tpm",
+                    "weighted (tpm)",
+                    "correction after the call",
+                    "waiting",
+                    "order of waiters",
+                    f"shared by {SHARE['processes']} processes",
+                ],
+                _peer_rows(peers),
+            )
+        )
     status: Status = "reduced" if quick or not up else "ok"
     return ScenarioResult(
         name=NAME,
@@ -480,6 +733,7 @@ def run(config: RunConfig) -> ScenarioResult:
         data={
             "overhead": [cell.to_json() for cell in cells],
             "pace": [pace.to_json() for pace in paces],
+            "peers": peers,
             "redis": up,
         },
         seconds=time.perf_counter() - started,

@@ -205,6 +205,8 @@ class _RemoteAttempt:
         )
         result = await self._transport.submit(envelope, _Sink(origin))
         ctx.report_usage(result.usage)
+        # What the attempt waited for the worker's own rate limits counts as the task's.
+        ctx._rate_limit_wait += result.rate_limit_wait
         if result.error is not None:
             raise result.error
         return ctx.impl.rebuild_output(result.output)

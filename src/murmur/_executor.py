@@ -90,7 +90,8 @@ class Executor:
     async def execute(self, envelope: TaskEnvelope, sink: EventSink) -> AgentResult[Any]:
         """Run one attempt described by ``envelope``; its failure comes back as a result.
 
-        The result's usage and duration are this attempt's. Cancellation propagates.
+        The result's usage, duration and ``rate_limit_wait`` are this attempt's.
+        Cancellation propagates.
         """
         task = envelope.task
         impl = self.agents.get(envelope.agent)
@@ -139,7 +140,14 @@ class Executor:
             ctx._finished = True
             _current.reset(token)
         return AgentResult._build(
-            output, error, ctx.usage, ctx.attempt, perf_counter() - start, task.task_id, impl.name
+            output,
+            error,
+            ctx.usage,
+            ctx.attempt,
+            perf_counter() - start,
+            task.task_id,
+            impl.name,
+            ctx._rate_limit_wait,  # a worker's own rate limits (RateLimitMiddleware)
         )
 
 

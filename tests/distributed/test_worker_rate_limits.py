@@ -1,5 +1,6 @@
-"""A worker's rate limits (``Worker(rate_limits=...)``, for the children its tasks spawn) in
-its heartbeats and its status line: each limit's rate factor, waiting calls and pause."""
+"""A worker's rate limits (``Worker(rate_limits=...)``, for the children its tasks spawn;
+a ``RateLimitMiddleware`` in its middleware, for the tasks it runs) in its heartbeats and
+its status line: each limit's rate factor, waiting calls and pause."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ import pytest
 from murmur import AgentContext, AgentRuntime, EventType, RateLimit, TaskSpec
 from murmur.cli._serve import _console_line, _LiveReporter
 from murmur.distributed import BrokerTransport, Worker
+from murmur.middleware import RateLimitMiddleware
 from support import FakeClock, Recorder, throttled_once
 
 pytestmark = pytest.mark.anyio
@@ -104,3 +106,53 @@ async def test_heartbeat_and_status_line_show_a_spawn_paused_by_a_429() -> None:
             clock.advance_to(30.0)
     assert results[0].output == 2
     assert worker.rate_limit_state()[0]["waiting"] == 0
+
+
+async def test_a_workers_own_limits_admit_the_tasks_it_runs() -> None:
+    """A ``RateLimitMiddleware`` in the worker's middleware (what ``murmur worker start
+    --rate-limit`` makes) admits each attempt on the worker: of two tasks sent at once the
+    second waits there one interval; its caller gets the wait in the result and the event,
+    and the worker's started event and heartbeats show the limit."""
+    clock = FakeClock(start=0.0)
+    limit = RateLimit(agent="echo", rpm=61, clock=clock, name="echo-limit")  # 1 s apart
+
+    async def echo(text: str) -> str:
+        return text
+
+    beats = Beats()
+    caller_events = Recorder()
+    namespace = f"t-{uuid.uuid4().hex[:8]}"
+    worker = Worker(
+        URL,
+        [echo],
+        namespace=namespace,
+        event_emitter=beats,
+        heartbeat_seconds=0.01,
+        middleware=[RateLimitMiddleware([limit])],
+    )
+    results: list[Any] = []
+    async with (
+        worker,
+        AgentRuntime(
+            transport=BrokerTransport(URL, namespace=namespace), event_emitter=caller_events
+        ) as runtime,
+    ):
+        [started] = beats.of(EventType.WORKER_STARTED)
+        assert started.data["rate_limits"] == [
+            {"limit": "echo-limit", "factor": 1.0, "waiting": 0, "paused_until": None}
+        ]
+
+        async def call() -> None:
+            results.extend(await runtime.gather(echo, [TaskSpec(input="a"), TaskSpec(input="b")]))
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(call)
+            await clock.until_sleeping()  # the second task waits on the worker
+            [state] = (await beats.beat())["rate_limits"]
+            assert (state["limit"], state["waiting"]) == ("echo-limit", 1)
+            clock.advance_to(1.0)
+    assert [result.output for result in results] == ["a", "b"]
+    assert sorted(result.rate_limit_wait for result in results) == [0.0, 1.0]
+    [waited] = caller_events.of(EventType.RATE_LIMIT_WAITED)
+    assert waited.data["waited"] == 1.0
+    assert waited.data["limit"] == "echo-limit"

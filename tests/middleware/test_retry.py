@@ -32,23 +32,12 @@ from murmur import (
     from_pydantic_ai,
 )
 from murmur.middleware import RetryMiddleware, is_retryable
-from support import Recorder
+from support import FakeSleep, Recorder
 
 pytestmark = pytest.mark.anyio
 
 #: Retry without waiting: these tests are about which failures are retried, not when.
 NO_WAIT = {"retry_backoff_factor": 0.0}
-
-
-class FakeSleep:
-    """Stands in for ``anyio.sleep``: records each requested wait and returns at once."""
-
-    def __init__(self) -> None:
-        self.delays: list[float] = []
-
-    async def __call__(self, delay: float) -> None:
-        self.delays.append(delay)
-        await anyio.lowlevel.checkpoint()
 
 
 def failing_then(

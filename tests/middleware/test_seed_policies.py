@@ -39,7 +39,7 @@ from murmur import (
     from_pydantic_ai,
 )
 from murmur.middleware import RetryMiddleware, TimeoutMiddleware
-from support import exec_snippet
+from support import FakeSleep, exec_snippet
 
 pytestmark = pytest.mark.anyio
 
@@ -102,17 +102,6 @@ runtime = AgentRuntime(
 # post-charge (deducts from the budget) automatically. A BUDGET_EXCEEDED
 # RuntimeEvent fires before the error is raised.
 """
-
-
-class FakeSleep:
-    """A fake clock for backoff waits: records each wait, returns at once."""
-
-    def __init__(self) -> None:
-        self.delays: list[float] = []
-
-    async def __call__(self, delay: float) -> None:
-        self.delays.append(delay)
-        await anyio.lowlevel.checkpoint()
 
 
 def stages_of(runtime: AgentRuntime) -> tuple[Any, ...]:

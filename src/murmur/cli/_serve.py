@@ -16,7 +16,7 @@ import os
 import signal
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TextIO
@@ -29,6 +29,8 @@ from ..distributed._registry import AgentRegistry
 from ..distributed._url import parse_broker_url
 from ..distributed._worker import Worker
 from ..errors import BrokerUnavailableError, InvalidValueError, MissingDependencyError
+from ..middleware.rate_limit import RateLimitMiddleware
+from ._rate_limits import parse_rate_limits
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -63,6 +65,8 @@ class StartOptions:
     heartbeat: float
     log_format: str
     max_deliveries: int = 5
+    #: ``--rate-limit`` SPECs (``MURMUR_RATE_LIMITS``), as given.
+    rate_limits: Sequence[str] = ()
 
 
 def run_worker(options: StartOptions) -> int:
@@ -115,7 +119,7 @@ def _build_worker(options: StartOptions, reporter: _Reporter) -> Worker:
 
     Raises:
         InvalidValueError: no app or broker, an app that does not import or defines no
-            agent, an agent it does not define, a bad broker URL or option.
+            agent, an agent it does not define, a bad broker URL, ``--rate-limit`` or option.
         MissingDependencyError: the broker's extra is not installed.
     """
     if not options.app:
@@ -128,6 +132,8 @@ def _build_worker(options: StartOptions, reporter: _Reporter) -> Worker:
             "no broker: pass --broker URL or set MURMUR_BROKER (e.g. redis://localhost:6379)"
         )
     wanted = _agent_names(options.agents)
+    # Checked before the broker and the app: a typo in a limit is the cheapest to report.
+    limits = parse_rate_limits(options.rate_limits)
     # The URL and its extra first: cheap, and worth knowing before the app import.
     load_adapter(parse_broker_url(options.broker))
     _current_directory_on_path()
@@ -150,6 +156,8 @@ def _build_worker(options: StartOptions, reporter: _Reporter) -> Worker:
         grace_seconds=options.grace,
         max_deliveries=options.max_deliveries,
         redeliver_after=options.redeliver_after,
+        # The limits apply to the calls the worker runs, as it runs them (executor side).
+        middleware=[RateLimitMiddleware(limits)] if limits else (),
     )
 
 

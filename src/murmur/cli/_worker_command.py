@@ -51,6 +51,16 @@ START_HELP = "\n\n".join(
         "they are delivered again to another worker) and exits 0. A second signal stops "
         "it at once, cancelling what is in flight the same way, and exits 128 + the "
         "signal's number (130 for Ctrl-C, 143 for SIGTERM).",
+        "[bold]Rate limits[/bold]\n"
+        "--rate-limit states a provider's published limits once for the calls this worker "
+        "runs: a task waits on the worker (in one of its --concurrency slots) until every "
+        "limit that applies admits it, and a 429 pauses its model for every task here. "
+        "With store=redis://... the limit is shared by every worker and caller using the "
+        "same store and name, so a fleet stays within it together.\n"
+        "  murmur worker start --app myproject.agents --broker redis://localhost:6379 \\\n"
+        "      --rate-limit 'model=openai:gpt-4o,rpm=500,tpm=200000,"
+        "store=redis://localhost:6379/0' \\\n"
+        "      --rate-limit 'provider=anthropic,rpm=50'",
         "[bold]Dead letters[/bold]\n"
         "A message the worker cannot read, of another wire version, for an agent it does "
         "not serve, or delivered more than --max-deliveries times is set aside as a dead "
@@ -59,13 +69,16 @@ START_HELP = "\n\n".join(
         "[bold]Logs[/bold] (on stderr)\n"
         "json: one JSON object per line: worker.started (once it is taking tasks), "
         "worker.heartbeat (every --heartbeat seconds), worker.stop_requested, "
-        "worker.stopped; each with event, worker, timestamp and its counts. "
+        "worker.stopped; each with event, worker, timestamp and its counts (and, with "
+        "--rate-limit, rate_limits: each limit's rate factor, waiting tasks and pause). "
         "console: the same as plain lines. auto: on a terminal, a live status line "
-        "(processed, failed, in flight, tasks/s, per agent) and the start and stop lines; "
+        "(processed, failed, in flight, tasks/s, per agent, rate limits) and the start and "
+        "stop lines; "
         "otherwise console.",
         "[bold]Exit codes[/bold]: 0 stopped; 1 the broker cannot be reached or the worker "
         "failed; 2 a usage error (no app, an app that does not import, an unknown agent, "
-        "a bad broker URL, a missing extra); 130 / 143 stopped at once by a second signal.",
+        "a bad broker URL or --rate-limit, a missing extra); 130 / 143 stopped at once by "
+        "a second signal.",
     )
 )
 
@@ -201,6 +214,23 @@ def start(
             ),
         ),
     ] = 5,
+    rate_limits: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--rate-limit",
+            metavar="SPEC",
+            envvar="MURMUR_RATE_LIMITS",
+            show_envvar=True,
+            help=(
+                "A provider's limit on the calls this worker runs, as key=value pairs: "
+                "model=, provider= or agent= (which calls), rpm= and/or tpm= (requests and "
+                "tokens per minute), and optionally burst=, period= (seconds), "
+                "store=redis://... (shared by every worker and caller with that store), "
+                "on_store_error=closed|open, store_timeout= (seconds), name=. Repeat it for "
+                "several limits; in MURMUR_RATE_LIMITS, separate them with spaces."
+            ),
+        ),
+    ] = None,
     log_format: Annotated[
         LogFormat,
         typer.Option(
@@ -226,6 +256,7 @@ def start(
             heartbeat=heartbeat,
             log_format=log_format.value,
             max_deliveries=max_deliveries,
+            rate_limits=rate_limits or [],
         )
     )
     raise typer.Exit(code)

@@ -183,9 +183,12 @@ class Worker:
             sweeps the channels of agents no live worker serves, dead-lettering their
             tasks past their deadline (``unserved``).
         rate_limits: ``RateLimit``s the children its tasks spawn are admitted under (before
-            they are published, as a caller's are). The state of these, and of any
-            ``RateLimitMiddleware`` in ``middleware``, is in ``rate_limit_state()``, the
-            heartbeats and the CLI's status line.
+            they are published, as a caller's are). To limit the tasks the worker runs
+            itself, put a ``RateLimitMiddleware`` in ``middleware`` (what
+            ``murmur worker start --rate-limit`` does): each attempt then waits here,
+            in its slot, until its limits admit it. The state of both is in
+            ``rate_limit_state()``, the ``worker.started`` event, the heartbeats and the
+            CLI's status line; the worker closes their store connections when it stops.
 
     The worker runs on asyncio; under Trio its broker I/O and its tasks run on a helper
     asyncio loop.
@@ -419,6 +422,9 @@ class Worker:
             with anyio.CancelScope(shield=True):
                 self._executor.host = None
                 await _quietly(spawner.aclose())
+                for stage in self._executor.stages:
+                    if isinstance(stage, RateLimitMiddleware):
+                        await _quietly(stage.aclose())  # their store connections, if any
                 await self._release(adapter)
                 await _quietly(adapter.aclose())
                 await self._emit(EventType.WORKER_STOPPED, self.stats.as_dict())
@@ -448,7 +454,11 @@ class Worker:
             )
             await self._emit(
                 EventType.WORKER_STARTED,
-                {"agents": self.registry.names(), "concurrency": self.concurrency},
+                {
+                    "agents": self.registry.names(),
+                    "concurrency": self.concurrency,
+                    **({"rate_limits": self.rate_limit_state()} if self._limiters else {}),
+                },
             )
             async with anyio.create_task_group() as beat:
                 beat.start_soon(self._heartbeat)

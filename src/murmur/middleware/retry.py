@@ -84,8 +84,16 @@ def _is_model_http_error(error: BaseException) -> TypeGuard[ModelHTTPError]:
     return http_error is not None and isinstance(error, http_error)
 
 
-#: The ``Retry-After`` a 429/503 response asked for, in seconds, if any.
-retry_after_seconds = retry_after
+def retry_after_seconds(error: BaseException) -> float | None:
+    """The seconds a failed call's response asked to wait before trying again, if it said:
+    a pydantic-ai ``ModelHTTPError``'s ``Retry-After`` (``murmur._http.retry_after``), or
+    the reading a worker made where the failure happened and sent back with it
+    (``RemoteAgentError.retry_after``: ``Retry-After``, else the provider's reset headers).
+    """
+    if isinstance(error, RemoteAgentError):
+        hinted = error.retry_after
+        return None if hinted is None or not math.isfinite(hinted) else max(0.0, hinted)
+    return retry_after(error)
 
 
 class RetryMiddleware:
@@ -95,7 +103,9 @@ class RetryMiddleware:
     seconds (no wait when either is 0), capped at ``max_delay``, then spread by ``jitter``
     (a fraction: the wait is multiplied by a uniform factor in [1 - jitter, 1 + jitter]).
     A ``Retry-After`` header on the failure is honoured: the wait is at least that long.
-    One longer than ``max_delay`` is not waited for: the failure is then not retried.
+    One longer than ``max_delay`` is not waited for: the failure is then not retried. A
+    failure from a worker (``RemoteAgentError``) is judged by the wait its response asked
+    for where it happened (``RemoteAgentError.retry_after``), the same way.
     Waits are cancellable and happen inside the task, so they never outlive it.
 
     When every attempt fails, the last error is raised; the earlier ones are reachable
