@@ -14,7 +14,7 @@ from typing import Any
 import anyio
 import pytest
 
-from distributed.brokers import cleanup, on_asyncio, require, run_asyncio
+from distributed.brokers import cleanup, left_on, on_asyncio, require
 from murmur import AgentRuntime, TaskSpec
 from murmur.distributed._adapter import BrokerAdapter, DeadLetter, load_adapter
 from murmur.distributed._transport import BrokerTransport
@@ -34,73 +34,6 @@ def adapter_for(url: str, namespace: str) -> BrokerAdapter:
     return load_adapter(parsed)(parsed, namespace=namespace)
 
 
-def left_on_redis(url: str, namespace: str) -> list[str]:
-    import redis
-
-    client = redis.Redis.from_url(url)
-    try:
-        return [key.decode() for key in client.scan_iter(match=f"{namespace}.*")]
-    finally:
-        client.close()
-
-
-def left_on_nats(url: str, namespace: str) -> list[str]:
-    from murmur.distributed._adapter import safe_name
-
-    left: list[str] = []
-
-    async def look() -> None:
-        import nats
-        from nats.js.errors import NotFoundError
-
-        client = await nats.connect(url)
-        try:
-            for stream in (f"{safe_name(namespace)}-tasks", f"{safe_name(namespace)}-dead"):
-                try:
-                    await client.jetstream().stream_info(stream)
-                except NotFoundError:
-                    continue
-                left.append(stream)
-        finally:
-            await client.close()
-
-    run_asyncio(look)
-    return left
-
-
-def left_on_rabbit(url: str, namespace: str) -> list[str]:
-    left: list[str] = []
-
-    async def look() -> None:
-        import aio_pika
-        from aiormq.exceptions import ChannelNotFoundEntity
-
-        connection = await aio_pika.connect(url)
-        try:
-            for name in (f"{namespace}.tasks.echo", f"{namespace}.dead", f"{namespace}.agents"):
-                channel = await connection.channel()  # a failed passive declare closes it
-                try:
-                    await channel.declare_queue(name, passive=True)
-                except ChannelNotFoundEntity:
-                    continue
-                left.append(name)
-            channel = await connection.channel()
-            try:
-                await channel.get_exchange(f"{namespace}.control", ensure=True)
-            except ChannelNotFoundEntity:
-                pass
-            else:
-                left.append(f"{namespace}.control")
-        finally:
-            await connection.close()
-
-    run_asyncio(look)
-    return left
-
-
-LEFT = {"redis": left_on_redis, "nats": left_on_nats, "rabbit": left_on_rabbit}
-
-
 @pytest.mark.parametrize("kind", ["redis", "nats", "rabbit"])
 async def test_deleting_a_namespace_leaves_nothing_of_it(kind: str) -> None:
     url = require(kind)
@@ -113,7 +46,7 @@ async def test_deleting_a_namespace_leaves_nothing_of_it(kind: str) -> None:
             with anyio.fail_after(20):
                 results = await runtime.gather(echo, [TaskSpec(input=f"{i}") for i in range(5)])
         assert [result.output for result in results] == ["0", "1", "2", "3", "4"]
-        left_before = LEFT[kind](url, namespace)
+        left_before = left_on(kind, namespace, ["echo"])
         assert left_before, "the run made nothing to delete"
 
         async def delete() -> None:
@@ -136,7 +69,7 @@ async def test_deleting_a_namespace_leaves_nothing_of_it(kind: str) -> None:
 
         with anyio.fail_after(20):
             await on_asyncio(delete)
-        assert LEFT[kind](url, namespace) == []
+        assert left_on(kind, namespace, ["echo"]) == []
     finally:
         cleanup(kind, namespace, ["echo"])
 

@@ -651,14 +651,8 @@ def _run_on_broker(console: Console, config: DemoConfig, broker: str) -> None:
     )
     count = _plural(config.workers, "local worker")
     try:
-        try:
-            with console.status(f"Starting {count} on {url.redacted} ..."):
-                workers.start()
-        except DemoWorkerError as exc:
-            _fail(str(exc))
-        except KeyboardInterrupt:
-            console.print("[yellow]Interrupted.[/]")
-            raise typer.Exit(130) from None
+        with console.status(f"Starting {count} on {url.redacted} ..."):
+            workers.start()
         started = ", ".join(
             f"{name} (pid {pid})" for name, pid in zip(workers.names, workers.pids, strict=True)
         )
@@ -666,11 +660,13 @@ def _run_on_broker(console: Console, config: DemoConfig, broker: str) -> None:
             f"Started {count} on {url.redacted}, namespace {namespace}: {started}.",
             highlight=False,
         )
-        try:
-            report = _run_live(console, config, workers)
-        except (BrokerUnavailableError, DemoWorkerError) as exc:
-            _fail(str(exc))
+        report = _run_live(console, config, workers)
         _show(console, replace(report, workers=tuple(workers.names)))
+    except (BrokerUnavailableError, DemoWorkerError) as exc:
+        _fail(str(exc))
+    except KeyboardInterrupt:  # while the workers start (the fan-out exits 130 itself)
+        console.print("[yellow]Interrupted.[/]")
+        raise typer.Exit(130) from None
     finally:
         workers.stop()
         if workers.started:
