@@ -28,7 +28,8 @@ DEMO_HELP = "\n\n".join(
         "Fan out agent calls over an offline model, with live progress and a summary.",
         "A murmur.Agent triages synthetic support tickets on a pydantic-ai FunctionModel "
         "that stands in for an LLM: seeded latencies, deterministic answers, plausible token "
-        "usage, and a few deliberate failures. No API key, no network, no broker.",
+        "usage, and a few deliberate failures. No API key, no network and, unless you "
+        "ask for one, no broker.",
         "The calls go through AgentRuntime.gather with a hard concurrency cap; a custom "
         "pipeline stage drives the progress display, and failed calls come back as data.",
         "[bold]Through a broker[/bold]\n"
