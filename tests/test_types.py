@@ -118,6 +118,7 @@ def test_result_is_frozen_and_has_defaults() -> None:
     assert result.usage == Usage()
     assert result.attempts == 1
     assert result.duration == 0.0
+    assert result.worker is None  # ran in this process
     with pytest.raises(ValidationError):
         result.output = 2  # type: ignore[misc]
 

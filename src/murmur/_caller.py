@@ -113,6 +113,7 @@ class TaskRunner:
             task.task_id,
             impl.name,
             ctx._rate_limit_wait,
+            ctx._worker,
         )
         if _SUCCEEDED in wants:
             event = ctx._event(_SUCCEEDED, None, duration, usage)
@@ -148,6 +149,7 @@ class TaskRunner:
             ctx.task.task_id,
             ctx.agent,
             ctx._rate_limit_wait,
+            ctx._worker,
         )
         if _FAILED in ctx.origin.wants:
             await ctx.emit(_FAILED, error=exc, duration=result.duration, usage=result.usage)
@@ -204,6 +206,7 @@ class _RemoteAttempt:
             trace_context=current_trace_context(),
         )
         result = await self._transport.submit(envelope, _Sink(origin))
+        ctx._worker = result.worker
         ctx.report_usage(result.usage)
         # What the attempt waited for the worker's own rate limits counts as the task's.
         ctx._rate_limit_wait += result.rate_limit_wait

@@ -207,6 +207,7 @@ class AgentContext:
         "_state",
         "_task_id",
         "_tool_calls",
+        "_worker",
         "attempt",
         "home",
         "impl",
@@ -233,6 +234,9 @@ class AgentContext:
         self._tool_calls = 0
         #: Seconds this task waited for rate limits (``AgentResult.rate_limit_wait``).
         self._rate_limit_wait = 0.0
+        #: The worker that ran the last attempt, when attempts run elsewhere
+        #: (``AgentResult.worker``).
+        self._worker: str | None = None
         self._state: dict[str, Any] | None = None
         #: While a capped pydantic-ai run is in flight: its (UsageLimits, RunUsage), which
         #: children that borrow from this task's reservation share.

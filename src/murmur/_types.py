@@ -197,6 +197,9 @@ class AgentResult(BaseModel, Generic[OutputT]):
     #: Seconds the task waited for its ``RateLimit``s, over all its attempts (part of
     #: ``duration``).
     rate_limit_wait: float = Field(default=0.0, ge=0.0)
+    #: The worker that ran the task's last attempt, in distributed mode (its ``--name``);
+    #: ``None`` when the task ran in this process or never reached a worker.
+    worker: str | None = None
 
     def is_ok(self) -> bool:
         """True when the task succeeded (``error`` is ``None``)."""
@@ -219,6 +222,7 @@ class AgentResult(BaseModel, Generic[OutputT]):
         task_id: str,
         agent: str,
         rate_limit_wait: float = 0.0,
+        worker: str | None = None,
     ) -> AgentResult[Any]:
         """Trusted constructor for the hot path: the runtime's values need no validation.
 
@@ -233,6 +237,7 @@ class AgentResult(BaseModel, Generic[OutputT]):
             "task_id": task_id,
             "agent": agent,
             "rate_limit_wait": rate_limit_wait,
+            "worker": worker,
         }
         return (_trusted_result if cls is AgentResult else trusted_constructor(cls))(values)
 

@@ -139,3 +139,80 @@ def cleanup(kind: str, namespace: str, agents: Iterable[str]) -> None:
         delete_nats_stream(namespace)
     else:
         delete_rabbit_queues(namespace, agents)
+
+
+def left_on(kind: str, namespace: str, agents: Iterable[str]) -> list[str]:
+    """What ``namespace`` still has on the local ``kind`` server (its channels of
+    ``agents``), asked with the broker's own client: empty once it is all deleted."""
+    if kind == "redis":
+        return _left_on_redis(namespace)
+    if kind == "nats":
+        return _left_on_nats(namespace)
+    return _left_on_rabbit(namespace, agents)
+
+
+def _left_on_redis(namespace: str) -> list[str]:
+    import redis
+
+    client = redis.Redis.from_url(REDIS_URL)
+    try:
+        return [key.decode() for key in client.scan_iter(match=f"{namespace}.*")]
+    finally:
+        client.close()
+
+
+def _left_on_nats(namespace: str) -> list[str]:
+    left: list[str] = []
+
+    async def look() -> None:
+        import nats
+        from nats.js.errors import NotFoundError
+
+        client = await nats.connect(NATS_URL)
+        try:
+            for stream in (f"{safe_name(namespace)}-tasks", f"{safe_name(namespace)}-dead"):
+                try:
+                    await client.jetstream().stream_info(stream)
+                except NotFoundError:
+                    continue
+                left.append(stream)
+        finally:
+            await client.close()
+
+    run_asyncio(look)
+    return left
+
+
+def _left_on_rabbit(namespace: str, agents: Iterable[str]) -> list[str]:
+    left: list[str] = []
+    queues = [
+        *(f"{namespace}.tasks.{safe_name(agent)}" for agent in agents),
+        f"{namespace}.dead",
+        f"{namespace}.agents",
+    ]
+
+    async def look() -> None:
+        import aio_pika
+        from aiormq.exceptions import ChannelNotFoundEntity
+
+        connection = await aio_pika.connect(RABBIT_URL)
+        try:
+            for name in queues:
+                channel = await connection.channel()  # a failed passive declare closes it
+                try:
+                    await channel.declare_queue(name, passive=True)
+                except ChannelNotFoundEntity:
+                    continue
+                left.append(name)
+            channel = await connection.channel()
+            try:
+                await channel.get_exchange(f"{namespace}.control", ensure=True)
+            except ChannelNotFoundEntity:
+                pass
+            else:
+                left.append(f"{namespace}.control")
+        finally:
+            await connection.close()
+
+    run_asyncio(look)
+    return left

@@ -184,6 +184,18 @@ class BrokerContract:
         assert result.unwrap() == "HELLO"
         assert (result.agent, result.task_id, result.attempts) == ("shout", task.task_id, 1)
 
+    async def test_a_result_names_the_worker_that_ran_it(
+        self, broker_url: str, namespace: str, workers: Workers
+    ) -> None:
+        with anyio.fail_after(HANG):
+            async with self.caller(broker_url, namespace) as runtime:
+                shouted = await runtime.run(app.shout, TaskSpec(input="hi"))
+                failed = await runtime.run(app.explode, TaskSpec(input="boom"))
+        for result in (shouted, failed):
+            assert result.worker, result
+            assert not workers.names or result.worker in workers.names
+        assert failed.error is not None
+
     async def test_a_gather_of_100_comes_back_in_order(
         self, broker_url: str, namespace: str, workers: Workers
     ) -> None:

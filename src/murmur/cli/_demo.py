@@ -5,7 +5,9 @@ A ``murmur.Agent`` triages synthetic support tickets. Its model is a pydantic-ai
 deterministic answers, and every ``fail_every``-th call failing on purpose (rate limit,
 overload, or malformed output) so the summary can show failures coming back as data.
 The calls run through ``AgentRuntime.gather``; a custom pipeline stage (``LiveMonitor``)
-watches them go by and drives the live progress display.
+watches them go by and drives the live progress display. With a broker URL they run on
+local worker processes instead (``_demo_broker`` starts and stops them), serving the same
+agent from ``_demo_agents``.
 
 Everything a call does depends only on ``(seed, ticket id)``, never on scheduling, so a
 given seed gives the same answers, failures and token counts on asyncio and on Trio.
@@ -15,10 +17,11 @@ from __future__ import annotations
 
 import random
 import time
+import uuid
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Any, Literal
+from dataclasses import dataclass, replace
+from typing import Any, Literal, NoReturn
 
 import anyio
 import pydantic_ai
@@ -51,7 +54,10 @@ from rich.table import Table
 from rich.text import Text
 
 from .. import Agent, AgentContext, AgentResult, AgentRuntime, CallNext, TaskSpec
+from ..distributed import BrokerTransport, BrokerURL, parse_broker_url
+from ..errors import BrokerUnavailableError, RemoteAgentError
 from ..events import EventType, RuntimeEvent
+from ._demo_broker import DemoWorkerError, DemoWorkers, delete_namespace
 from ._demo_command import Backend
 
 __all__ = [
@@ -275,6 +281,10 @@ class LiveMonitor:
     a stage like this one sees every attempt (the demo runs without retries).
     """
 
+    #: On the caller's side: it watches the calls where they are made, whether they run in
+    #: this process or on workers through a broker.
+    side = "caller"
+
     def __init__(self, on_change: Callable[[LiveMonitor], None] | None = None) -> None:
         self.in_flight = 0
         self.peak_in_flight = 0
@@ -332,6 +342,9 @@ class DemoConfig:
     seed: int = 0
     fail_every: int = 20
     latency: float = 0.1
+    #: A broker URL: the calls run on ``workers`` local worker processes through it.
+    broker: str | None = None
+    workers: int = 1
 
 
 @dataclass(frozen=True)
@@ -342,6 +355,8 @@ class DemoReport:
     results: list[AgentResult[Any]]
     wall_time: float
     peak_concurrency: int
+    #: The names of the workers the calls went to (through a broker), in start order.
+    workers: tuple[str, ...] = ()
 
     @property
     def succeeded(self) -> int:
@@ -353,7 +368,12 @@ class DemoReport:
 
     @property
     def error_types(self) -> Counter[str]:
-        return Counter(type(r.error).__name__ for r in self.failures)
+        return Counter(_error_name(r.error) for r in self.failures)
+
+    @property
+    def per_worker(self) -> Counter[str]:
+        """Tasks by the worker that ran them (through a broker; empty in-process)."""
+        return Counter(r.worker for r in self.results if r.worker is not None)
 
     @property
     def input_tokens(self) -> int:
@@ -372,8 +392,16 @@ class DemoReport:
         return len(self.results) / self.wall_time if self.wall_time > 0 else 0.0
 
 
-async def run_demo(config: DemoConfig, monitor: LiveMonitor | None = None) -> DemoReport:
-    """Fan the tickets out through ``AgentRuntime.gather`` and collect the report."""
+async def run_demo(
+    config: DemoConfig, monitor: LiveMonitor | None = None, workers: DemoWorkers | None = None
+) -> DemoReport:
+    """Fan the tickets out through ``AgentRuntime.gather`` and collect the report: in this
+    process, or through ``config.broker`` to ``workers``.
+
+    Raises:
+        DemoWorkerError: one of ``workers`` stopped before the fan-out was done (its tasks
+            would wait for it for good: the demo sets no timeout).
+    """
     if monitor is None:
         monitor = LiveMonitor()
     agent = build_agent(seed=config.seed, fail_every=config.fail_every, latency=config.latency)
@@ -381,9 +409,18 @@ async def run_demo(config: DemoConfig, monitor: LiveMonitor | None = None) -> De
         TaskSpec(input=ticket, task_id=f"ticket-{ticket.id:05d}")
         for ticket in make_tickets(config.tasks, config.seed)
     ]
-    async with AgentRuntime(middleware=[monitor], event_emitter=_NoEvents()) as runtime:
+    transport = None
+    if config.broker is not None:
+        assert workers is not None, "a broker needs the workers serving it"
+        transport = BrokerTransport(config.broker, namespace=workers.namespace)
+    async with AgentRuntime(
+        middleware=[monitor], event_emitter=_NoEvents(), transport=transport
+    ) as runtime:
         start = time.perf_counter()
-        results = await runtime.gather(agent, tasks, max_concurrency=config.concurrency)
+        if workers is None:
+            results = await runtime.gather(agent, tasks, max_concurrency=config.concurrency)
+        else:
+            results = await _gather_watching(runtime, agent, tasks, config, workers)
         wall_time = time.perf_counter() - start
     return DemoReport(
         config=config,
@@ -391,6 +428,32 @@ async def run_demo(config: DemoConfig, monitor: LiveMonitor | None = None) -> De
         wall_time=wall_time,
         peak_concurrency=monitor.peak_in_flight,
     )
+
+
+async def _gather_watching(
+    runtime: AgentRuntime,
+    agent: Agent,
+    tasks: list[TaskSpec],
+    config: DemoConfig,
+    workers: DemoWorkers,
+) -> list[AgentResult[Any]]:
+    """``gather``, cut short by a worker that stops meanwhile (killed, out of memory)."""
+    results: list[AgentResult[Any]] | None = None
+    gone: str | None = None
+    async with anyio.create_task_group() as task_group:
+
+        async def watch() -> None:
+            nonlocal gone
+            # Left blocked when the fan-out is done: it returns once the workers are stopped.
+            gone = await anyio.to_thread.run_sync(workers.wait_stopped, abandon_on_cancel=True)
+            task_group.cancel_scope.cancel()
+
+        task_group.start_soon(watch)
+        results = await runtime.gather(agent, tasks, max_concurrency=config.concurrency)
+        task_group.cancel_scope.cancel()
+    if results is None:
+        raise DemoWorkerError(gone or "the demo's workers stopped")
+    return results
 
 
 # -- display -----------------------------------------------------------------------------
@@ -420,10 +483,27 @@ def _progress(console: Console) -> Progress:
     )
 
 
-def _describe_backend(backend: Backend) -> str:
-    if backend is Backend.trio:
+def _describe_backend(config: DemoConfig) -> str:
+    if config.broker is not None:
+        return f"{config.backend.value} (the caller; workers on asyncio)"
+    if config.backend is Backend.trio:
         return "trio (pydantic-ai calls via the asyncio bridge)"
     return "asyncio"
+
+
+def _error_name(error: BaseException | None) -> str:
+    """The failure's type name; for one rebuilt from a worker, the original's."""
+    if isinstance(error, RemoteAgentError):
+        return error.type_name.rpartition(".")[2]
+    return type(error).__name__
+
+
+def _error_message(error: BaseException | None) -> str:
+    return error.message if isinstance(error, RemoteAgentError) else str(error)
+
+
+def _plural(count: int, noun: str, nouns: str | None = None) -> str:
+    return f"{count} {noun if count == 1 else nouns or noun + 's'}"
 
 
 def _summary_table(report: DemoReport) -> Table:
@@ -451,7 +531,16 @@ def _summary_table(report: DemoReport) -> Table:
     table.add_row("Wall time", f"{report.wall_time:.2f} s")
     table.add_row("Throughput", f"{report.throughput:,.1f} tasks/s")
     table.add_row("Peak concurrency", f"{report.peak_concurrency} (cap {config.concurrency})")
-    table.add_row("Backend", _describe_backend(config.backend))
+    table.add_row("Backend", _describe_backend(config))
+    if config.broker is not None:
+        table.add_row("Broker", parse_broker_url(config.broker).redacted)
+        table.add_row("Workers", _plural(len(report.workers), "local process", "local processes"))
+        per_worker = report.per_worker
+        for name in report.workers:
+            table.add_row(f"  {name}", f"{per_worker[name]} tasks", style="dim")
+        unknown = len(report.results) - sum(per_worker.values())
+        if unknown:
+            table.add_row("  (no worker)", f"{unknown} tasks", style="dim")
     return table
 
 
@@ -467,7 +556,7 @@ def _failures_table(report: DemoReport, limit: int = 3) -> Table:
     table.add_column("error", no_wrap=True, style="red", min_width=23)
     table.add_column("message", no_wrap=True, overflow="ellipsis", ratio=1)
     for result in failures[:limit]:
-        table.add_row(result.task_id, type(result.error).__name__, str(result.error))
+        table.add_row(result.task_id, _error_name(result.error), _error_message(result.error))
     return table
 
 
@@ -497,15 +586,28 @@ def run_in_terminal(config: DemoConfig) -> None:
     # The CLI owns the terminal: no pydantic-ai first-run banner under the progress bar.
     pydantic_ai.BANNER_ENABLED = False
     console = Console()
+    if config.broker is None:
+        _show(console, _run_live(console, config))
+    else:
+        _run_on_broker(console, config, config.broker)
+
+
+def _run_live(
+    console: Console, config: DemoConfig, workers: DemoWorkers | None = None
+) -> DemoReport:
+    """The fan-out under a live progress bar; Ctrl-C exits 130."""
     failures = (
         f"1 call in {config.fail_every} fails on purpose"
         if config.fail_every
         else "no simulated failures"
     )
+    where = ""
+    if config.broker is not None:
+        where = f", through {parse_broker_url(config.broker).redacted} to the workers"
     console.print(
         f"Fanning out [bold]{config.tasks}[/] calls of agent [bold]{AGENT_NAME!r}[/] "
         f"(offline model {MODEL_NAME!r}, seed {config.seed}, {failures}) "
-        f"with max_concurrency={config.concurrency} on {config.backend.value}.",
+        f"with max_concurrency={config.concurrency} on {config.backend.value}{where}.",
         highlight=False,
     )
     progress = _progress(console)
@@ -525,10 +627,70 @@ def run_in_terminal(config: DemoConfig) -> None:
     try:
         with progress:
             bar = progress.add_task(AGENT_NAME, total=config.tasks, ok=0, failed=0, in_flight=0)
-            report = anyio.run(run_demo, config, monitor, backend=config.backend.value)
+            return anyio.run(run_demo, config, monitor, workers, backend=config.backend.value)
     except BaseException as exc:
         if not _is_interrupt(exc):
             raise
         console.print("[yellow]Interrupted.[/]")
         raise typer.Exit(130) from None
-    _show(console, report)
+
+
+def _run_on_broker(console: Console, config: DemoConfig, broker: str) -> None:
+    """The demo through ``broker``, on local workers started here and stopped on every way
+    out (an error, Ctrl-C), their namespace deleted from the broker after them."""
+    url = parse_broker_url(broker)
+    namespace = f"murmur-demo-{uuid.uuid4().hex[:8]}"
+    workers = DemoWorkers(
+        url,
+        namespace,
+        count=config.workers,
+        concurrency=config.concurrency,
+        seed=config.seed,
+        fail_every=config.fail_every,
+        latency=config.latency,
+    )
+    count = _plural(config.workers, "local worker")
+    try:
+        with console.status(f"Starting {count} on {url.redacted} ..."):
+            workers.start()
+        started = ", ".join(
+            f"{name} (pid {pid})" for name, pid in zip(workers.names, workers.pids, strict=True)
+        )
+        console.print(
+            f"Started {count} on {url.redacted}, namespace {namespace}: {started}.",
+            highlight=False,
+        )
+        report = _run_live(console, config, workers)
+        _show(console, replace(report, workers=tuple(workers.names)))
+    except (BrokerUnavailableError, DemoWorkerError) as exc:
+        _fail(str(exc))
+    except KeyboardInterrupt:  # while the workers start (the fan-out exits 130 itself)
+        console.print("[yellow]Interrupted.[/]")
+        raise typer.Exit(130) from None
+    finally:
+        workers.stop()
+        if workers.started:
+            _delete(console, url, namespace)
+
+
+def _delete(console: Console, url: BrokerURL, namespace: str) -> None:
+    """Delete the demo's namespace from the broker; a failure is a warning, not an error."""
+    try:
+        delete_namespace(url, namespace, [AGENT_NAME])
+    except Exception as exc:
+        typer.echo(
+            f"warning: could not delete the demo's namespace {namespace} from {url.redacted}: "
+            f"{type(exc).__name__}: {exc}",
+            err=True,
+        )
+    else:
+        console.print(
+            f"Stopped the workers; deleted namespace {namespace} from the broker.",
+            highlight=False,
+        )
+
+
+def _fail(message: str) -> NoReturn:
+    """One line on stderr, exit 1: what ``murmur worker start`` does for the same errors."""
+    typer.echo(f"error: {' '.join(message.split())}", err=True)
+    raise typer.Exit(1)

@@ -335,6 +335,14 @@ class BrokerAdapter(ABC):
         sweeps nothing."""
         return []
 
+    # -- clean-up ----------------------------------------------------------------------
+
+    async def delete_namespace(self, agents: Sequence[str]) -> None:
+        """Delete what the namespace keeps on the broker: the task channels of ``agents``,
+        the dead letters, and whatever else of it is stored. For a namespace made to be
+        thrown away (``murmur demo --broker``), once its callers and workers have stopped."""
+        raise NotAvailableError(f"{type(self).__name__} cannot delete a namespace")
+
     # -- control (to every worker) -----------------------------------------------------
 
     @abstractmethod

@@ -523,6 +523,13 @@ class NatsAdapter(BrokerAdapter):
                 swept.append(made.stored_as(str(stored.seq)))
         return swept
 
+    async def delete_namespace(self, agents: Sequence[str]) -> None:
+        # Its two streams, and with them their consumers; replies and control are core NATS.
+        jetstream = self._client.jetstream()
+        for stream in (self.stream, self.dead_stream):
+            with contextlib.suppress(NotFoundError):
+                await jetstream.delete_stream(stream)
+
     async def publish_control(self, data: bytes) -> None:
         await self._broker.publish(data, self.control_channel())  # core NATS: not stored
 

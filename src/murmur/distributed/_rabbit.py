@@ -466,6 +466,17 @@ class RabbitAdapter(BrokerAdapter):
             await message.ack()
         return swept
 
+    async def delete_namespace(self, agents: Sequence[str]) -> None:
+        # AMQP cannot list queues: those of ``agents``, the dead letters, the registry and
+        # the control exchange. Reply queues go with their callers, workers' control queues
+        # with their connections. Declared as their users declare them, then deleted.
+        queues = [*(self.task_queue(agent) for agent in agents), self.dead_queue()]
+        for queue in [*queues, self.agents_queue()]:
+            declared = await self._broker.declare_queue(queue)
+            await declared.delete(if_unused=False, if_empty=False)
+        exchange = await self._broker.declare_exchange(self.control_exchange())
+        await exchange.delete(if_unused=False)
+
     async def publish_control(self, data: bytes) -> None:
         exchange = self.control_exchange()
         if not self._control_declared:

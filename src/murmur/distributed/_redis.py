@@ -101,6 +101,8 @@ RELEASED = "murmur-released"
 RELEASED_IDLE_MS = 86_400_000
 #: Entries of one unserved stream a sweep reads, at most (the next goes on from there).
 SWEEP_BATCH = 1000
+#: What a SCAN pattern reads as wildcards (escaped in a namespace matched literally).
+_GLOB = frozenset("*?[]\\")
 
 _log = logging.getLogger("murmur.distributed")
 
@@ -673,6 +675,13 @@ class RedisAdapter(BrokerAdapter):
             if key:
                 swept.append(made.stored_as(_text(key)))
         return swept
+
+    async def delete_namespace(self, agents: Sequence[str]) -> None:
+        # Every stream of the namespace: tasks (with their group), dead letters, replies.
+        pattern = "".join(f"\\{c}" if c in _GLOB else c for c in self.namespace) + ".*"
+        keys = [key async for key in self._client.scan_iter(match=pattern)]
+        if keys:
+            await self._client.delete(*keys)
 
     async def publish_control(self, data: bytes) -> None:
         async with self._slots:

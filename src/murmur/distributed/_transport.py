@@ -327,7 +327,7 @@ class BrokerTransport(Transport):
                     with anyio.CancelScope(deadline=give_up):
                         await self._ask_again(adapter, reply)
                 elif isinstance(reply, ResultMessage):
-                    return reply.result
+                    return _with_worker_name(reply)
                 else:
                     with anyio.CancelScope(deadline=give_up):
                         await events.emit(_with_worker(reply))
@@ -660,6 +660,14 @@ def _with_worker(message: EventMessage) -> Any:
     if message.worker and "worker" not in event.data:
         event = event.model_copy(update={"data": {**event.data, "worker": message.worker}})
     return event
+
+
+def _with_worker_name(message: ResultMessage) -> AgentResult[Any]:
+    """The result, naming the worker that sent it (``AgentResult.worker``)."""
+    result = message.result
+    if message.worker and result.worker is None:
+        result = result.model_copy(update={"worker": message.worker})
+    return result
 
 
 def _revoked(envelope: TaskEnvelope) -> AgentResult[Any]:
