@@ -250,6 +250,8 @@ class RabbitAdapter(BrokerAdapter):
             with anyio.CancelScope(shield=True) as closing:
                 closing.deadline = anyio.current_time() + CLOSE_SECONDS
                 try:
+                    await self._acks.drain()
+                    await self._settlements.drain()
                     consuming, self._consuming = self._consuming, None
                     if consuming is not None:
                         await consuming.stop()  # what is still unacknowledged goes back
@@ -325,7 +327,7 @@ class RabbitAdapter(BrokerAdapter):
     async def open_replies(self, caller: str, handler: ReplyHandler) -> str:
         async def on_reply(message: Any) -> None:
             handler(message.body)
-            await self._acks.write((message.channel, message.delivery_tag))
+            self._settlements.ack_soon(message.channel, message.delivery_tag)
 
         queue = self.reply_queue(caller)
         # A channel of its own, taking up to ``REPLY_PREFETCH`` replies ahead; the queue is
