@@ -1,5 +1,14 @@
 """``amqp://`` / ``amqps://``: RabbitMQ through FastStream's ``RabbitBroker``.
 
+* The hot path (tasks and replies published, deliveries consumed and acknowledged) goes
+  below FastStream, on aiormq's channels under FastStream's aio-pika connections
+  (``_amqp``): the messages published at about the same time (a gather's tasks, the
+  results of tasks that finish together) are written together and their publisher
+  confirmations awaited together (a group commit: one alone is written at once); the
+  acknowledgements of deliveries settled together go as one ``multiple`` ack up to the
+  highest tag below which every delivery of the channel is settled, the rest one by one.
+  FastStream does the rest (declarations, dead letters, sweeps, control).
+
 * Tasks: one durable quorum queue per agent (``<namespace>.tasks.<agent>``) on the
   default exchange, declared (idempotently, same arguments) by whichever side comes first,
   so tasks published before any worker started wait in it; a caller declares each once
@@ -11,7 +20,8 @@
   classic queues only flag a message as redelivered, which cannot bound a task that kills
   its workers. A classic queue of the same name (made by an older Murmur) makes the
   declaration fail: delete it once drained.
-* A message is acknowledged only once its result is published; ``nack`` requeues it.
+* A message is acknowledged only once its result is published (confirmed); ``nack``
+  requeues it.
   A worker whose connection drops (it died) has its unacknowledged messages requeued by
   the broker at once. A worker consumes on a connection of its own (made afresh for each
   try at starting its consumers), apart from the one it publishes on.
@@ -20,16 +30,18 @@
   and every message it held goes back to the queue, to run again elsewhere. A task held
   for ``CONSUMER_TIMEOUT_WARNING`` seconds or more is logged once (a warning).
 * Outages: each connection is aio-pika's robust one, reconnecting every
-  ``RECONNECT_INTERVAL`` seconds and restoring its queues and consumers; the outage is
-  logged. A task or reply published while the connection is down is published again once
-  it is back (for up to ``RECONNECT_SECONDS``); an ack or nack of a delivery taken before
-  the outage fails (RabbitMQ requeued the message when the connection dropped).
+  ``RECONNECT_INTERVAL`` seconds and restoring its channels, their QoS and queues (the
+  adapter's consumers consume again once their channel is back); the outage is logged. A
+  batch of tasks or replies published while the connection is down is published again
+  once it is back (for up to ``RECONNECT_SECONDS``); an ack or nack of a delivery taken
+  before the outage fails (RabbitMQ requeued the message when the connection dropped).
 * Replies: one durable queue per caller (``<namespace>.reply.<caller>``), deleted when
   the caller closes. It outlives the caller's connection, a broker restart included, so
   replies sent while its caller reconnects wait for it (an exclusive queue would go with
   the connection, and them with it); a caller that died leaves it to expire
   ``REPLY_EXPIRES_SECONDS`` after its last use. Replies are not persistent: one the
-  caller has not taken yet when the server stops is lost. Once aio-pika's robust
+  caller has not taken yet when the server stops is lost. A caller takes up to
+  ``REPLY_PREFETCH`` replies ahead, acknowledging them in batches. Once aio-pika's robust
   connection has restored the caller's queue and consumer, the adapter tells its owner
   (``on_reconnect``), and the caller asks the workers for any result still missing.
 * Dead letters: the durable classic queue ``<namespace>.dead``, a persistent message
@@ -140,7 +152,7 @@ class _RabbitDelivery:
 
 
 class RabbitAdapter(BrokerAdapter):
-    """A durable queue per agent, an exclusive reply queue per caller."""
+    """A durable quorum queue per agent, a durable reply queue per caller."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
