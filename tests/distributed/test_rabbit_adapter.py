@@ -16,11 +16,11 @@ from typing import Any
 import aio_pika
 import pytest
 from faststream.rabbit import RabbitBroker
-from faststream.rabbit.subscriber.usecase import RabbitSubscriber
 
 from distributed.brokers import delete_rabbit_queues, on_asyncio, require
 from murmur.distributed import _rabbit
 from murmur.distributed._adapter import Delivery
+from murmur.distributed._amqp import Consumer
 from murmur.distributed._rabbit import RabbitAdapter
 from murmur.distributed._url import parse_broker_url
 
@@ -143,16 +143,16 @@ async def test_a_failed_consumer_start_leaves_no_consumer_behind(
     namespace: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # The first try fails once the first queue's consumer has started.
-    original = RabbitSubscriber.start
+    original = Consumer.consume
     failed: list[str] = []
 
-    async def start_once_failing(self: RabbitSubscriber) -> None:
-        if self.queue.name.endswith(".b") and not failed:
-            failed.append(self.queue.name)
+    async def consume_once_failing(self: Consumer, queue: str, tag: str) -> None:
+        if queue.endswith(".b") and not failed:
+            failed.append(queue)
             raise ConnectionError("injected: the consumer could not start")
-        await original(self)
+        await original(self, queue, tag)
 
-    monkeypatch.setattr(RabbitSubscriber, "start", start_once_failing)
+    monkeypatch.setattr(Consumer, "consume", consume_once_failing)
 
     async def scenario() -> list[tuple[int, int]]:
         worker_side = adapter(namespace)

@@ -1,5 +1,14 @@
 """``amqp://`` / ``amqps://``: RabbitMQ through FastStream's ``RabbitBroker``.
 
+* The hot path (tasks and replies published, deliveries consumed and acknowledged) goes
+  below FastStream, on aiormq's channels under FastStream's aio-pika connections
+  (``_amqp``): the messages published at about the same time (a gather's tasks, the
+  results of tasks that finish together) are written together and their publisher
+  confirmations awaited together (a group commit: one alone is written at once); the
+  acknowledgements of deliveries settled together go as one ``multiple`` ack up to the
+  highest tag below which every delivery of the channel is settled, the rest one by one.
+  FastStream does the rest (declarations, dead letters, sweeps, control).
+
 * Tasks: one durable quorum queue per agent (``<namespace>.tasks.<agent>``) on the
   default exchange, declared (idempotently, same arguments) by whichever side comes first,
   so tasks published before any worker started wait in it; a caller declares each once
@@ -11,7 +20,8 @@
   classic queues only flag a message as redelivered, which cannot bound a task that kills
   its workers. A classic queue of the same name (made by an older Murmur) makes the
   declaration fail: delete it once drained.
-* A message is acknowledged only once its result is published; ``nack`` requeues it.
+* A message is acknowledged only once its result is published (confirmed); ``nack``
+  requeues it.
   A worker whose connection drops (it died) has its unacknowledged messages requeued by
   the broker at once. A worker consumes on a connection of its own (made afresh for each
   try at starting its consumers), apart from the one it publishes on.
@@ -20,16 +30,18 @@
   and every message it held goes back to the queue, to run again elsewhere. A task held
   for ``CONSUMER_TIMEOUT_WARNING`` seconds or more is logged once (a warning).
 * Outages: each connection is aio-pika's robust one, reconnecting every
-  ``RECONNECT_INTERVAL`` seconds and restoring its queues and consumers; the outage is
-  logged. A task or reply published while the connection is down is published again once
-  it is back (for up to ``RECONNECT_SECONDS``); an ack or nack of a delivery taken before
-  the outage fails (RabbitMQ requeued the message when the connection dropped).
+  ``RECONNECT_INTERVAL`` seconds and restoring its channels, their QoS and queues (the
+  adapter's consumers consume again once their channel is back); the outage is logged. A
+  batch of tasks or replies published while the connection is down is published again
+  once it is back (for up to ``RECONNECT_SECONDS``); an ack or nack of a delivery taken
+  before the outage fails (RabbitMQ requeued the message when the connection dropped).
 * Replies: one durable queue per caller (``<namespace>.reply.<caller>``), deleted when
   the caller closes. It outlives the caller's connection, a broker restart included, so
   replies sent while its caller reconnects wait for it (an exclusive queue would go with
   the connection, and them with it); a caller that died leaves it to expire
   ``REPLY_EXPIRES_SECONDS`` after its last use. Replies are not persistent: one the
-  caller has not taken yet when the server stops is lost. Once aio-pika's robust
+  caller has not taken yet when the server stops is lost. A caller takes up to
+  ``REPLY_PREFETCH`` replies ahead, acknowledging them in batches. Once aio-pika's robust
   connection has restored the caller's queue and consumer, the adapter tells its owner
   (``on_reconnect``), and the caller asks the workers for any result still missing.
 * Dead letters: the durable classic queue ``<namespace>.dead``, a persistent message
@@ -61,9 +73,7 @@ from typing import Any
 
 import anyio
 from aiormq.exceptions import ChannelInvalidStateError
-from faststream import AckPolicy
 from faststream.rabbit import (
-    Channel,
     ExchangeType,
     QueueType,
     RabbitBroker,
@@ -82,7 +92,9 @@ from ._adapter import (
     UnservedLetter,
     replayable,
 )
-from ._faststream import MESSAGE, hand_over, raw_body
+from ._amqp import PERSISTENT, TRANSIENT, Consumer, Publisher, Settlements
+from ._faststream import hand_over, raw_body
+from ._group import GroupCommit
 from ._outage import RECONNECT_SECONDS, RETRY_CAP_SECONDS, OutageLog, backoff
 
 __all__ = ["RabbitAdapter"]
@@ -101,6 +113,8 @@ RECONNECT_INTERVAL = RETRY_CAP_SECONDS
 CONSUMER_TIMEOUT_WARNING = 15 * 60.0
 #: A reply queue nobody uses (its caller died) is deleted by the server after this long.
 REPLY_EXPIRES_SECONDS = 3600
+#: Replies a caller takes ahead of handling them.
+REPLY_PREFETCH = 1000
 #: Seconds a close may spend deleting the reply queue, and then closing the connections.
 CLOSE_SECONDS = 5.0
 #: What an operation fails with while the connection is down (it was not done, or not
@@ -111,32 +125,34 @@ _log = logging.getLogger("murmur.distributed")
 
 
 class _RabbitDelivery:
-    __slots__ = ("_adapter", "_message", "_taken", "deliveries")
+    __slots__ = ("_adapter", "_channel", "_queue", "_tag", "_taken", "deliveries")
 
     def __init__(self, adapter: RabbitAdapter, message: Any) -> None:
         self._adapter = adapter
-        self._message = message
+        #: aiormq's channel it came on (acknowledged there, or not at all) and its tag.
+        self._channel = message.channel
+        self._tag: int = message.delivery_tag
+        self._queue: str = message.routing_key or ""
         self._taken = time.monotonic()
         #: How many times delivered (see ``Delivery.deliveries``): the quorum queue's
         #: count of earlier deliveries, plus this one.
-        self.deliveries = _delivery_count(message.raw_message) + 1
+        self.deliveries = _delivery_count(message.header.properties.headers) + 1
 
     @property
     def channel(self) -> str:
-        queue: str = self._message.raw_message.routing_key or ""
-        return queue
+        return self._queue
 
     async def ack(self) -> None:
-        self._adapter._held(self.channel, time.monotonic() - self._taken)
-        await self._message.ack()
+        self._adapter._held(self._queue, time.monotonic() - self._taken)
+        await self._adapter._acks.write((self._channel, self._tag))
 
     async def nack(self) -> None:
-        self._adapter._held(self.channel, time.monotonic() - self._taken)
-        await self._message.nack(requeue=True)
+        self._adapter._held(self._queue, time.monotonic() - self._taken)
+        await self._adapter._settlements.nack(self._channel, self._tag)
 
 
 class RabbitAdapter(BrokerAdapter):
-    """A durable queue per agent, an exclusive reply queue per caller."""
+    """A durable quorum queue per agent, a durable reply queue per caller."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -147,14 +163,24 @@ class RabbitAdapter(BrokerAdapter):
         self._consuming: RabbitBroker | None = None
         self._declared: set[str] = set()
         self._declaring: dict[str, asyncio.Lock] = {}
-        self._subscribers: list[Any] = []
-        self._replies: Any = None
+        #: The worker's task consumer and the caller's reply consumer (``_amqp``).
+        self._tasks_in: Consumer | None = None
+        self._replies_in: Consumer | None = None
         self._reply_queue: RabbitQueue | None = None
+        #: The channel tasks and replies are published on (made when first used).
+        self._publisher: Publisher | None = None
+        self._opening = asyncio.Lock()
+        # Messages and acknowledgements made together go together: a batch of publishes
+        # in one write, confirmed together; acknowledgements in as few frames as can be.
+        self._tasks_out: GroupCommit[tuple[str, bytes, int]] = GroupCommit(self._publish)
+        self._replies_out: GroupCommit[tuple[str, bytes, int]] = GroupCommit(self._publish)
+        self._settlements = Settlements()
+        self._acks: GroupCommit[tuple[Any, int]] = GroupCommit(self._settlements.ack)
         self._control: Any = None
         self._control_declared = False
         self._warned_held = False
 
-    def _new_broker(self, channel: Channel | None = None) -> RabbitBroker:
+    def _new_broker(self) -> RabbitBroker:
         """A broker (one robust connection) whose outages are logged."""
         return RabbitBroker(
             self.url.secret,
@@ -162,7 +188,6 @@ class RabbitAdapter(BrokerAdapter):
             reconnect_interval=RECONNECT_INTERVAL,
             on_close=[self._lost],
             on_reconnected=[self._back],
-            default_channel=channel,
         )
 
     def _lost(self, connection: Any, error: BaseException | None) -> None:
@@ -224,7 +249,7 @@ class RabbitAdapter(BrokerAdapter):
         self._closing = True
         try:
             await self.stop_consuming()
-            replies, self._replies = self._replies, None
+            replies, self._replies_in = self._replies_in, None
             if replies is not None:
                 await replies.stop()
                 await self._delete_replies()
@@ -237,6 +262,8 @@ class RabbitAdapter(BrokerAdapter):
             with anyio.CancelScope(shield=True) as closing:
                 closing.deadline = anyio.current_time() + CLOSE_SECONDS
                 try:
+                    await self._acks.drain()
+                    await self._settlements.drain()
                     consuming, self._consuming = self._consuming, None
                     if consuming is not None:
                         await consuming.stop()  # what is still unacknowledged goes back
@@ -274,11 +301,24 @@ class RabbitAdapter(BrokerAdapter):
                 return
 
     async def publish_task(self, agent: str, data: bytes) -> None:
-        # If the connection drops before the publish is confirmed, published again: at
-        # worst stored twice, run twice, and its caller keeps the first result.
+        if self.task_channel(agent) not in self._declared:
+            await self._again(lambda: self._declare(agent))
+        await self._tasks_out.write((self.task_channel(agent), data, PERSISTENT))
+
+    async def _publish(self, messages: Sequence[tuple[str, bytes, int]]) -> None:
+        """Publish a batch of messages (tasks or replies) in one write, confirmed together.
+        If the connection drops before they are all confirmed, the batch is published
+        again once it is back: at worst a task is stored twice, run twice, and its caller
+        keeps the first result (and drops a second reply)."""
+
         async def publish() -> None:
-            await self._declare(agent)
-            await self._broker.publish(data, queue=self.task_channel(agent), persist=True)
+            publisher = self._publisher
+            if publisher is None:
+                async with self._opening:
+                    if self._publisher is None:
+                        self._publisher = await Publisher.open(await self._broker.connect())
+                    publisher = self._publisher
+            await publisher.publish(messages)
 
         await self._again(publish)
 
@@ -297,25 +337,32 @@ class RabbitAdapter(BrokerAdapter):
                 self._declared.add(name)
 
     async def open_replies(self, caller: str, handler: ReplyHandler) -> str:
-        async def on_reply(body: Any) -> None:
-            handler(body)
+        async def on_reply(message: Any) -> None:
+            handler(message.body)
+            self._settlements.ack_soon(message.channel, message.delivery_tag)
 
         queue = self.reply_queue(caller)
-        subscriber = self._broker.subscriber(queue, no_reply=True, decoder=raw_body)
-        subscriber(on_reply)
-        await subscriber.start()
-        self._replies = subscriber
+        # A channel of its own, taking up to ``REPLY_PREFETCH`` replies ahead; the queue is
+        # declared on it, so that aio-pika declares it again there (before the consumer
+        # starts again) once reconnected.
+        connection = await self._broker.connect()
+        channel = await connection.channel(publisher_confirms=False)
+        await channel.set_qos(prefetch_count=REPLY_PREFETCH)
+        await _declare_on(channel, queue)
+        consumer = Consumer(channel, on_reply)
+        await consumer.consume(queue.name, f"{queue.name}.{uuid.uuid4().hex[:8]}")
+        self._replies_in = consumer
         self._reply_queue = queue
         return queue.name
 
     async def publish_reply(self, address: str, data: bytes) -> None:
-        await self._again(lambda: self._broker.publish(data, queue=address))
+        await self._replies_out.write((address, data, TRANSIENT))
 
     async def consume(
         self, agents: Sequence[str], handler: TaskHandler, *, prefetch: int, consumer: str
     ) -> None:
-        async def on_task(body: Any, message: Any = MESSAGE) -> None:
-            await hand_over(handler, body, _RabbitDelivery(self, message))
+        async def on_task(message: Any) -> None:
+            await hand_over(handler, message.body, _RabbitDelivery(self, message))
 
         for attempt in range(CONSUME_ATTEMPTS):
             # Each try on a connection of its own, made for it: a failed try is closed
@@ -324,26 +371,20 @@ class RabbitAdapter(BrokerAdapter):
             # RabbitMQ advises (a publisher the server throttles does not hold the acks).
             # One channel for all of this worker's queues; quorum queues take a QoS per
             # consumer only, so each queue may have ``prefetch`` taken ahead.
-            broker = self._new_broker(Channel(prefetch_count=prefetch, global_qos=False))
-            subscribers = []
+            broker = self._new_broker()
             try:
                 await broker.start()
+                channel = await (await broker.connect()).channel(publisher_confirms=False)
+                await channel.set_qos(prefetch_count=prefetch)
                 # Declared first: a consumer on a quorum queue RabbitMQ has only just made
-                # can crash the connection (3.10: its Raft member is not running yet). On
-                # the consumers' channel: FastStream's consumer uses the channel the queue
-                # was first declared on.
+                # can crash the connection (3.10: its Raft member is not running yet).
+                # On the consumers' channel, which declares them again once reconnected.
                 for agent in agents:
-                    await broker.declare_queue(self.task_queue(agent))
+                    await _declare_on(channel, self.task_queue(agent))
+                tasks_in = Consumer(channel, on_task)
                 for agent in agents:
-                    subscriber = broker.subscriber(
-                        self.task_queue(agent),
-                        ack_policy=AckPolicy.MANUAL,
-                        no_reply=True,
-                        decoder=raw_body,
-                    )
-                    subscriber(on_task)
-                    await subscriber.start()
-                    subscribers.append(subscriber)
+                    name = self.task_channel(agent)
+                    await tasks_in.consume(name, f"{name}.{consumer}.{uuid.uuid4().hex[:8]}")
             except BaseException as exc:
                 with anyio.CancelScope(shield=True):
                     try:
@@ -356,14 +397,14 @@ class RabbitAdapter(BrokerAdapter):
                 await asyncio.sleep(0.05 * 2**attempt)
             else:
                 self._consuming = broker
-                self._subscribers = subscribers
+                self._tasks_in = tasks_in
                 return
 
     async def stop_consuming(self) -> None:
         # Their connection stays open: the tasks already taken are still to be settled.
-        subscribers, self._subscribers = self._subscribers, []
-        for subscriber in subscribers:
-            await subscriber.stop()
+        tasks_in, self._tasks_in = self._tasks_in, None
+        if tasks_in is not None:
+            await tasks_in.stop()
 
     async def publish_dead_letter(self, letter: DeadLetter) -> None:
         await self._store(letter)
@@ -452,7 +493,7 @@ class RabbitAdapter(BrokerAdapter):
             message = await queue.get(no_ack=False, fail=False)
             if message is None:
                 break
-            before = _delivery_count(message)
+            before = _delivery_count(message.headers)
             made = letter(message.body, agent, before)
             if made is None:
                 await self._broker.publish(
@@ -502,12 +543,24 @@ class RabbitAdapter(BrokerAdapter):
         self._control = subscriber
 
 
-def _delivery_count(message: Any) -> int:
-    """Earlier deliveries: a quorum queue's ``x-delivery-count`` header, plus, for a copy a
-    sweep made, the original's (``DELIVERIES_HEADER``); 0 if absent."""
-    headers = message.headers or {}
+def _delivery_count(headers: Any) -> int:
+    """Earlier deliveries of a message with ``headers``: a quorum queue's
+    ``x-delivery-count`` header, plus, for a copy a sweep made, the original's
+    (``DELIVERIES_HEADER``); 0 if absent."""
+    headers = headers or {}
     counts = (headers.get(name, 0) for name in ("x-delivery-count", DELIVERIES_HEADER))
     return sum(count for count in counts if isinstance(count, int) and count > 0)
+
+
+async def _declare_on(channel: Any, queue: RabbitQueue) -> None:
+    """Declare ``queue`` as FastStream would (same arguments) on aio-pika's ``channel``."""
+    await channel.declare_queue(
+        queue.name,
+        durable=queue.durable,
+        exclusive=queue.exclusive,
+        auto_delete=queue.auto_delete,
+        arguments=queue.arguments,
+    )
 
 
 def _letter(message: Any) -> DeadLetter:
