@@ -148,7 +148,7 @@ class CallOrigin:
     ) -> CallOrigin:
         """The origin of an attempt that arrived as an envelope, its events going to ``sink``;
         ``host`` runs the children it spawns (none without)."""
-        wants = frozenset(EventType(name) for name in envelope.wants if name in _EVENT_NAMES)
+        wants = _wanted(envelope.wants)
         origin = cls(
             host,
             trace_id=envelope.trace_id,
@@ -179,7 +179,22 @@ class CallOrigin:
             self.emit_failed(event)
 
 
-_EVENT_NAMES = frozenset(str(kind) for kind in EventType)
+_EVENT_BY_NAME = {str(kind): kind for kind in EventType}
+#: ``wants`` as sent, read: a caller sends the same few sets with every attempt.
+_WANTS_READ: dict[frozenset[str], frozenset[EventType]] = {}
+_WANTS_READ_MAX = 256
+
+
+def _wanted(names: frozenset[str]) -> frozenset[EventType]:
+    """The event types named in ``names`` (a newer caller's names this process does not
+    know are left out)."""
+    wanted = _WANTS_READ.get(names)
+    if wanted is None:
+        wanted = frozenset(_EVENT_BY_NAME[name] for name in names if name in _EVENT_BY_NAME)
+        if len(_WANTS_READ) >= _WANTS_READ_MAX:
+            _WANTS_READ.clear()
+        _WANTS_READ[names] = wanted
+    return wanted
 
 
 def _ignore_failed_emit(event: RuntimeEvent) -> None:

@@ -279,6 +279,9 @@ class RedisAdapter(BrokerAdapter):
             logger=NO_LOGGER,
             max_connections=_MAX_CONNECTIONS,
             retry=self._retry,
+            # The handlers take their one argument as decoded (a batch, or bytes): no
+            # dependency injection, nor validation of it, for every batch.
+            apply_types=False,
         )
         self._slots = asyncio.Semaphore(COMMAND_SLOTS)
         self._client: Any = None
