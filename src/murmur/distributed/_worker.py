@@ -439,16 +439,11 @@ class Worker:
                 # A free slot takes it at once, with no yield: a batch the broker handed
                 # over together starts together, in one turn of the loop, and so its
                 # results tend to be settled together too (one write, one round trip),
-                # not one per turn.
-                send.send_nowait((data, delivery))
-                return
-            except anyio.WouldBlock:
-                pass
-            except (anyio.ClosedResourceError, anyio.BrokenResourceError):
-                await delivery.nack()  # stopping: leave it for another worker
-                return
-            try:
-                await send.send((data, delivery))
+                # not one per turn. Else it waits for one.
+                try:
+                    send.send_nowait((data, delivery))
+                except anyio.WouldBlock:
+                    await send.send((data, delivery))
             except (anyio.ClosedResourceError, anyio.BrokenResourceError):
                 await delivery.nack()  # stopping: leave it for another worker
 
