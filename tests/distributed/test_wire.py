@@ -26,6 +26,7 @@ from murmur.distributed._wire import (
     WireVersionError,
     decode,
     decode_control,
+    decode_reply,
     encode,
 )
 from murmur.transport import TaskEnvelope
@@ -177,3 +178,126 @@ def test_batch_ids_are_optional_both_ways_within_wire_version_1() -> None:
     back = decode_control(json.dumps(newer))
     assert back is not None
     assert back.batch_ids == ("b1",)
+
+
+def _reply(result: AgentResult[object], worker: str = "w1") -> bytes:
+    return encode(ResultMessage(correlation_id="c1", result=result, worker=worker))
+
+
+def _read_by_the_models(data: bytes) -> object:
+    """What ``decode`` makes of ``data`` (the result naming its worker), or the error type."""
+    try:
+        message = decode(data)
+    except WireFormatError as exc:
+        return type(exc)
+    if isinstance(message, ResultMessage) and message.result.worker is None and message.worker:
+        result = message.result.model_copy(update={"worker": message.worker})
+        return message.model_copy(update={"result": result})
+    return message
+
+
+@pytest.mark.parametrize(
+    "output", [None, "text", 42, 1.5, True, ["a", 1], {"answer": {"nested": [1, 2]}}]
+)
+@pytest.mark.parametrize("worker", ["w1", ""])
+def test_a_reply_reads_as_the_models_read_it(output: object, worker: str) -> None:
+    result = AgentResult[object]._build(
+        output, None, Usage(input_tokens=3, output_tokens=4, requests=1), 2, 0.25, "t1", "a"
+    )
+    data = _reply(result, worker)
+    assert decode_reply(data) == _read_by_the_models(data)
+    assert decode_reply(data).result.worker == (worker or None)  # type: ignore[union-attr]
+
+
+def test_a_reply_that_names_its_worker_in_the_result_keeps_it() -> None:
+    result = AgentResult[object]._build(1, None, Usage(), 1, 0.0, "t1", "a", worker="w0")
+    message = decode_reply(_reply(result, "w1"))
+    assert isinstance(message, ResultMessage)
+    assert message.result.worker == "w0"
+
+
+def test_a_failed_result_or_an_event_reads_as_the_models_read_it() -> None:
+    failed = AgentResult[object]._build(None, AgentTimeoutError("slow"), Usage(), 1, 0.5, "t1", "a")
+    data = _reply(failed)
+    message = decode_reply(data)
+    assert isinstance(message, ResultMessage)
+    assert isinstance(message.result.error, AgentTimeoutError)
+    assert message.result.worker == "w1"
+    event = EventMessage(
+        correlation_id="c1",
+        event=RuntimeEvent(type=EventType.TASK_STARTED, agent="a", task_id="t1"),
+        worker="w1",
+    )
+    assert decode_reply(encode(event)) == decode(encode(event))
+
+
+def _mutated(change: str) -> bytes:
+    fields = json.loads(
+        _reply(AgentResult[object]._build("x", None, Usage(requests=1), 1, 0.5, "t1", "a"))
+    )
+    result = fields["result"]
+    if change == "extra field":
+        fields["more"] = 1
+    elif change == "missing worker":
+        del fields["worker"]
+    elif change == "version 2":
+        fields["version"] = 2
+    elif change == "empty correlation id":
+        fields["correlation_id"] = ""
+    elif change == "attempts a bool":
+        result["attempts"] = True
+    elif change == "attempts a string":
+        result["attempts"] = "1"
+    elif change == "attempts negative":
+        result["attempts"] = -1
+    elif change == "duration negative":
+        result["duration"] = -0.5
+    elif change == "duration an int":
+        result["duration"] = 2
+    elif change == "usage negative":
+        result["usage"]["requests"] = -1
+    elif change == "usage short":
+        del result["usage"]["tool_calls"]
+    elif change == "task id a number":
+        result["task_id"] = 7
+    elif change == "result extra field":
+        result["extra"] = True
+    elif change == "output and error":
+        result["error"] = {"type": "AgentTimeoutError", "message": "slow"}
+    return json.dumps(fields).encode()
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        "extra field",
+        "missing worker",
+        "version 2",
+        "empty correlation id",
+        "attempts a bool",
+        "attempts a string",
+        "attempts negative",
+        "duration negative",
+        "duration an int",
+        "usage negative",
+        "usage short",
+        "task id a number",
+        "result extra field",
+        "output and error",
+    ],
+)
+def test_a_reply_off_the_usual_shape_reads_as_the_models_read_it(change: str) -> None:
+    """The fast path takes only what the models would take, and as they would: anything
+    else is read (or refused) by the models themselves."""
+    data = _mutated(change)
+    expected = _read_by_the_models(data)
+    try:
+        got: object = decode_reply(data)
+    except WireFormatError as exc:
+        got = type(exc)
+    assert got == expected
+
+
+def test_a_reply_that_is_not_json_is_refused() -> None:
+    with pytest.raises(WireFormatError, match="not a Murmur wire message"):
+        decode_reply(b"{not json")

@@ -63,7 +63,7 @@ from ._wire import (
     ResultMessage,
     TaskMessage,
     WireFormatError,
-    decode,
+    decode_reply,
     encode,
 )
 
@@ -327,7 +327,7 @@ class BrokerTransport(Transport):
                     with anyio.CancelScope(deadline=give_up):
                         await self._ask_again(adapter, reply)
                 elif isinstance(reply, ResultMessage):
-                    return _with_worker_name(reply)
+                    return reply.result
                 else:
                     with anyio.CancelScope(deadline=give_up):
                         await events.emit(_with_worker(reply))
@@ -514,7 +514,7 @@ class BrokerTransport(Transport):
     def _on_reply(self, data: bytes) -> None:
         """Route one reply to the attempt awaiting it (runs on the home loop, never blocks)."""
         try:
-            message = decode(data)
+            message = decode_reply(data)
         except WireFormatError as exc:
             _log.warning("dropped a reply that is not a Murmur message: %s", exc)
             return
@@ -660,14 +660,6 @@ def _with_worker(message: EventMessage) -> Any:
     if message.worker and "worker" not in event.data:
         event = event.model_copy(update={"data": {**event.data, "worker": message.worker}})
     return event
-
-
-def _with_worker_name(message: ResultMessage) -> AgentResult[Any]:
-    """The result, naming the worker that sent it (``AgentResult.worker``)."""
-    result = message.result
-    if message.worker and result.worker is None:
-        result = result.model_copy(update={"worker": message.worker})
-    return result
 
 
 def _revoked(envelope: TaskEnvelope) -> AgentResult[Any]:
