@@ -396,7 +396,7 @@ else:
 class Agent(BaseModel):
     """A named agent spec over pydantic-ai.
 
-    Args:
+    Attributes:
         name: Stable name, used in results and events and to find the agent on workers.
         model: A pydantic-ai model string (``"openai:gpt-4o"``) or ``Model`` instance
             (``TestModel()``, ``FunctionModel(fn)``).

@@ -19,7 +19,7 @@ DEFAULT_MAX_CONCURRENCY = 100
 class RuntimeOptions(BaseModel):
     """Policies every call of a runtime follows; invalid values fail here, naming the field.
 
-    Args:
+    Attributes:
         timeout_seconds: Deadline of each attempt (> 0); ``None``: no deadline.
         retry_max_attempts: Attempts per task (>= 1; 1 = no retry).
         retry_initial_delay: Wait after the first failed attempt, in seconds (>= 0).
