@@ -30,13 +30,17 @@ ENVVAR = "MURMUR_RATE_LIMITS"
 SELECTORS = ("model", "provider", "agent")
 
 
+class _Bad(InvalidValueError):
+    """One key's value is not accepted (said with the option and the SPEC by the parser)."""
+
+
 def _whole(key: str, value: str) -> int:
     try:
         number = int(value)
     except ValueError:
         number = 0
     if number < 1:
-        raise ValueError(f"{key} must be a whole number >= 1 (e.g. {key}=500), got {value!r}")
+        raise _Bad(f"{key} must be a whole number >= 1 (e.g. {key}=500), got {value!r}")
     return number
 
 
@@ -46,19 +50,19 @@ def _seconds(key: str, value: str) -> float:
     except ValueError:
         number = math.nan
     if not (math.isfinite(number) and number > 0):
-        raise ValueError(f"{key} must be seconds > 0 (e.g. {key}=60), got {value!r}")
+        raise _Bad(f"{key} must be seconds > 0 (e.g. {key}=60), got {value!r}")
     return number
 
 
 def _text(key: str, value: str) -> str:
     if not value:
-        raise ValueError(f"{key} must not be empty")
+        raise _Bad(f"{key} must not be empty")
     return value
 
 
 def _store_failure(key: str, value: str) -> str:
     if value not in ("closed", "open"):
-        raise ValueError(f"{key} must be closed or open, got {value!r}")
+        raise _Bad(f"{key} must be closed or open, got {value!r}")
     return value
 
 
@@ -106,7 +110,7 @@ def parse_rate_limit(spec: str) -> RateLimit:
             raise refuse(f"{key} is given twice")
         try:
             fields[key] = KEYS[key](key, value.strip())
-        except ValueError as exc:
+        except _Bad as exc:
             raise refuse(str(exc)) from None
     if not fields:
         raise refuse("empty; give key=value pairs, e.g. model=openai:gpt-4o,rpm=500")
