@@ -301,3 +301,63 @@ def test_a_reply_off_the_usual_shape_reads_as_the_models_read_it(change: str) ->
 def test_a_reply_that_is_not_json_is_refused() -> None:
     with pytest.raises(WireFormatError, match="not a Murmur wire message"):
         decode_reply(b"{not json")
+
+
+def _edged(change: str) -> bytes:
+    """A successful result's reply, with one field at an edge the models take."""
+    fields = json.loads(
+        _reply(AgentResult[object]._build("x", None, Usage(requests=1), 1, 0.5, "t1", "a"))
+    )
+    result = fields["result"]
+    text = ""
+    if change == "duration a huge int":
+        result["duration"] = 10**400  # the models read it as inf
+    elif change == "wait a huge int":
+        result["rate_limit_wait"] = 10**400
+    elif change == "duration past a float's range":
+        text = "1e999"
+        result["duration"] = "DURATION"
+    elif change == "version 1.0":
+        fields["version"] = 1.0
+    elif change == "version true":
+        fields["version"] = True
+    elif change == "output a huge int":
+        result["output"] = 10**400
+    elif change == "usage a huge int":
+        result["usage"]["input_tokens"] = 10**400
+    elif change == "unicode ids":
+        fields["correlation_id"] = "c\u00e9\U0001f642"
+        result["task_id"] = "t\u2028"
+    elif change == "result's worker empty":
+        result["worker"] = ""
+    data = json.dumps(fields, ensure_ascii=False)
+    if text:
+        data = data.replace('"DURATION"', text)
+    return data.encode()
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        "duration a huge int",
+        "wait a huge int",
+        "duration past a float's range",
+        "version 1.0",
+        "version true",
+        "output a huge int",
+        "usage a huge int",
+        "unicode ids",
+        "result's worker empty",
+    ],
+)
+def test_a_reply_at_the_edges_the_models_take_reads_as_they_read_it(change: str) -> None:
+    """Numbers past a float's range, versions JSON writes otherwise, non-ASCII text: the
+    fast path reads them as the models do, or leaves them to the models; it never raises
+    what the models would not (a reply handler must not fail on a reply)."""
+    data = _edged(change)
+    expected = _read_by_the_models(data)
+    try:
+        got: object = decode_reply(data)
+    except WireFormatError as exc:
+        got = type(exc)
+    assert got == expected

@@ -415,8 +415,10 @@ class RedisAdapter(BrokerAdapter):
         if not isinstance(delivery, _RedisDelivery) or delivery._adapter is not self:
             await super().settle(address, data, delivery)
             return
-        self._held.discard(delivery)
         await self._settles.write((address, data, delivery._stream, delivery._entry))
+        # Held until then: a settle that failed is tried again (the worker still has the
+        # result to send), and a stop meanwhile must not hand the task to another worker.
+        self._held.discard(delivery)
 
     async def _settle_batch(self, batch: Sequence[tuple[str, bytes, str, bytes]]) -> None:
         """The results of ``batch`` sent, then its tasks acknowledged: one script call."""

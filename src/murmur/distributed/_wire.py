@@ -231,15 +231,19 @@ def _plain_result(fields: dict[str, Any]) -> ResultMessage | None:
         or (ran_on is not None and type(ran_on) is not str)
     ):
         return None
+    try:
+        seconds, waited_seconds = float(duration), float(waited)
+    except OverflowError:  # an int past a float's range (the models read it as inf)
+        return None
     built = AgentResult._build(
         result["output"],
         None,
         _trusted_usage(dict(usage)),
         attempts,
-        float(duration),
+        seconds,
         task_id,
         agent,
-        float(waited),
+        waited_seconds,
         ran_on if ran_on is not None else (worker or None),
     )
     return _trusted_result_message(
