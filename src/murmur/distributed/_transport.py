@@ -124,6 +124,10 @@ class _Inbox:
         self._waiter: asyncio.Future[None] | None = None
         self.closed = False
 
+    def __bool__(self) -> bool:
+        """Whether a reply is waiting to be taken."""
+        return bool(self._items)
+
     def put(self, item: _Reply) -> None:
         if not self.closed:
             self._items.append(item)
@@ -317,6 +321,8 @@ class BrokerTransport(Transport):
                     break  # closed
                 if reply is _QUIET:
                     if loop.time() >= give_up:
+                        if inbox:
+                            continue  # it came just as the wait ended: taken, not lost
                         return _lost(envelope, wait, self.reply_grace)
                     # Nothing for a while: its result may have been lost.
                     quiet = time.monotonic() - self.resend_every / 2
