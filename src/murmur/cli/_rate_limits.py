@@ -13,6 +13,7 @@ the SPEC, the key and what is accepted (the command prints it as one line, exit 
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -78,6 +79,13 @@ KEYS: dict[str, Callable[[str, str], Any]] = {
 }
 
 
+def _store_secrets(spec: str) -> list[str]:
+    """The passwords in ``spec``'s store URLs (``scheme://user:PASSWORD@host``), however
+    malformed the rest of the URL, longest first."""
+    found = re.findall(r"store\s*=[^,]*?:([^:@/,]+)@", spec)
+    return sorted(set(found), key=len, reverse=True)
+
+
 def parse_rate_limit(spec: str) -> RateLimit:
     """The ``RateLimit`` one ``--rate-limit`` SPEC describes.
 
@@ -88,8 +96,13 @@ def parse_rate_limit(spec: str) -> RateLimit:
     """
     from ..middleware.rate_limit import RateLimit
 
+    secrets = _store_secrets(spec)
+
     def refuse(problem: str) -> InvalidValueError:
-        return InvalidValueError(f"{OPTION} {spec!r}: {problem}")
+        message = f"{OPTION} {spec!r}: {problem}"
+        for secret in secrets:  # the error goes to stderr and logs: not the password
+            message = message.replace(secret, "***")
+        return InvalidValueError(message)
 
     fields: dict[str, Any] = {}
     for item in spec.split(","):

@@ -40,7 +40,9 @@ _PREFIX = "murmur:ratelimit:"
 # and the pending correction: extra requests, extra tokens (may be < 0).
 # Returns: start - now (µs), index of the binding limit (0: none), then per limit the
 # request and token TATs before and after, then per limit its AIMD scale and its pause of
-# the model - now (µs; what ``RateLimit.state`` shows).
+# the model - now (µs; what ``RateLimit.state`` shows). While a limit pauses the model, no
+# place is taken (a place after the pause would hold every call behind it as long, other
+# models' too): then the first is the end of the pause - now, and the index is negative.
 _RESERVE = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
@@ -48,6 +50,7 @@ local start = now + tonumber(ARGV[1])
 local model = ARGV[2]
 local tokens = tonumber(ARGV[3])
 local binding = 0
+local paused, pbinding = now, 0
 local st = {}
 for i = 1, #KEYS do
   local b = 3 + (i - 1) * 6
@@ -72,18 +75,22 @@ for i = 1, #KEYS do
     cost = math.ceil(tokens * period / (tpm * scale))
     window = math.ceil(period / scale)
   end
-  local e = pause
+  if pause > paused then paused = pause; pbinding = i end
+  local e = 0
   if interval > 0 then e = math.max(e, rt - (burst - 1) * interval) end
   if cost > 0 then e = math.max(e, tt + cost - window) end
   if e > start then start = e; binding = i end
   st[i] = {rt, tt, interval, cost, period, scale, pause}
 end
+if pbinding > 0 then start = paused; binding = -pbinding end
 local out = {0, binding}
 for i = 1, #KEYS do
   local s = st[i]
   local nrt, ntt = s[1], s[2]
-  if s[3] > 0 then nrt = math.max(s[1], start) + s[3] end
-  if s[4] > 0 then ntt = math.max(s[2], start) + s[4] end
+  if pbinding == 0 then
+    if s[3] > 0 then nrt = math.max(s[1], start) + s[3] end
+    if s[4] > 0 then ntt = math.max(s[2], start) + s[4] end
+  end
   redis.call('HSET', KEYS[i], 'rt', string.format('%.0f', nrt), 'tt', string.format('%.0f', ntt))
   redis.call('PEXPIRE', KEYS[i], math.ceil((math.max(nrt, ntt) - now + 2 * s[5]) / 1000))
   for _, v in ipairs({s[1], nrt, s[2], ntt}) do table.insert(out, string.format('%.0f', v)) end
@@ -215,9 +222,10 @@ class RedisRateStores:
 
     async def reserve(
         self, plan: _Plan, tokens: int, not_before: float
-    ) -> tuple[float, RateLimit | None, list[_Place] | None]:
+    ) -> tuple[float, RateLimit | None, list[_Place] | None, bool]:
         """Take a place in every stored limit of ``plan``: (seconds to wait, the limit that
-        set it, the places)."""
+        set it, the places, whether the model is paused: then the wait is until the end of
+        the pause, and the places taken must be given back)."""
         delay = max(0.0, not_before)
         binding: RateLimit | None = None
         places: list[_Place] = []
@@ -249,6 +257,7 @@ class RedisRateStores:
             if out is None:  # failed open
                 continue
             start = int(out[0]) / _US
+            index = int(out[1])
             seen = 2 + 4 * len(limits)
             place = _Place(limits, [text(v) for v in out[2:seen]], anyio.current_time() + start)
             for j, limit in enumerate(limits):
@@ -256,6 +265,8 @@ class RedisRateStores:
                 paused = int(text(out[seen + 2 * j + 1])) / _US
                 if paused > 0:
                     limit._seen_pause = max(limit._seen_pause, time.monotonic() + paused)
+            if index < 0:  # paused: no place taken in this store
+                return max(delay, start), limits[-index - 1], places, True
             places.append(place)
             try:
                 await anyio.lowlevel.checkpoint_if_cancelled()
@@ -265,9 +276,8 @@ class RedisRateStores:
                 raise
             if start > delay:
                 delay = start
-                index = int(out[1])
                 binding = limits[index - 1] if index else binding
-        return delay, binding, places
+        return delay, binding, places, False
 
     async def give_back(self, plan: _Plan, places: Any) -> None:
         """Give back the places a cancelled waiter had taken."""

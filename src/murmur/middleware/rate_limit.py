@@ -35,12 +35,15 @@ Feedback from the provider
 An attempt that fails with HTTP 429 pauses every call to its model, under every limit that
 applies to it, for the time the provider asked (``Retry-After``, else OpenAI's
 ``x-ratelimit-reset-*`` or Anthropic's ``anthropic-ratelimit-*-reset`` headers, else
-``DEFAULT_PAUSE`` seconds); calls that were already waiting for a moment inside the pause
-take a new place after it. Each limit also halves its rates (multiplicative decrease, not
-below 1/16 of the configured rates; once per pause, so that a burst of 429s from calls
-already in flight counts once) and, from the end of the pause, recovers linearly to the
-configured rates over two periods (additive increase). The default retry policy retries a
-429 after its ``Retry-After``; the limiter makes the other calls wait too.
+``DEFAULT_PAUSE`` seconds). The model's calls wait out the pause without holding a place
+(a place after it would hold every call behind it as long, other models' under a shared
+limit too) and take their places when it ends; calls that were already waiting for a
+moment inside the pause give theirs back and do the same. Each limit also halves its
+rates (multiplicative decrease, not below 1/16 of the configured rates; once per pause, so
+that a burst of 429s from calls already in flight counts once) and, from the end of the
+pause, recovers linearly to the configured rates over two periods (additive increase). The
+default retry policy retries a 429 after its ``Retry-After``; the limiter makes the other
+calls wait too.
 
 The middleware is a caller-side stage inside the retry stage: each attempt waits where the
 call was made, before it is sent (in broker mode, before it is published: a waiting task
@@ -263,8 +266,16 @@ class RateLimit:
             raise InvalidValueError(f"RateLimit burst must be an int >= 1, got {burst!r}")
         if rpm is not None and burst > rpm:
             raise InvalidValueError(f"RateLimit burst={burst} is more than rpm={rpm}")
-        if not (isinstance(period, (int, float)) and math.isfinite(period) and period > 0):
-            raise InvalidValueError(f"RateLimit period must be seconds > 0, got {period!r}")
+        if (
+            isinstance(period, bool)
+            or not isinstance(period, (int, float))
+            or not math.isfinite(period)
+            or round(period * _US) < 1
+        ):
+            # Kept in whole microseconds: a shorter period would count nothing.
+            raise InvalidValueError(
+                f"RateLimit period must be seconds > 0 (at least 0.000001), got {period!r}"
+            )
         check_store("RateLimit", store, on_store_error, store_timeout)
         if clock is not None and not isinstance(clock, Clock):
             raise InvalidTypeError(
@@ -655,6 +666,17 @@ class RateLimitMiddleware:
         binding: RateLimit | None = None
         while True:
             now = round(clock.now() * _US)
+            # A paused model's call waits out the pause without a place: a place after it
+            # would hold every call behind it (other models' under a shared limit) as long.
+            paused = 0
+            for limit in plan.local:
+                until = limit._paused_until(model)
+                if until > paused:
+                    paused, binding = until, limit
+            if paused > now:
+                slept = True
+                await self._sleep(plan, paused)
+                continue
             start = now
             for limit in plan.local:
                 at = limit._earliest(now, tokens, model)
@@ -662,13 +684,20 @@ class RateLimitMiddleware:
                     start, binding = at, limit
             stored_place: Any = None
             if plan.stored and self.stores is not None:
-                delay, stored_binding, stored_place = await self.stores.reserve(
+                delay, stored_binding, stored_place, held = await self.stores.reserve(
                     plan, tokens, (start - now) / _US
                 )
                 # The delay counts from when the script ran, somewhere in the round trip:
                 # counted from its end, the call starts late rather than early.
                 now = round(clock.now() * _US)
                 after = now + round(delay * _US)
+                if held:  # the model is paused in the store: no place was taken there
+                    if stored_place:
+                        with anyio.CancelScope(shield=True):
+                            await self._give_back(plan, [], stored_place)
+                    slept, binding = True, stored_binding
+                    await self._sleep(plan, after)
+                    continue
                 if after > start:
                     start, binding = after, stored_binding
                 if plan.local:
@@ -681,13 +710,7 @@ class RateLimitMiddleware:
             try:
                 if start > now:
                     slept = True
-                    for limit in plan.limits:
-                        limit._waiting += 1
-                    try:
-                        await clock.sleep_until(start / _US)
-                    finally:
-                        for limit in plan.limits:
-                            limit._waiting -= 1
+                    await self._sleep(plan, start)
             except BaseException:
                 with anyio.CancelScope(shield=True):
                     await self._give_back(plan, places, stored_place)
@@ -714,6 +737,16 @@ class RateLimitMiddleware:
                         "model": model,
                     },
                 )
+
+    async def _sleep(self, plan: _Plan, until: int) -> None:
+        """Sleep until ``until`` (µs of ``plan.clock``), counted as waiting by its limits."""
+        for limit in plan.limits:
+            limit._waiting += 1
+        try:
+            await plan.clock.sleep_until(until / _US)
+        finally:
+            for limit in plan.limits:
+                limit._waiting -= 1
 
     async def _give_back(
         self, plan: _Plan, places: list[tuple[RateLimit, tuple[int, int, int, int]]], stored: Any
