@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from typing import Any
 
 import anyio
@@ -10,7 +11,7 @@ from pydantic_ai.exceptions import ModelHTTPError
 from tests.distributed.brokers import require
 from tests.distributed.proxy import tcp_proxy
 from tests.middleware.fleet import fresh
-from tests.middleware.test_rate_limit import recording_agent
+from tests.middleware.test_rate_limit import gather_on, recording_agent
 from tests.support import FakeClock
 
 from murmur import AgentRuntime, FunctionAgent, RateLimit, RuntimeOptions, TaskSpec, TokenBudget
@@ -52,6 +53,29 @@ async def test_a_429_storm_on_one_model_does_not_slow_another_under_a_provider_l
     # b's calls are not held until a's pause ends (30 s): they share the provider's rate
     # with a's queue, at worst 40 calls at 0.1 s.
     assert max(starts_b) < 30.0, starts_b
+
+
+async def test_a_429_of_one_model_does_not_halve_another_model_s_rate() -> None:
+    """A 429 of gpt-4o (OpenAI limits each model on its own) halves the provider-wide
+    limit's rate for every model of the provider: gpt-4o-mini, which got no 429, then runs
+    at half the configured rate, which the issue rules out ("a 429 storm on one model does
+    not slow another model's calls"). A design question: the AIMD scale is per limit, not
+    per (limit, model)."""
+    clock = FakeClock(start=0.0)
+    starts_b: list[float] = []
+    limit = RateLimit(provider="openai", rpm=601, clock=clock)  # one every 0.1 s
+
+    def once(n: int) -> BaseException | None:
+        return ModelHTTPError(429, "gpt-4o", headers={"retry-after": "1"})
+
+    a = recording_agent(clock, [], name="a", model="openai:gpt-4o", fail=once)
+    b = recording_agent(clock, starts_b, name="b", model="openai:gpt-4o-mini")
+    options = RuntimeOptions(rate_limits=[limit], retry_max_attempts=1)
+    async with AgentRuntime(options=options) as runtime:
+        await gather_on(clock, runtime, a, [TaskSpec(input=0)])
+        await gather_on(clock, runtime, b, [TaskSpec(input=i) for i in range(10)])
+    gaps = [later - earlier for earlier, later in itertools.pairwise(starts_b)]
+    assert max(gaps) == pytest.approx(0.1), gaps
 
 
 # -- through Redis ------------------------------------------------------------------------
