@@ -6,6 +6,11 @@ that make sense from a command line::
     model=openai:gpt-4o,rpm=500,tpm=200000,store=redis://127.0.0.1:6379/0
     provider=anthropic,rpm=50
 
+Spaces around the commas and equals signs are allowed. Several SPECs in
+``MURMUR_RATE_LIMITS`` are separated by ``;``, newlines or spaces (``split_specs``)::
+
+    MURMUR_RATE_LIMITS='model=openai:gpt-4o, rpm=500; provider=anthropic, rpm=50'
+
 Each becomes one ``RateLimit``; a bad one is an ``InvalidValueError`` that names the option,
 the SPEC, the key and what is accepted (the command prints it as one line, exit code 2).
 """
@@ -22,10 +27,11 @@ from ..errors import InvalidTypeError, InvalidValueError
 if TYPE_CHECKING:
     from ..middleware.rate_limit import RateLimit
 
-__all__ = ["ENVVAR", "KEYS", "OPTION", "parse_rate_limit", "parse_rate_limits"]
+__all__ = ["ENVVAR", "KEYS", "OPTION", "parse_rate_limit", "parse_rate_limits", "split_specs"]
 
 OPTION = "--rate-limit"
-#: Several SPECs, separated by whitespace (what the option would take, repeated).
+#: Several SPECs, separated by ``;``, newlines or spaces (what the option would take,
+#: repeated): see ``split_specs``.
 ENVVAR = "MURMUR_RATE_LIMITS"
 #: Keys that say which calls a limit applies to (at least one is needed).
 SELECTORS = ("model", "provider", "agent")
@@ -134,6 +140,14 @@ def parse_rate_limit(spec: str) -> RateLimit:
         return RateLimit(**fields)
     except (InvalidValueError, InvalidTypeError) as exc:
         raise refuse(str(exc).removeprefix("RateLimit ")) from None
+
+
+def split_specs(value: str) -> list[str]:
+    """The SPECs of ``MURMUR_RATE_LIMITS``: separated by ``;``, newlines or spaces, where
+    spaces next to a ``,`` or ``=`` belong to the SPEC (``provider=openai, rpm=5`` is one
+    SPEC, not two)."""
+    joined = re.sub(r"\s*([,=])\s*", r"\1", value)
+    return [spec for spec in re.split(r"[;\s]+", joined) if spec]
 
 
 def parse_rate_limits(specs: Sequence[str]) -> list[RateLimit]:
