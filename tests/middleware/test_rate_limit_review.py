@@ -18,6 +18,8 @@ from murmur import AgentRuntime, FunctionAgent, RateLimit, RuntimeOptions, TaskS
 from murmur.cli._rate_limits import parse_rate_limit
 from murmur.errors import InvalidValueError
 from murmur.events import MultiEventEmitter
+from murmur.middleware import RateLimitMiddleware
+from murmur.middleware._redis import text
 from murmur.middleware.rate_limit import throttle_seconds
 
 pytestmark = pytest.mark.anyio
@@ -112,6 +114,58 @@ async def test_a_waiter_of_another_model_is_not_held_by_a_paused_model_fleet_wid
             finally:
                 tg.cancel_scope.cancel()
     assert result.output == 2
+
+
+async def test_a_429_of_one_model_does_not_halve_another_model_s_rate_fleet_wide(
+    names: list[str],
+) -> None:
+    """The same through Redis: after gpt-4o's 429, each call of gpt-4o-mini takes one
+    interval of the provider's shared limit (its configured rate), one of gpt-4o two (its
+    rate halved). Read from the request TAT each admission moves in the store: the limit
+    allows a burst of 300 at 300 an hour (one every 12 s), so no call waits and every
+    admission moves the TAT by exactly what it takes, whatever the time."""
+    name = fresh(names, "per-model")
+    calls = 0
+
+    async def once(value: Any) -> Any:
+        nonlocal calls
+        calls += 1
+        if calls == 1:  # a 429 asking for a millisecond's pause
+            raise ModelHTTPError(429, "gpt-4o", headers={"retry-after-ms": "1"})
+        return value
+
+    a = FunctionAgent(once, name="a", model="openai:gpt-4o")
+    b = FunctionAgent(echo, name="b", model="openai:gpt-4o-mini")
+    limit = RateLimit(
+        provider="openai", rpm=600, burst=300, period=3600, store=require("redis"), name=name
+    )
+    moved: list[tuple[str, int]] = []  # (the model's key, how far its admission moved the TAT)
+    options = RuntimeOptions(rate_limits=[limit], retry_max_attempts=1)
+    async with AgentRuntime(options=options, event_emitter=QUIET) as runtime:
+        [stage] = [s for s in runtime._core.stages if isinstance(s, RateLimitMiddleware)]
+        original = stage.stores.redis.run
+
+        async def run(url: str, seconds: float, script: str, keys: list[str], args: Any) -> Any:
+            out = await original(url, seconds, script, keys, args)
+            if script == "reserve" and int(out[1]) >= 0:  # a place was taken
+                old, new = int(text(out[2])), int(text(out[3]))
+                moved.append((keys[1].rpartition(":m:")[2], new - old))
+            return out
+
+        stage.stores.redis.run = run
+        assert isinstance((await runtime.run(a, TaskSpec(input=0))).error, ModelHTTPError)
+        results = await runtime.gather(b, [TaskSpec(input=i) for i in range(10)])
+        again = await runtime.run(a, TaskSpec(input=1))
+    assert [r.output for r in results] == list(range(10))
+    assert again.output == 1
+    interval = 12_000_000  # µs: 3600 s / (600 - 300)
+    # The first admission moved the TAT from the past; each later one by what it takes.
+    assert moved[1:11] == [("openai:gpt-4o-mini", interval)] * 10
+    model, took = moved[11]
+    assert model == "openai:gpt-4o"
+    assert took == pytest.approx(2 * interval, rel=1e-3)  # halved (and growing back slowly)
+    assert all(r.rate_limit_wait == 0 for r in results)
+    assert list(limit.state()["slowed"]) == ["openai:gpt-4o"]
 
 
 async def test_a_waiter_cancelled_while_the_store_is_down_is_cancelled_not_failed(
