@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from murmur import InvalidValueError, RateLimit
-from murmur.cli._rate_limits import parse_rate_limit, parse_rate_limits
+from murmur.cli._rate_limits import parse_rate_limit, parse_rate_limits, split_specs
 from test_cli_worker import APP, one_line_error, run_command
 from workers import command_env
 
@@ -108,5 +108,25 @@ def test_a_bad_rate_limit_is_a_one_line_usage_error() -> None:
 
 def test_the_rate_limits_may_come_from_the_environment() -> None:
     env = command_env(MURMUR_RATE_LIMITS="provider=openai,rpm=5 model=m,rpm=lots")
+    line = one_line_error(run_command("--app", APP, "--broker", "redis://127.0.0.1:1", env=env), 2)
+    assert "--rate-limit 'model=m,rpm=lots': rpm must be a whole number >= 1" in line
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        "provider=openai,rpm=5 model=m,rpm=lots",
+        "provider=openai, rpm=5; model=m, rpm=lots",
+        "provider = openai , rpm = 5\nmodel=m,rpm=lots;",
+    ],
+)
+def test_the_environment_s_specs_are_split_on_semicolons_newlines_or_spaces(value: str) -> None:
+    """Spaces next to a comma or an equals sign belong to the SPEC: "provider=openai,
+    rpm=5" is one limit, not "provider=openai," and "rpm=5" with a misleading error."""
+    assert split_specs(value) == ["provider=openai,rpm=5", "model=m,rpm=lots"]
+
+
+def test_a_spec_with_spaces_after_its_commas_comes_from_the_environment() -> None:
+    env = command_env(MURMUR_RATE_LIMITS="provider=openai, rpm=5; model=m, rpm=lots")
     line = one_line_error(run_command("--app", APP, "--broker", "redis://127.0.0.1:1", env=env), 2)
     assert "--rate-limit 'model=m,rpm=lots': rpm must be a whole number >= 1" in line

@@ -177,7 +177,7 @@ async def test_a_rate_limit_on_the_command_line_limits_the_tasks_the_worker_runs
     worker = start_worker("--app", APP, "--broker", REDIS, "--rate-limit", spec, *FAST_HEARTBEAT)
     started = await worker.wait_for("worker.started")
     assert started["rate_limits"] == [
-        {"limit": name, "factor": 1.0, "waiting": 0, "paused_until": None}
+        {"limit": name, "factor": 1.0, "slowed": {}, "waiting": 0, "paused_until": None}
     ]
     recorder = Recorder()
     monkeypatch.setenv("MURMUR_NAMESPACE", namespace)
@@ -201,7 +201,13 @@ async def test_a_rate_limit_on_the_command_line_limits_the_tasks_the_worker_runs
             if beat["processed"] == 3:
                 break
         assert waiting_seen, worker.output()
-        assert state == {"limit": name, "factor": 1.0, "waiting": 0, "paused_until": None}
+        assert state == {
+            "limit": name,
+            "factor": 1.0,
+            "slowed": {},
+            "waiting": 0,
+            "paused_until": None,
+        }
         assert worker.stop() == 0
     finally:
         client = redis.Redis.from_url(REDIS)

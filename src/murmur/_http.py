@@ -34,10 +34,11 @@ def retry_after(error: BaseException) -> float | None:
 
 
 def retry_hint(error: BaseException) -> float | None:
-    """Seconds ``error``'s response asked to wait, if it said: ``retry_after``, else the
-    longest of its ``Retry-After`` / ``retry-after-ms``, OpenAI's ``x-ratelimit-reset-*``
-    and Anthropic's ``anthropic-ratelimit-*-reset`` headers, read from ``error.headers`` or
-    ``error.response.headers`` (a provider SDK's error)."""
+    """Seconds ``error``'s response asked to wait, if it said: ``retry_after``, else its
+    ``Retry-After`` / ``retry-after-ms`` (the longest), else the longest of OpenAI's
+    ``x-ratelimit-reset-*`` and Anthropic's ``anthropic-ratelimit-*-reset`` headers (when
+    a bucket is full again: often longer than the wait the provider asks for), read from
+    ``error.headers`` or ``error.response.headers`` (a provider SDK's error)."""
     hinted = retry_after(error)
     if hinted is not None:
         return hinted
@@ -50,12 +51,15 @@ def retry_hint(error: BaseException) -> float | None:
         items = list(headers.items())
     except (AttributeError, TypeError):
         return None
-    waits = []
+    asked: list[float] = []
+    resets: list[float] = []
     for name, value in items:
         if isinstance(name, str) and isinstance(value, str):
-            seconds = header_seconds(name.lower(), value)
+            lower = name.lower()
+            seconds = header_seconds(lower, value)
             if seconds is not None:
-                waits.append(seconds)
+                (asked if lower.startswith("retry-after") else resets).append(seconds)
+    waits = asked or resets
     return max(waits) if waits else None
 
 

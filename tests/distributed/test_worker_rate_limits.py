@@ -80,7 +80,7 @@ async def test_heartbeat_and_status_line_show_a_spawn_paused_by_a_429() -> None:
         rate_limits=[limit],
     )
     assert worker.rate_limit_state() == [
-        {"limit": "gpt-4o", "factor": 1.0, "waiting": 0, "paused_until": None}
+        {"limit": "gpt-4o", "factor": 1.0, "slowed": {}, "waiting": 0, "paused_until": None}
     ]
     results: list[Any] = []
     async with (
@@ -99,10 +99,13 @@ async def test_heartbeat_and_status_line_show_a_spawn_paused_by_a_429() -> None:
             assert (state["limit"], state["factor"], state["waiting"]) == ("gpt-4o", 0.5, 1)
             # The fake clock stands still: the pause ends 30 s from now, on the wall clock.
             assert state["paused_until"] == pytest.approx(time.time() + 30, abs=5)
+            assert state["slowed"] == {MODEL: 0.5}
+            # The limit, its lowest factor and the model slowed to it, waiting, paused.
+            shown = r"gpt-4o x0\.50 for openai:gpt-4o 1 waiting paused \d+\.\ds"
             line = _console_line("worker.heartbeat", time.time(), data)
-            assert re.search(r"rate_limits=gpt-4o x0\.50 1 waiting paused \d+\.\ds", line)
+            assert re.search(rf"rate_limits={shown}", line)
             status = _LiveReporter()._status(worker).plain
-            assert re.search(r"limits: gpt-4o x0\.50 1 waiting paused \d+\.\ds", status)
+            assert re.search(rf"limits: {shown}", status)
             clock.advance_to(30.0)
     assert results[0].output == 2
     assert worker.rate_limit_state()[0]["waiting"] == 0
@@ -139,7 +142,7 @@ async def test_a_workers_own_limits_admit_the_tasks_it_runs() -> None:
     ):
         [started] = beats.of(EventType.WORKER_STARTED)
         assert started.data["rate_limits"] == [
-            {"limit": "echo-limit", "factor": 1.0, "waiting": 0, "paused_until": None}
+            {"limit": "echo-limit", "factor": 1.0, "slowed": {}, "waiting": 0, "paused_until": None}
         ]
 
         async def call() -> None:

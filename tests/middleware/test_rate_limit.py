@@ -234,7 +234,8 @@ async def test_a_429_pauses_the_model_and_halves_then_restores_the_rate() -> Non
     # growing back by half the configured rate per period.
     assert starts[:3] == [0.0, 1.0, 11.0]
     assert starts[3] == pytest.approx(13.0, abs=0.01)
-    assert limit.scale(round(11e6 + 120e6)) == 1.0  # fully recovered two periods on
+    assert limit.scale(round(11e6 + 120e6), "openai:gpt-4o") == 1.0  # recovered two periods on
+    assert not limit._slowed  # and forgotten
 
 
 async def test_state_shows_the_factor_the_waiting_calls_and_the_pause() -> None:
@@ -244,7 +245,13 @@ async def test_state_shows_the_factor_the_waiting_calls_and_the_pause() -> None:
     clock = FakeClock(start=0.0)
     starts: list[float] = []
     limit = RateLimit(provider="openai", rpm=61, clock=clock, name="openai")
-    assert limit.state() == {"limit": "openai", "factor": 1.0, "waiting": 0, "paused_until": None}
+    assert limit.state() == {
+        "limit": "openai",
+        "factor": 1.0,
+        "slowed": {},
+        "waiting": 0,
+        "paused_until": None,
+    }
 
     def fail(n: int) -> BaseException | None:
         return ModelHTTPError(429, "gpt-4o", headers={"retry-after": "10"}) if n == 1 else None
@@ -254,6 +261,7 @@ async def test_state_shows_the_factor_the_waiting_calls_and_the_pause() -> None:
         await gather_on(clock, runtime, agent, [TaskSpec(input=0)])
         state = limit.state()
         assert (state["factor"], state["waiting"]) == (0.5, 0)
+        assert state["slowed"] == {"openai:gpt-4o": 0.5}  # the model that got the 429
         # The fake clock stands still: the pause ends 10 s from now, on the wall clock.
         assert state["paused_until"] == pytest.approx(time.time() + 10, abs=1)
         with anyio.CancelScope() as scope:
@@ -292,6 +300,101 @@ async def test_a_429_on_one_model_does_not_slow_another() -> None:
     assert starts_b == pytest.approx([i / 10 for i in range(20)])
     assert starts_a[0] == 0.0
     assert starts_a[1] == pytest.approx(30.0)
+
+
+def a_429_first(retry_after: str) -> Callable[[int], BaseException | None]:
+    """A ``fail`` for ``recording_agent``: a 429 for its first call, then none."""
+
+    def fail(n: int) -> BaseException | None:
+        if n > 1:
+            return None
+        return ModelHTTPError(429, "gpt-4o", headers={"retry-after": retry_after})
+
+    return fail
+
+
+async def gather_in_turn(
+    clock: FakeClock, runtime: AgentRuntime, *batches: tuple[Any, int]
+) -> None:
+    """A ``gather`` of ``count`` tasks per (agent, count), each started once the ones
+    before it wait: they come in that order."""
+    done: list[Any] = []
+
+    async def batch(agent: Any, count: int) -> None:
+        done.append(await runtime.gather(agent, [TaskSpec(input=i) for i in range(count)]))
+
+    async with anyio.create_task_group() as tg:
+        for agent, count in batches:
+            tg.start_soon(batch, agent, count)
+            await anyio.wait_all_tasks_blocked()
+        await clock.run_until_idle(lambda: len(done) == len(batches))
+
+
+async def test_a_slowed_model_never_takes_the_limit_past_its_burst() -> None:
+    """A 429 slows only its model, by spacing its calls further; when a call may start is
+    the configured tolerance for every model. So a burst of another model's calls, then
+    a call of the slowed one, stay within the limit's documented burst."""
+    clock = FakeClock(start=0.0)
+    starts: list[float] = []
+    limit = RateLimit(provider="openai", rpm=10, burst=4, clock=clock)  # then one every 10 s
+    a = recording_agent(clock, starts, name="a", model="openai:gpt-4o", fail=a_429_first("30"))
+    b = recording_agent(clock, starts, name="b", model="openai:gpt-4o-mini")
+    async with AgentRuntime(options=RuntimeOptions(rate_limits=[limit])) as runtime:
+        await gather_on(clock, runtime, a, [TaskSpec(input=0)])
+        # Idle: the burst is available again; gpt-4o's factor has grown back from 0.5 at
+        # 30 s (the pause's end) by half the rate per period.
+        clock.advance_to(40.0)
+        await gather_in_turn(clock, runtime, (b, 4), (a, 2))
+    later = starts[1:]
+    assert later[:4] == [40.0] * 4  # gpt-4o-mini's burst
+    assert later[4] == 50.0  # gpt-4o waits for room in the burst, as any model would
+    # Then 1 / factor intervals further: at 50 s the factor is 0.5 + 20 / 120.
+    assert later[5] == pytest.approx(50.0 + 10 / (0.5 + 20 / 120), abs=0.01)
+    assert in_window(later, 1.0) == 4  # burst - 1 + ceil(1 * 6 / 60)
+    assert list(limit.state()["slowed"]) == ["openai:gpt-4o"]
+
+
+async def test_a_slowed_model_shares_the_limit_without_exceeding_it() -> None:
+    """gpt-4o slowed by its 429 and gpt-4o-mini running together under a provider's
+    limit: no period holds more than the limit's rpm - 1 calls, whatever the mix."""
+    clock = FakeClock(start=0.0)
+    starts_a: list[float] = []
+    starts_b: list[float] = []
+    limit = RateLimit(provider="openai", rpm=61, clock=clock)  # one a second
+    a = recording_agent(clock, starts_a, name="a", model="openai:gpt-4o", fail=a_429_first("5"))
+    b = recording_agent(clock, starts_b, name="b", model="openai:gpt-4o-mini")
+    async with AgentRuntime(options=RuntimeOptions(rate_limits=[limit])) as runtime:
+        await gather_on(clock, runtime, a, [TaskSpec(input=0)])
+        await gather_in_turn(clock, runtime, (a, 20), (b, 20))
+    both = starts_a + starts_b
+    # At most rpm - 1 = 60 in a period; burst - 1 + ceil(w * 60 / 60) in any w seconds.
+    assert in_window(both, 60.0) <= 60
+    assert all(in_window(both, w) <= w for w in (1.0, 5.0, 10.0))
+    assert min(starts_a[1:]) >= 5.0  # the pause
+    # gpt-4o's calls take 1 / factor intervals each while slowed: fewer of them fit.
+    assert len([t for t in starts_a if t < 30]) < len([t for t in starts_b if t < 30])
+
+
+def test_a_limit_keeps_at_most_a_thousand_slowed_models() -> None:
+    """Each 429 of a new model slows it under the limit: a limit keeps at most 1,000
+    models, forgetting those recovered, else the one whose last 429 is the oldest (its
+    calls then run at the configured rate: the limit's total still holds)."""
+    limit = RateLimit(provider="p", rpm=61, clock=FakeClock(start=0.0))
+    pause = 1_000_000
+    limit._throttle(0, pause, "p:recovered")
+    for i in range(999):
+        limit._throttle(200_000_000, pause, f"p:m{i}")  # the first recovered by then
+    limit._throttle(200_000_000, pause, "p:new")
+    assert len(limit._slowed) == 1000
+    assert "p:recovered" not in limit._slowed
+    limit._throttle(200_000_000, pause, "p:m0")  # again: now the latest
+    limit._throttle(200_000_000, pause, "p:newer")
+    assert len(limit._slowed) == 1000
+    assert "p:m1" not in limit._slowed  # the oldest 429
+    assert {"p:m0", "p:new", "p:newer"} <= set(limit._slowed)
+    assert limit.scale(200_000_000, "p:newer") == 0.5
+    assert limit.scale(200_000_000, "p:elsewhere") == 1.0
+    assert len(limit.state()["slowed"]) == 8  # the heartbeat lists the slowest few
 
 
 async def test_extra_requests_of_a_run_are_charged() -> None:

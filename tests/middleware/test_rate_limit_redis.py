@@ -19,6 +19,7 @@ from tests.middleware.fleet import fresh
 from tests.support import Recorder
 
 from murmur import (
+    AgentContext,
     AgentRuntime,
     EventType,
     FunctionAgent,
@@ -27,11 +28,13 @@ from murmur import (
     RuntimeOptions,
     TaskSpec,
 )
+from murmur.events import MultiEventEmitter
 from murmur.middleware import RateLimitMiddleware
 
 pytestmark = pytest.mark.anyio
 
 APP = Path(__file__).with_name("ratelimit_fleet_app.py")
+QUIET = MultiEventEmitter([])
 
 
 def most_in_window(times: list[float], width: float) -> int:
@@ -105,20 +108,29 @@ async def test_a_429_storm_pauses_only_its_model_fleet_wide(names: list[str]) ->
     assert all(r.is_ok() for r in results)
     client = redis.Redis.from_url(url, decode_responses=True)
     try:
-        stormy_state = client.hgetall(f"murmur:ratelimit:{stormy}")
-        calm_state = client.hgetall(f"murmur:ratelimit:{calm}")
+        stormy_model = client.hgetall(f"murmur:ratelimit:{stormy}:m:openai:gpt-4o")
+        stormy_ttl = client.pttl(f"murmur:ratelimit:{stormy}:m:openai:gpt-4o")
+        calm_keys = list(client.scan_iter(match=f"murmur:ratelimit:{calm}:m:*"))
     finally:
         client.close()
-    # gpt-4o is paused (fleet-wide, in Redis) and its rate halved; gpt-4o-mini is untouched.
-    assert "p:openai:gpt-4o" in stormy_state
-    assert float(stormy_state["sf"]) == 0.5
-    assert not any(field.startswith("p:") for field in calm_state)
-    assert "sf" not in calm_state
+    # gpt-4o is paused (fleet-wide, in Redis) and its rate halved, in its own key under its
+    # limit, which expires once the rate has grown back; gpt-4o-mini is untouched.
+    assert "p" in stormy_model
+    assert float(stormy_model["sf"]) == 0.5
+    assert 0 < stormy_ttl <= (30 + 2 * 60) * 1000
+    assert calm_keys == []
     assert {e.data["limit"] for e in recorder.of(EventType.RATE_LIMIT_WAITED)} <= {calm}
     # What a worker's heartbeat would show: gpt-4o's limit slowed and paused, the other not.
     assert limits[0].state()["factor"] == 0.5
+    assert limits[0].state()["slowed"] == {"openai:gpt-4o": 0.5}
     assert limits[0].state()["paused_until"] is not None
-    assert limits[1].state() == {"limit": calm, "factor": 1.0, "waiting": 0, "paused_until": None}
+    assert limits[1].state() == {
+        "limit": calm,
+        "factor": 1.0,
+        "slowed": {},
+        "waiting": 0,
+        "paused_until": None,
+    }
 
 
 async def test_a_runtime_sends_its_admissions_one_at_a_time(names: list[str]) -> None:
@@ -197,3 +209,40 @@ def test_three_processes_share_one_rpm_at_the_model(tmp_path: Path, names: list[
     assert most_in_window(seen, period) <= rpm
     assert most_in_window(seen, period / 60) <= 0 + 1 + 1, sorted(seen)
     assert most_in_window(seen, 1.0) <= 0 + 5 + 1, sorted(seen)
+
+
+async def test_corrections_whose_round_trip_failed_go_with_the_next_one(names: list[str]) -> None:
+    """The usage corrections ride along with the next admission; when its round trip
+    fails (here failing open), they are kept for the one after, not lost."""
+    name = fresh(names, "pending")
+
+    async def three_requests(value: Any, ctx: AgentContext) -> Any:
+        ctx.report_usage(input_tokens=1, output_tokens=1, requests=3)  # 2 beyond the first
+        return value
+
+    agent = FunctionAgent(three_requests, name="runs", model="openai:gpt-4o")
+    limit = RateLimit(
+        agent="runs", rpm=60_000, store=require("redis"), name=name, on_store_error="open"
+    )
+    sent: list[list[Any]] = []
+    down = False
+    async with AgentRuntime(
+        options=RuntimeOptions(rate_limits=[limit]), event_emitter=QUIET
+    ) as runtime:
+        [stage] = [s for s in runtime._core.stages if isinstance(s, RateLimitMiddleware)]
+        original = stage.stores.redis.run
+
+        async def run(url: str, seconds: float, script: str, keys: list[str], args: Any) -> Any:
+            if script == "reserve":
+                sent.append(list(args))
+            if down:
+                raise ConnectionError("the store is down")
+            return await original(url, seconds, script, keys, args)
+
+        stage.stores.redis.run = run
+        for store_down in (False, True, False):
+            down = store_down
+            assert (await runtime.run(agent, TaskSpec(input=0))).output == 0
+    interval = -(-60_000_000 // 59_999)  # µs a request takes of the limit
+    # ARGV: delay, tokens, then rate, burst, tpm, period, extra requests (µs), extra tokens.
+    assert [args[6] for args in sent] == [0, 2 * interval, 4 * interval]

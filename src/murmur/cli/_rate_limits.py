@@ -6,6 +6,11 @@ that make sense from a command line::
     model=openai:gpt-4o,rpm=500,tpm=200000,store=redis://127.0.0.1:6379/0
     provider=anthropic,rpm=50
 
+Spaces around the commas and equals signs are allowed. Several SPECs in
+``MURMUR_RATE_LIMITS`` are separated by ``;``, newlines or spaces (``split_specs``)::
+
+    MURMUR_RATE_LIMITS='model=openai:gpt-4o, rpm=500; provider=anthropic, rpm=50'
+
 Each becomes one ``RateLimit``; a bad one is an ``InvalidValueError`` that names the option,
 the SPEC, the key and what is accepted (the command prints it as one line, exit code 2).
 """
@@ -13,6 +18,7 @@ the SPEC, the key and what is accepted (the command prints it as one line, exit 
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -21,10 +27,11 @@ from ..errors import InvalidTypeError, InvalidValueError
 if TYPE_CHECKING:
     from ..middleware.rate_limit import RateLimit
 
-__all__ = ["ENVVAR", "KEYS", "OPTION", "parse_rate_limit", "parse_rate_limits"]
+__all__ = ["ENVVAR", "KEYS", "OPTION", "parse_rate_limit", "parse_rate_limits", "split_specs"]
 
 OPTION = "--rate-limit"
-#: Several SPECs, separated by whitespace (what the option would take, repeated).
+#: Several SPECs, separated by ``;``, newlines or spaces (what the option would take,
+#: repeated): see ``split_specs``.
 ENVVAR = "MURMUR_RATE_LIMITS"
 #: Keys that say which calls a limit applies to (at least one is needed).
 SELECTORS = ("model", "provider", "agent")
@@ -82,6 +89,13 @@ KEYS: dict[str, Callable[[str, str], Any]] = {
 }
 
 
+def _store_secrets(spec: str) -> list[str]:
+    """The passwords in ``spec``'s store URLs (``scheme://user:PASSWORD@host``), however
+    malformed the rest of the URL, longest first."""
+    found = re.findall(r"store\s*=[^,]*?:([^:@/,]+)@", spec)
+    return sorted(set(found), key=len, reverse=True)
+
+
 def parse_rate_limit(spec: str) -> RateLimit:
     """The ``RateLimit`` one ``--rate-limit`` SPEC describes.
 
@@ -92,8 +106,13 @@ def parse_rate_limit(spec: str) -> RateLimit:
     """
     from ..middleware.rate_limit import RateLimit
 
+    secrets = _store_secrets(spec)
+
     def refuse(problem: str) -> InvalidValueError:
-        return InvalidValueError(f"{OPTION} {spec!r}: {problem}")
+        message = f"{OPTION} {spec!r}: {problem}"
+        for secret in secrets:  # the error goes to stderr and logs: not the password
+            message = message.replace(secret, "***")
+        return InvalidValueError(message)
 
     fields: dict[str, Any] = {}
     for item in spec.split(","):
@@ -125,6 +144,14 @@ def parse_rate_limit(spec: str) -> RateLimit:
         return RateLimit(**fields)
     except (InvalidValueError, InvalidTypeError) as exc:
         raise refuse(str(exc).removeprefix("RateLimit ")) from None
+
+
+def split_specs(value: str) -> list[str]:
+    """The SPECs of ``MURMUR_RATE_LIMITS``: separated by ``;``, newlines or spaces, where
+    spaces next to a ``,`` or ``=`` belong to the SPEC (``provider=openai, rpm=5`` is one
+    SPEC, not two)."""
+    joined = re.sub(r"\s*([,=])\s*", r"\1", value)
+    return [spec for spec in re.split(r"[;\s]+", joined) if spec]
 
 
 def parse_rate_limits(specs: Sequence[str]) -> list[RateLimit]:

@@ -376,12 +376,17 @@ def _pairs(fields: dict[str, Any]) -> list[str]:
 
 def _limits_text(states: list[dict[str, Any]]) -> str:
     """A worker's rate limits (``Worker.rate_limit_state()``), one ``; `` apart: each one's
-    name, the fraction of its rates in force, how many calls wait for it, how long its
-    model is paused."""
+    name, the lowest fraction of its rates in force and for which model (a 429 slows only
+    its model), how many calls wait for it, how long a model is paused."""
     now = time.time()
     texts = []
     for state in states:
         text = f"{state['limit']} x{state['factor']:.2f}"
+        slowed = state.get("slowed") or {}
+        if slowed:
+            text += f" for {next(iter(slowed))}"
+            if len(slowed) > 1:
+                text += f" +{len(slowed) - 1}"
         if state["waiting"]:
             text += f" {state['waiting']} waiting"
         until = state["paused_until"]

@@ -227,7 +227,8 @@ def start(
                 "tokens per minute), and optionally burst=, period= (seconds), "
                 "store=redis://... (shared by every worker and caller with that store), "
                 "on_store_error=closed|open, store_timeout= (seconds), name=. Repeat it for "
-                "several limits; in MURMUR_RATE_LIMITS, separate them with spaces."
+                "several limits; in MURMUR_RATE_LIMITS, separate them with ';' (or "
+                "newlines, or spaces: spaces after a comma belong to the SPEC)."
             ),
         ),
     ] = None,
@@ -242,6 +243,16 @@ def start(
 ) -> None:
     """``murmur worker start``: see ``START_HELP``."""
     from ._serve import StartOptions, run_worker
+
+    if rate_limits:
+        import os
+
+        from ._rate_limits import ENVVAR, split_specs
+
+        variable = os.environ.get(ENVVAR)
+        if variable is not None and rate_limits == variable.split():
+            # From the variable, which Click split on whitespace: split it as documented.
+            rate_limits = split_specs(variable)
 
     code = run_worker(
         StartOptions(

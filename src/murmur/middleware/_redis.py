@@ -6,6 +6,7 @@ helper loop, as the distributed transport does."""
 from __future__ import annotations
 
 import asyncio
+import math
 import weakref
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -108,8 +109,9 @@ def check_store(owner: str, store: Any, on_store_error: Any, store_timeout: Any)
     if store is not None and (
         not isinstance(store, str) or not store.startswith(("redis://", "rediss://"))
     ):
+        shown = redacted(store) if isinstance(store, str) else store
         raise InvalidValueError(
-            f"{owner} store must be None or a redis:// or rediss:// URL, got {store!r}"
+            f"{owner} store must be None or a redis:// or rediss:// URL, got {shown!r}"
         )
     if on_store_error not in ("closed", "open"):
         raise InvalidValueError(
@@ -118,9 +120,11 @@ def check_store(owner: str, store: Any, on_store_error: Any, store_timeout: Any)
     if (
         isinstance(store_timeout, bool)
         or not isinstance(store_timeout, (int, float))
-        or not store_timeout > 0
+        or not 0 < store_timeout < math.inf
     ):
-        raise InvalidValueError(f"{owner} store_timeout must be seconds > 0, got {store_timeout!r}")
+        raise InvalidValueError(
+            f"{owner} store_timeout must be seconds > 0 (finite), got {store_timeout!r}"
+        )
 
 
 def redacted(url: str) -> str:

@@ -35,12 +35,29 @@ Feedback from the provider
 An attempt that fails with HTTP 429 pauses every call to its model, under every limit that
 applies to it, for the time the provider asked (``Retry-After``, else OpenAI's
 ``x-ratelimit-reset-*`` or Anthropic's ``anthropic-ratelimit-*-reset`` headers, else
-``DEFAULT_PAUSE`` seconds); calls that were already waiting for a moment inside the pause
-take a new place after it. Each limit also halves its rates (multiplicative decrease, not
-below 1/16 of the configured rates; once per pause, so that a burst of 429s from calls
-already in flight counts once) and, from the end of the pause, recovers linearly to the
-configured rates over two periods (additive increase). The default retry policy retries a
-429 after its ``Retry-After``; the limiter makes the other calls wait too.
+``DEFAULT_PAUSE`` seconds). The model's calls wait out the pause without holding a place
+(a place after it would hold every call behind it as long, other models' under a shared
+limit too) and take their places when it ends; calls that were already waiting for a
+moment inside the pause give theirs back and do the same. Each limit also halves the
+model's rates (multiplicative decrease, not below 1/16 of the configured rates; once per
+pause, so that a burst of 429s from calls already in flight counts once) and, from the end
+of the pause, the model's rates grow back linearly to the configured ones within two
+periods (additive increase: by half the configured rate per period).
+
+Pause and slowdown are per (limit, model): the other models a limit applies to (a
+provider's, under ``RateLimit(provider=...)``) are neither paused nor slowed. A call of a
+slowed model is admitted when any call would be (the limit's configured tolerance:
+``burst`` requests, ``tpm`` tokens), and takes ``1 / factor`` times its share of the
+limit's buckets: its model's calls are spaced ``1 / factor`` as far, the others' as
+configured, and the limit's total stays within its configured rates whatever the mix (the
+factor only ever slows). While several models share a busy limit, a slowed model's calls
+use more of it per call, so they are fewer. A model is forgotten once its pause is over
+and its rates recovered; a limit keeps at most 1,000 slowed models (then it forgets the one
+whose last 429 is the oldest, which runs at the configured rates again). In Redis each
+model's pause and factor is a key of its own beside the limit's, expiring once recovered.
+
+The default retry policy retries a 429 after its ``Retry-After``; the limiter makes the
+other calls of its model wait too.
 
 The middleware is a caller-side stage inside the retry stage: each attempt waits where the
 call was made, before it is sent (in broker mode, before it is published: a waiting task
@@ -91,6 +108,10 @@ _DECREASE = 0.5
 _MIN_SCALE = 1 / 16
 #: After a pause, the rates grow back by this fraction of the configured rates per period.
 _RECOVERY_PER_PERIOD = 0.5
+#: The most slowed models a limit keeps (then it forgets the one whose 429 is the oldest).
+_MAX_MODELS = 1000
+#: The most slowed models ``RateLimit.state`` lists.
+_SHOWN = 8
 _US = 1_000_000
 
 StoreFailure = Literal["closed", "open"]
@@ -206,16 +227,13 @@ class RateLimit:
     """
 
     __slots__ = (
-        "_decreased_until",
         "_interval",
-        "_pauses",
         "_period_us",
         "_req_holes",
         "_req_tat",
-        "_scale_at",
-        "_scale_from",
+        "_seen",
         "_seen_pause",
-        "_seen_scale",
+        "_slowed",
         "_tok_holes",
         "_tok_tat",
         "_waiting",
@@ -263,8 +281,16 @@ class RateLimit:
             raise InvalidValueError(f"RateLimit burst must be an int >= 1, got {burst!r}")
         if rpm is not None and burst > rpm:
             raise InvalidValueError(f"RateLimit burst={burst} is more than rpm={rpm}")
-        if not (isinstance(period, (int, float)) and math.isfinite(period) and period > 0):
-            raise InvalidValueError(f"RateLimit period must be seconds > 0, got {period!r}")
+        if (
+            isinstance(period, bool)
+            or not isinstance(period, (int, float))
+            or not math.isfinite(period)
+            or round(period * _US) < 1
+        ):
+            # Kept in whole microseconds: a shorter period would count nothing.
+            raise InvalidValueError(
+                f"RateLimit period must be seconds > 0 (at least 0.000001), got {period!r}"
+            )
         check_store("RateLimit", store, on_store_error, store_timeout)
         if clock is not None and not isinstance(clock, Clock):
             raise InvalidTypeError(
@@ -299,21 +325,20 @@ class RateLimit:
         self._interval = -(-self._period_us // max(1, rpm - burst)) if rpm is not None else 0
         # In-process state, in whole microseconds of the clock: the theoretical arrival time
         # of each bucket, the places given back by cancelled waiters that were not last
-        # (their end -> their start), pauses by model, and the AIMD scale of the rates.
+        # (their end -> their start), and the models a 429 paused or slowed (by the last
+        # 429 first; a model is forgotten once its pause is over and its rate recovered).
         self._req_tat = 0
         self._tok_tat = 0
         self._req_holes: dict[int, int] = {}
         self._tok_holes: dict[int, int] = {}
-        self._pauses: dict[str | None, int] = {}
-        self._scale_from = 1.0
-        self._scale_at = 0
-        self._decreased_until = 0
+        self._slowed: dict[str | None, _Slowed] = {}
         #: Calls of this process sleeping until this limit (and the others of their call)
         #: admits them.
         self._waiting = 0
-        #: A stored limit's AIMD scale and pause (until, on ``time.monotonic``), as this
-        #: process last saw them (its admissions, its own 429s).
-        self._seen_scale = 1.0
+        #: A stored limit's models below their configured rates, as this process last saw
+        #: them (its admissions, its own 429s): model -> (factor, since when it grows back,
+        #: on ``time.monotonic``); and the end of the last pause it saw (monotonic).
+        self._seen: dict[str | None, tuple[float, float]] = {}
         self._seen_pause = 0.0
 
     def __repr__(self) -> str:
@@ -321,21 +346,27 @@ class RateLimit:
 
     def state(self) -> dict[str, Any]:
         """What the limit is doing, cheaply (a worker's heartbeat and status line show it):
-        ``factor``, the fraction of the configured rates in force (below 1 after a 429:
-        AIMD); ``waiting``, the calls of this process waiting for it; ``paused_until``, the
-        time (``time.time()``) until which a 429 paused a model it applies to, or ``None``.
-        A stored limit's factor and pause are those this process last saw (at its last
-        admission under it, or its own 429)."""
+        ``factor``, the lowest fraction of the configured rates in force for a model it
+        applies to (below 1 after a 429: AIMD, per model); ``slowed``, the models below 1
+        and their factors, lowest first (at most ``_SHOWN``); ``waiting``, the calls of this
+        process waiting for it; ``paused_until``, the time (``time.time()``) until which a
+        429 paused a model it applies to, or ``None``. A stored limit's factors and pause
+        are those this process last saw (at its last admission or 429 under it), grown
+        back since as the store grows them."""
         if self.store is None:
             now = round(self.clock.now() * _US)
-            factor = self.scale(now)
-            left = (max(self._pauses.values(), default=0) - now) / _US
+            factors = {
+                model: slowed.factor(now, self._period_us) for model, slowed in self._slowed.items()
+            }
+            left = (max((slowed.pause for slowed in self._slowed.values()), default=0) - now) / _US
         else:
-            factor = self._seen_scale
+            factors = {model: self._seen_scale(model) for model in self._seen}
             left = self._seen_pause - time.monotonic()
+        below = sorted((factor, _shown(model)) for model, factor in factors.items() if factor < 1)
         return {
             "limit": self.name,
-            "factor": round(factor, 4),
+            "factor": round(below[0][0], 4) if below else 1.0,
+            "slowed": {model: round(factor, 4) for factor, model in below[:_SHOWN]},
             "waiting": self._waiting,
             "paused_until": time.time() + left if left > 0 else None,
         }
@@ -355,16 +386,17 @@ class RateLimit:
 
     # -- the in-process buckets (microseconds) ----------------------------------------
 
-    def scale(self, now: int) -> float:
-        """The fraction of the configured rates in force at ``now`` (AIMD; 1 normally)."""
-        start = self._scale_from
-        if start >= 1.0:
+    def scale(self, now: int, model: str | None) -> float:
+        """The fraction of the configured rates in force for ``model``'s calls at ``now``
+        (µs of the clock; AIMD: 1 unless a 429 of the model slowed it). Forgets the model
+        once its pause is over and its rate recovered."""
+        slowed = self._slowed.get(model) if self._slowed else None
+        if slowed is None:
             return 1.0
-        grown = start + max(0, now - self._scale_at) * _RECOVERY_PER_PERIOD / self._period_us
-        if grown >= 1.0:
-            self._scale_from = 1.0
-            return 1.0
-        return grown
+        factor = slowed.factor(now, self._period_us)
+        if factor >= 1.0 and slowed.pause <= now:
+            del self._slowed[model]
+        return factor
 
     def _req_interval(self, scale: float) -> int:
         if scale == 1.0:
@@ -372,7 +404,8 @@ class RateLimit:
         return math.ceil(self._period_us / (max(1, self.rpm - self.burst) * scale))  # type: ignore[operator]
 
     def _tok_cost(self, tokens: int, scale: float) -> int:
-        """Microseconds ``tokens`` take to refill; the bucket holds ``_tok_cost(tpm)``."""
+        """Microseconds ``tokens`` take of the bucket at ``scale``; the bucket holds one
+        period (``tpm`` tokens at the configured rate)."""
         if scale == 1.0:
             if tokens == self.tpm:
                 return self._period_us
@@ -380,44 +413,58 @@ class RateLimit:
         return math.ceil(tokens * self._period_us / (self.tpm * scale))  # type: ignore[operator]
 
     def _earliest(self, now: int, tokens: int, model: str | None) -> int:
-        """The first moment (µs) this limit admits a request of ``tokens``."""
-        scale = 1.0 if self._scale_from >= 1.0 else self.scale(now)
-        earliest = self._pauses.get(model, 0) if self._pauses else 0
+        """The first moment (µs) this limit admits a request of ``tokens`` of ``model``.
+
+        When is the same for every model (the configured tolerance: ``burst`` requests,
+        ``tpm`` tokens); what a request then takes of the buckets is ``1 / scale`` times
+        more for a model a 429 slowed (``_take``). So a slowed model's requests are spaced
+        ``1 / scale`` as far, the others' as configured, and the limit's total never
+        exceeds its configured rates, whatever the mix of models."""
+        earliest = 0
+        if self._slowed:
+            slowed = self._slowed.get(model)
+            if slowed is not None:
+                earliest = slowed.pause
         if self.rpm is not None:
-            interval = self._req_interval(scale)
-            at = self._req_tat - (self.burst - 1) * interval
+            at = self._req_tat - (self.burst - 1) * self._interval
             if at > earliest:
                 earliest = at
         if self.tpm is not None and tokens:
-            window = self._tok_cost(self.tpm, scale)
-            at = self._tok_tat + self._tok_cost(tokens, scale) - window
+            at = self._tok_tat + self._tok_cost(tokens, 1.0) - self._period_us
             if at > earliest:
                 earliest = at
         return earliest
 
     def _take_now(self, now: int, tokens: int, model: str | None) -> bool:
         """``_earliest`` and ``_take`` at ``now`` in one step, when it admits the call now."""
-        if self._pauses and self._pauses.get(model, 0) > now:
-            return False
-        scale = 1.0 if self._scale_from >= 1.0 else self.scale(now)
+        scale = 1.0
+        if self._slowed:
+            slowed = self._slowed.get(model)
+            if slowed is not None:
+                if slowed.pause > now:
+                    return False
+                scale = self.scale(now, model)
         req_tat = self._req_tat
         if self.rpm is not None:
-            interval = self._req_interval(scale)
-            if req_tat - (self.burst - 1) * interval > now:
+            if req_tat - (self.burst - 1) * self._interval > now:
                 return False
-            req_tat = (req_tat if req_tat > now else now) + interval
+            req_tat = (req_tat if req_tat > now else now) + self._req_interval(scale)
         if self.tpm is not None and tokens:
-            cost = self._tok_cost(tokens, scale)
+            cost = self._tok_cost(tokens, 1.0)
             tok_tat = self._tok_tat
-            if tok_tat + cost - self._tok_cost(self.tpm, scale) > now:
+            if tok_tat + cost - self._period_us > now:
                 return False
+            if scale != 1.0:
+                cost = self._tok_cost(tokens, scale)
             self._tok_tat = (tok_tat if tok_tat > now else now) + cost
         self._req_tat = req_tat
         return True
 
-    def _take(self, start: int, tokens: int) -> tuple[int, int, int, int]:
-        """Reserve a request of ``tokens`` starting at ``start``: (old, new) of each TAT."""
-        scale = 1.0 if self._scale_from >= 1.0 else self.scale(start)
+    def _take(self, start: int, tokens: int, model: str | None) -> tuple[int, int, int, int]:
+        """Reserve a request of ``tokens`` of ``model`` starting at ``start``: (old, new) of
+        each TAT."""
+        slowed = self._slowed.get(model) if self._slowed else None
+        scale = 1.0 if slowed is None else slowed.factor(start, self._period_us)
         old_req = self._req_tat
         old_tok = self._tok_tat
         if self.rpm is not None:
@@ -435,11 +482,12 @@ class RateLimit:
         if new_tok != old_tok:
             self._tok_tat = _undo(self._tok_tat, old_tok, new_tok, self._tok_holes, now)
 
-    def _correct(self, now: int, extra_requests: int, extra_tokens: int) -> None:
-        """Charge what an attempt used beyond its reservation (or give back tokens below)."""
+    def _correct(self, now: int, model: str | None, extra_requests: int, extra_tokens: int) -> None:
+        """Charge what an attempt of ``model`` used beyond its reservation (or give back
+        tokens below), at the model's scale."""
         if (self.tpm is None or not extra_tokens) and (self.rpm is None or extra_requests <= 0):
             return
-        scale = self.scale(now)
+        scale = self.scale(now, model)
         if self.rpm is not None and extra_requests > 0:
             tat = self._req_tat
             self._req_tat = (tat if tat > now else now) + extra_requests * self._req_interval(scale)
@@ -451,18 +499,86 @@ class RateLimit:
                 self._tok_tat -= self._tok_cost(-extra_tokens, scale)
 
     def _throttle(self, now: int, pause: int, model: str | None) -> None:
-        """A 429 for ``model``: pause it until ``now + pause``; halve the rates, once per
-        pause, recovering from its end."""
+        """A 429 for ``model``: pause it until ``now + pause``; halve its rates, once per
+        pause, recovering from its end. Other models are untouched."""
         until = now + pause
-        if self._pauses.get(model, 0) < until:
-            self._pauses[model] = until
-        if now >= self._decreased_until:
-            self._scale_from = max(_MIN_SCALE, self.scale(now) * _DECREASE)
-            self._scale_at = until
-            self._decreased_until = until
+        slowed = self._slowed.pop(model, None)
+        if slowed is None:
+            if len(self._slowed) >= _MAX_MODELS:
+                self._forget(now)
+            slowed = _Slowed()
+        if slowed.pause < until:
+            slowed.pause = until
+        if now >= slowed.decreased_until:
+            slowed.scale_from = max(_MIN_SCALE, slowed.factor(now, self._period_us) * _DECREASE)
+            slowed.scale_at = until
+            slowed.decreased_until = until
+        self._slowed[model] = slowed  # last: the models are kept by their last 429
+
+    def _forget(self, now: int) -> None:
+        """Make room for one more slowed model: forget those recovered, else the one whose
+        last 429 is the oldest (its calls then run at the configured rates: the limit's
+        total still holds)."""
+        slowed = self._slowed
+        period = self._period_us
+        for model, state in list(slowed.items()):
+            if state.pause <= now and state.factor(now, period) >= 1.0:
+                del slowed[model]
+        while len(slowed) >= _MAX_MODELS:
+            del slowed[next(iter(slowed))]
+
+    def _saw(self, model: str | None, scale: float, since: float) -> None:
+        """A stored limit: note the scale of ``model`` the store answered, growing back from
+        ``since`` (``time.monotonic``). At most ``_MAX_MODELS`` are kept (the oldest news is
+        forgotten first)."""
+        seen = self._seen
+        if seen:
+            seen.pop(model, None)
+        if scale < 1.0:
+            if len(seen) >= _MAX_MODELS:
+                del seen[next(iter(seen))]
+            seen[model] = (scale, since)
+
+    def _seen_scale(self, model: str | None) -> float:
+        """A stored limit: the scale of ``model`` now, as this process last saw it."""
+        seen = self._seen.get(model) if self._seen else None
+        if seen is None:
+            return 1.0
+        factor, since = seen
+        grown = factor + max(0.0, time.monotonic() - since) * _RECOVERY_PER_PERIOD / self.period
+        return 1.0 if grown >= 1.0 else grown
 
     def _paused_until(self, model: str | None) -> int:
-        return self._pauses.get(model, 0) if self._pauses else 0
+        if not self._slowed:
+            return 0
+        slowed = self._slowed.get(model)
+        return 0 if slowed is None else slowed.pause
+
+
+class _Slowed:
+    """A model a 429 paused and slowed under one limit (µs of the limit's clock): the end
+    of its pause, and its AIMD scale: ``scale_from`` at ``scale_at`` (the pause's end),
+    growing back linearly from there; no new decrease before ``decreased_until``."""
+
+    __slots__ = ("decreased_until", "pause", "scale_at", "scale_from")
+
+    def __init__(self) -> None:
+        self.pause = 0
+        self.scale_from = 1.0
+        self.scale_at = 0
+        self.decreased_until = 0
+
+    def factor(self, now: int, period_us: int) -> float:
+        start = self.scale_from
+        if start >= 1.0:
+            return 1.0
+        grown = start + max(0, now - self.scale_at) * _RECOVERY_PER_PERIOD / period_us
+        return 1.0 if grown >= 1.0 else grown
+
+
+def _shown(model: str | None) -> str:
+    """A model as ``RateLimit.state`` names it (a JSON key)."""
+    return "(no model)" if model is None else model
 
 
 def _undo(tat: int, old: int, new: int, holes: dict[int, int], now: int) -> int:
@@ -634,7 +750,7 @@ class RateLimitMiddleware:
         if plan.local:
             now = round(plan.clock.now() * _US)
             for limit in plan.local:
-                limit._correct(now, extra_requests, extra_tokens)
+                limit._correct(now, plan.model, extra_requests, extra_tokens)
         if plan.stored and self.stores is not None:
             self.stores.correct(plan, extra_requests, extra_tokens)
 
@@ -655,6 +771,17 @@ class RateLimitMiddleware:
         binding: RateLimit | None = None
         while True:
             now = round(clock.now() * _US)
+            # A paused model's call waits out the pause without a place: a place after it
+            # would hold every call behind it (other models' under a shared limit) as long.
+            paused = 0
+            for limit in plan.local:
+                until = limit._paused_until(model)
+                if until > paused:
+                    paused, binding = until, limit
+            if paused > now:
+                slept = True
+                await self._sleep(plan, paused)
+                continue
             start = now
             for limit in plan.local:
                 at = limit._earliest(now, tokens, model)
@@ -662,13 +789,20 @@ class RateLimitMiddleware:
                     start, binding = at, limit
             stored_place: Any = None
             if plan.stored and self.stores is not None:
-                delay, stored_binding, stored_place = await self.stores.reserve(
+                delay, stored_binding, stored_place, held = await self.stores.reserve(
                     plan, tokens, (start - now) / _US
                 )
                 # The delay counts from when the script ran, somewhere in the round trip:
                 # counted from its end, the call starts late rather than early.
                 now = round(clock.now() * _US)
                 after = now + round(delay * _US)
+                if held:  # the model is paused in the store: no place was taken there
+                    if stored_place:
+                        with anyio.CancelScope(shield=True):
+                            await self._give_back(plan, [], stored_place)
+                    slept, binding = True, stored_binding
+                    await self._sleep(plan, after)
+                    continue
                 if after > start:
                     start, binding = after, stored_binding
                 if plan.local:
@@ -677,17 +811,11 @@ class RateLimitMiddleware:
                         at = limit._earliest(now, tokens, model)
                         if at > start:
                             start, binding = at, limit
-            places = [(limit, limit._take(start, tokens)) for limit in plan.local]
+            places = [(limit, limit._take(start, tokens, model)) for limit in plan.local]
             try:
                 if start > now:
                     slept = True
-                    for limit in plan.limits:
-                        limit._waiting += 1
-                    try:
-                        await clock.sleep_until(start / _US)
-                    finally:
-                        for limit in plan.limits:
-                            limit._waiting -= 1
+                    await self._sleep(plan, start)
             except BaseException:
                 with anyio.CancelScope(shield=True):
                     await self._give_back(plan, places, stored_place)
@@ -714,6 +842,16 @@ class RateLimitMiddleware:
                         "model": model,
                     },
                 )
+
+    async def _sleep(self, plan: _Plan, until: int) -> None:
+        """Sleep until ``until`` (µs of ``plan.clock``), counted as waiting by its limits."""
+        for limit in plan.limits:
+            limit._waiting += 1
+        try:
+            await plan.clock.sleep_until(until / _US)
+        finally:
+            for limit in plan.limits:
+                limit._waiting -= 1
 
     async def _give_back(
         self, plan: _Plan, places: list[tuple[RateLimit, tuple[int, int, int, int]]], stored: Any
