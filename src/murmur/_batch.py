@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 from contextlib import contextmanager
+from types import TracebackType
 from typing import Any
 
 import anyio
@@ -89,18 +90,11 @@ class BatchGuard:
         #: Set once the batch's cancellation is being passed on: no task starts after it.
         self.revoked = False
 
-    @contextmanager
-    def task_scope(self) -> Iterator[anyio.CancelScope]:
+    def task_scope(self) -> _TaskScope:
         """Where one task of the batch runs: shielded from the batch's cancellation, which
-        ``watch`` passes on once the batch is revoked."""
-        with anyio.CancelScope(shield=True) as scope:
-            if self.revoked:
-                scope.cancel()  # started as its batch is revoked: never to be sent
-            self._scopes.add(scope)
-            try:
-                yield scope
-            finally:
-                self._scopes.discard(scope)
+        ``watch`` passes on once the batch is revoked (``with guard.task_scope() as
+        scope:``, the scope being an ``anyio.CancelScope``)."""
+        return _TaskScope(self)
 
     async def watch(self) -> None:
         """Wait (in the pool's own task) until ``close``, or until the batch is cancelled:
@@ -123,6 +117,33 @@ class BatchGuard:
     def close(self) -> None:
         """Every task of the batch has ended: ``watch`` returns."""
         self._closing.cancel()
+
+
+class _TaskScope:
+    """``BatchGuard.task_scope``: a class, not a generator (this runs for every task)."""
+
+    __slots__ = ("_guard", "_scope")
+
+    def __init__(self, guard: BatchGuard) -> None:
+        self._guard = guard
+        self._scope = anyio.CancelScope(shield=True)
+
+    def __enter__(self) -> anyio.CancelScope:
+        scope = self._scope
+        scope.__enter__()
+        if self._guard.revoked:
+            scope.cancel()  # started as its batch is revoked: never to be sent
+        self._guard._scopes.add(scope)
+        return scope
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> bool:
+        self._guard._scopes.discard(self._scope)
+        return bool(self._scope.__exit__(exc_type, exc, traceback))
 
 
 async def run_pool(

@@ -9,7 +9,7 @@ failed, cancelled) and its ``AgentResult`` are made here.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from time import perf_counter
 from time import time as _now
 from typing import TYPE_CHECKING, Any
@@ -18,9 +18,9 @@ import anyio
 
 from ._cancellation import is_stray, stray_cancellation
 from ._context import AgentContext, CallOrigin, _current
-from ._envelope import TaskEnvelope, current_trace_context
+from ._envelope import ENVELOPE_VERSION, TaskEnvelope, current_trace_context
 from ._pipeline import Stage, compose
-from ._types import AgentResult, TaskSpec
+from ._types import AgentResult, TaskSpec, trusted_constructor
 from .errors import InvalidValueError
 from .events.types import EventType
 
@@ -187,23 +187,28 @@ class _RemoteAttempt:
         if origin.deadline is not None and (deadline is None or origin.deadline < deadline):
             # A child of an attempt that arrived with a deadline: not past its parent's.
             deadline = origin.deadline
-        envelope = TaskEnvelope(
-            agent=ctx.agent,
-            task=ctx.task,
-            attempt=ctx.attempt,
-            trace_id=origin.trace_id,
-            call_id=origin.call_id,
-            parent_call_id=origin.parent_call_id,
-            batch_id=origin.batch_id,
-            parent_task_id=origin.parent_task_id,
-            depth=origin.depth,
-            deadline=deadline,
-            token_cap=None if cap is None else max(0, cap - ctx.total_tokens),
-            wants=frozenset(str(kind) for kind in origin.wants),
-            max_spawn_depth=(
-                self._max_depth if origin.max_spawn_depth is None else origin.max_spawn_depth
-            ),
-            trace_context=current_trace_context(),
+        # Built trusted (every field given, each the runtime's own, already checked): this
+        # runs for every attempt sent to a worker.
+        envelope = _trusted_envelope(
+            {
+                "version": ENVELOPE_VERSION,
+                "agent": ctx.agent,
+                "task": ctx.task,
+                "attempt": ctx.attempt,
+                "trace_id": origin.trace_id,
+                "call_id": origin.call_id,
+                "parent_call_id": origin.parent_call_id,
+                "batch_id": origin.batch_id,
+                "parent_task_id": origin.parent_task_id,
+                "depth": origin.depth,
+                "deadline": deadline,
+                "token_cap": None if cap is None else max(0, cap - ctx.total_tokens),
+                "max_spawn_depth": (
+                    self._max_depth if origin.max_spawn_depth is None else origin.max_spawn_depth
+                ),
+                "trace_context": current_trace_context(),
+                "wants": _wanted_names(origin.wants),
+            }
         )
         result = await self._transport.submit(envelope, _Sink(origin))
         ctx._worker = result.worker
@@ -213,6 +218,21 @@ class _RemoteAttempt:
         if result.error is not None:
             raise result.error
         return ctx.impl.rebuild_output(result.output)
+
+
+_trusted_envelope: Callable[[dict[str, Any]], TaskEnvelope] = trusted_constructor(TaskEnvelope)
+#: ``wants`` as sent: the names of a few sets of event types, made once each.
+_WANTED_NAMES: dict[frozenset[EventType], frozenset[str]] = {}
+
+
+def _wanted_names(wants: frozenset[EventType]) -> frozenset[str]:
+    names = _WANTED_NAMES.get(wants)
+    if names is None:
+        names = frozenset(str(kind) for kind in wants)
+        if len(_WANTED_NAMES) >= 256:
+            _WANTED_NAMES.clear()
+        _WANTED_NAMES[wants] = names
+    return names
 
 
 class _Sink:

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import dataclasses
+import datetime
 import json
+import math
 
 import pytest
+from pydantic import BaseModel
 
 from murmur import (
     AgentResult,
@@ -27,7 +31,9 @@ from murmur.distributed._wire import (
     decode,
     decode_control,
     decode_reply,
+    decode_task,
     encode,
+    encode_result,
 )
 from murmur.transport import TaskEnvelope
 
@@ -361,3 +367,154 @@ def test_a_reply_at_the_edges_the_models_take_reads_as_they_read_it(change: str)
     except WireFormatError as exc:
         got = type(exc)
     assert got == expected
+
+
+class _Point(BaseModel):
+    x: int
+    at: datetime.datetime
+
+
+@dataclasses.dataclass
+class _Pair:
+    left: float
+    right: str
+
+
+@pytest.mark.parametrize(
+    "output",
+    [
+        None,
+        "text",
+        7,
+        2.5,
+        math.inf,
+        math.nan,
+        ["a", 1, None],
+        {"nested": {"list": [1, 2.0]}},
+        (1, 2),
+        b"bytes",
+        datetime.date(2026, 11, 30),
+        _Point(x=1, at=datetime.datetime(2026, 11, 30, 8, 0)),
+        _Pair(1.5, "r"),
+    ],
+)
+def test_a_result_is_encoded_as_the_models_encode_it(output: object) -> None:
+    result = AgentResult[object]._build(
+        output, None, Usage(input_tokens=2, tool_calls=1), 3, 0.75, "t1", "a", 0.25, "w0"
+    )
+    fast = encode_result(result, "c1", "w1")
+    slow = encode(ResultMessage(result=result, worker="w1", correlation_id="c1"))
+    assert json.loads(fast) == json.loads(slow)
+    assert decode_reply(fast) == decode(slow)
+
+
+def test_a_failed_result_is_encoded_by_the_models() -> None:
+    failed = AgentResult[object]._build(None, AgentTimeoutError("slow"), Usage(), 1, 0.5, "t", "a")
+    data = encode_result(failed, "c1", "w1")
+    assert data == encode(ResultMessage(result=failed, worker="w1", correlation_id="c1"))
+
+
+def test_an_output_that_is_not_json_fails_to_encode_as_with_the_models() -> None:
+    result = AgentResult[object]._build(object(), None, Usage(), 1, 0.5, "t", "a")
+    with pytest.raises(Exception, match="serialize"):
+        encode(ResultMessage(result=result, worker="w1", correlation_id="c1"))
+    with pytest.raises(Exception, match="serialize"):
+        encode_result(result, "c1", "w1")
+
+
+def _envelope_variant(change: str) -> bytes:
+    fields = json.loads(encode(task_message()))
+    envelope = fields["envelope"]
+    if change == "as sent":
+        pass
+    elif change == "no deadline, no cap":
+        envelope["deadline"] = None
+        envelope["token_cap"] = None
+    elif change == "deadline an int":
+        envelope["deadline"] = 1_700_000_000
+    elif change == "attempt 0":
+        envelope["attempt"] = 0
+    elif change == "attempt a bool":
+        envelope["attempt"] = True
+    elif change == "depth negative":
+        envelope["depth"] = -1
+    elif change == "agent empty":
+        envelope["agent"] = ""
+    elif change == "wants a string":
+        envelope["wants"] = "task.failed"
+    elif change == "wants a number in it":
+        envelope["wants"] = ["task.failed", 3]
+    elif change == "trace context a number":
+        envelope["trace_context"] = {"traceparent": 1}
+    elif change == "batch id a number":
+        envelope["batch_id"] = 5
+    elif change == "token cap a float":
+        envelope["token_cap"] = 1.5
+    elif change == "task id empty":
+        envelope["task"]["task_id"] = ""
+    elif change == "metadata a list":
+        envelope["task"]["metadata"] = []
+    elif change == "task extra field":
+        envelope["task"]["more"] = 1
+    elif change == "envelope missing a field":
+        del envelope["trace_context"]
+    elif change == "reply_to empty":
+        fields["reply_to"] = ""
+    elif change == "version 2":
+        fields["version"] = 2
+    elif change == "version true":
+        fields["version"] = True
+    elif change == "a list input and unicode":
+        envelope["task"]["input"] = ["é", {"ü": None}]
+    return json.dumps(fields).encode()
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        "as sent",
+        "no deadline, no cap",
+        "deadline an int",
+        "attempt 0",
+        "attempt a bool",
+        "depth negative",
+        "agent empty",
+        "wants a string",
+        "wants a number in it",
+        "trace context a number",
+        "batch id a number",
+        "token cap a float",
+        "task id empty",
+        "metadata a list",
+        "task extra field",
+        "envelope missing a field",
+        "reply_to empty",
+        "version 2",
+        "version true",
+        "a list input and unicode",
+    ],
+)
+def test_a_task_reads_as_the_models_read_it(change: str) -> None:
+    """The worker's fast path takes only what the models would take, and as they would:
+    anything else is read (or refused) by the models themselves."""
+    data = _envelope_variant(change)
+    expected: object
+    got: object
+    try:
+        expected = decode(data)
+    except WireFormatError as exc:
+        expected = type(exc)
+    try:
+        got = decode_task(data)
+    except WireFormatError as exc:
+        got = type(exc)
+    assert got == expected
+
+
+def test_the_usual_task_and_result_take_the_fast_paths() -> None:
+    from murmur.distributed._wire import _plain_result, _plain_task
+
+    assert _plain_task(json.loads(_envelope_variant("as sent"))) is not None
+    assert _plain_task(json.loads(_envelope_variant("no deadline, no cap"))) is not None
+    result = AgentResult[object]._build("x", None, Usage(requests=1), 1, 0.5, "t1", "a")
+    assert _plain_result(json.loads(_reply(result))) is not None

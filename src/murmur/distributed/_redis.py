@@ -376,7 +376,7 @@ class RedisAdapter(BrokerAdapter):
                 await self._ensure_group(stream)
             async with self._client.pipeline(transaction=False) as pipe:
                 for stream, data in tasks:
-                    pipe.xadd(stream, {BODY: data})
+                    pipe.execute_command("XADD", stream, "*", BODY, data)  # xadd(), cheaper
                 await pipe.execute()
 
     async def open_replies(self, caller: str, handler: ReplyHandler) -> str:

@@ -57,12 +57,14 @@ from ..transport.base import Transport
 from ._adapter import DEFAULT_NAMESPACE, BrokerAdapter, load_adapter
 from ._url import BrokerURL, parse_broker_url, query_secrets
 from ._wire import (
+    WIRE_VERSION,
     CancelMessage,
     EventMessage,
     ResendMessage,
     ResultMessage,
     TaskMessage,
     WireFormatError,
+    _trusted_task_message,
     decode_reply,
     encode,
 )
@@ -108,7 +110,12 @@ class _Quiet:
     """No reply came within a wait (its deadline, or time to ask again)."""
 
 
-_QUIET: Any = _Quiet()
+_QUIET = _Quiet()
+
+
+def _wake_quietly(waiter: asyncio.Future[None]) -> None:
+    if not waiter.done():
+        waiter.set_result(None)
 
 
 class _Inbox:
@@ -142,16 +149,23 @@ class _Inbox:
         if waiter is not None and not waiter.done():
             waiter.set_result(None)
 
-    async def get(self) -> _Reply | None:
-        """The next reply, waiting for it; None once closed and drained."""
+    async def get(self, until: float) -> _Reply | _Quiet | None:
+        """The next reply, waiting for it until ``until`` (the loop's time; then
+        ``_QUIET``); None once closed and drained."""
         while not self._items:
             if self.closed:
                 return None
-            waiter = self._waiter = asyncio.get_running_loop().create_future()
+            loop = asyncio.get_running_loop()
+            if loop.time() >= until:
+                return _QUIET
+            waiter = self._waiter = loop.create_future()
+            timer = None if until == math.inf else loop.call_at(until, _wake_quietly, waiter)
             try:
                 await waiter
             finally:
                 self._waiter = None
+                if timer is not None:
+                    timer.cancel()
         return self._items.popleft()
 
 
@@ -252,15 +266,23 @@ class BrokerTransport(Transport):
 
     async def _submit_home(self, envelope: TaskEnvelope, events: EventSink) -> AgentResult[Any]:
         baseline = pending_cancellations()
-        adapter = await self._connected()
-        correlation_id = uuid.uuid4().hex
+        loop = asyncio.get_running_loop()
+        adapter = self._adapter
+        if adapter is None or self._home is not loop:
+            adapter = await self._connected()
+        correlation_id = os.urandom(16).hex()
         inbox = self._pending[correlation_id] = _Inbox()
         attempt = self._waiting[correlation_id] = _Attempt(correlation_id, envelope, baseline)
-        loop = asyncio.get_running_loop()
         sent = False
         try:
-            message = TaskMessage(
-                envelope=envelope, reply_to=self._reply_to, correlation_id=correlation_id
+            message = _trusted_task_message(
+                {
+                    "version": WIRE_VERSION,
+                    "correlation_id": correlation_id,
+                    "kind": "task",
+                    "envelope": envelope,
+                    "reply_to": self._reply_to,
+                }
             )
             try:
                 data = encode(message)
@@ -312,14 +334,13 @@ class BrokerTransport(Transport):
             wait = _until(envelope.deadline, self.reply_grace)
             give_up = loop.time() + wait
             while True:
-                # One scope per wait (this runs for every attempt): until the deadline, or
-                # until it is time to ask again for a result that may have been lost.
-                reply: _Reply | None = _QUIET
-                with anyio.CancelScope(deadline=min(give_up, loop.time() + self.resend_every)):
-                    reply = await inbox.get()
+                # No scope (this runs for every attempt): the inbox's own timer ends the
+                # wait at the deadline, or when it is time to ask again for a result that
+                # may have been lost.
+                reply = await inbox.get(min(give_up, loop.time() + self.resend_every))
                 if reply is None:
                     break  # closed
-                if reply is _QUIET:
+                if isinstance(reply, _Quiet):
                     if loop.time() >= give_up:
                         if inbox:
                             continue  # it came just as the wait ended: taken, not lost

@@ -21,10 +21,10 @@ from collections.abc import Callable
 from typing import Annotated, Any, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
-from pydantic_core import from_json
+from pydantic_core import from_json, to_json
 
 from .._envelope import TaskEnvelope
-from .._types import AgentResult, Usage, trusted_constructor
+from .._types import AgentResult, TaskSpec, Usage, trusted_constructor
 from ..errors import InvalidValueError
 from ..events.types import RuntimeEvent
 
@@ -40,7 +40,9 @@ __all__ = [
     "decode",
     "decode_control",
     "decode_reply",
+    "decode_task",
     "encode",
+    "encode_result",
 ]
 
 _T = TypeVar("_T")
@@ -144,6 +146,43 @@ def encode(
     return message.model_dump_json().encode()
 
 
+def encode_result(result: AgentResult[Any], correlation_id: str, worker: str) -> bytes:
+    """``encode(ResultMessage(result=result, correlation_id=..., worker=...))``, the same
+    JSON, made without building the message (a worker sends one per task). A failed
+    result goes through the models (its error is serialised by them).
+
+    Raises:
+        Exception: the output cannot be serialised as JSON (as ``encode`` would).
+    """
+    if result.error is not None:
+        return encode(ResultMessage(result=result, worker=worker, correlation_id=correlation_id))
+    usage = result.usage
+    fields = {
+        "version": WIRE_VERSION,
+        "correlation_id": correlation_id,
+        "kind": "result",
+        "result": {
+            "output": result.output,
+            "error": None,
+            "usage": {
+                "input_tokens": usage.input_tokens,
+                "output_tokens": usage.output_tokens,
+                "requests": usage.requests,
+                "tool_calls": usage.tool_calls,
+            },
+            "attempts": result.attempts,
+            "duration": result.duration,
+            "task_id": result.task_id,
+            "agent": result.agent,
+            "rate_limit_wait": result.rate_limit_wait,
+            "worker": result.worker,
+        },
+        "worker": worker,
+    }
+    # As a model's Any field is serialised: NaN and infinities as null (pydantic's default).
+    return to_json(fields, inf_nan_mode="null")
+
+
 def decode(data: bytes | str) -> TaskMessage | ResultMessage | EventMessage:
     """Parse a wire message (of a task or reply channel).
 
@@ -156,6 +195,97 @@ def decode(data: bytes | str) -> TaskMessage | ResultMessage | EventMessage:
     except ValidationError:
         pass  # said precisely below: another version, or what is wrong with it
     return _validated(_versioned(data), _messages)
+
+
+def decode_task(data: bytes | str) -> TaskMessage | ResultMessage | EventMessage:
+    """Parse a message of a task channel: ``decode``, with a fast path for the usual one,
+    a task message with every field there and as the models take it (read and checked
+    field by field: a worker reads one per task).
+
+    Raises:
+        WireVersionError: it is of another wire version.
+        WireFormatError: it is not a Murmur wire message.
+    """
+    try:
+        fields = from_json(data)
+    except ValueError:
+        fields = None
+    if type(fields) is dict and fields.get("kind") == "task":
+        plain = _plain_task(fields)
+        if plain is not None:
+            return plain
+    return decode(data)
+
+
+_trusted_task_message: Callable[[dict[str, Any]], TaskMessage] = trusted_constructor(TaskMessage)
+_trusted_envelope: Callable[[dict[str, Any]], TaskEnvelope] = trusted_constructor(TaskEnvelope)
+_trusted_spec: Callable[[dict[str, Any]], TaskSpec] = trusted_constructor(TaskSpec)
+_TASK_MESSAGE_KEYS = frozenset(TaskMessage.model_fields)
+_ENVELOPE_KEYS = frozenset(TaskEnvelope.model_fields)
+_SPEC_KEYS = frozenset(TaskSpec.model_fields)
+_OPTIONAL_TEXT = ("call_id", "parent_call_id", "batch_id", "parent_task_id")
+_OPTIONAL_COUNTS = ("token_cap", "max_spawn_depth")
+
+
+def _plain_task(fields: dict[str, Any]) -> TaskMessage | None:
+    """The ``TaskMessage`` of ``fields`` if every field is there and as the models would
+    take it; ``None`` for anything else (read by the models, then)."""
+    envelope = fields.get("envelope")
+    reply_to = fields.get("reply_to")
+    correlation_id = fields.get("correlation_id")
+    if (
+        fields.keys() != _TASK_MESSAGE_KEYS
+        or fields["version"] != WIRE_VERSION
+        or type(fields["version"]) is not int
+        or type(correlation_id) is not str
+        or not correlation_id
+        or type(reply_to) is not str
+        or not reply_to
+        or type(envelope) is not dict
+        or envelope.keys() != _ENVELOPE_KEYS
+    ):
+        return None
+    task = envelope["task"]
+    agent = envelope["agent"]
+    attempt = envelope["attempt"]
+    depth = envelope["depth"]
+    deadline = envelope["deadline"]
+    wants = envelope["wants"]
+    trace = envelope["trace_context"]
+    if (
+        type(envelope["version"]) is not int
+        or type(agent) is not str
+        or not agent
+        or type(envelope["trace_id"]) is not str
+        or type(attempt) is not int
+        or attempt < 1
+        or type(depth) is not int
+        or depth < 0
+        or (deadline is not None and type(deadline) is not float)
+        or type(wants) is not list
+        or not all(type(name) is str for name in wants)
+        or type(trace) is not dict
+        or not all(type(value) is str for value in trace.values())
+        or any(not (v is None or type(v) is str) for v in map(envelope.get, _OPTIONAL_TEXT))
+        or any(not (v is None or type(v) is int) for v in map(envelope.get, _OPTIONAL_COUNTS))
+        or type(task) is not dict
+        or task.keys() != _SPEC_KEYS
+        or type(task["task_id"]) is not str
+        or not task["task_id"]
+        or type(task["metadata"]) is not dict
+    ):
+        return None
+    return _trusted_task_message(
+        {
+            "version": WIRE_VERSION,
+            "correlation_id": correlation_id,
+            "kind": "task",
+            "envelope": _trusted_envelope(
+                {**envelope, "task": _trusted_spec(task), "wants": frozenset(wants)}
+            ),
+            "reply_to": reply_to,
+        }
+    )
 
 
 def decode_reply(data: bytes | str) -> TaskMessage | ResultMessage | EventMessage:

@@ -77,9 +77,10 @@ from ._wire import (
     TaskMessage,
     WireFormatError,
     WireVersionError,
-    decode,
     decode_control,
+    decode_task,
     encode,
+    encode_result,
 )
 
 if TYPE_CHECKING:
@@ -548,7 +549,7 @@ class Worker:
 
     async def _handle(self, adapter: BrokerAdapter, data: bytes, delivery: Delivery) -> None:
         try:
-            message = decode(data)
+            message = decode_task(data)
         except WireVersionError as exc:
             await self._dead_letter(adapter, data, delivery, "unknown-version", str(exc))
             return
@@ -961,8 +962,7 @@ def _encoded_result(
     becomes the attempt's error (what it spent is kept), rather than a failure of the
     worker that would leave the task to be delivered again, and fail the next one too."""
     try:
-        reply = ResultMessage(result=result, worker=worker, correlation_id=correlation_id)
-        return encode(reply), result
+        return encode_result(result, correlation_id, worker), result
     except Exception as exc:
         error = InvalidValueError(
             f"agent {result.agent!r} returned an output of type {type(result.output).__name__} "
