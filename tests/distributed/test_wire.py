@@ -8,7 +8,7 @@ import json
 import math
 
 import pytest
-from pydantic import BaseModel
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
 
 from murmur import (
     AgentResult,
@@ -518,3 +518,65 @@ def test_the_usual_task_and_result_take_the_fast_paths() -> None:
     assert _plain_task(json.loads(_envelope_variant("no deadline, no cap"))) is not None
     result = AgentResult[object]._build("x", None, Usage(requests=1), 1, 0.5, "t1", "a")
     assert _plain_result(json.loads(_reply(result))) is not None
+
+
+class _Aliased(BaseModel):
+    """An output model with an alias (read by it, written by name unless asked)."""
+
+    first_name: str = Field(alias="firstName")
+
+
+class _Renamed(BaseModel):
+    """An output model written under another name only when asked for aliases."""
+
+    first_name: str = Field(serialization_alias="name")
+
+
+class _AliasedByConfig(BaseModel):
+    model_config = ConfigDict(serialize_by_alias=True)
+
+    first_name: str = Field(alias="firstName")
+
+
+@pytest.mark.parametrize(
+    "output",
+    [
+        _Aliased(firstName="Ada"),
+        _Renamed(first_name="Ada"),
+        _AliasedByConfig(firstName="Ada"),
+        {"people": [_Aliased(firstName="Ada"), _AliasedByConfig(firstName="Bo")]},
+    ],
+    ids=["alias", "serialization alias", "alias by config", "nested"],
+)
+def test_a_result_with_aliased_fields_is_encoded_byte_for_byte_as_the_models_encode_it(
+    output: object,
+) -> None:
+    """``encode_result`` writes the very bytes ``encode(ResultMessage(...))`` writes: a
+    model's fields by name unless its own config says by alias (as ``model_dump_json``),
+    not by alias everywhere (``pydantic_core.to_json``'s default)."""
+    result = AgentResult[object]._build(output, None, Usage(requests=1), 1, 0.5, "t1", "a")
+    slow = encode(ResultMessage(result=result, worker="w1", correlation_id="c1"))
+    assert encode_result(result, "c1", "w1") == slow
+
+
+def test_an_output_with_a_serialization_alias_comes_back_as_its_model() -> None:
+    """Written by alias, a serialization alias would not read back: the caller would get
+    a dict where the agent declared the model."""
+    result = AgentResult[object]._build(_Renamed(first_name="Ada"), None, Usage(), 1, 0.5, "t", "a")
+    message = decode_reply(encode_result(result, "c1", "w1"))
+    assert isinstance(message, ResultMessage)
+    assert TypeAdapter(_Renamed).validate_python(message.result.output) == _Renamed(
+        first_name="Ada"
+    )
+
+
+def test_a_task_with_its_fields_in_another_order_reads_as_the_models_read_it() -> None:
+    """The fast path keeps the models' field order (their dumps and reprs follow it)."""
+    fields = json.loads(encode(task_message()))
+    fields["envelope"]["task"] = dict(reversed(fields["envelope"]["task"].items()))
+    fields["envelope"] = dict(reversed(fields["envelope"].items()))
+    data = json.dumps(dict(reversed(fields.items()))).encode()
+    got, expected = decode_task(data), decode(data)
+    assert got == expected
+    assert got.model_dump_json() == expected.model_dump_json()
+    assert repr(got) == repr(expected)
