@@ -21,7 +21,7 @@ from collections.abc import Callable
 from typing import Annotated, Any, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
-from pydantic_core import from_json, to_json
+from pydantic_core import SchemaSerializer, from_json
 
 from .._envelope import TaskEnvelope
 from .._types import AgentResult, TaskSpec, Usage, trusted_constructor
@@ -137,6 +137,9 @@ _messages: TypeAdapter[Message] = TypeAdapter(Message)
 Control = Annotated[CancelMessage | ResendMessage, Field(discriminator="kind")]
 _control: TypeAdapter[Control] = TypeAdapter(Control)
 _version_only: TypeAdapter[dict[str, Any]] = TypeAdapter(dict[str, Any])
+#: Serialises as a model's ``Any`` field does (NaN as null, a model's fields by name unless
+#: its config says by alias).
+_as_any: SchemaSerializer = TypeAdapter(Any).serializer
 
 
 def encode(
@@ -179,8 +182,8 @@ def encode_result(result: AgentResult[Any], correlation_id: str, worker: str) ->
         },
         "worker": worker,
     }
-    # As a model's Any field is serialised: NaN and infinities as null (pydantic's default).
-    return to_json(fields, inf_nan_mode="null")
+    # As a model's Any field is serialised (``to_json`` would differ: aliases everywhere).
+    return _as_any.to_json(fields)
 
 
 def decode(data: bytes | str) -> TaskMessage | ResultMessage | EventMessage:
@@ -220,9 +223,11 @@ def decode_task(data: bytes | str) -> TaskMessage | ResultMessage | EventMessage
 _trusted_task_message: Callable[[dict[str, Any]], TaskMessage] = trusted_constructor(TaskMessage)
 _trusted_envelope: Callable[[dict[str, Any]], TaskEnvelope] = trusted_constructor(TaskEnvelope)
 _trusted_spec: Callable[[dict[str, Any]], TaskSpec] = trusted_constructor(TaskSpec)
-_TASK_MESSAGE_KEYS = frozenset(TaskMessage.model_fields)
-_ENVELOPE_KEYS = frozenset(TaskEnvelope.model_fields)
-_SPEC_KEYS = frozenset(TaskSpec.model_fields)
+#: The fields in the models' order (as a caller sends them): a message in another order is
+#: read by the models, which keep theirs.
+_TASK_MESSAGE_KEYS = tuple(TaskMessage.model_fields)
+_ENVELOPE_KEYS = tuple(TaskEnvelope.model_fields)
+_SPEC_KEYS = tuple(TaskSpec.model_fields)
 _OPTIONAL_TEXT = ("call_id", "parent_call_id", "batch_id", "parent_task_id")
 _OPTIONAL_COUNTS = ("token_cap", "max_spawn_depth")
 
@@ -234,7 +239,7 @@ def _plain_task(fields: dict[str, Any]) -> TaskMessage | None:
     reply_to = fields.get("reply_to")
     correlation_id = fields.get("correlation_id")
     if (
-        fields.keys() != _TASK_MESSAGE_KEYS
+        tuple(fields) != _TASK_MESSAGE_KEYS
         or fields["version"] != WIRE_VERSION
         or type(fields["version"]) is not int
         or type(correlation_id) is not str
@@ -242,7 +247,7 @@ def _plain_task(fields: dict[str, Any]) -> TaskMessage | None:
         or type(reply_to) is not str
         or not reply_to
         or type(envelope) is not dict
-        or envelope.keys() != _ENVELOPE_KEYS
+        or tuple(envelope) != _ENVELOPE_KEYS
     ):
         return None
     task = envelope["task"]
@@ -269,7 +274,7 @@ def _plain_task(fields: dict[str, Any]) -> TaskMessage | None:
         or any(not (v is None or type(v) is str) for v in map(envelope.get, _OPTIONAL_TEXT))
         or any(not (v is None or type(v) is int) for v in map(envelope.get, _OPTIONAL_COUNTS))
         or type(task) is not dict
-        or task.keys() != _SPEC_KEYS
+        or tuple(task) != _SPEC_KEYS
         or type(task["task_id"]) is not str
         or not task["task_id"]
         or type(task["metadata"]) is not dict
