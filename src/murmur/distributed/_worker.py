@@ -584,15 +584,21 @@ class Worker:
         stats.in_flight += 1
         try:
             sink = _ReplySink(adapter, message, self.name)
-            with (
-                anyio.CancelScope() as revoked,
-                self._cancellable(correlation_id, batch_id, revoked),
-            ):
-                if envelope.deadline is not None and time.time() >= envelope.deadline:
-                    result = _expired(envelope)  # never start a paid call nobody waits for
-                else:
-                    with _trace_context(envelope.trace_context):
+            # Found by a revoke naming the attempt (or its batch) while it runs. No context
+            # managers of generators here: this runs for every task.
+            revoked = anyio.CancelScope()
+            self._track(correlation_id, batch_id, revoked)
+            try:
+                with revoked:
+                    if envelope.deadline is not None and time.time() >= envelope.deadline:
+                        result = _expired(envelope)  # never start a paid call nobody waits for
+                    elif envelope.trace_context and "opentelemetry.trace" in sys.modules:
+                        with _trace_context(envelope.trace_context):
+                            result = await self._executor.execute(envelope, sink)
+                    else:
                         result = await self._executor.execute(envelope, sink)
+            finally:
+                self._untrack(correlation_id, batch_id, revoked)
             if revoked.cancel_called:
                 # Its caller cancelled it (it may have finished first): nobody waits for a
                 # result; settled, never run again.
@@ -670,7 +676,11 @@ class Worker:
         while True:
             sent = False
             error = f"not sent within {SETTLE_SECONDS:g}s"
-            with anyio.move_on_after(SETTLE_SECONDS, shield=True):
+            # (move_on_after, as a plain scope: this runs for every task.)
+            settling = anyio.CancelScope(
+                deadline=anyio.current_time() + SETTLE_SECONDS, shield=True
+            )
+            with settling:
                 try:
                     # Not acknowledged if the broker's connection fails after the result
                     # went: the task comes again, and its caller drops the second result.
@@ -800,24 +810,21 @@ class Worker:
             deliveries=deliveries,
         )
 
-    @contextmanager
-    def _cancellable(
-        self, correlation_id: str, batch_id: str | None, scope: anyio.CancelScope
-    ) -> Iterator[None]:
-        """Where a revoke naming the attempt (or its batch) finds ``scope``, while it runs."""
-        indexes = [(self._running, correlation_id)]
+    def _track(self, correlation_id: str, batch_id: str | None, scope: anyio.CancelScope) -> None:
+        """Where a revoke naming the attempt (or its batch) finds ``scope``, while it runs
+        (until ``_untrack``)."""
+        self._running.setdefault(correlation_id, set()).add(scope)
         if batch_id is not None:
-            indexes.append((self._running_batches, batch_id))
-        for index, key in indexes:
-            index.setdefault(key, set()).add(scope)
-        try:
-            yield
-        finally:
-            for index, key in indexes:
-                running = index[key]
-                running.discard(scope)
-                if not running:
-                    del index[key]
+            self._running_batches.setdefault(batch_id, set()).add(scope)
+
+    def _untrack(self, correlation_id: str, batch_id: str | None, scope: anyio.CancelScope) -> None:
+        for index, key in ((self._running, correlation_id), (self._running_batches, batch_id)):
+            if key is None:
+                continue
+            running = index[key]
+            running.discard(scope)
+            if not running:
+                del index[key]
 
     def _skip(self, envelope: TaskEnvelope, what: str) -> None:
         self.stats.revoked += 1
