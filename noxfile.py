@@ -14,7 +14,7 @@ PYTHON = ["3.11"]
 def tests(session: nox.Session) -> None:
     """The whole suite; every behavioural test runs on both asyncio and Trio."""
     session.install("-e", ".[dev]")
-    session.run("pytest", *session.posargs)
+    session.run("python", "-m", "pytest", *session.posargs)
 
 
 @nox.session(python=PYTHON)
@@ -53,6 +53,8 @@ def docs(session: nox.Session) -> None:
     session.install("-e", ".[dev,docs]")
     session.run("mkdocs", "build", "--strict")
     session.run(
+        "python",
+        "-m",
         "pytest",
         "tests/test_docs_snippets.py",
         "tests/test_examples.py",
