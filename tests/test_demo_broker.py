@@ -114,6 +114,7 @@ def test_the_demo_through_a_broker_counts_what_the_in_process_demo_does(
     tokens = in_process.input_tokens + in_process.output_tokens
     assert rows["Tokens"].startswith(f"{tokens:,} (")
     assert rows["Backend"].startswith(backend)
+    assert rows["Backend"].endswith("workers on uvloop)")  # the dev install has uvloop
     assert rows["Broker"] == url.replace("guest:guest", "guest:***")
     assert rows["Workers"] == f"{workers} local process{'' if workers == 1 else 'es'}"
     per_worker = {name: value for name, value in rows.items() if name.startswith("demo-worker-")}

@@ -55,7 +55,7 @@ from rich.text import Text
 
 from .. import Agent, AgentContext, AgentResult, AgentRuntime, CallNext, TaskSpec
 from ..distributed import BrokerTransport, BrokerURL, parse_broker_url
-from ..errors import BrokerUnavailableError, RemoteAgentError
+from ..errors import BrokerUnavailableError, InvalidValueError, RemoteAgentError
 from ..events import EventType, RuntimeEvent
 from ._demo_broker import DemoWorkerError, DemoWorkers, delete_namespace
 from ._demo_command import Backend
@@ -485,7 +485,13 @@ def _progress(console: Console) -> Progress:
 
 def _describe_backend(config: DemoConfig) -> str:
     if config.broker is not None:
-        return f"{config.backend.value} (the caller; workers on asyncio)"
+        from ._serve import _loop_options
+
+        try:
+            loop = "uvloop" if _loop_options() else "asyncio"
+        except InvalidValueError:
+            loop = "asyncio"
+        return f"{config.backend.value} (the caller; workers on {loop})"
     if config.backend is Backend.trio:
         return "trio (pydantic-ai calls via the asyncio bridge)"
     return "asyncio"
