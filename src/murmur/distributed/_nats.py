@@ -102,6 +102,11 @@ BUSY_PULL_TIMEOUT = 0.05
 PUBLISH_TIMEOUT = 0.5
 #: JetStream's error code for "stream name already in use with a different configuration".
 _STREAM_EXISTS = 10058
+#: JetStream's "subjects overlap with an existing stream".
+_SUBJECTS_OVERLAP = 10065
+#: Tries at creating a stream whose subjects a concurrent creation holds, and the first wait.
+_CREATE_ATTEMPTS = 5
+_CREATE_BACKOFF = 0.05
 #: Seconds between two attempts to reach a server that went away.
 RECONNECT_WAIT = 1
 #: Messages of one unserved subject a sweep reads, at most (the next goes on from there).
@@ -248,12 +253,21 @@ class NatsAdapter(BrokerAdapter):
             storage=StorageType.FILE,
         )
         for config in (tasks, dead):
-            try:
-                await self._client.jetstream().add_stream(config)  # same config: a no-op
-            except BadRequestError as exc:
-                if exc.err_code != _STREAM_EXISTS:
-                    raise
-                # Created by someone with other settings (an operator's limits): use it.
+            for attempt in range(_CREATE_ATTEMPTS):
+                try:
+                    await self._client.jetstream().add_stream(config)  # same config: a no-op
+                except BadRequestError as exc:
+                    if exc.err_code == _STREAM_EXISTS:
+                        break  # created by someone with other settings (an operator's): used
+                    if exc.err_code != _SUBJECTS_OVERLAP or attempt == _CREATE_ATTEMPTS - 1:
+                        raise
+                    # Two processes creating the same stream at once: the server may tell
+                    # the second its subjects overlap the stream being created (not yet
+                    # known by name). Asked again, it is there; another stream holding
+                    # these subjects for good still fails, after a few tries.
+                    await asyncio.sleep(_CREATE_BACKOFF * 2**attempt)
+                else:
+                    break
 
     async def aclose(self) -> None:
         self._closing = True
