@@ -6,6 +6,7 @@ import dataclasses
 import datetime
 import json
 import math
+from collections.abc import Callable
 
 import pytest
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
@@ -190,6 +191,14 @@ def _reply(result: AgentResult[object], worker: str = "w1") -> bytes:
     return encode(ResultMessage(correlation_id="c1", result=result, worker=worker))
 
 
+def _outcome(read: Callable[[bytes], object], data: bytes) -> object:
+    """What ``read`` makes of ``data``, or the type of the wire error it raises."""
+    try:
+        return read(data)
+    except WireFormatError as exc:
+        return type(exc)
+
+
 def _read_by_the_models(data: bytes) -> object:
     """What ``decode`` makes of ``data`` (the result naming its worker), or the error type."""
     try:
@@ -296,12 +305,7 @@ def test_a_reply_off_the_usual_shape_reads_as_the_models_read_it(change: str) ->
     """The fast path takes only what the models would take, and as they would: anything
     else is read (or refused) by the models themselves."""
     data = _mutated(change)
-    expected = _read_by_the_models(data)
-    try:
-        got: object = decode_reply(data)
-    except WireFormatError as exc:
-        got = type(exc)
-    assert got == expected
+    assert _outcome(decode_reply, data) == _read_by_the_models(data)
 
 
 def test_a_reply_that_is_not_json_is_refused() -> None:
@@ -361,12 +365,7 @@ def test_a_reply_at_the_edges_the_models_take_reads_as_they_read_it(change: str)
     fast path reads them as the models do, or leaves them to the models; it never raises
     what the models would not (a reply handler must not fail on a reply)."""
     data = _edged(change)
-    expected = _read_by_the_models(data)
-    try:
-        got: object = decode_reply(data)
-    except WireFormatError as exc:
-        got = type(exc)
-    assert got == expected
+    assert _outcome(decode_reply, data) == _read_by_the_models(data)
 
 
 class _Point(BaseModel):
@@ -498,17 +497,7 @@ def test_a_task_reads_as_the_models_read_it(change: str) -> None:
     """The worker's fast path takes only what the models would take, and as they would:
     anything else is read (or refused) by the models themselves."""
     data = _envelope_variant(change)
-    expected: object
-    got: object
-    try:
-        expected = decode(data)
-    except WireFormatError as exc:
-        expected = type(exc)
-    try:
-        got = decode_task(data)
-    except WireFormatError as exc:
-        got = type(exc)
-    assert got == expected
+    assert _outcome(decode_task, data) == _outcome(decode, data)
 
 
 def test_the_usual_task_and_result_take_the_fast_paths() -> None:

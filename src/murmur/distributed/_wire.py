@@ -209,15 +209,22 @@ def decode_task(data: bytes | str) -> TaskMessage | ResultMessage | EventMessage
         WireVersionError: it is of another wire version.
         WireFormatError: it is not a Murmur wire message.
     """
+    plain = _read_plain(data, "task", _plain_task)
+    return plain if plain is not None else decode(data)
+
+
+def _read_plain(
+    data: bytes | str, kind: str, read: Callable[[dict[str, Any]], _T | None]
+) -> _T | None:
+    """What ``read`` makes of ``data``'s fields when it is a JSON object of ``kind``;
+    ``None`` for anything else (left to ``decode``, which says what is wrong with it)."""
     try:
         fields = from_json(data)
     except ValueError:
-        fields = None
-    if type(fields) is dict and fields.get("kind") == "task":
-        plain = _plain_task(fields)
-        if plain is not None:
-            return plain
-    return decode(data)
+        return None
+    if type(fields) is dict and fields.get("kind") == kind:
+        return read(fields)
+    return None
 
 
 _trusted_task_message: Callable[[dict[str, Any]], TaskMessage] = trusted_constructor(TaskMessage)
@@ -303,14 +310,9 @@ def decode_reply(data: bytes | str) -> TaskMessage | ResultMessage | EventMessag
         WireVersionError: it is of another wire version.
         WireFormatError: it is not a Murmur wire message.
     """
-    try:
-        fields = from_json(data)
-    except ValueError:
-        fields = None
-    if type(fields) is dict and fields.get("kind") == "result":
-        plain = _plain_result(fields)
-        if plain is not None:
-            return plain
+    plain = _read_plain(data, "result", _plain_result)
+    if plain is not None:
+        return plain
     message = decode(data)
     if isinstance(message, ResultMessage) and message.worker and message.result.worker is None:
         result = message.result.model_copy(update={"worker": message.worker})
