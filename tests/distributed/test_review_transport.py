@@ -1,4 +1,4 @@
-"""Review of the caller's wait for a reply (its inbox, one scope per wait), adversarially:
+"""Review of the caller's wait for a reply (its inbox and the inbox's own timer), adversarially:
 the transport closed under a waiting attempt, a reconnection heard while waiting, and a
 reply that arrives while the attempt is still being published.
 

@@ -46,7 +46,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import uuid
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from typing import Any, TypeVar
 
 from faststream import AckPolicy
@@ -422,9 +422,7 @@ class RedisAdapter(BrokerAdapter):
 
     async def _settle_batch(self, batch: Sequence[tuple[str, bytes, str, bytes]]) -> None:
         """The results of ``batch`` sent, then its tasks acknowledged: one script call."""
-        entries: dict[str, list[bytes]] = {}
-        for _, _, stream, entry in batch:
-            entries.setdefault(stream, []).append(entry)
+        entries = _by_stream((stream, entry) for _, _, stream, entry in batch)
         keys: list[str] = [address for address, _, _, _ in batch]
         args: list[Any] = [len(batch), REPLY_MAXLEN, REPLY_TTL_SECONDS, self.group]
         args += [data for _, data, _, _ in batch]
@@ -436,11 +434,8 @@ class RedisAdapter(BrokerAdapter):
             await self._scripts["settle"](keys=keys, args=args)
 
     async def _ack_entries(self, entries: Sequence[tuple[str, bytes]]) -> None:
-        by_stream: dict[str, list[bytes]] = {}
-        for stream, entry in entries:
-            by_stream.setdefault(stream, []).append(entry)
         async with self._slots, self._client.pipeline(transaction=False) as pipe:
-            for stream, ids in by_stream.items():
+            for stream, ids in _by_stream(entries).items():
                 pipe.xack(stream, self.group, *ids)
                 # Settled for good: deleted, or the stream would keep every task forever.
                 pipe.xdel(stream, *ids)
@@ -708,6 +703,14 @@ async def _unparsed(raw: Any, original: Any = None) -> StreamMessage[Any]:
     """FastStream's parser of a batch, replaced: the entries are read by ``_bodies`` (its
     own would decode every body as JSON and encode the list again)."""
     return StreamMessage(raw_message=raw, body=b"", correlation_id="-")
+
+
+def _by_stream(entries: Iterable[tuple[str, bytes]]) -> dict[str, list[bytes]]:
+    """Entry ids grouped by their stream, in order (one XACK / XDEL per stream)."""
+    by_stream: dict[str, list[bytes]] = {}
+    for stream, entry in entries:
+        by_stream.setdefault(stream, []).append(entry)
+    return by_stream
 
 
 class _Batch:
